@@ -1,0 +1,90 @@
+"""What every pipeline family must tell the core: how to recognise it, check a pair, read x0, hand over."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+
+class Handoff:
+    """Maps one transformer call from the large model's latent space into the small model's, and back.
+
+    The base class is the identity: used where both models share latents, timesteps and embeddings.
+    """
+
+    def begin_call(self, pipe: Any) -> None:
+        """Called once at the start of every pipeline call (the scheduler may have been replaced)."""
+
+    def map_inputs(self, kwargs: dict[str, Any]) -> tuple[dict[str, Any], Any]:
+        """Return the small model's keyword arguments and whatever `map_output` needs."""
+        return kwargs, None
+
+    def map_output(self, output: torch.Tensor, state: Any) -> torch.Tensor:
+        """Turn the small model's prediction into the large model's."""
+        return output
+
+
+class FamilyAdapter:
+    """One pipeline family (Wan, CogVideoX). Subclasses hold everything family-specific."""
+
+    #: Short name shown in errors and traces.
+    name: str = ""
+    #: diffusers class names of the pipelines and transformer this adapter serves.
+    pipeline_class_names: tuple[str, ...] = ()
+    transformer_class_name: str = ""
+    #: Transformer config fields that must agree between the large and the small model.
+    pair_fields: tuple[str, ...] = ()
+
+    def pipeline_classes(self) -> tuple[type, ...]:
+        import diffusers
+
+        return tuple(getattr(diffusers, n) for n in self.pipeline_class_names)
+
+    def transformer_class(self) -> type:
+        import diffusers
+
+        return getattr(diffusers, self.transformer_class_name)
+
+    def serves(self, pipe: Any) -> bool:
+        return isinstance(pipe, self.pipeline_classes())
+
+    def check_pipeline(self, pipe: Any) -> None:
+        """Raise if this pipeline instance is set up in a way the hand-off cannot serve."""
+
+    def check_pair(self, large: torch.nn.Module, small: torch.nn.Module) -> None:
+        """Raise a clear error if ``small`` cannot stand in for ``large``."""
+        cls = self.transformer_class()
+        if not isinstance(small, cls):
+            raise TypeError(
+                f"the small transformer must be a {cls.__name__} for a {self.name} pipeline, "
+                f"got {type(small).__name__}"
+            )
+        for field in self.pair_fields:
+            a, b = large.config.get(field), small.config.get(field)
+            if _norm(a) != _norm(b):
+                raise ValueError(
+                    f"the small transformer's {field}={b!r} does not match the large transformer's {a!r}; "
+                    "the two models must share latent channels, patch size and text embedding width"
+                )
+
+    def check_scheduler(self, scheduler: Any) -> None:
+        """Raise if the x0 estimate cannot be read from this scheduler."""
+
+    def denoised(
+        self, scheduler: Any, step_index: int, timestep: float, sample: torch.Tensor, model_output: torch.Tensor
+    ) -> torch.Tensor:
+        """The denoised estimate x0 after ``step_index`` from the guided model output."""
+        raise NotImplementedError
+
+    def make_handoff(self, pipe: Any, small: torch.nn.Module, **options: Any) -> Handoff:
+        """Build the mapping used while the small model runs. Unknown options are an error."""
+        if any(v is not None for v in options.values()):
+            given = ", ".join(k for k, v in options.items() if v is not None)
+            raise TypeError(f"{given} only apply to pipelines whose two models use different latent spaces "
+                            f"(CogVideoX); a {self.name} pair hands over unchanged")
+        return Handoff()
+
+
+def _norm(value: Any) -> Any:
+    return tuple(value) if isinstance(value, list) else value

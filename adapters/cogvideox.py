@@ -1,0 +1,200 @@
+"""CogVideoX (`CogVideoXPipeline`): 5b sketches, 2b renders.
+
+Everything here is specific to CogVideoX (reference section 3):
+
+- Latents are [B, F, C, H, W]; CFG is one batched call (uncond first), so each step is one call.
+- 2b and 5b share the VAE weights and the T5 encoder, but were trained on differently scaled latents
+  (VAE ``scaling_factor`` 1.15258426 vs 0.7) and noise schedules (``snr_shift_scale`` 3.0 vs 1.0; the
+  scheduler divides the SNR by it). The small model must see the same noisy video the large one sees,
+  expressed in its own space, and its v-prediction must be mapped back.
+- 5b uses 3D rotary embeddings that the pipeline computes once from ``pipe.transformer.config``; 2b has
+  sincos position embeddings and must not get them, and a rotary small model needs its own.
+"""
+
+from __future__ import annotations
+
+import math
+from types import SimpleNamespace
+from typing import Any
+
+import torch
+
+from .base import FamilyAdapter, Handoff
+
+#: CogVideoX-2b's VAE ``scaling_factor`` (its vae/config.json): the scale its transformer was trained on.
+PUBLISHED_2B_VAE_SCALING_FACTOR = 1.15258426
+#: CogVideoX-2b's scheduler ``snr_shift_scale`` (its scheduler_config.json); 5b uses 1.0.
+PUBLISHED_2B_SNR_SHIFT_SCALE = 3.0
+
+
+def interpolate_table(table: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+    """A per-integer-timestep table read at fractional timesteps: piecewise linear, extrapolated linearly
+    beyond the ends. Exact at integers. This is how we define ``abar(t)`` between training timesteps."""
+    i0 = t.floor().clamp(0, table.shape[0] - 2)
+    w = t - i0
+    i0 = i0.long()
+    return table[i0] * (1 - w) + table[i0 + 1] * w
+
+
+def invert_table(table: torch.Tensor, value: torch.Tensor) -> torch.Tensor:
+    """The fractional timestep where the strictly decreasing ``table`` (interpolated as above) equals ``value``."""
+    idx = torch.searchsorted(-table, -value.contiguous())
+    i0 = (idx - 1).clamp(0, table.shape[0] - 2)
+    hi, lo = table[i0], table[i0 + 1]
+    return i0.to(table.dtype) + (hi - value) / (hi - lo)
+
+
+class LatentSpaceMap:
+    """Maps a noisy sample of the large model's space into the small model's space and v back, exactly.
+
+    With ``c = scale_small / scale_large``, the small model sees ``k * x_t`` at the timestep ``t'`` where
+    ``SNR_small(t') = SNR_large(t) / c**2``, i.e. ``abar' = abar / (abar + c**2 (1 - abar))`` (written
+    in abar so that zero terminal SNR, abar = 0, needs no special case), ``k = sqrt(1-abar')/sqrt(1-abar)``.
+    Its prediction maps back through x0' and eps: ``v = A x_t + B v'`` (coefficients below).
+    """
+
+    def __init__(self, abar_large: torch.Tensor, abar_small: torch.Tensor, scale_ratio: float) -> None:
+        self.abar_large = abar_large.double()
+        self.abar_small = abar_small.double()
+        self.c = float(scale_ratio)
+        self._on: dict[torch.device, tuple[torch.Tensor, torch.Tensor]] = {}
+
+    @property
+    def is_identity(self) -> bool:
+        return self.c == 1.0 and torch.equal(self.abar_large, self.abar_small)
+
+    def _tables(self, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+        if device not in self._on:
+            self._on[device] = (self.abar_large.to(device), self.abar_small.to(device))
+        return self._on[device]
+
+    def coefficients(self, timestep: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Per-sample ``t_small``, ``k``, ``A``, ``B`` (float64, on the timestep's device, no host sync)."""
+        abar_l, abar_s = self._tables(timestep.device)
+        t = timestep.double().reshape(-1)
+        c, c2 = self.c, self.c * self.c
+        a = interpolate_table(abar_l, t).clamp(0.0, 1.0)
+        a_s = a / (a + c2 * (1.0 - a))
+        t_small = invert_table(abar_s, a_s)
+        one_minus_a = (1.0 - a).clamp_min(1e-12)
+        k = torch.sqrt((1.0 - a_s) / one_minus_a)
+        sa, s1a, sas, s1as = a.sqrt(), one_minus_a.sqrt(), a_s.sqrt(), (1.0 - a_s).sqrt()
+        coef_x = k * (sa * s1as - s1a * sas / c)
+        coef_v = sa * sas + s1a * s1as / c
+        return {"t_small": t_small, "k": k, "coef_x": coef_x, "coef_v": coef_v}
+
+
+def _bcast(coef: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    return coef.to(torch.float32).reshape(-1, *([1] * (like.dim() - 1)))
+
+
+class CogVideoXHandoff(Handoff):
+    def __init__(self, pipe: Any, small: torch.nn.Module, small_scale: float | None, small_scheduler: Any) -> None:
+        self.small = small
+        self.vae_scale_factor_spatial = pipe.vae_scale_factor_spatial
+        self._small_scale = small_scale
+        self._small_scheduler = small_scheduler
+        self._published_2b_defaults = (
+            not small.config.use_rotary_positional_embeddings
+            and pipe.transformer.config.use_rotary_positional_embeddings
+        )
+        self.space: LatentSpaceMap | None = None
+        self._rotary: tuple[Any, Any] | None = None
+
+    def begin_call(self, pipe: Any) -> None:
+        scheduler = pipe.scheduler
+        large_scale = float(pipe.vae.config.scaling_factor)
+        small_scale = self._small_scale
+        if small_scale is None:
+            small_scale = PUBLISHED_2B_VAE_SCALING_FACTOR if self._published_2b_defaults else large_scale
+        if self._small_scheduler is not None:
+            abar_small = self._small_scheduler.alphas_cumprod
+        elif self._published_2b_defaults:
+            abar_small = type(scheduler).from_config(
+                scheduler.config, snr_shift_scale=PUBLISHED_2B_SNR_SHIFT_SCALE
+            ).alphas_cumprod
+        else:
+            abar_small = scheduler.alphas_cumprod
+        self.space = LatentSpaceMap(scheduler.alphas_cumprod, abar_small, small_scale / large_scale)
+        self._rotary = None
+
+    def _small_rotary(self, hidden_states: torch.Tensor) -> Any:
+        """The positional input the small model's own config calls for: None (sincos) or its own 3D RoPE."""
+        if not self.small.config.use_rotary_positional_embeddings:
+            return None
+        key = (tuple(hidden_states.shape), hidden_states.device)
+        if self._rotary is None or self._rotary[0] != key:
+            from diffusers import CogVideoXPipeline
+
+            # The pipeline's own computation, read from the small model's config instead of pipe.transformer.
+            view = SimpleNamespace(transformer=self.small, vae_scale_factor_spatial=self.vae_scale_factor_spatial)
+            _, frames, _, h, w = hidden_states.shape
+            emb = CogVideoXPipeline._prepare_rotary_positional_embeddings(
+                view, h * self.vae_scale_factor_spatial, w * self.vae_scale_factor_spatial, frames,
+                hidden_states.device,
+            )
+            self._rotary = (key, emb)
+        return self._rotary[1]
+
+    def map_inputs(self, kwargs: dict[str, Any]) -> tuple[dict[str, Any], Any]:
+        kwargs = dict(kwargs)
+        x = kwargs["hidden_states"]
+        if "image_rotary_emb" in kwargs or self.small.config.use_rotary_positional_embeddings:
+            kwargs["image_rotary_emb"] = self._small_rotary(x)
+        if self.space is None or self.space.is_identity:
+            return kwargs, None
+        coef = self.space.coefficients(kwargs["timestep"])
+        kwargs["hidden_states"] = x.float() * _bcast(coef["k"], x)
+        kwargs["timestep"] = coef["t_small"].to(torch.float32)
+        return kwargs, (x, coef)
+
+    def map_output(self, output: torch.Tensor, state: Any) -> torch.Tensor:
+        if state is None:
+            return output
+        x, coef = state
+        return _bcast(coef["coef_x"], x) * x.float() + _bcast(coef["coef_v"], x) * output.float()
+
+
+class CogVideoXAdapter(FamilyAdapter):
+    name = "CogVideoX"
+    pipeline_class_names = ("CogVideoXPipeline",)
+    transformer_class_name = "CogVideoXTransformer3DModel"
+    pair_fields = ("in_channels", "out_channels", "patch_size", "patch_size_t", "text_embed_dim")
+
+    def check_pipeline(self, pipe: Any) -> None:
+        if getattr(pipe, "vae", None) is None:
+            raise ValueError("this CogVideoXPipeline has no vae: its scaling_factor defines the latent space")
+
+    def check_scheduler(self, scheduler: Any) -> None:
+        if not hasattr(scheduler, "alphas_cumprod") or scheduler.config.get("prediction_type") != "v_prediction":
+            raise ValueError(
+                f"{type(scheduler).__name__} is not a v-prediction scheduler with `alphas_cumprod`; CogVideoX's "
+                "denoised estimate x0 = sqrt(abar) x - sqrt(1 - abar) v needs one (CogVideoXDDIMScheduler or "
+                "CogVideoXDPMScheduler)"
+            )
+
+    def denoised(
+        self, scheduler: Any, step_index: int, timestep: float, sample: torch.Tensor, model_output: torch.Tensor
+    ) -> torch.Tensor:
+        abar = float(scheduler.alphas_cumprod[int(round(timestep))])
+        return math.sqrt(abar) * sample.float() - math.sqrt(1.0 - abar) * model_output.float()
+
+    def make_handoff(
+        self,
+        pipe: Any,
+        small: torch.nn.Module,
+        small_vae_scaling_factor: float | None = None,
+        small_scheduler: Any = None,
+    ) -> Handoff:
+        if small_vae_scaling_factor is not None and not (
+            isinstance(small_vae_scaling_factor, (int, float)) and small_vae_scaling_factor > 0
+        ):
+            raise ValueError(f"small_vae_scaling_factor must be a positive number, got {small_vae_scaling_factor!r}")
+        if small_scheduler is not None:
+            abar = getattr(small_scheduler, "alphas_cumprod", None)
+            if not isinstance(abar, torch.Tensor) or abar.dim() != 1 or not bool((abar[1:] < abar[:-1]).all()):
+                raise ValueError(
+                    "small_scheduler must be a scheduler with a strictly decreasing 1-D `alphas_cumprod` "
+                    "(for example CogVideoXDDIMScheduler.from_pretrained(<2b>, subfolder='scheduler'))"
+                )
+        return CogVideoXHandoff(pipe, small, small_vae_scaling_factor, small_scheduler)

@@ -1,0 +1,15 @@
+"""sr-plugin: sketch-rendering cooperation (SRDiffusion) for diffusers' Wan2.1 and CogVideoX pipelines.
+
+    handle = sr_plugin.apply(pipe, small_transformer, delta=0.01)
+    video = pipe(prompt=..., num_inference_steps=50).frames
+    handle.trace, handle.switch_step     # what happened in the last call
+    handle.remove()                      # the pipeline is exactly as before
+"""
+
+from .api import SRHandle, apply
+from .policy import DEFAULT_DELTA
+from .trace import StepRecord
+
+__version__ = "0.1.0"
+
+__all__ = ["DEFAULT_DELTA", "SRHandle", "StepRecord", "apply", "__version__"]

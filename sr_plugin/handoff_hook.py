@@ -1,0 +1,64 @@
+"""The hook on the small transformer while it stands in for the large one during a pipeline call.
+
+Registered at the switch and removed when the call ends, so it is always the outermost hook: caching
+hooks on the small model (TeaCache, First Block Cache, ...) see the inputs the small model really gets.
+"""
+
+from __future__ import annotations
+
+import inspect
+from typing import Any, Callable
+
+import torch
+from diffusers.hooks import ModelHook
+
+from .adapters import Handoff
+
+#: Inputs that carry activations: cast to the small model's dtype. Timesteps keep their precision.
+ACTIVATION_INPUTS = ("hidden_states", "encoder_hidden_states")
+
+
+def _move(value: Any, device: torch.device) -> Any:
+    if isinstance(value, torch.Tensor):
+        return value.to(device)
+    if isinstance(value, (tuple, list)):
+        return type(value)(_move(v, device) for v in value)
+    return value
+
+
+def replace_sample(output: Any, fn: Callable[[torch.Tensor], torch.Tensor]) -> Any:
+    """Apply ``fn`` to the prediction inside a transformer's output (tuple or output dataclass)."""
+    if isinstance(output, tuple):
+        return (fn(output[0]),) + tuple(output[1:])
+    output.sample = fn(output.sample)
+    return output
+
+
+class HandoffHook(ModelHook):
+    def __init__(self, handoff: Handoff, device: torch.device | None = None) -> None:
+        super().__init__()
+        self.handoff = handoff
+        self.device = device
+        self._param_names: list[str] = []
+
+    def initialize_hook(self, module: torch.nn.Module) -> torch.nn.Module:
+        self._param_names = list(inspect.signature(type(module).forward).parameters)[1:]
+        return module
+
+    def new_forward(self, module: torch.nn.Module, *args: Any, **kwargs: Any) -> Any:
+        if args:
+            kwargs = {**dict(zip(self._param_names, args)), **kwargs}
+        x = kwargs["hidden_states"]
+        back_device, back_dtype = x.device, x.dtype
+        kwargs, state = self.handoff.map_inputs(kwargs)
+        dtype = module.dtype
+        for name in ACTIVATION_INPUTS:
+            value = kwargs.get(name)
+            if isinstance(value, torch.Tensor) and value.is_floating_point() and value.dtype != dtype:
+                kwargs[name] = value.to(dtype)
+        if self.device is not None:
+            kwargs = {k: _move(v, self.device) for k, v in kwargs.items()}
+        output = self.fn_ref.original_forward(**kwargs)
+        return replace_sample(
+            output, lambda v: self.handoff.map_output(v.to(back_device), state).to(back_dtype)
+        )
