@@ -121,8 +121,9 @@ def _install(pipe: Any, small: torch.nn.Module, router: Router, patches: Instanc
         result = original_to(*args, **kwargs)
         if router.small_device is None:
             device, dtype = parse_to_args(args, kwargs)
-            if device is not None or dtype is not None:
-                small.to(device=device, dtype=dtype)
+            move = {k: v for k, v in (("device", device), ("dtype", dtype)) if v is not None}
+            if move:
+                small.to(**move)
         return result
 
     def enable_model_cpu_offload(*args: Any, **kwargs: Any) -> Any:

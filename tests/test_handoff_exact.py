@@ -1,0 +1,175 @@
+"""Hand-offs where the math says the outputs must be equal (or equal to float tolerance)."""
+
+from __future__ import annotations
+
+import copy
+
+import numpy as np
+import pytest
+import torch
+from conftest import STEPS, CallLog, run
+from diffusers import CogVideoXTransformer3DModel, WanPipeline
+
+import sr_plugin
+from sr_plugin.tiny import cogvideox_scheduler
+
+
+@pytest.mark.parametrize("mode", [{"switch_step": 0}, {"switch_step": 4}, {"switch_step": STEPS}, {}])
+def test_identity_handoff_is_bit_exact(pair, family, mode):
+    """With the large model as its own "small" model, every switch point reproduces the plain pipeline."""
+    pipe, _ = pair
+    baseline = run(pipe, family, output_type="pt")
+    handle = sr_plugin.apply(pipe, pipe.transformer, **mode)
+    assert torch.equal(run(pipe, family, output_type="pt"), baseline)
+    expected = mode.get("switch_step", handle.switch_step)
+    assert handle.switch_step == (expected if expected < STEPS else None)
+    if mode == {}:
+        assert handle.switch_step is not None  # the adaptive rule did switch (tiny models settle quickly)
+
+
+def test_small_model_changes_the_output(pair, family):
+    """The non-identity hand-off really runs the small model (else the identity tests prove nothing)."""
+    pipe, small = pair
+    baseline = run(pipe, family)
+    sr_plugin.apply(pipe, small, switch_step=4)
+    assert not torch.allclose(run(pipe, family), baseline, atol=1e-3)
+
+
+@pytest.mark.parametrize("k", [1, 4, 7])
+def test_wan_fixed_switch_equals_diffusers_two_expert_path(k):
+    from sr_plugin.tiny import tiny_wan
+
+    pipe, small = tiny_wan()
+    pipe.scheduler.set_timesteps(STEPS)
+    t = pipe.scheduler.timesteps
+    ratio = float(t[k - 1] + t[k]) / 2 / pipe.scheduler.config.num_train_timesteps
+    two_expert = WanPipeline(tokenizer=pipe.tokenizer, text_encoder=pipe.text_encoder, vae=pipe.vae,
+                             transformer=pipe.transformer, transformer_2=small, scheduler=pipe.scheduler,
+                             boundary_ratio=ratio)
+    two_expert.set_progress_bar_config(disable=True)
+    reference = run(two_expert, "wan", output_type="pt")
+
+    handle = sr_plugin.apply(pipe, small, switch_step=k)
+    log = CallLog(large=pipe.transformer, small=small)
+    out = run(pipe, "wan", output_type="pt")
+    log.close()
+    assert torch.equal(out, reference)
+    assert handle.switch_step == k
+    assert log.calls == ["large"] * 2 * k + ["small"] * 2 * (STEPS - k)  # cond + uncond on one model per step
+
+
+# --------------------------------------------------------------------------- CogVideoX latent-space mapping
+class SeenThrough(CogVideoXTransformer3DModel):
+    """The large CogVideoX model as a model trained on another latent scale and noise schedule would behave.
+
+    Built from first principles, independently of the adapter: a sample x' at timestep t' of the "small"
+    space (latents scaled by c, schedule abar_s) is the large-space sample x = x' / k at the timestep t with
+    the same signal-to-noise ratio once the scale is taken out: SNR_l(t) = c^2 SNR_s(t'). Schedules are read
+    at fractional timesteps by linear interpolation of abar between training timesteps (numpy.interp).
+    """
+
+    def configure(self, abar_large: torch.Tensor, abar_small: torch.Tensor, c: float) -> "SeenThrough":
+        self.abar_l = abar_large.double().numpy()
+        self.abar_s = abar_small.double().numpy()
+        self.c = c
+        return self
+
+    def forward(self, hidden_states, encoder_hidden_states, timestep, **kwargs):
+        steps = np.arange(len(self.abar_s), dtype=np.float64)
+        t_small = timestep.double().numpy()
+        a_s = np.interp(t_small, steps, self.abar_s)
+        c2 = self.c ** 2
+        a = c2 * a_s / (1 - a_s + c2 * a_s)  # SNR_l = c^2 SNR_s, written in abar
+        t = np.interp(-a, -self.abar_l, steps)  # abar_l decreases: interpolate on the increasing -abar
+        k = np.sqrt((1 - a_s) / np.maximum(1 - a, 1e-300))
+        as_col = lambda v: torch.from_numpy(v).reshape(-1, 1, 1, 1, 1)  # noqa: E731
+        x = (hidden_states.double() / as_col(k)).to(hidden_states.dtype)
+        v = super().forward(hidden_states=x, encoder_hidden_states=encoder_hidden_states,
+                            timestep=torch.from_numpy(t).to(torch.float32), **kwargs)[0].double()
+        xd = x.double()
+        x0 = as_col(np.sqrt(a)) * xd - as_col(np.sqrt(1 - a)) * v
+        eps = as_col(np.sqrt(1 - a)) * xd + as_col(np.sqrt(a)) * v
+        v_small = as_col(np.sqrt(a_s)) * eps - as_col(np.sqrt(1 - a_s)) * (self.c * x0)
+        return (v_small.to(hidden_states.dtype),)
+
+
+def seen_through(pipe, small_scale: float, small_schedule) -> SeenThrough:
+    large = pipe.transformer
+    model = SeenThrough.from_config(large.config)
+    model.load_state_dict(large.state_dict())
+    model.eval()
+    c = small_scale / pipe.vae.config.scaling_factor
+    return model.configure(pipe.scheduler.alphas_cumprod, small_schedule.alphas_cumprod, c)
+
+
+@pytest.mark.parametrize("k", [0, 3, 6])
+def test_cogvideox_mapping_reproduces_the_large_model_through_another_space(k):
+    from sr_plugin.tiny import tiny_cogvideox
+
+    pipe, _ = tiny_cogvideox()
+    large_only = run(pipe, "cogvideox")
+    small_schedule = cogvideox_scheduler(3.0)  # the 2b schedule: SNR divided by 3
+    small_scale = 1.15258426  # the 2b latent scale (the pipeline's VAE says 0.7, as for 5b)
+    other = seen_through(pipe, small_scale, small_schedule)
+
+    handle = sr_plugin.apply(pipe, other, switch_step=k, small_vae_scaling_factor=small_scale,
+                             small_scheduler=small_schedule)
+    mapped = run(pipe, "cogvideox")
+    scale = large_only.abs().max().item()
+    assert torch.allclose(mapped, large_only, atol=1e-4 * scale, rtol=0), (mapped - large_only).abs().max()
+    handle.remove()
+
+    # Without the mapping (the same model handed latents of the wrong space), the output is clearly off.
+    sr_plugin.apply(pipe, other, switch_step=k, small_vae_scaling_factor=pipe.vae.config.scaling_factor,
+                    small_scheduler=pipe.scheduler)
+    unmapped = run(pipe, "cogvideox")
+    assert (unmapped - large_only).abs().max().item() > 1e-2 * scale
+
+
+def test_cogvideox_published_2b_defaults_for_a_sincos_small_model():
+    """A 2b-style small model with a 5b-style large one gets the published 2b scale and SNR shift."""
+    from sr_plugin.tiny import tiny_cogvideox
+
+    pipe, small = tiny_cogvideox()
+    handle = sr_plugin.apply(pipe, small, switch_step=2)
+    run(pipe, "cogvideox", steps=4)
+    space = handle.router.handoff.space
+    assert space.c == pytest.approx(1.15258426 / 0.7)
+    assert torch.equal(space.abar_small, cogvideox_scheduler(3.0).alphas_cumprod.double())
+    assert not space.is_identity
+
+
+def test_cogvideox_small_model_gets_its_own_positional_input():
+    from sr_plugin.tiny import tiny_cogvideox, tiny_cogvideox_transformer
+
+    pipe, sincos_small = tiny_cogvideox()
+    config = tiny_cogvideox_transformer(num_layers=1, num_heads=2, rotary=True, seed=7).config
+    rotary_small = CogVideoXTransformer3DModel.from_config({**config, "attention_head_dim": 32}).eval()
+    for small, expect_rotary in ((sincos_small, False), (rotary_small, True)):
+        handle = sr_plugin.apply(pipe, small, switch_step=1)
+        log = CallLog(large=pipe.transformer, small=small)
+        run(pipe, "cogvideox", steps=3)
+        log.close()
+        handle.remove()
+        large_rope = log.kwargs[0]["image_rotary_emb"]
+        small_rope = [kw["image_rotary_emb"] for name, kw in zip(log.calls, log.kwargs) if name == "small"]
+        assert large_rope is not None and len(small_rope) == 2
+        for rope in small_rope:
+            if expect_rotary:
+                assert rope[0].shape[-1] == 32 and large_rope[0].shape[-1] == 16  # its own head size
+            else:
+                assert rope is None
+
+
+def test_small_model_in_another_dtype_gets_its_dtype_and_hands_back_the_pipeline_dtype(pair, family):
+    pipe, _ = pair
+    baseline = run(pipe, family)
+    small = copy.deepcopy(pipe.transformer).to(torch.float64)
+    sr_plugin.apply(pipe, small, switch_step=3)
+    log = CallLog(small=small)
+    out = run(pipe, family)
+    log.close()
+    assert log.kwargs and all(kw["hidden_states"].dtype == torch.float64 for kw in log.kwargs)
+    assert all(kw["encoder_hidden_states"].dtype == torch.float64 for kw in log.kwargs)
+    assert out.dtype == baseline.dtype and small.dtype == torch.float64
+    assert torch.allclose(out, baseline, atol=1e-4)

@@ -1,0 +1,127 @@
+"""The switching rule on synthetic d sequences: plain logic, no pipeline."""
+
+from __future__ import annotations
+
+import ast
+import pathlib
+
+import pytest
+
+import sr_plugin.policy as policy_module
+from sr_plugin.policy import SwitchOptions, SwitchPolicy, second_differences
+
+
+def run_policy(options: SwitchOptions, d: list[float | None], num_steps: int) -> tuple[int | None, list[bool]]:
+    """Feed d_j after each step j as the router does; return the switch step and who ran each step."""
+    policy = SwitchPolicy(options.resolve(num_steps))
+    used = []
+    for j in range(num_steps):
+        used.append(policy.use_small(j))
+        policy.observe(j, d[j] if policy.needs_metric() else None)
+    return policy.switch_step, used
+
+
+def d_with_s(s_values: list[float], start: float = 0.5) -> list[float | None]:
+    """A d sequence (d_0 undefined) whose successive decreases are exactly ``s_values`` (s_2, s_3, ...)."""
+    d: list[float | None] = [None, start]
+    for s in s_values:
+        d.append(d[-1] - s)
+    return d
+
+
+def test_defaults_scale_with_the_run():
+    sched = SwitchOptions().resolve(50)
+    assert (sched.min_step, sched.max_step, sched.delta) == (5, 30, 0.01)
+    sched = SwitchOptions().resolve(10)
+    assert (sched.min_step, sched.max_step) == (3, 6)
+
+
+def test_crossing_defaults_collapse_to_min_and_short_runs_never_switch():
+    sched = SwitchOptions().resolve(4)  # min 3, max floor(2.4) = 2 -> 3
+    assert (sched.min_step, sched.max_step) == (3, 3)
+    assert run_policy(SwitchOptions(), [None, 1.0, 0.9, 0.8], 4)[0] == 3
+    for n in (0, 1, 2, 3):
+        switch, used = run_policy(SwitchOptions(), [None, 0.5, 0.499, 0.498][:n], n)
+        assert switch is None and not any(used)
+
+
+def test_switches_at_first_step_whose_previous_s_is_in_the_window():
+    # s_2 .. s_9; min 3 so s_2 is looked at before step 3. s_2, s_3 too large, s_4 negative, s_5 in (0, delta).
+    s = [0.05, 0.02, -0.01, 0.004, 0.003, 0.002, 0.001, 0.0005]
+    switch, used = run_policy(SwitchOptions(delta=0.01, min_switch_step=3, max_switch_step=9), d_with_s(s), 10)
+    assert switch == 6
+    assert used == [False] * 6 + [True] * 4
+
+
+@pytest.mark.parametrize("s_edge", [0.0, 0.01, -0.001])
+def test_s_must_be_strictly_inside_zero_and_delta(s_edge):
+    d = d_with_s([s_edge] * 8)
+    assert run_policy(SwitchOptions(delta=0.01, min_switch_step=3, max_switch_step=9), d, 10)[0] == 9
+
+
+def test_min_switch_step_holds_back_an_early_small_s():
+    d = d_with_s([0.001] * 18)  # s is in the window from s_2 on
+    assert run_policy(SwitchOptions(min_switch_step=7, max_switch_step=15), d, 20)[0] == 7
+    assert run_policy(SwitchOptions(), d, 20)[0] == 3  # default min = max(3, ceil(2)) = 3
+
+
+def test_max_switch_step_forces_the_switch():
+    d = d_with_s([0.5] * 48)
+    assert run_policy(SwitchOptions(), d, 50)[0] == 30
+
+
+def test_switch_is_one_way():
+    d = d_with_s([0.005, 0.5, 0.5, 0.5, 0.5, 0.5, 0.5, 0.5])
+    switch, used = run_policy(SwitchOptions(min_switch_step=3, max_switch_step=9), d, 10)
+    assert switch == 3 and used == [False] * 3 + [True] * 7
+
+
+@pytest.mark.parametrize("k,expected", [(0, [True] * 6), (2, [False] * 2 + [True] * 4), (6, [False] * 6),
+                                        (99, [False] * 6)])
+def test_fixed_switch(k, expected):
+    switch, used = run_policy(SwitchOptions.from_user(switch_step=k), [None] * 6, 6)
+    assert used == expected
+    assert switch == (k if k < 6 else None)
+
+
+def test_one_explicit_bound_wins_over_a_crossing_default():
+    assert SwitchOptions.from_user(min_switch_step=40).resolve(50).max_step == 40
+    sched = SwitchOptions.from_user(max_switch_step=2).resolve(50)
+    assert (sched.min_step, sched.max_step) == (2, 2)
+
+
+@pytest.mark.parametrize("kwargs,match", [
+    ({"delta": 0.0}, "delta"), ({"delta": 1.0}, "delta"), ({"delta": -0.1}, "delta"), ({"delta": 3}, "delta"),
+    ({"delta": "0.01"}, "delta"), ({"delta": True}, "delta"),
+    ({"min_switch_step": 10, "max_switch_step": 5}, "greater than"),
+    ({"switch_step": -1}, "switch_step"), ({"min_switch_step": -2}, "min_switch_step"),
+    ({"switch_step": 5, "delta": 0.02}, "fixed switch"), ({"switch_step": 5, "max_switch_step": 9}, "fixed"),
+])
+def test_bad_options_are_clear_errors(kwargs, match):
+    with pytest.raises((ValueError, TypeError), match=match):
+        SwitchOptions.from_user(**kwargs)
+
+
+def test_step_must_be_an_int():
+    with pytest.raises(TypeError, match="switch_step"):
+        SwitchOptions.from_user(switch_step=2.5)
+
+
+def test_observations_must_come_in_order():
+    policy = SwitchPolicy(SwitchOptions().resolve(10))
+    policy.observe(0, None)
+    with pytest.raises(ValueError, match="step order"):
+        policy.observe(2, 0.1)
+
+
+def test_second_differences():
+    assert second_differences([None, 0.5, 0.3, None, 0.1]) == [None, None, pytest.approx(0.2), None, None]
+    assert second_differences([]) == []
+
+
+def test_policy_module_imports_neither_torch_nor_diffusers():
+    tree = ast.parse(pathlib.Path(policy_module.__file__).read_text())
+    imported = {alias.name.split(".")[0] for node in ast.walk(tree) if isinstance(node, ast.Import)
+                for alias in node.names}
+    imported |= {node.module.split(".")[0] for node in ast.walk(tree) if isinstance(node, ast.ImportFrom)}
+    assert imported <= {"__future__", "math", "dataclasses"}, imported
