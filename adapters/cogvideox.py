@@ -99,11 +99,17 @@ class CogVideoXHandoff(Handoff):
             and pipe.transformer.config.use_rotary_positional_embeddings
         )
         self.space: LatentSpaceMap | None = None
+        self._space_key: tuple[Any, ...] | None = None
         self._rotary: tuple[Any, Any] | None = None
 
     def begin_call(self, pipe: Any) -> None:
+        self._rotary = None
         scheduler = pipe.scheduler
         large_scale = float(pipe.vae.config.scaling_factor)
+        # Rebuilt only when the pipeline's scheduler or VAE scale changed (building a scheduler costs ms).
+        key = (id(scheduler), id(scheduler.config), large_scale)
+        if key == self._space_key:
+            return
         small_scale = self._small_scale
         if small_scale is None:
             small_scale = PUBLISHED_2B_VAE_SCALING_FACTOR if self._published_2b_defaults else large_scale
@@ -116,7 +122,7 @@ class CogVideoXHandoff(Handoff):
         else:
             abar_small = scheduler.alphas_cumprod
         self.space = LatentSpaceMap(scheduler.alphas_cumprod, abar_small, small_scale / large_scale)
-        self._rotary = None
+        self._space_key = key
 
     def _small_rotary(self, hidden_states: torch.Tensor) -> Any:
         """The positional input the small model's own config calls for: None (sincos) or its own 3D RoPE."""

@@ -1,0 +1,146 @@
+"""Each pipeline call is independent of the ones before it, and the pipeline's own features keep working."""
+
+from __future__ import annotations
+
+import inspect
+
+import pytest
+import torch
+from conftest import STEPS, run
+from diffusers import (CogVideoXDPMScheduler, FlowMatchEulerDiscreteScheduler, FlowMatchHeunDiscreteScheduler)
+
+import sr_plugin
+
+
+def fresh_run(family: str, steps: int = STEPS, **apply_kwargs):
+    """Output and trace of a call on a freshly built, freshly patched pipeline."""
+    from sr_plugin.tiny import tiny_pair
+
+    pipe, small = tiny_pair(family)
+    handle = sr_plugin.apply(pipe, small, **apply_kwargs)
+    return run(pipe, family, steps=steps), handle.trace
+
+
+def test_identical_calls_give_identical_outputs_and_traces(pair, family):
+    pipe, small = pair
+    handle = sr_plugin.apply(pipe, small)
+    first, trace1 = run(pipe, family), handle.trace
+    second, trace2 = run(pipe, family), handle.trace
+    assert torch.equal(first, second)
+    assert trace1 == trace2 and handle.switch_step is not None
+
+
+def test_step_count_may_change_between_calls(pair, family):
+    pipe, small = pair
+    handle = sr_plugin.apply(pipe, small)
+    run(pipe, family, steps=6)
+    assert len(handle.trace) == 6
+    out = run(pipe, family, steps=12)
+    assert len(handle.trace) == 12
+    expected_out, expected_trace = fresh_run(family, steps=12)
+    assert torch.equal(out, expected_out) and handle.trace == expected_trace
+
+
+def test_interrupted_call_leaves_the_next_one_clean(pair, family):
+    pipe, small = pair
+    large = pipe.transformer
+    handle = sr_plugin.apply(pipe, small, switch_step=2)
+
+    def interrupt(p, i, t, kwargs):
+        if i == 3:
+            p._interrupt = True
+        return {}
+
+    run(pipe, family, callback_on_step_end=interrupt)
+    assert [r.model for r in handle.trace] == ["large", "large", "small", "small"]
+    assert pipe.transformer is large and "step" not in vars(pipe.scheduler)
+    out = run(pipe, family)
+    expected_out, expected_trace = fresh_run(family, switch_step=2)
+    assert torch.equal(out, expected_out) and handle.trace == expected_trace
+
+
+def test_failed_call_leaves_the_next_one_clean(pair, family):
+    pipe, small = pair
+    large = pipe.transformer
+    handle = sr_plugin.apply(pipe, small, switch_step=3)
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("out of memory (simulated)")
+
+    small.forward = broken
+    with pytest.raises(RuntimeError, match="simulated"):
+        run(pipe, family)
+    del small.forward
+    assert pipe.transformer is large and "step" not in vars(pipe.scheduler)
+    assert [r.model for r in handle.trace] == ["large"] * 3 and handle.switch_step is None
+    assert not small._diffusers_hook.hooks  # the hand-off hook is gone
+    out = run(pipe, family)
+    expected_out, expected_trace = fresh_run(family, switch_step=3)
+    assert torch.equal(out, expected_out) and handle.trace == expected_trace
+
+
+def test_callback_gets_the_right_arguments_and_can_edit_latents(pair, family):
+    pipe, _ = pair
+    seen: list[tuple[int, float]] = []
+
+    def halve_at_step_4(p, i, t, kwargs):
+        seen.append((i, float(t)))
+        return {"latents": kwargs["latents"] * 0.5} if i == 4 else {}
+
+    unpatched = run(pipe, family, callback_on_step_end=halve_at_step_4)
+    unpatched_seen, seen[:] = list(seen), []
+    handle = sr_plugin.apply(pipe, pipe.transformer, switch_step=2)  # identity: outputs must match exactly
+    patched = run(pipe, family, callback_on_step_end=halve_at_step_4)
+    assert torch.equal(patched, unpatched)
+    assert seen == unpatched_seen
+    assert [i for i, _ in seen] == list(range(STEPS))
+    assert [t for _, t in seen] == [r.timestep for r in handle.trace]
+    assert not torch.equal(patched, run(pipe, family))  # the edit had an effect
+
+
+@pytest.mark.parametrize("family,scheduler_factory", [
+    ("wan", lambda s: FlowMatchEulerDiscreteScheduler(shift=3.0)),
+    # CogVideoX's DPM scheduler draws fresh noise from the generator at every step: the pipeline passes it
+    # only if scheduler.step's signature names it, so this also checks the wrapped step keeps its signature.
+    ("cogvideox", lambda s: CogVideoXDPMScheduler.from_config(s.config)),
+])
+def test_replacing_the_scheduler_after_apply_works(family, scheduler_factory):
+    from sr_plugin.tiny import tiny_pair
+
+    pipe, _ = tiny_pair(family)
+    handle = sr_plugin.apply(pipe, pipe.transformer, switch_step=3)
+    pipe.scheduler = scheduler_factory(pipe.scheduler)
+    patched = run(pipe, family)
+    handle.remove()
+    assert torch.equal(patched, run(pipe, family))
+    pipe.scheduler.set_timesteps(STEPS)
+    assert [r.timestep for r in handle.trace] == [float(t) for t in pipe.scheduler.timesteps]
+    assert [r.model for r in handle.trace].count("small") == STEPS - 3
+
+
+def test_wrapped_step_keeps_the_scheduler_signature(pair, family):
+    pipe, small = pair
+    expected = inspect.signature(pipe.scheduler.step)
+    sr_plugin.apply(pipe, small)
+    seen = []
+
+    def spy(p, i, t, kwargs):
+        seen.append(inspect.signature(p.scheduler.step))
+        return {}
+
+    run(pipe, family, steps=3, callback_on_step_end=spy)
+    assert seen and all(sig == expected for sig in seen)
+    assert "step" in vars(type(pipe.scheduler))  # the class itself was never touched
+
+
+def test_a_scheduler_with_several_calls_per_step_is_refused_before_generation():
+    from sr_plugin.tiny import tiny_pair
+
+    pipe, small = tiny_pair("wan")
+    sr_plugin.apply(pipe, small)
+    pipe.scheduler = FlowMatchHeunDiscreteScheduler(shift=3.0)
+    calls = []
+    pipe.transformer.register_forward_pre_hook(lambda *a: calls.append(1))
+    with pytest.raises(ValueError, match="order 2"):
+        run(pipe, "wan")
+    assert calls == []

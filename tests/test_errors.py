@@ -1,0 +1,101 @@
+"""Bad input: a clear error from `apply`, before any generation, with the pipeline left untouched."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from diffusers import CogVideoXDDIMScheduler, WanPipeline
+
+import sr_plugin
+from sr_plugin.tiny import tiny_cogvideox, tiny_cogvideox_transformer, tiny_wan, tiny_wan_transformer
+
+
+def wan_small(**overrides):
+    config = dict(tiny_wan_transformer(num_layers=1, num_heads=2, seed=0).config)
+    config.update(overrides)
+    from diffusers import WanTransformer3DModel
+
+    return WanTransformer3DModel.from_config(config).eval()
+
+
+
+@pytest.mark.parametrize("small_factory,exc,match", [
+    (lambda: tiny_cogvideox_transformer(1, 2, False, 0), TypeError, "must be a WanTransformer3DModel"),
+    (lambda: wan_small(in_channels=8, out_channels=8), ValueError, "in_channels"),
+    (lambda: wan_small(patch_size=(1, 4, 4)), ValueError, "patch_size"),
+    (lambda: wan_small(text_dim=16), ValueError, "text_dim"),
+    (lambda: torch.zeros(3), TypeError, "torch.nn.Module"),
+])
+def test_wrong_small_model(small_factory, exc, match):
+    pipe, _ = tiny_wan()
+    before = dict(vars(pipe))
+    with pytest.raises(exc, match=match):
+        sr_plugin.apply(pipe, small_factory())
+    assert dict(vars(pipe)) == before
+
+
+def test_cogvideox_wrong_small_model():
+    pipe, _ = tiny_cogvideox()
+    with pytest.raises(TypeError, match="CogVideoXTransformer3DModel"):
+        sr_plugin.apply(pipe, tiny_wan_transformer(1, 2, 0))
+    with pytest.raises(ValueError, match="text_embed_dim"):
+        from diffusers import CogVideoXTransformer3DModel
+
+        config = {**tiny_cogvideox_transformer(1, 2, False, 0).config, "text_embed_dim": 16}
+        sr_plugin.apply(pipe, CogVideoXTransformer3DModel.from_config(config))
+
+
+@pytest.mark.parametrize("kwargs,match", [
+    ({"delta": 0.0}, "delta"), ({"delta": 1.5}, "delta"),
+    ({"min_switch_step": 8, "max_switch_step": 4}, "min_switch_step"),
+    ({"switch_step": -1}, "switch_step"),
+])
+def test_bad_switch_options(kwargs, match):
+    pipe, small = tiny_wan()
+    before = dict(vars(pipe))
+    with pytest.raises(ValueError, match=match):
+        sr_plugin.apply(pipe, small, **kwargs)
+    assert dict(vars(pipe)) == before
+
+
+def test_unsupported_pipeline_lists_the_supported_ones():
+    from diffusers import DiffusionPipeline
+
+    with pytest.raises(TypeError, match="WanPipeline, CogVideoXPipeline"):
+        sr_plugin.apply(DiffusionPipeline(), tiny_wan_transformer(1, 2, 0))
+
+
+def test_pipeline_without_transformer():
+    pipe, small = tiny_wan()
+    pipe.transformer = None
+    with pytest.raises(ValueError, match="no transformer"):
+        sr_plugin.apply(pipe, small)
+
+
+def test_two_expert_wan_pipeline_is_refused():
+    pipe, small = tiny_wan()
+    two = WanPipeline(**{**pipe.components, "transformer_2": small}, boundary_ratio=0.5)
+    with pytest.raises(ValueError, match="two experts"):
+        sr_plugin.apply(two, small)
+
+
+def test_latent_space_options_are_checked():
+    pipe, small = tiny_cogvideox()
+    with pytest.raises(ValueError, match="small_vae_scaling_factor"):
+        sr_plugin.apply(pipe, small, small_vae_scaling_factor=-1.0)
+    with pytest.raises(ValueError, match="small_scheduler"):
+        sr_plugin.apply(pipe, small, small_scheduler=object())
+    wan, wan_small_model = tiny_wan()
+    with pytest.raises(TypeError, match="hands over unchanged"):
+        sr_plugin.apply(wan, wan_small_model, small_scheduler=CogVideoXDDIMScheduler())
+
+
+def test_wrong_scheduler_family_is_refused_before_generation():
+    pipe, small = tiny_cogvideox()
+    sr_plugin.apply(pipe, small)
+    pipe.scheduler = CogVideoXDDIMScheduler.from_config(pipe.scheduler.config, prediction_type="epsilon")
+    calls = []
+    pipe.transformer.register_forward_pre_hook(lambda *a: calls.append(1))
+    with pytest.raises(ValueError, match="v-prediction"):
+        pipe(prompt="a cat", num_inference_steps=3, num_frames=9, output_type="latent")
+    assert calls == []
