@@ -113,7 +113,10 @@ class Router:
     # ------------------------------------------------------------------ per step
     def _observe_steps(self, scheduler: Any) -> None:
         original = scheduler.step
-        signature = inspect.signature(original)
+        # Arguments are read by the scheduler class's own parameter names, which is how pipelines call it
+        # (an earlier instance-level wrapper may show another signature).
+        cls_signature = inspect.signature(type(scheduler).step)
+        signature = cls_signature.replace(parameters=list(cls_signature.parameters.values())[1:])
 
         # functools.wraps keeps `__wrapped__`, so inspect.signature(scheduler.step) still shows the original
         # parameters: pipelines pass `generator`/`eta` only if the signature names them.

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 from conftest import STEPS, CallLog, run
 
 import sr_plugin
@@ -54,3 +55,45 @@ def test_never_switching_run_reports_no_switch(pair, family):
     handle = sr_plugin.apply(pipe, small, switch_step=STEPS)
     run(pipe, family)
     assert handle.switch_step is None and {r.model for r in handle.trace} == {"large"}
+
+
+def test_metric_is_computed_from_the_guided_output_the_scheduler_receives(family):
+    """d recomputed independently from what scheduler.step was given (after CFG; CogVideoX with dynamic CFG,
+    whose guidance scale changes every step) equals the trace's d."""
+    import math
+
+    import torch
+
+    from sr_plugin.tiny import tiny_pair
+
+    pipe, small = tiny_pair(family)
+    seen = []
+    scheduler = pipe.scheduler
+    step = scheduler.step
+
+    def spy(model_output, *args, **kwargs):
+        sample = args[1]  # both pipelines call step(model_output, t, sample, ...)
+        seen.append((model_output.clone().float(), sample.clone().float()))
+        return step(model_output, *args, **kwargs)
+
+    scheduler.step = spy  # the plugin wraps this instance attribute for the call, and restores it after
+    extra = {"use_dynamic_cfg": True} if family == "cogvideox" else {}
+    handle = sr_plugin.apply(pipe, small)
+    run(pipe, family, **extra)
+    assert len(seen) == STEPS and scheduler.step is spy
+    x0 = []
+    for j, (v, x) in enumerate(seen):
+        if family == "wan":
+            x0.append(x - float(scheduler.sigmas[j]) * v)
+        else:
+            abar = float(scheduler.alphas_cumprod[int(scheduler.timesteps[j])])
+            x0.append(math.sqrt(abar) * x - math.sqrt(1 - abar) * v)
+    expected = [None] + [
+        math.tanh(((a - b).abs().mean() / (b.abs().mean() + 1e-8)).item()) for b, a in zip(x0[:-1], x0[1:])
+    ]
+    for r, d in zip(handle.trace, expected):
+        assert (r.d is None) == (d is None)
+        if d is not None:
+            assert r.d == pytest.approx(d, rel=1e-5)
+    if family == "cogvideox":
+        assert not torch.equal(run(pipe, family), run(pipe, family, **extra))  # dynamic CFG matters
