@@ -7,10 +7,11 @@ from typing import Any
 import torch
 
 from .adapters import adapter_for
+from .calls import CallTracker
 from .offload import join_model_offload, leave_model_offload, model_offload_active, parse_to_args
 from .patching import InstancePatches
 from .policy import SwitchOptions
-from .routing import RoutedProgressBar, Router
+from .routing import Router
 from .trace import StepRecord
 
 #: Attribute marking a patched pipeline instance; it points at the handle.
@@ -45,8 +46,10 @@ class SRHandle:
         """Restore the pipeline exactly as it was before `apply`. Safe to call twice."""
         if self.removed:
             return
-        if self._router._active:
+        tracker = CallTracker.of(self.pipe)
+        if tracker.active:
             raise RuntimeError("sr_plugin: cannot remove the switch while the pipeline is running")
+        tracker.discard(self._router)
         self._patches.undo()
         leave_model_offload(self.pipe, self.small)
         self.removed = True
@@ -108,14 +111,9 @@ def apply(
 
 
 def _install(pipe: Any, small: torch.nn.Module, router: Router, patches: InstancePatches) -> None:
-    """Instance patches: the call bracket, `.to` and model CPU offload that carry the small model along."""
-    original_progress_bar = pipe.progress_bar
+    """The router joins the call tracker; `.to` and model CPU offload carry the small model along."""
     original_to = pipe.to
     original_enable_offload = pipe.enable_model_cpu_offload
-
-    def progress_bar(iterable: Any = None, total: int | None = None) -> Any:
-        bar = original_progress_bar(iterable=iterable, total=total)
-        return bar if iterable is not None or total is None else RoutedProgressBar(bar, router)
 
     def to(*args: Any, **kwargs: Any) -> Any:
         result = original_to(*args, **kwargs)
@@ -132,7 +130,7 @@ def _install(pipe: Any, small: torch.nn.Module, router: Router, patches: Instanc
         join_model_offload(pipe, small)
         return result
 
-    patches.set(pipe, "progress_bar", progress_bar)
+    CallTracker.of(pipe).add(router)
     patches.set(pipe, "to", to)
     patches.set(pipe, "enable_model_cpu_offload", enable_model_cpu_offload)
     if model_offload_active(pipe):

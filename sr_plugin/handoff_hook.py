@@ -6,8 +6,9 @@ hooks on the small model (TeaCache, First Block Cache, ...) see the inputs the s
 
 from __future__ import annotations
 
+import contextlib
 import inspect
-from typing import Any, Callable
+from typing import Any, Callable, ContextManager
 
 import torch
 from diffusers.hooks import ModelHook
@@ -35,10 +36,17 @@ def replace_sample(output: Any, fn: Callable[[torch.Tensor], torch.Tensor]) -> A
 
 
 class HandoffHook(ModelHook):
-    def __init__(self, handoff: Handoff, device: torch.device | None = None) -> None:
+    def __init__(
+        self,
+        handoff: Handoff,
+        device: torch.device | None = None,
+        contexts: list[Callable[[], ContextManager]] | None = None,
+    ) -> None:
         super().__init__()
         self.handoff = handoff
         self.device = device
+        #: Factories of context managers entered around every call of the small model.
+        self.contexts = contexts if contexts is not None else []
         self._param_names: list[str] = []
 
     def initialize_hook(self, module: torch.nn.Module) -> torch.nn.Module:
@@ -58,7 +66,10 @@ class HandoffHook(ModelHook):
                 kwargs[name] = value.to(dtype)
         if self.device is not None:
             kwargs = {k: _move(v, self.device) for k, v in kwargs.items()}
-        output = self.fn_ref.original_forward(**kwargs)
+        with contextlib.ExitStack() as stack:
+            for make_context in self.contexts:
+                stack.enter_context(make_context())
+            output = self.fn_ref.original_forward(**kwargs)
         return replace_sample(
             output, lambda v: self.handoff.map_output(v.to(back_device), state).to(back_dtype)
         )

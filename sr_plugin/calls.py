@@ -1,0 +1,184 @@
+"""Per-pipeline call tracking, shared by the switch and the accelerations.
+
+It rides on two things diffusers pipelines already do, patched on the instance only:
+
+- ``with self.progress_bar(total=...)`` brackets exactly the denoising loop of every call, and its
+  ``__exit__`` runs on success, interruption and error alike: each call's state is set up and torn down there;
+- ``self.scheduler.step(guided_output, t, sample)`` runs once per step with the guided model output (after
+  CFG, with the scale that step really used): the step counter advances there, and listeners observe it.
+
+Listeners (the router of the switch, the caching accelerations) get ``begin``, ``after_step`` and ``end``.
+"""
+
+from __future__ import annotations
+
+import functools
+import inspect
+import sys
+from typing import Any, Protocol
+
+import torch
+
+from .patching import InstancePatches
+
+
+class CallListener(Protocol):
+    def begin(self, calls: "CallTracker") -> None: ...
+
+    def after_step(self, calls: "CallTracker", model_output: torch.Tensor, sample: torch.Tensor) -> None: ...
+
+    def end(self, calls: "CallTracker") -> None: ...
+
+
+class CallTracker:
+    """Brackets every call of one pipeline instance and counts its steps. Get it with `CallTracker.of(pipe)`."""
+
+    ATTR = "_sr_plugin_calls"
+
+    @classmethod
+    def of(cls, pipe: Any) -> "CallTracker":
+        tracker = pipe.__dict__.get(cls.ATTR)
+        if tracker is None:
+            tracker = cls(pipe)
+        return tracker
+
+    def __init__(self, pipe: Any) -> None:
+        self.pipe = pipe
+        self.listeners: list[CallListener] = []
+        self.active = False
+        self.timesteps: list[float] = []
+        self.step = 0
+        #: Per step of the current/last call: {(role, branch): "computed" | "skipped"} from caching hooks.
+        self.cache_log: list[dict[tuple[str, str], str]] = []
+        self._install = InstancePatches()
+        self._call = InstancePatches()
+        original = pipe.progress_bar
+
+        def progress_bar(iterable: Any = None, total: int | None = None) -> Any:
+            bar = original(iterable=iterable, total=total)
+            return bar if iterable is not None or total is None else _TrackedProgressBar(bar, self)
+
+        self._install.set(pipe, "progress_bar", progress_bar)
+        self._install.set(pipe, self.ATTR, self)
+
+    # ------------------------------------------------------------------ listeners
+    def add(self, listener: CallListener, first: bool = False) -> None:
+        if self.active:
+            raise RuntimeError("sr_plugin: cannot change a pipeline while it is running")
+        self.listeners.insert(0, listener) if first else self.listeners.append(listener)
+
+    def discard(self, listener: CallListener) -> None:
+        """Forget a listener; the last one out restores the pipeline's progress bar."""
+        if self.active:
+            raise RuntimeError("sr_plugin: cannot change a pipeline while it is running")
+        if listener in self.listeners:
+            self.listeners.remove(listener)
+        if not self.listeners:
+            self._install.undo()
+
+    @property
+    def num_steps(self) -> int:
+        return len(self.timesteps)
+
+    @property
+    def current_timestep(self) -> float | None:
+        """The timestep of the step now running, as a host float (no device read)."""
+        return self.timesteps[self.step] if self.active and self.step < len(self.timesteps) else None
+
+    def log_cache(self, role: str, branch: str, computed: bool) -> None:
+        if self.active and self.step < len(self.timesteps):
+            while len(self.cache_log) <= self.step:
+                self.cache_log.append({})
+            self.cache_log[self.step][(role, branch)] = "computed" if computed else "skipped"
+
+    # ------------------------------------------------------------------ one call
+    def begin(self, bar: Any) -> None:
+        if self.active:
+            raise RuntimeError("sr_plugin: a pipeline call is already in progress on this pipeline")
+        scheduler = self.pipe.scheduler
+        if getattr(scheduler, "order", 1) != 1:
+            raise ValueError(
+                f"{type(scheduler).__name__} has order {scheduler.order}: it calls the model more than once per "
+                "step, and sr_plugin works on steps. Use a first-order scheduler."
+            )
+        self.timesteps = [float(t) for t in scheduler.timesteps.tolist()]
+        self.step = 0
+        self.cache_log = []
+        self.bar = bar
+        self.active = True
+        started: list[CallListener] = []
+        try:
+            self._observe_steps(scheduler)
+            for listener in list(self.listeners):
+                listener.begin(self)
+                started.append(listener)
+        except BaseException:
+            self._finish(started)
+            raise
+
+    def end(self) -> None:
+        if self.active:
+            self._finish(list(self.listeners))
+
+    def _finish(self, listeners: list[CallListener]) -> None:
+        self.active = False
+        try:
+            self._call.undo()
+        finally:
+            errors = []
+            for listener in reversed(listeners):
+                try:
+                    listener.end(self)
+                except BaseException as err:  # every listener must get to restore its state
+                    errors.append(err)
+            if errors:
+                raise errors[0]
+
+    def _observe_steps(self, scheduler: Any) -> None:
+        original = scheduler.step
+        # Arguments are read by the scheduler class's own parameter names, which is how pipelines call it
+        # (an earlier instance-level wrapper may show another signature).
+        cls_signature = inspect.signature(type(scheduler).step)
+        signature = cls_signature.replace(parameters=list(cls_signature.parameters.values())[1:])
+
+        # functools.wraps keeps `__wrapped__`, so inspect.signature(scheduler.step) still shows the original
+        # parameters: pipelines pass `generator`/`eta` only if the signature names them.
+        @functools.wraps(original)
+        def step(*args: Any, **kwargs: Any) -> Any:
+            out = original(*args, **kwargs)
+            bound = signature.bind(*args, **kwargs).arguments
+            if self.step < len(self.timesteps):
+                for listener in list(self.listeners):
+                    listener.after_step(self, bound["model_output"], bound["sample"])
+            self.step += 1
+            return out
+
+        self._call.set(scheduler, "step", step)
+
+
+class _TrackedProgressBar:
+    """The pipeline's progress bar, whose context also brackets the tracker's call state."""
+
+    def __init__(self, bar: Any, tracker: CallTracker) -> None:
+        self._bar = bar
+        self._tracker = tracker
+
+    def __enter__(self) -> Any:
+        bar = self._bar.__enter__()
+        try:
+            self._tracker.begin(bar)
+        except BaseException:
+            self._bar.__exit__(*sys.exc_info())
+            raise
+        return bar
+
+    def __exit__(self, *exc: Any) -> Any:
+        try:
+            self._tracker.end()
+        except BaseException:
+            self._bar.__exit__(*exc)
+            raise
+        return self._bar.__exit__(*exc)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._bar, name)
