@@ -77,6 +77,29 @@ class FamilyAdapter:
         """The denoised estimate x0 after ``step_index`` from the guided model output."""
         raise NotImplementedError
 
+    # ------------------------------------------------------------------ what the accelerations need
+    #: Whether the blocks return ``(hidden_states, encoder_hidden_states)`` rather than hidden_states alone.
+    blocks_return_encoder_states: bool = False
+    #: TeaCache's published rescale polynomials (numpy poly1d order, highest degree first), by name.
+    teacache_coefficients: dict[str, tuple[float, ...]] = {}
+
+    def blocks(self, model: torch.nn.Module) -> torch.nn.ModuleList:
+        """The transformer blocks, in call order (regional compilation and block caches work on these)."""
+        raise NotImplementedError
+
+    def attention_modules(self, model: torch.nn.Module) -> list[tuple[torch.nn.Module, str]]:
+        """``(module, "self" | "cross")`` for every attention layer Pyramid Attention Broadcast may reuse."""
+        raise NotImplementedError
+
+    def teacache_input(self, model: torch.nn.Module, ret_steps: bool) -> tuple[str, Any]:
+        """Where TeaCache reads the timestep-modulated input: ``("block_arg", name)`` of the first block's
+        arguments, or ``("output_of", submodule, index)``."""
+        raise NotImplementedError
+
+    def teacache_preset(self, model: torch.nn.Module, ret_steps: bool) -> str | None:
+        """The published coefficient set for this model's config, or None if it matches none."""
+        return None
+
     def make_handoff(self, pipe: Any, small: torch.nn.Module, **options: Any) -> Handoff:
         """Build the mapping used while the small model runs. Unknown options are an error."""
         if any(v is not None for v in options.values()):

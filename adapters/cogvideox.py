@@ -27,6 +27,17 @@ PUBLISHED_2B_VAE_SCALING_FACTOR = 1.15258426
 PUBLISHED_2B_SNR_SHIFT_SCALE = 3.0
 
 
+#: TeaCache rescale polynomials published for CogVideoX 2b and 5b (ali-vilab/TeaCache, as collected in the
+#: project's reference notes), numpy poly1d order; they decide on the time embedding.
+COGVIDEOX_TEACACHE_COEFFICIENTS: dict[str, tuple[float, ...]] = {
+    "cogvideox-2b": (-3.10658903e01, 2.54732368e01, -5.92380459e00, 1.75769064e00, -3.61568434e-03),
+    "cogvideox-5b": (-1.53880483e03, 8.43202495e02, -1.34363087e02, 7.97131516e00, -5.23162339e-02),
+}
+
+#: (num_layers, num_attention_heads, use_rotary_positional_embeddings) of the published CogVideoX 1.0 models.
+_COGVIDEOX_SIZES = {(30, 30, False): "cogvideox-2b", (42, 48, True): "cogvideox-5b"}
+
+
 def interpolate_table(table: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
     """A per-integer-timestep table read at fractional timesteps: piecewise linear, extrapolated linearly
     beyond the ends. Exact at integers. This is how we define ``abar(t)`` between training timesteps."""
@@ -204,3 +215,22 @@ class CogVideoXAdapter(FamilyAdapter):
                     "(for example CogVideoXDDIMScheduler.from_pretrained(<2b>, subfolder='scheduler'))"
                 )
         return CogVideoXHandoff(pipe, small, small_vae_scaling_factor, small_scheduler)
+
+    teacache_coefficients = COGVIDEOX_TEACACHE_COEFFICIENTS
+    blocks_return_encoder_states = True  # the blocks update text and video tokens together
+
+    def blocks(self, model: torch.nn.Module) -> torch.nn.ModuleList:
+        return model.transformer_blocks
+
+    def attention_modules(self, model: torch.nn.Module) -> list[tuple[torch.nn.Module, str]]:
+        # One joint (text + video) self-attention per block; CogVideoX has no separate cross-attention.
+        return [(b.attn1, "self") for b in model.transformer_blocks]
+
+    def teacache_input(self, model: torch.nn.Module, ret_steps: bool) -> tuple[str, Any]:
+        if ret_steps:
+            raise ValueError("TeaCache's ret_steps mode was published for Wan only; CogVideoX has no such coefficients")
+        return ("block_arg", "temb")
+
+    def teacache_preset(self, model: torch.nn.Module, ret_steps: bool) -> str | None:
+        c = model.config
+        return _COGVIDEOX_SIZES.get((c.num_layers, c.num_attention_heads, c.use_rotary_positional_embeddings))

@@ -14,6 +14,20 @@ import torch
 from .base import FamilyAdapter
 
 
+#: TeaCache rescale polynomials published for Wan2.1 T2V (ali-vilab/TeaCache, TeaCache4Wan2.1), numpy
+#: poly1d order. "-ret" sets go with ``ret_steps``: decide on the time projection e0 and always compute
+#: the first 5 steps; the others decide on the time embedding e.
+WAN_TEACACHE_COEFFICIENTS: dict[str, tuple[float, ...]] = {
+    "wan2.1-t2v-1.3b": (2.39676752e03, -1.31110545e03, 2.01331979e02, -8.29855975e00, 1.37887774e-01),
+    "wan2.1-t2v-14b": (-5784.54975374, 5449.50911966, -1811.16591783, 256.27178429, -13.02252404),
+    "wan2.1-t2v-1.3b-ret": (-5.21862437e04, 9.23041404e03, -5.28275948e02, 1.36987616e01, -4.99875664e-02),
+    "wan2.1-t2v-14b-ret": (-3.03318725e05, 4.90537029e04, -2.65530556e03, 5.87365115e01, -3.15583525e-01),
+}
+
+#: (num_layers, num_attention_heads, attention_head_dim) of the published Wan2.1 T2V transformers.
+_WAN_SIZES = {(30, 12, 128): "wan2.1-t2v-1.3b", (40, 40, 128): "wan2.1-t2v-14b"}
+
+
 class WanAdapter(FamilyAdapter):
     name = "Wan"
     pipeline_class_names = ("WanPipeline",)
@@ -43,3 +57,21 @@ class WanAdapter(FamilyAdapter):
         # The schedulers keep `sigmas` on the host, so this reads no device value.
         sigma = float(scheduler.sigmas[step_index])
         return sample.float() - sigma * model_output.float()
+
+    teacache_coefficients = WAN_TEACACHE_COEFFICIENTS
+
+    def blocks(self, model: torch.nn.Module) -> torch.nn.ModuleList:
+        return model.blocks
+
+    def attention_modules(self, model: torch.nn.Module) -> list[tuple[torch.nn.Module, str]]:
+        return [(m, kind) for b in model.blocks for m, kind in ((b.attn1, "self"), (b.attn2, "cross"))]
+
+    def teacache_input(self, model: torch.nn.Module, ret_steps: bool) -> tuple[str, Any]:
+        # The blocks get the time projection e0 (`timestep_proj`) as their third argument; the time
+        # embedding e before projection only leaves the model's `condition_embedder` (first output).
+        return ("block_arg", "temb") if ret_steps else ("output_of", model.condition_embedder, 0)
+
+    def teacache_preset(self, model: torch.nn.Module, ret_steps: bool) -> str | None:
+        c = model.config
+        name = _WAN_SIZES.get((c.num_layers, c.num_attention_heads, c.attention_head_dim))
+        return None if name is None else name + ("-ret" if ret_steps else "")

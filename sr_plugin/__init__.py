@@ -4,12 +4,18 @@
     video = pipe(prompt=..., num_inference_steps=50).frames
     handle.trace, handle.switch_step     # what happened in the last call
     handle.remove()                      # the pipeline is exactly as before
+
+    sr_plugin.accelerate(pipe, teacache=0.2, pab=True, compile=True)   # on both transformers, either order
 """
 
+from .accel import AccelHandle, PABConfig, TeaCacheConfig, accelerate
 from .api import SRHandle, apply
 from .policy import DEFAULT_DELTA
 from .trace import StepRecord
 
 __version__ = "0.1.0"
 
-__all__ = ["DEFAULT_DELTA", "SRHandle", "StepRecord", "apply", "__version__"]
+__all__ = [
+    "DEFAULT_DELTA", "AccelHandle", "PABConfig", "SRHandle", "StepRecord", "TeaCacheConfig", "accelerate", "apply",
+    "__version__",
+]

@@ -6,6 +6,7 @@ from typing import Any
 
 import torch
 
+from .accel import accelerations_of
 from .adapters import adapter_for
 from .calls import CallTracker
 from .offload import join_model_offload, leave_model_offload, model_offload_active, parse_to_args
@@ -50,6 +51,10 @@ class SRHandle:
         if tracker.active:
             raise RuntimeError("sr_plugin: cannot remove the switch while the pipeline is running")
         tracker.discard(self._router)
+        accel = accelerations_of(self.pipe)
+        if accel is not None:
+            accel.detach("small")
+        self._router.mirror.undo()
         self._patches.undo()
         leave_model_offload(self.pipe, self.small)
         self.removed = True
@@ -102,9 +107,15 @@ def apply(
         pipe, small_transformer, small_vae_scaling_factor=small_vae_scaling_factor, small_scheduler=small_scheduler
     )
 
+    accel = accelerations_of(pipe)
+    if accel is not None and small_transformer is not large:
+        accel.check(small_transformer, "small")
+
     router = Router(pipe, small_transformer, adapter, handoff, options)
     patches = InstancePatches()
     _install(pipe, small_transformer, router, patches)
+    if accel is not None and small_transformer is not large:
+        accel.attach(small_transformer, "small")
     handle = SRHandle(pipe, small_transformer, router, patches)
     patches.set(pipe, HANDLE_ATTR, handle)
     return handle

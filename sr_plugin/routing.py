@@ -13,6 +13,7 @@ from typing import Any, Callable
 import torch
 from diffusers.hooks import HookRegistry
 
+from .accel.mirror import UserCacheMirror
 from .adapters import FamilyAdapter, Handoff
 from .calls import CallTracker
 from .handoff_hook import HandoffHook
@@ -47,8 +48,10 @@ class Router:
         self.small_device = small_device
         #: Makes every rank see the same metric (identity on one process); see sr_plugin.distributed.
         self.agree = agree
-        #: Context managers entered around every call of the small model (e.g. its own para-attn cache).
-        self.small_call_contexts: list[Callable[[], Any]] = []
+        #: Caches the user enabled on the large model, mirrored onto the small one with their own state.
+        self.mirror = UserCacheMirror(small)
+        #: Factories of context managers entered around every call of the small model.
+        self.small_call_contexts: list[Callable[[], Any]] = [self.mirror.small_call_context]
         self.hook_name = f"sr_plugin_handoff_{uuid.uuid4().hex[:8]}"
         self.trace: list[StepRecord] = []
         self.switch_step: int | None = None
@@ -74,6 +77,7 @@ class Router:
         self.adapter.check_scheduler(pipe.scheduler)
         self.policy = SwitchPolicy(self.options.resolve(calls.num_steps))
         self.handoff.begin_call(pipe)
+        self.mirror.sync(large)
         self.large = large
         self._prev_x0: torch.Tensor | None = None
         self._d: list[torch.Tensor | None] = []

@@ -1,0 +1,202 @@
+"""`sr_plugin.accelerate`: TeaCache, CFG-aware PAB, First Block Cache and regional compile on both transformers.
+
+Works with or without the switch, in either order relative to `sr_plugin.apply`: the large transformer gets
+the accelerations now, the small one as soon as the switch is applied (each with its own state and, for
+TeaCache, its own coefficients); `remove` on either handle takes back exactly what it added.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from ..adapters import FamilyAdapter, adapter_for
+from ..calls import CallTracker
+from ..patching import InstancePatches
+from .compile import DEFAULT_OPTIONS, check_compilable, compile_blocks
+from .pab import PABConfig, apply_cfg_pab, remove_cfg_pab
+from .teacache import TeaCacheConfig, apply_teacache, remove_teacache, resolve_coefficients
+
+#: Attribute on the pipeline instance pointing at its Accelerations.
+ACCEL_ATTR = "_sr_plugin_accel"
+
+
+class Accelerations:
+    """The accelerations of one pipeline: applied per model ("large", "small"), reset at every call."""
+
+    def __init__(self, pipe: Any, adapter: FamilyAdapter, teacache: TeaCacheConfig | None, pab: PABConfig | None,
+                 fbcache: float | None, compile_options: dict[str, Any] | None) -> None:
+        self.pipe = pipe
+        self.adapter = adapter
+        self.teacache = teacache
+        self.pab = pab
+        self.fbcache = fbcache
+        self.compile_options = compile_options
+        self.tracker = CallTracker.of(pipe)
+        self.models: dict[str, torch.nn.Module] = {}
+        self._compiled: dict[str, InstancePatches] = {}
+        #: Per step of the last call: {"index", "timestep", "cache": {"<role>/<branch>": "computed"|"skipped"}}.
+        self.trace: list[dict[str, Any]] = []
+
+    # ------------------------------------------------------------------ per model
+    def check(self, model: torch.nn.Module, role: str) -> None:
+        """Every error this model would raise, before anything is changed."""
+        if self.teacache is not None:
+            resolve_coefficients(self.teacache, self.adapter, model, role)
+            self.adapter.teacache_input(model, self.teacache.ret_steps)
+        if self.compile_options is not None:
+            check_compilable(model, self.adapter.blocks(model), role)
+        if self.fbcache is not None and getattr(model, "_cache_config", None) is not None:
+            raise ValueError(f"the {role} transformer already has a diffusers cache enabled "
+                             f"({type(model._cache_config).__name__}); disable it or drop fbcache=")
+
+    def attach(self, model: torch.nn.Module, role: str) -> None:
+        """Apply every requested acceleration to ``model``. Compile first, so the hooks stay outside it."""
+        self.check(model, role)
+        if self.compile_options is not None:
+            self._compiled[role] = compile_blocks(self.adapter.blocks(model), self.compile_options)
+        if self.teacache is not None:
+            apply_teacache(model, self.adapter, self.tracker, role, self.teacache)
+        if self.pab is not None:
+            apply_cfg_pab(model, self.adapter.attention_modules(model), self.pab)
+        if self.fbcache is not None:
+            from diffusers import FirstBlockCacheConfig
+
+            model.enable_cache(FirstBlockCacheConfig(threshold=self.fbcache))
+        self.models[role] = model
+
+    def detach(self, role: str) -> None:
+        model = self.models.pop(role, None)
+        if model is None:
+            return
+        if self.fbcache is not None:
+            model.disable_cache()
+        if self.pab is not None:
+            remove_cfg_pab(model)
+        if self.teacache is not None:
+            remove_teacache(model)
+        patches = self._compiled.pop(role, None)
+        if patches is not None:
+            patches.undo()
+
+    # ------------------------------------------------------------------ per call
+    def begin(self, calls: CallTracker) -> None:
+        for model in self.models.values():  # fresh state for every call, for every branch of every model
+            from diffusers.hooks import HookRegistry
+
+            HookRegistry.check_if_exists_or_initialize(model).reset_stateful_hooks()
+
+    def after_step(self, calls: CallTracker, model_output: torch.Tensor, sample: torch.Tensor) -> None:
+        pass
+
+    def end(self, calls: CallTracker) -> None:
+        self.trace = [
+            {"index": j, "timestep": calls.timesteps[j],
+             "cache": {f"{role}/{branch}": what for (role, branch), what in log.items()}}
+            for j, log in enumerate(calls.cache_log)
+        ]
+
+
+class AccelHandle:
+    """Returned by `accelerate`; `remove` takes every acceleration off both transformers."""
+
+    def __init__(self, accel: Accelerations) -> None:
+        self._accel = accel
+        self.removed = False
+
+    @property
+    def trace(self) -> list[dict[str, Any]]:
+        """Per step of the last call: which model/branch computed or skipped its blocks (TeaCache)."""
+        return list(self._accel.trace)
+
+    def remove(self) -> None:
+        if self.removed:
+            return
+        accel = self._accel
+        if accel.tracker.active:
+            raise RuntimeError("sr_plugin: cannot remove accelerations while the pipeline is running")
+        for role in list(accel.models):
+            accel.detach(role)
+        accel.tracker.discard(accel)
+        accel.pipe.__dict__.pop(ACCEL_ATTR, None)
+        self.removed = True
+
+
+def accelerate(
+    pipe: Any,
+    *,
+    teacache: float | TeaCacheConfig | None = None,
+    pab: bool | PABConfig = False,
+    fbcache: float | None = None,
+    compile: bool | dict[str, Any] = False,
+) -> AccelHandle:
+    """Stack accelerations on the pipeline's transformer and, with the switch, on the small one too.
+
+    Args:
+        teacache: a threshold (coefficients chosen by each model's config) or a `TeaCacheConfig`.
+        pab: True for CFG-aware Pyramid Attention Broadcast with defaults (self-attention every 2nd call in
+            timesteps (100, 800)), or a `PABConfig`. Its timestep source is the pipeline's call tracker.
+        fbcache: threshold of diffusers' First Block Cache (`FirstBlockCacheConfig`), on each model.
+        compile: True for regional torch.compile of the blocks (fullgraph, static shapes), or a dict of
+            `torch.compile` options. The first call compiles (a warm-up); later calls, switching or not,
+            do not recompile.
+    All checks run before anything changes. Returns a handle whose `remove` undoes all of it.
+    """
+    adapter = adapter_for(pipe)
+    if pipe.__dict__.get(ACCEL_ATTR) is not None:
+        raise RuntimeError("sr_plugin.accelerate was already called on this pipeline; remove its handle first")
+    if getattr(pipe, "transformer", None) is None:
+        raise ValueError(f"this {type(pipe).__name__} has no transformer to accelerate")
+    if isinstance(teacache, bool):
+        raise TypeError("teacache takes a threshold or a TeaCacheConfig, not a bool")
+    teacache_config = TeaCacheConfig(teacache) if isinstance(teacache, (int, float)) else teacache
+    if teacache_config is not None and not isinstance(teacache_config, TeaCacheConfig):
+        raise TypeError(f"teacache must be a threshold or a TeaCacheConfig, got {type(teacache).__name__}")
+    if fbcache is not None and (isinstance(fbcache, bool) or not isinstance(fbcache, (int, float)) or fbcache < 0):
+        raise ValueError(f"fbcache must be a threshold >= 0, got {fbcache!r}")
+    if teacache_config is not None and fbcache is not None:
+        raise ValueError("teacache and fbcache both cache the blocks' residual: choose one")
+    tracker = CallTracker.of(pipe)
+    pab_config = _pab_config(pab, tracker)
+    compile_options = None if compile is False else {**DEFAULT_OPTIONS, **(compile if isinstance(compile, dict) else {})}
+    if pab_config is not None and compile_options is not None:
+        compile_options["fullgraph"] = False  # PAB's per-branch decision is a graph break inside each block
+
+    accel = Accelerations(pipe, adapter, teacache_config, pab_config, fbcache, compile_options)
+    small = _switch_small(pipe)
+    accel.check(pipe.transformer, "large")
+    if small is not None and small is not pipe.transformer:
+        accel.check(small, "small")
+    accel.attach(pipe.transformer, "large")
+    if small is not None and small is not pipe.transformer:
+        accel.attach(small, "small")
+    tracker.add(accel, first=True)
+    object.__setattr__(pipe, ACCEL_ATTR, accel)
+    return AccelHandle(accel)
+
+
+def _pab_config(pab: bool | PABConfig, tracker: CallTracker) -> PABConfig | None:
+    if pab is False or pab is None:
+        return None
+    config = PABConfig() if pab is True else pab
+    if not isinstance(config, PABConfig):
+        raise TypeError(f"pab must be True or a PABConfig, got {type(pab).__name__}")
+    if config.current_timestep_callback is None:
+        config = PABConfig(config.self_attention_skip_range, config.cross_attention_skip_range,
+                           config.timestep_range, lambda: tracker.current_timestep)
+    return config
+
+
+def _switch_small(pipe: Any) -> torch.nn.Module | None:
+    from ..api import HANDLE_ATTR
+
+    handle = pipe.__dict__.get(HANDLE_ATTR)
+    return None if handle is None else handle.small
+
+
+def accelerations_of(pipe: Any) -> Accelerations | None:
+    return pipe.__dict__.get(ACCEL_ATTR)
+
+
+__all__ = ["AccelHandle", "PABConfig", "TeaCacheConfig", "accelerate", "accelerations_of"]

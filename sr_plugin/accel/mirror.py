@@ -1,0 +1,78 @@
+"""Caches the user enabled directly on the large transformer, given to the small one with its own state.
+
+- diffusers' First Block Cache (``transformer.enable_cache(FirstBlockCacheConfig(...))``): the small model
+  gets the same configuration; its hooks keep their own per-branch state.
+- para-attn's First Block Cache (``apply_cache_on_pipe``): it patches only ``pipe.transformer`` and keeps its
+  buffers in one context per pipeline call, by name: a small model running inside that context would compare
+  against, and reuse, the large model's residuals. The small model is patched the same way and runs inside
+  a context of its own (same settings, fresh buffers) for each call.
+
+Checked at the start of every call, so the order of enabling the cache and `sr_plugin.apply` does not matter.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+from typing import Any, ContextManager
+
+import torch
+
+_PARA_STATE_FIELDS = {"buffers", "incremental_name_counters", "executed_steps", "is_alter_cache", "taylorseer",
+                      "alter_taylorseer"}
+
+
+class UserCacheMirror:
+    def __init__(self, small: torch.nn.Module) -> None:
+        self.small = small
+        self._enabled_fbc = False
+        self._para_patched: tuple[Any, ...] | None = None
+        self._para_parent: Any = None
+        self._para_context: Any = None
+
+    def sync(self, large: torch.nn.Module) -> None:
+        small = self.small
+        if large is small:
+            return
+        from diffusers import FirstBlockCacheConfig
+
+        config = getattr(large, "_cache_config", None)
+        if isinstance(config, FirstBlockCacheConfig) and getattr(small, "_cache_config", None) is None:
+            small.enable_cache(dataclasses.replace(config))
+            self._enabled_fbc = True
+        if getattr(large, "_is_cached", False) and not getattr(small, "_is_cached", False):
+            from para_attn.first_block_cache.diffusers_adapters import apply_cache_on_transformer
+
+            self._para_patched = ("forward" in vars(small), vars(small).get("forward"))
+            apply_cache_on_transformer(small)
+
+    def small_call_context(self) -> ContextManager:
+        """Entered around each small-model call: para-attn's context of the small model for this call."""
+        if self._para_patched is None:
+            return contextlib.nullcontext()
+        from para_attn.first_block_cache import utils
+
+        parent = utils.get_current_cache_context()
+        if parent is None:
+            return contextlib.nullcontext()
+        if parent is not self._para_parent:  # a new pipeline call: fresh buffers, same settings
+            settings = {f.name: getattr(parent, f.name) for f in dataclasses.fields(parent)
+                        if f.init and f.name not in _PARA_STATE_FIELDS}
+            self._para_context = utils.create_cache_context(**settings)
+            self._para_parent = parent
+        return utils.cache_context(self._para_context)
+
+    def undo(self) -> None:
+        small = self.small
+        if self._enabled_fbc:
+            small.disable_cache()
+            self._enabled_fbc = False
+        if self._para_patched is not None:
+            had_forward, forward = self._para_patched
+            if had_forward:
+                small.forward = forward
+            else:
+                vars(small).pop("forward", None)
+            vars(small).pop("_is_cached", None)
+            self._para_patched = None
+        self._para_parent = self._para_context = None

@@ -1,0 +1,105 @@
+"""Pyramid Attention Broadcast with one state per CFG branch.
+
+diffusers' PAB hook keeps one state per attention module. WanPipeline runs CFG as two calls per step, so
+there the uncond call gets the attention output the cond call cached. Here the state (iteration count and
+cached output) lives in a diffusers ``StateManager`` keyed on the pipeline's ``cache_context`` name, so the
+branches never exchange cached attention, while each branch still reuses its own.
+
+Rule, per attention module and branch (as published and as in diffusers): compute when nothing is cached,
+on the branch's first call, outside the timestep range, or every ``skip_range``-th call; else reuse.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Callable
+
+import torch
+from diffusers.hooks import HookRegistry, ModelHook
+from diffusers.hooks.hooks import BaseState, StateManager
+
+_PAB = "sr_plugin_cfg_pab"
+
+#: diffusers' default range of timesteps (exclusive) where PAB may reuse attention: the middle of the
+#: schedule, where attention changes slowly; the first and last steps are always computed.
+DEFAULT_TIMESTEP_RANGE = (100.0, 800.0)
+
+
+@dataclass
+class PABConfig:
+    """``self_attention_skip_range``: compute self-attention every k-th call (1: always; None: no PAB).
+    ``cross_attention_skip_range``: the same for cross-attention (Wan). ``current_timestep_callback``:
+    returns the timestep now running (`sr_plugin.accelerate` fills it from the pipeline)."""
+
+    self_attention_skip_range: int | None = 2
+    cross_attention_skip_range: int | None = None
+    timestep_range: tuple[float, float] = DEFAULT_TIMESTEP_RANGE
+    current_timestep_callback: Callable[[], Any] | None = None
+
+    def __post_init__(self) -> None:
+        for name in ("self_attention_skip_range", "cross_attention_skip_range"):
+            value = getattr(self, name)
+            if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+                raise ValueError(f"PAB {name} must be an int >= 1 or None, got {value!r}")
+        lo, hi = self.timestep_range
+        if not lo < hi:
+            raise ValueError(f"PAB timestep_range must be (low, high) with low < high, got {self.timestep_range!r}")
+
+
+class PABState(BaseState):
+    def __init__(self) -> None:
+        self.reset()
+
+    def reset(self) -> None:
+        self.iteration = 0
+        self.cache: Any = None
+
+
+class CFGAwarePABHook(ModelHook):
+    _is_stateful = True
+
+    def __init__(self, skip_range: int, timestep_range: tuple[float, float], current_timestep: Callable[[], Any]):
+        super().__init__()
+        self.skip_range = skip_range
+        self.timestep_range = timestep_range
+        self.current_timestep = current_timestep
+        self.state_manager = StateManager(PABState)
+
+    def reset_state(self, module: torch.nn.Module) -> torch.nn.Module:
+        self.state_manager.reset()
+        return module
+
+    @torch.compiler.disable  # Python state decides here: keep it out of compiled blocks (a graph break)
+    def new_forward(self, module: torch.nn.Module, *args: Any, **kwargs: Any) -> Any:
+        state = self.state_manager.get_state()
+        t = self.current_timestep()
+        within = t is not None and self.timestep_range[0] < float(t) < self.timestep_range[1]
+        compute = state.cache is None or state.iteration == 0 or not within or state.iteration % self.skip_range == 0
+        output = self.fn_ref.original_forward(*args, **kwargs) if compute else state.cache
+        state.cache = output
+        state.iteration += 1
+        return output
+
+
+def apply_cfg_pab(model: torch.nn.Module, attention_modules: list[tuple[torch.nn.Module, str]],
+                  config: PABConfig) -> int:
+    """Register the per-branch PAB hook on the attention modules; returns how many got one."""
+    if config.current_timestep_callback is None:
+        raise ValueError("PAB needs a current-timestep source: set PABConfig.current_timestep_callback "
+                         "(sr_plugin.accelerate sets it from the pipeline)")
+    count = 0
+    for module, kind in attention_modules:
+        skip = config.self_attention_skip_range if kind == "self" else config.cross_attention_skip_range
+        if skip is None:
+            continue
+        hook = CFGAwarePABHook(skip, tuple(config.timestep_range), config.current_timestep_callback)
+        HookRegistry.check_if_exists_or_initialize(module).register_hook(hook, _PAB)
+        count += 1
+    HookRegistry.check_if_exists_or_initialize(model).invalidate_child_registries_cache()
+    return count
+
+
+def remove_cfg_pab(model: torch.nn.Module) -> None:
+    registry = HookRegistry.check_if_exists_or_initialize(model)
+    registry.remove_hook(_PAB, recurse=True)
+    registry.invalidate_child_registries_cache()

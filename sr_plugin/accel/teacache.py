@@ -1,0 +1,230 @@
+"""TeaCache (ali-vilab/TeaCache) for diffusers' Wan and CogVideoX transformers, written as diffusers hooks.
+
+The published method: keep a running sum of the relative L1 change of the timestep-modulated input between
+consecutive calls, rescaled by a per-model polynomial; while the sum stays under the threshold, skip the
+transformer blocks and add the residual cached at the last computed call; otherwise compute and reset the
+sum. The first step (the first 5 with ``ret_steps``) and the last step are always computed.
+
+State lives per transformer and per CFG branch, keyed on the pipeline's ``cache_context`` name (a diffusers
+``StateManager``), and is reset at the start of every pipeline call; the step index comes from the call
+tracker, never from counting calls. A threshold of 0 never skips.
+"""
+
+from __future__ import annotations
+
+import inspect
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from diffusers.hooks import HookRegistry, ModelHook
+from diffusers.hooks.hooks import BaseState, StateManager
+
+from ..calls import CallTracker
+
+#: Steps always computed at the start: the first step, or the first 5 in the published "ret steps" mode.
+WARMUP_STEPS = 1
+RET_WARMUP_STEPS = 5
+
+_LEADER = "sr_plugin_teacache_leader"
+_BLOCK = "sr_plugin_teacache_block"
+_INPUT = "sr_plugin_teacache_input"
+
+
+@dataclass(frozen=True)
+class TeaCacheConfig:
+    """``threshold``: skip while the accumulated rescaled change stays below it (0 disables skipping).
+    ``coefficients``: None (the published set matching each model's config), a preset name, five numbers,
+    or a mapping ``{"large": ..., "small": ...}`` of those. ``ret_steps``: Wan's "ret steps" variant."""
+
+    threshold: float
+    coefficients: str | Sequence[float] | Mapping[str, Any] | None = None
+    ret_steps: bool = False
+
+    def __post_init__(self) -> None:
+        t = self.threshold
+        if isinstance(t, bool) or not isinstance(t, (int, float)) or not math.isfinite(t) or t < 0:
+            raise ValueError(f"TeaCache threshold must be a finite number >= 0, got {t!r}")
+
+
+def rescale(coefficients: Sequence[float], x: float) -> float:
+    """The polynomial in numpy.poly1d order (highest degree first), by Horner's rule."""
+    value = 0.0
+    for c in coefficients:
+        value = value * x + c
+    return value
+
+
+def resolve_coefficients(config: TeaCacheConfig, adapter: Any, model: torch.nn.Module, role: str) -> tuple[float, ...]:
+    """The coefficients this model uses; a clear error for an unknown name or an unmatched model."""
+    spec = config.coefficients
+    if isinstance(spec, Mapping):
+        if role not in spec:
+            raise ValueError(f"TeaCache coefficients given per model have no entry for the {role} transformer "
+                             f"(keys: {', '.join(map(str, spec))})")
+        spec = spec[role]
+    if spec is None:
+        spec = adapter.teacache_preset(model, config.ret_steps)
+        if spec is None:
+            c = model.config
+            raise ValueError(
+                f"the {role} {type(model).__name__} (num_layers={c.num_layers}, num_attention_heads="
+                f"{c.num_attention_heads}) matches no published TeaCache coefficients; pass coefficients= "
+                f"(one of {', '.join(adapter.teacache_coefficients)}, or five numbers)"
+            )
+    if isinstance(spec, str):
+        if spec not in adapter.teacache_coefficients:
+            raise ValueError(f"unknown TeaCache coefficients {spec!r} for {adapter.name}; known: "
+                             f"{', '.join(adapter.teacache_coefficients)}")
+        if config.ret_steps != spec.endswith("-ret"):
+            raise ValueError(f"TeaCache coefficients {spec!r} do not go with ret_steps={config.ret_steps}")
+        return tuple(adapter.teacache_coefficients[spec])
+    values = tuple(spec)
+    if not values or not all(isinstance(v, (int, float)) and math.isfinite(v) for v in values):
+        raise ValueError(f"TeaCache coefficients must be a preset name or finite numbers, got {spec!r}")
+    return tuple(float(v) for v in values)
+
+
+class TeaCacheState(BaseState):
+    """One transformer's state for one CFG branch."""
+
+    def __init__(self) -> None:
+        self.reset()
+
+    def reset(self) -> None:
+        self.accumulated = 0.0
+        self.previous: torch.Tensor | None = None
+        self.residual: torch.Tensor | None = None
+        self.encoder_residual: torch.Tensor | None = None
+
+    def decide(self, modulated: torch.Tensor, step: int, num_steps: int, threshold: float,
+               coefficients: Sequence[float], warmup: int) -> bool:
+        """The published rule: True to compute the blocks, False to reuse the cached residual."""
+        forced = (self.previous is None or threshold <= 0 or step < warmup or step >= num_steps - 1
+                  or self.residual is None)
+        if forced:
+            compute = True
+        else:
+            prev = self.previous
+            rel = ((modulated - prev).abs().mean() / prev.abs().mean()).item()  # the one host read per call
+            self.accumulated += rescale(coefficients, rel)
+            compute = self.accumulated >= threshold
+        if compute:
+            self.accumulated = 0.0
+        self.previous = modulated
+        return compute
+
+
+class _ModelTeaCache:
+    """Everything the hooks of one transformer share."""
+
+    def __init__(self, tracker: CallTracker, role: str, config: TeaCacheConfig, coefficients: tuple[float, ...],
+                 source: tuple[str, Any], returns_encoder: bool) -> None:
+        self.tracker = tracker
+        self.role = role
+        self.threshold = float(config.threshold)
+        self.coefficients = coefficients
+        self.warmup = RET_WARMUP_STEPS if config.ret_steps else WARMUP_STEPS
+        self.source = source
+        self.returns_encoder = returns_encoder
+        self.state_manager = StateManager(TeaCacheState)
+        self.captured: torch.Tensor | None = None
+        self.skip = False
+        self.block_input: tuple[torch.Tensor, torch.Tensor | None] | None = None
+
+
+def _binder(block: torch.nn.Module):
+    params = list(inspect.signature(type(block).forward).parameters)[1:]
+
+    def bind(args: tuple, kwargs: dict) -> dict[str, Any]:
+        return {**dict(zip(params, args)), **kwargs}
+
+    return bind
+
+
+class _InputCaptureHook(ModelHook):
+    """Keeps the output of the module the modulated input comes from (Wan's condition embedder)."""
+
+    def __init__(self, shared: _ModelTeaCache, index: int) -> None:
+        super().__init__()
+        self.shared, self.index = shared, index
+
+    def post_forward(self, module: torch.nn.Module, output: Any) -> Any:
+        self.shared.captured = output[self.index]
+        return output
+
+
+class _BlockHook(ModelHook):
+    """On every block: the first decides, the others follow; the last adds or stores the residual."""
+
+    def __init__(self, shared: _ModelTeaCache, first: bool, last: bool, bind: Any) -> None:
+        super().__init__()
+        self.shared, self.first, self.last, self.bind = shared, first, last, bind
+        if first:
+            self._is_stateful = True
+            self.state_manager = shared.state_manager  # receives the pipeline's cache_context
+
+    def reset_state(self, module: torch.nn.Module) -> torch.nn.Module:
+        self.shared.state_manager.reset()
+        return module
+
+    def new_forward(self, module: torch.nn.Module, *args: Any, **kwargs: Any) -> Any:
+        sh = self.shared
+        bound = self.bind(args, kwargs)
+        state = sh.state_manager.get_state()
+        if self.first:
+            modulated = bound[sh.source[1]] if sh.source[0] == "block_arg" else sh.captured
+            tracker = sh.tracker
+            compute = state.decide(modulated, tracker.step, tracker.num_steps, sh.threshold, sh.coefficients,
+                                   sh.warmup)
+            tracker.log_cache(sh.role, sh.state_manager.context.name, compute)
+            sh.skip = not compute
+            if compute:
+                sh.block_input = (bound["hidden_states"], bound.get("encoder_hidden_states"))
+        if sh.skip:
+            return self._reuse(bound, state)
+        output = self.fn_ref.original_forward(*args, **kwargs)
+        if self.last:
+            hidden_in, encoder_in = sh.block_input
+            if sh.returns_encoder:
+                state.residual = output[0] - hidden_in
+                state.encoder_residual = output[1] - encoder_in
+            else:
+                state.residual = output - hidden_in
+            sh.block_input = None
+        return output
+
+    def _reuse(self, bound: dict[str, Any], state: TeaCacheState) -> Any:
+        hidden = bound["hidden_states"]
+        encoder = bound.get("encoder_hidden_states")
+        if self.last:
+            hidden = hidden + state.residual
+            if self.shared.returns_encoder:
+                encoder = encoder + state.encoder_residual
+        return (hidden, encoder) if self.shared.returns_encoder else hidden
+
+
+def apply_teacache(model: torch.nn.Module, adapter: Any, tracker: CallTracker, role: str,
+                   config: TeaCacheConfig) -> _ModelTeaCache:
+    """Register TeaCache's hooks on ``model``'s blocks (undo with `remove_teacache`)."""
+    coefficients = resolve_coefficients(config, adapter, model, role)
+    source = adapter.teacache_input(model, config.ret_steps)
+    blocks = adapter.blocks(model)
+    shared = _ModelTeaCache(tracker, role, config, coefficients, source,
+                            returns_encoder=adapter.blocks_return_encoder_states)
+    if source[0] == "output_of":
+        HookRegistry.check_if_exists_or_initialize(source[1]).register_hook(_InputCaptureHook(shared, source[2]), _INPUT)
+    for i, block in enumerate(blocks):
+        hook = _BlockHook(shared, first=i == 0, last=i == len(blocks) - 1, bind=_binder(block))
+        HookRegistry.check_if_exists_or_initialize(block).register_hook(hook, _LEADER if i == 0 else _BLOCK)
+    HookRegistry.check_if_exists_or_initialize(model).invalidate_child_registries_cache()
+    return shared
+
+
+def remove_teacache(model: torch.nn.Module) -> None:
+    registry = HookRegistry.check_if_exists_or_initialize(model)
+    for name in (_LEADER, _BLOCK, _INPUT):
+        registry.remove_hook(name, recurse=True)
+    registry.invalidate_child_registries_cache()
