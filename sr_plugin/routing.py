@@ -78,6 +78,11 @@ class Router:
         self.policy = SwitchPolicy(self.options.resolve(calls.num_steps))
         self.handoff.begin_call(pipe)
         self.mirror.sync(large)
+        # diffusers resets the stateful hooks of the pipeline's components after a call; the small model is
+        # not one of them, so every cache on it starts each call here with fresh state.
+        registry = getattr(self.small, "_diffusers_hook", None)
+        if registry is not None:
+            registry.reset_stateful_hooks()
         self.large = large
         self._prev_x0: torch.Tensor | None = None
         self._d: list[torch.Tensor | None] = []
@@ -102,8 +107,7 @@ class Router:
         try:
             self._patches.undo()
             if self._hooked is not None:
-                registry = HookRegistry.check_if_exists_or_initialize(self._hooked)
-                registry.remove_hook(self.hook_name, recurse=False)
+                self._unhook(self._hooked)
         finally:
             self._hooked = None
             self._write_trace(calls)
@@ -111,12 +115,26 @@ class Router:
     # ------------------------------------------------------------------ the hand-off
     def _swap(self, calls: CallTracker) -> None:
         """The small model takes the large one's place in the pipeline for the rest of the call."""
-        HookRegistry.check_if_exists_or_initialize(self.small).register_hook(
+        small = self.small
+        self._had = ("forward" in vars(small), hasattr(small, "_diffusers_hook"))
+        HookRegistry.check_if_exists_or_initialize(small).register_hook(
             HandoffHook(self.handoff, self.small_device, self.small_call_contexts), self.hook_name
         )
         self._hooked = self.small
         self._patches.set(self.pipe, "transformer", self.small)
         self._show(calls, "small")
+
+    def _unhook(self, model: torch.nn.Module) -> None:
+        """Remove the hand-off hook and what diffusers' registry leaves behind (an instance `forward` bound
+        to the class's own, an empty registry), so that the small model is exactly as before."""
+        registry = HookRegistry.check_if_exists_or_initialize(model)
+        registry.remove_hook(self.hook_name, recurse=False)
+        had_forward, had_registry = self._had
+        forward = vars(model).get("forward")
+        if not had_forward and getattr(forward, "__func__", None) is type(model).forward:
+            del model.forward
+        if not had_registry and not registry.hooks:
+            del model._diffusers_hook
 
     @staticmethod
     def _show(calls: CallTracker, model: str) -> None:

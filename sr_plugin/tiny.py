@@ -96,7 +96,8 @@ def cogvideox_scheduler(snr_shift_scale: float) -> Any:
 
 
 def tiny_cogvideox(seed: int = 0) -> tuple[Any, Any]:
-    """CogVideoXPipeline shaped like 5b (rotary, VAE scale 0.7, SNR shift 1.0) with a 2b-like small model."""
+    """CogVideoXPipeline shaped like 5b (rotary, VAE scale 0.7, SNR shift 1.0) with a 2b-like small model.
+    Both have at least two blocks (First Block Cache needs a first block and a tail)."""
     from diffusers import AutoencoderKLCogVideoX, CogVideoXPipeline
     from transformers import T5Config, T5EncoderModel
 
@@ -107,8 +108,8 @@ def tiny_cogvideox(seed: int = 0) -> tuple[Any, Any]:
     torch.manual_seed(seed + 1)
     vae = AutoencoderKLCogVideoX(block_out_channels=(8, 8, 8, 8), latent_channels=4, layers_per_block=1,
                                  norm_num_groups=2, temporal_compression_ratio=4, scaling_factor=0.7)
-    large = tiny_cogvideox_transformer(num_layers=2, num_heads=4, rotary=True, seed=seed + 2)
-    small = tiny_cogvideox_transformer(num_layers=1, num_heads=2, rotary=False, seed=seed + 3)
+    large = tiny_cogvideox_transformer(num_layers=3, num_heads=4, rotary=True, seed=seed + 2)
+    small = tiny_cogvideox_transformer(num_layers=2, num_heads=2, rotary=False, seed=seed + 3)
     _eval(text_encoder, vae, large, small)
     pipe = CogVideoXPipeline(tokenizer=tiny_tokenizer(), text_encoder=text_encoder, vae=vae, transformer=large,
                              scheduler=cogvideox_scheduler(1.0))

@@ -7,9 +7,11 @@ TeaCache, its own coefficients); `remove` on either handle takes back exactly wh
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
 import torch
+from diffusers.hooks import HookRegistry
 
 from ..adapters import FamilyAdapter, adapter_for
 from ..calls import CallTracker
@@ -33,7 +35,7 @@ class Accelerations:
         self.pab = pab
         self.fbcache = fbcache
         self.compile_options = compile_options
-        self.tracker = CallTracker.of(pipe)
+        self.tracker: CallTracker | None = None  # set by `install`, once every check has passed
         self.models: dict[str, torch.nn.Module] = {}
         self._compiled: dict[str, InstancePatches] = {}
         #: Per step of the last call: {"index", "timestep", "cache": {"<role>/<branch>": "computed"|"skipped"}}.
@@ -43,13 +45,22 @@ class Accelerations:
     def check(self, model: torch.nn.Module, role: str) -> None:
         """Every error this model would raise, before anything is changed."""
         if self.teacache is not None:
-            resolve_coefficients(self.teacache, self.adapter, model, role)
             self.adapter.teacache_input(model, self.teacache.ret_steps)
+            resolve_coefficients(self.teacache, self.adapter, model, role)
         if self.compile_options is not None:
             check_compilable(model, self.adapter.blocks(model), role)
         if self.fbcache is not None and getattr(model, "_cache_config", None) is not None:
             raise ValueError(f"the {role} transformer already has a diffusers cache enabled "
                              f"({type(model._cache_config).__name__}); disable it or drop fbcache=")
+
+    def install(self) -> None:
+        """Join the pipeline's call tracker (after every check passed: a failed check changes nothing)."""
+        self.tracker = CallTracker.of(self.pipe)
+        if self.pab is not None and self.pab.current_timestep_callback is None:
+            tracker = self.tracker
+            self.pab = dataclasses.replace(self.pab, current_timestep_callback=lambda: tracker.current_timestep)
+        self.tracker.add(self, first=True)
+        object.__setattr__(self.pipe, ACCEL_ATTR, self)
 
     def attach(self, model: torch.nn.Module, role: str) -> None:
         """Apply every requested acceleration to ``model``. Compile first, so the hooks stay outside it."""
@@ -83,8 +94,6 @@ class Accelerations:
     # ------------------------------------------------------------------ per call
     def begin(self, calls: CallTracker) -> None:
         for model in self.models.values():  # fresh state for every call, for every branch of every model
-            from diffusers.hooks import HookRegistry
-
             HookRegistry.check_if_exists_or_initialize(model).reset_stateful_hooks()
 
     def after_step(self, calls: CallTracker, model_output: torch.Tensor, sample: torch.Tensor) -> None:
@@ -157,8 +166,7 @@ def accelerate(
         raise ValueError(f"fbcache must be a threshold >= 0, got {fbcache!r}")
     if teacache_config is not None and fbcache is not None:
         raise ValueError("teacache and fbcache both cache the blocks' residual: choose one")
-    tracker = CallTracker.of(pipe)
-    pab_config = _pab_config(pab, tracker)
+    pab_config = _pab_config(pab)
     compile_options = None if compile is False else {**DEFAULT_OPTIONS, **(compile if isinstance(compile, dict) else {})}
     if pab_config is not None and compile_options is not None:
         compile_options["fullgraph"] = False  # PAB's per-branch decision is a graph break inside each block
@@ -168,23 +176,19 @@ def accelerate(
     accel.check(pipe.transformer, "large")
     if small is not None and small is not pipe.transformer:
         accel.check(small, "small")
+    accel.install()
     accel.attach(pipe.transformer, "large")
     if small is not None and small is not pipe.transformer:
         accel.attach(small, "small")
-    tracker.add(accel, first=True)
-    object.__setattr__(pipe, ACCEL_ATTR, accel)
     return AccelHandle(accel)
 
 
-def _pab_config(pab: bool | PABConfig, tracker: CallTracker) -> PABConfig | None:
+def _pab_config(pab: bool | PABConfig) -> PABConfig | None:
     if pab is False or pab is None:
         return None
     config = PABConfig() if pab is True else pab
     if not isinstance(config, PABConfig):
         raise TypeError(f"pab must be True or a PABConfig, got {type(pab).__name__}")
-    if config.current_timestep_callback is None:
-        config = PABConfig(config.self_attention_skip_range, config.cross_attention_skip_range,
-                           config.timestep_range, lambda: tracker.current_timestep)
     return config
 
 

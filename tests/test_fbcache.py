@@ -1,0 +1,86 @@
+"""First Block Cache with the switch: diffusers' (through accelerate or enabled by hand) and para-attn's."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+from conftest import CallLog, run
+from diffusers import FirstBlockCacheConfig
+
+import sr_plugin
+
+
+@pytest.mark.parametrize("switch", [None, 4])
+def test_threshold_zero_reproduces_the_baseline_exactly(pair, family, switch):
+    pipe, small = pair
+    if switch is not None:
+        sr_plugin.apply(pipe, small, switch_step=switch)
+    expected = run(pipe, family)
+    sr_plugin.accelerate(pipe, fbcache=0.0)
+    assert torch.equal(run(pipe, family), expected)
+    if switch is not None:
+        assert isinstance(small._cache_config, FirstBlockCacheConfig)
+
+
+@pytest.mark.parametrize("order", ["cache-then-apply", "apply-then-cache"])
+def test_cache_enabled_by_hand_on_the_large_model_is_given_to_the_small_one(pair, family, order):
+    pipe, small = pair
+    if order == "cache-then-apply":
+        pipe.transformer.enable_cache(FirstBlockCacheConfig(threshold=0.2))
+        handle = sr_plugin.apply(pipe, small, switch_step=4)
+    else:
+        handle = sr_plugin.apply(pipe, small, switch_step=4)
+        pipe.transformer.enable_cache(FirstBlockCacheConfig(threshold=0.2))
+    out = run(pipe, family)
+    assert isinstance(small._cache_config, FirstBlockCacheConfig) and small._cache_config.threshold == 0.2
+    assert small._cache_config is not pipe.transformer._cache_config
+    assert torch.equal(run(pipe, family), out)  # no state carried from one call to the next
+    handle.remove()
+    assert small._cache_config is None  # the mirrored cache goes with the switch
+
+
+@pytest.fixture
+def para_attn_pipe(monkeypatch):
+    """A tiny Wan pipeline and a small model of the large one's shape (a perturbed copy), so that a shared
+    para-attn context *could* hand the large model's residual to the small one. para-attn wraps the pipeline
+    class's __call__ once per class (later calls keep the first threshold): restored after each test."""
+    from sr_plugin.tiny import tiny_wan
+
+    pipe, _ = tiny_wan()
+    monkeypatch.setattr(type(pipe), "__call__", type(pipe).__call__)
+    monkeypatch.setattr(type(pipe), "_is_cached", False, raising=False)
+    small = copy.deepcopy(pipe.transformer)
+    torch.manual_seed(5)
+    for p in small.parameters():
+        p.data.add_(0.01 * torch.randn_like(p))
+    return pipe, small
+
+
+def test_para_attn_threshold_zero_reproduces_the_switch_exactly(para_attn_pipe):
+    from para_attn.first_block_cache.diffusers_adapters import apply_cache_on_pipe
+
+    pipe, small = para_attn_pipe
+    handle = sr_plugin.apply(pipe, small, switch_step=4)
+    expected = run(pipe, "wan")
+    apply_cache_on_pipe(pipe, residual_diff_threshold=0.0)
+    assert torch.equal(run(pipe, "wan"), expected)
+    assert getattr(small, "_is_cached", False)  # the small model got para-attn's cache too
+    handle.remove()
+    assert not getattr(small, "_is_cached", False) and "forward" not in vars(small)
+
+
+def test_para_attn_small_model_runs_in_its_own_cache_context(para_attn_pipe):
+    """Threshold 1e9 reuses a residual whenever one exists. The large model reuses from its second step on;
+    the small model's first call of each branch finds no residual of its own, so it runs all its blocks."""
+    from para_attn.first_block_cache.diffusers_adapters import apply_cache_on_pipe
+
+    pipe, small = para_attn_pipe
+    sr_plugin.apply(pipe, small, switch_step=4)
+    apply_cache_on_pipe(pipe, residual_diff_threshold=1e9)
+    log = CallLog(large=pipe.transformer.blocks[1], small=small.blocks[1])
+    run(pipe, "wan")
+    log.close()
+    # blocks past the first ran: the large model's first step (cond, uncond), the small model's first step
+    assert log.calls == ["large", "large", "small", "small"]
