@@ -13,6 +13,11 @@ from sr_plugin.tiny import FAMILIES, TINY_CALL, tiny_pair
 
 PROMPT = "a red car drives through a snowy city at night"
 STEPS = 10
+#: TeaCache with the identity polynomial (the rescaled distance is the relative L1 change itself) and
+#: thresholds that give a mix of computed and skipped calls on the tiny models, whose time embeddings
+#: change by 0.3 to 1.3 from step to step.
+LINEAR = {"large": (1.0, 0.0), "small": (1.0, 0.0)}
+MIX = {"wan": 1.5, "cogvideox": 1.2}
 
 
 def run(pipe: Any, family: str, steps: int = STEPS, seed: int = 0, output_type: str = "latent", **kwargs: Any):

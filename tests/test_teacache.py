@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from conftest import STEPS, run
+from conftest import LINEAR, MIX, STEPS, run
 
 import sr_plugin
 from sr_plugin import TeaCacheConfig
@@ -15,12 +15,6 @@ from sr_plugin.adapters.wan import WAN_TEACACHE_COEFFICIENTS
 #: Explicit per-model coefficients for the tiny models (they match no published config).
 COEFFS = {"wan": {"large": "wan2.1-t2v-14b", "small": "wan2.1-t2v-1.3b"},
           "cogvideox": {"large": "cogvideox-5b", "small": "cogvideox-2b"}}
-#: The identity polynomial: the rescaled distance is the relative L1 change itself (used where the test
-#: needs a predictable mix of computed and skipped calls on random tiny models).
-LINEAR = {"large": (1.0, 0.0), "small": (1.0, 0.0)}
-#: Thresholds giving a mix of computed and skipped calls on the tiny models (their time embeddings change
-#: by 0.3 to 1.3 from step to step).
-MIX = {"wan": 1.5, "cogvideox": 1.2}
 
 
 def chain(rel: list[float], start: float = 1.0) -> list[torch.Tensor]:

@@ -1,0 +1,58 @@
+"""Regional torch.compile of both transformers, with the switch and the caches outside compiled regions."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from conftest import LINEAR, MIX, run
+from diffusers import FirstBlockCacheConfig, WanTransformer3DModel
+
+import sr_plugin
+from sr_plugin import PABConfig, TeaCacheConfig
+from sr_plugin.tiny import tiny_pair, tiny_wan
+
+
+def test_compiled_matches_eager(family):
+    """Inductor on the CPU: the first call compiles both models' blocks (tens of seconds on 2 cores)."""
+    torch._dynamo.reset()
+    pipe, small = tiny_pair(family)
+    sr_plugin.apply(pipe, small, switch_step=3)
+    eager = run(pipe, family, steps=6)
+    accel = sr_plugin.accelerate(pipe, compile=True)
+    compiled = run(pipe, family, steps=6)
+    assert torch.allclose(compiled, eager, atol=1e-4, rtol=1e-4), (compiled - eager).abs().max()
+    accel.remove()
+    assert torch.equal(run(pipe, family, steps=6), eager)
+    assert all("forward" not in vars(b) for b in pipe.transformer.modules())
+
+
+@pytest.mark.parametrize("stack", ["compile", "compile+teacache+pab"])
+def test_second_call_that_switches_does_not_recompile(family, stack):
+    torch._dynamo.reset()
+    pipe, small = tiny_pair(family)
+    handle = sr_plugin.apply(pipe, small)
+    extra = {} if stack == "compile" else {"teacache": TeaCacheConfig(MIX[family], LINEAR),
+                                           "pab": PABConfig(2, 2, (0, 1000))}
+    sr_plugin.accelerate(pipe, compile={"backend": "eager"}, **extra)  # dynamo's guards without inductor's cost
+    warm = run(pipe, family)  # warm-up: compiles the large and the small model's blocks
+    assert handle.switch_step is not None
+    with torch._dynamo.config.patch(error_on_recompile=True):
+        again = run(pipe, family)
+        run(pipe, family, seed=1, steps=12)  # another seed and step count: still no recompile
+    assert torch.equal(again, warm)
+    # The detector works: new latent shapes do recompile.
+    with pytest.raises(Exception, match="(?i)recompil"):
+        with torch._dynamo.config.patch(error_on_recompile=True):
+            run(pipe, family, height=96)
+
+
+def test_compile_on_a_model_that_cannot_be_compiled_is_refused():
+    pipe, _ = tiny_wan()
+    pipe.transformer = WanTransformer3DModel.from_config({**pipe.transformer.config, "num_layers": 0}).eval()
+    with pytest.raises(ValueError, match="no transformer blocks"):
+        sr_plugin.accelerate(pipe, compile=True)
+    pipe, _ = tiny_wan()
+    pipe.transformer.enable_cache(FirstBlockCacheConfig(threshold=0.1))
+    with pytest.raises(ValueError, match="already wrapped"):
+        sr_plugin.accelerate(pipe, compile=True)
+    assert "_sr_plugin_accel" not in vars(pipe) and "_sr_plugin_calls" not in vars(pipe)
