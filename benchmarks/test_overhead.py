@@ -4,9 +4,10 @@ switches (fixed switch_step=N: no host read; adaptive with the switch out of rea
 from __future__ import annotations
 
 import pytest
-from conftest import BENCH_STEPS, measure
+from conftest import measure
 
 import sr_plugin
+from sr_plugin.bench import BENCH_STEPS
 from sr_plugin.tiny import FAMILIES, tiny_pair
 
 CONFIGS = {

@@ -1,4 +1,4 @@
-"""`sr-plugin` / `python -m sr_plugin`: the command line."""
+"""`sr-plugin` / `python -m sr_plugin`: demo, generate, bench."""
 
 from __future__ import annotations
 
@@ -8,34 +8,117 @@ import sys
 from .tiny import FAMILIES
 
 
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
+def _step(text: str) -> int:
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be >= 0, got {value}")
+    return value
+
+
+def _delta(text: str) -> float:
+    value = float(text)
+    if not 0 < value < 1:
+        raise argparse.ArgumentTypeError(f"must be in the open interval (0, 1), got {value}")
+    return value
+
+
+def _threshold(text: str) -> float:
+    value = float(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be >= 0, got {value}")
+    return value
+
+
+def _switch_options(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_mutually_exclusive_group()
+    group.add_argument("--delta", type=_delta, default=None, help="adaptive switching threshold in (0, 1) "
+                       "(default 0.01)")
+    group.add_argument("--switch-step", type=_step, default=None, metavar="K",
+                       help="fixed switch instead: steps >= K run on the small model")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="sr-plugin", description="Sketch-rendering cooperation for diffusers "
-                                     "Wan2.1 and CogVideoX pipelines.")
-    sub = parser.add_subparsers(dest="command", required=True)
-    demo = sub.add_parser("demo", help="baseline and SR runs on the built-in tiny pair (random weights, CPU ok)")
+    parser = argparse.ArgumentParser(
+        prog="sr-plugin",
+        description="Sketch-rendering cooperation (SRDiffusion) for diffusers' Wan2.1 and CogVideoX pipelines: "
+                    "the large transformer sketches the early steps, a small one renders the rest.")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="{demo,generate,bench}")
+
+    demo = sub.add_parser("demo", help="baseline and SR runs on the built-in tiny pair (random weights, CPU ok)",
+                          description="Baseline and SR runs on the built-in tiny pair: prints the switch trace "
+                                      "and the timings. The weights are random.")
     demo.add_argument("--family", choices=FAMILIES + ("all",), default="all")
-    demo.add_argument("--steps", type=int, default=20, help="denoising steps (default 20)")
-    group = demo.add_mutually_exclusive_group()
-    group.add_argument("--delta", type=float, default=None, help="adaptive threshold (default 0.01)")
-    group.add_argument("--switch-step", type=int, default=None, help="fixed switch step instead")
+    demo.add_argument("--steps", type=_positive_int, default=20, help="denoising steps (default 20)")
+    _switch_options(demo)
     demo.add_argument("--seed", type=int, default=0)
+
+    gen = sub.add_parser("generate", help="generate a video with the switch; writes the video, its trace (JSON) "
+                         "and a plot (PNG)",
+                         description="Generate one video with the switch. Without --large/--small, the built-in "
+                                     "tiny pair with random weights runs (the video is noise). Writes OUT, "
+                                     "OUT with .trace.json (per-step trace) and OUT with .switch.png (plot of d and s).")
+    gen.add_argument("--prompt", required=True)
+    gen.add_argument("--out", required=True, help="the video file to write (.mp4)")
+    gen.add_argument("--large", metavar="ID_OR_PATH", help="the large pipeline (hub id or local folder), e.g. "
+                     "Wan-AI/Wan2.1-T2V-14B-Diffusers")
+    gen.add_argument("--small", metavar="ID_OR_PATH", help="the small model whose 'transformer' subfolder is loaded, "
+                     "e.g. Wan-AI/Wan2.1-T2V-1.3B-Diffusers")
+    gen.add_argument("--family", choices=FAMILIES, help="the family (default: read from --large; wan for the "
+                     "tiny pair)")
+    _switch_options(gen)
+    gen.add_argument("--steps", type=_positive_int, default=None, help="denoising steps (default: the pipeline's)")
+    gen.add_argument("--teacache", type=_threshold, default=None, metavar="THRESHOLD", help="also run TeaCache")
+    gen.add_argument("--pab", action="store_true", help="also run CFG-aware Pyramid Attention Broadcast")
+    gen.add_argument("--compile", action="store_true", help="also compile both transformers' blocks")
+    gen.add_argument("--seed", type=int, default=0)
+    gen.add_argument("--height", type=_positive_int, default=None)
+    gen.add_argument("--width", type=_positive_int, default=None)
+    gen.add_argument("--frames", type=_positive_int, default=None)
+
+    bench = sub.add_parser("bench", help="run the CPU benchmark matrix on the tiny pair and print its table",
+                           description="Each configuration against the unpatched tiny pipeline, interleaved round "
+                                       "by round; the speed-up is the median of the paired per-round ratios.")
+    from .bench import BENCH_STEPS, CONFIGS
+
+    bench.add_argument("--family", choices=FAMILIES + ("all",), default="all")
+    bench.add_argument("--configs", nargs="+", choices=CONFIGS, default=None, metavar="CONFIG",
+                       help=f"configurations to run (default: all of {', '.join(CONFIGS)})")
+    bench.add_argument("--steps", type=_positive_int, default=BENCH_STEPS)
+    bench.add_argument("--rounds", type=_positive_int, default=10)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    if args.command == "demo":
-        from .demo import run_demo
+    try:
+        if args.command == "demo":
+            from .demo import run_demo
 
-        if args.steps < 1:
-            print("sr-plugin: --steps must be at least 1", file=sys.stderr)
-            return 2
-        families = FAMILIES if args.family == "all" else (args.family,)
-        try:
-            for family in families:
+            for family in FAMILIES if args.family == "all" else (args.family,):
                 run_demo(family, args.steps, args.delta, args.switch_step, args.seed)
                 print()
-        except (ValueError, TypeError) as err:
+        elif args.command == "generate":
+            from .generate import generate
+
+            generate(args.prompt, args.out, args.large, args.small, args.family, args.delta, args.switch_step,
+                     args.steps, args.teacache, args.pab, args.compile, args.seed, args.height, args.width,
+                     args.frames)
+        elif args.command == "bench":
+            from .bench import run_matrix
+
+            run_matrix(None if args.family == "all" else [args.family], args.configs, args.steps, args.rounds)
+    except Exception as err:
+        from .generate import UserError
+
+        if isinstance(err, (UserError, ValueError, TypeError)):
             print(f"sr-plugin: {err}", file=sys.stderr)
             return 2
+        raise
     return 0

@@ -1,0 +1,116 @@
+"""The CPU benchmark matrix on the tiny pipelines, shared by `sr-plugin bench` and benchmarks/test_matrix.py.
+
+Each configuration is timed against a fresh unpatched pipeline, interleaved round by round: the figure is
+the median over rounds of (configuration time / unpatched time) of the same round, so a slow spell of a
+shared machine hits both alike. Random weights: TeaCache's decisions mean nothing beyond the fraction of
+block passes they skip, which is reported beside the time.
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+from typing import Any, Callable
+
+import torch
+
+from .accel import PABConfig, TeaCacheConfig, accelerate
+from .api import apply
+from .tiny import FAMILIES, TINY_CALL, tiny_pair
+
+BENCH_STEPS = 10
+#: Fixed switch step of the SR rows, so that every SR row switches at the same place.
+SWITCH_STEP = 3
+#: TeaCache with the identity polynomial and thresholds that skip about half of the calls on the tiny models.
+TEACACHE = {"wan": TeaCacheConfig(1.5, {"large": (1.0, 0.0), "small": (1.0, 0.0)}),
+            "cogvideox": TeaCacheConfig(1.2, {"large": (1.0, 0.0), "small": (1.0, 0.0)})}
+#: PAB reusing every other self- and cross-attention call over the whole schedule.
+PAB = PABConfig(2, 2, (0, 1000))
+FBCACHE = 0.1
+
+ACCELERATIONS: dict[str, Callable[[str], dict[str, Any]]] = {
+    "teacache": lambda f: {"teacache": TEACACHE[f]},
+    "pab": lambda f: {"pab": PAB},
+    "fbcache": lambda f: {"fbcache": FBCACHE},
+    "compile": lambda f: {"compile": True},
+    "all": lambda f: {"teacache": TEACACHE[f], "pab": PAB, "compile": True},  # FBCache excludes TeaCache
+}
+CONFIGS = ["baseline", "sr"] + [a for a in ACCELERATIONS if a != "all"] + [f"sr+{a}" for a in ACCELERATIONS]
+
+
+def call(pipe: Any, family: str, steps: int = BENCH_STEPS) -> Any:
+    return pipe(**TINY_CALL[family], prompt="a red fox runs across a snowy field", num_inference_steps=steps,
+                output_type="latent", generator=torch.Generator().manual_seed(0)).frames
+
+
+def configure(family: str, config: str) -> tuple[Any, Any, Any]:
+    """A fresh tiny pipeline set up as ``config``: returns (pipe, sr_handle or None, accel_handle or None)."""
+    if config not in CONFIGS:
+        raise ValueError(f"unknown configuration {config!r}; choose from {', '.join(CONFIGS)}")
+    pipe, small = tiny_pair(family)
+    sr = apply(pipe, small, switch_step=SWITCH_STEP) if config.startswith("sr") else None
+    name = config.removeprefix("sr+") if config.startswith("sr+") else config
+    accel = accelerate(pipe, **ACCELERATIONS[name](family)) if name in ACCELERATIONS else None
+    return pipe, sr, accel
+
+
+def skipped_fraction(accel: Any) -> float | None:
+    decisions = [v for step in (accel.trace if accel is not None else []) for v in step["cache"].values()]
+    return decisions.count("skipped") / len(decisions) if decisions else None
+
+
+def interleaved(pipe: Any, family: str, steps: int, rounds: int,
+                timer: Callable[[Callable[[], Any]], Any] | None = None) -> dict[str, float]:
+    """Time ``pipe`` against a fresh unpatched pipeline, one round of each in turn (two warm-up rounds).
+    ``timer`` (pytest-benchmark's pedantic) may time the configuration; the reference is timed here."""
+    reference, _ = tiny_pair(family)
+    ref_times: list[float] = []
+    times: list[float] = []
+
+    def run_reference() -> None:
+        start = time.perf_counter()
+        call(reference, family, steps)
+        ref_times.append(time.perf_counter() - start)
+
+    def run_config() -> None:
+        start = time.perf_counter()
+        call(pipe, family, steps)
+        times.append(time.perf_counter() - start)
+
+    for _ in range(2):
+        call(pipe, family, steps)
+        call(reference, family, steps)
+    if timer is not None:
+        timer(run_config, run_reference)
+    else:
+        for _ in range(rounds):
+            run_reference()
+            run_config()
+    return {"median_s": statistics.median(times), "reference_median_s": statistics.median(ref_times),
+            "paired_ratio": statistics.median(t / r for t, r in zip(times, ref_times))}
+
+
+def run_matrix(families: list[str] | None = None, configs: list[str] | None = None, steps: int = BENCH_STEPS,
+               rounds: int = 10, out: Callable[[str], Any] = print) -> list[dict[str, Any]]:
+    """Run the matrix and print one row per configuration as it finishes; returns the rows."""
+    rows = []
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # on a small shared CPU, thread scheduling noise swamps the differences
+    try:
+        out(f"{'family':<10} {'configuration':<14} {'median ms':>10} {'unpatched ms':>13} {'speed-up':>9}  notes")
+        for family in families or list(FAMILIES):
+            for config in configs or CONFIGS:
+                pipe, sr, accel = configure(family, config)
+                figures = interleaved(pipe, family, steps, rounds)
+                row = {"family": family, "config": config, **figures,
+                       "speedup": 1 / figures["paired_ratio"], "switch_step": sr.switch_step if sr else None,
+                       "teacache_skipped": skipped_fraction(accel)}
+                rows.append(row)
+                notes = "".join([f"switch at {row['switch_step']}  " if sr else "",
+                                 f"TeaCache skipped {row['teacache_skipped']:.0%}" if row["teacache_skipped"]
+                                 is not None else ""])
+                out(f"{family:<10} {config:<14} {figures['median_s'] * 1e3:>10.1f} "
+                    f"{figures['reference_median_s'] * 1e3:>13.1f} {row['speedup']:>8.2f}x  {notes}")
+    finally:
+        torch.set_num_threads(threads)
+    return rows

@@ -1,0 +1,144 @@
+"""`sr-plugin generate`: one video with the switch, its trace as JSON and a plot of the switching metric."""
+
+from __future__ import annotations
+
+import json
+import pathlib
+import time
+from typing import Any
+
+import torch
+
+from .accel import PABConfig, TeaCacheConfig, accelerate
+from .adapters import adapter_for
+from .api import apply
+from .policy import DEFAULT_DELTA
+from .tiny import TINY_CALL, tiny_pair
+
+
+class UserError(Exception):
+    """A problem the user can fix, reported as one sentence without a stack trace."""
+
+
+def _first_line(err: BaseException) -> str:
+    text = str(err).strip().splitlines()
+    return text[0] if text else type(err).__name__
+
+
+def load_models(large: str | None, small: str | None, family: str | None) -> tuple[Any, Any, str, bool]:
+    """(pipe, small transformer, family, tiny?) from model ids or paths, or the built-in tiny pair."""
+    if (large is None) != (small is None):
+        raise UserError("give both --large and --small, or neither (for the built-in tiny pair)")
+    if large is None:
+        family = family or "wan"
+        pipe, small_model = tiny_pair(family)
+        return pipe, small_model, family, True
+    from diffusers import DiffusionPipeline
+
+    dtype = torch.bfloat16 if torch.cuda.is_available() else torch.float32
+    try:
+        pipe = DiffusionPipeline.from_pretrained(large, dtype=dtype)
+    except Exception as err:  # hub errors, missing files, validation errors: all the same to the user
+        raise UserError(f"cannot load the large model {large!r}: it is neither a local pipeline folder nor "
+                        f"reachable on the Hugging Face Hub ({_first_line(err)})") from err
+    try:
+        adapter = adapter_for(pipe)
+    except TypeError as err:
+        raise UserError(str(err)) from err
+    found = "wan" if adapter.name == "Wan" else "cogvideox"
+    if family is not None and family != found:
+        raise UserError(f"--family {family} does not match the large model, a {type(pipe).__name__}")
+    try:
+        small_model = adapter.transformer_class().from_pretrained(small, subfolder="transformer", dtype=dtype)
+    except Exception as err:
+        raise UserError(f"cannot load the small transformer {small!r} (its 'transformer' subfolder): it is neither "
+                        f"local nor reachable on the Hugging Face Hub ({_first_line(err)})") from err
+    if torch.cuda.is_available():
+        pipe.to("cuda")
+    return pipe, small_model.eval(), found, False
+
+
+def plot_trace(trace: list[dict[str, Any]], delta: float | None, switch_step: int | None, path: pathlib.Path,
+               title: str) -> None:
+    """d and s per step, delta and the switch step marked, the model of each step shaded."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    steps = [r["index"] for r in trace]
+    fig, ax = plt.subplots(figsize=(8, 4))
+    for r in trace:
+        ax.axvspan(r["index"] - 0.5, r["index"] + 0.5, color="tab:blue" if r["model"] == "large" else "tab:orange",
+                   alpha=0.12, lw=0)
+    ax.plot(steps, [r["d"] for r in trace], "o-", label="d (relative change of x0)")
+    ax.plot(steps, [r["s"] for r in trace], "s-", label="s = d[j-1] - d[j]")
+    if delta is not None:
+        ax.axhline(delta, color="gray", ls="--", label=f"delta = {delta}")
+    ax.axhline(0.0, color="black", lw=0.5)
+    if switch_step is not None:
+        ax.axvline(switch_step - 0.5, color="red", label=f"switch before step {switch_step}")
+    ax.set_xlabel("step (shading: blue = large model, orange = small model)")
+    ax.set_title(title)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def generate(prompt: str, out: str, large: str | None = None, small: str | None = None, family: str | None = None,
+             delta: float | None = None, switch_step: int | None = None, steps: int | None = None,
+             teacache: float | None = None, pab: bool = False, compile: bool = False, seed: int = 0,
+             height: int | None = None, width: int | None = None, frames: int | None = None,
+             say: Any = print) -> dict[str, str]:
+    """Generate one video; returns the paths written (video, trace JSON, plot PNG)."""
+    out_path = pathlib.Path(out)
+    if out_path.suffix.lower() != ".mp4":
+        raise UserError(f"--out must name an .mp4 file, got {out!r}")
+    if not out_path.parent.exists():
+        raise UserError(f"the folder of --out does not exist: {str(out_path.parent)!r}")
+    pipe, small_model, family, tiny = load_models(large, small, family)
+    if tiny:
+        say(f"sr-plugin: no --large/--small given: using the built-in tiny {family} pair, whose weights are "
+            "RANDOM (the video will be noise; it shows the mechanics only)")
+    try:
+        handle = apply(pipe, small_model, delta=delta, switch_step=switch_step)
+        accel = None
+        if teacache is not None or pab or compile:
+            coefficients = None
+            if tiny:  # the tiny models match no published TeaCache coefficients: use the identity polynomial
+                coefficients = {"large": (1.0, 0.0), "small": (1.0, 0.0)}
+            accel = accelerate(pipe, teacache=None if teacache is None else TeaCacheConfig(teacache, coefficients),
+                               pab=pab, compile=compile)
+    except (ValueError, TypeError) as err:
+        raise UserError(str(err)) from err
+    pipe.set_progress_bar_config(disable=False, desc="denoising")
+    call: dict[str, Any] = dict(TINY_CALL[family]) if tiny else {}
+    call.update({k: v for k, v in (("height", height), ("width", width), ("num_frames", frames)) if v is not None})
+    if steps is not None:
+        call["num_inference_steps"] = steps
+    device = "cuda" if torch.cuda.is_available() and not tiny else "cpu"
+    start = time.perf_counter()
+    video = pipe(prompt=prompt, output_type="np", generator=torch.Generator(device).manual_seed(seed), **call).frames[0]
+    seconds = time.perf_counter() - start
+
+    from diffusers.utils import export_to_video
+
+    export_to_video(list(video), str(out_path), fps=8 if family == "cogvideox" else 16)
+    trace = [r.as_dict() for r in handle.trace]
+    record = {
+        "prompt": prompt, "family": family, "weights": "random (built-in tiny pair)" if tiny else {"large": large,
+                                                                                                  "small": small},
+        "num_inference_steps": len(trace), "seed": seed, "seconds": seconds,
+        "rule": {"fixed_switch_step": switch_step} if switch_step is not None else {
+            "delta": delta if delta is not None else DEFAULT_DELTA},
+        "switch_step": handle.switch_step, "trace": trace, "accelerations": accel.trace if accel else None,
+    }
+    trace_path = out_path.with_suffix(".trace.json")
+    trace_path.write_text(json.dumps(record, indent=2))
+    plot_path = out_path.with_suffix(".switch.png")
+    plot_trace(trace, None if switch_step is not None else record["rule"]["delta"], handle.switch_step, plot_path,
+               f"{family}: switch at step {handle.switch_step} of {len(trace)}")
+    say(f"sr-plugin: {len(trace)} steps in {seconds:.2f} s, switch at step {handle.switch_step}; wrote {out_path}, "
+        f"{trace_path}, {plot_path}")
+    return {"video": str(out_path), "trace": str(trace_path), "plot": str(plot_path)}

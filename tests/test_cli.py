@@ -1,0 +1,95 @@
+"""The command line, driven as a user would: in a subprocess, checking the files it writes and its errors."""
+
+from __future__ import annotations
+
+import json
+import os
+import pathlib
+import subprocess
+import sys
+
+import pytest
+
+CLI = [sys.executable, "-m", "sr_plugin"]
+
+
+def cli(*args: str, env: dict[str, str] | None = None, timeout: int = 240) -> subprocess.CompletedProcess:
+    return subprocess.run([*CLI, *args], capture_output=True, text=True, timeout=timeout,
+                          env={**os.environ, "HF_HUB_OFFLINE": "1", **(env or {})})
+
+
+def test_generate_writes_the_video_the_trace_and_the_plot(tmp_path: pathlib.Path):
+    out = tmp_path / "fox.mp4"
+    result = cli("generate", "--prompt", "a fox runs in the snow", "--out", str(out), "--steps", "6",
+                 "--switch-step", "2", "--teacache", "1.5", "--family", "cogvideox")
+    assert result.returncode == 0, result.stderr
+    assert "RANDOM" in result.stdout  # says plainly that the tiny pair's weights are random
+    assert "small transformer" in result.stderr  # the progress bar shows which model is running
+
+    import imageio.v3 as iio
+
+    frames = iio.imread(out)
+    assert frames.shape[0] == 9 and frames.shape[-1] == 3  # 9 frames of the tiny CogVideoX call
+
+    record = json.loads(out.with_suffix(".trace.json").read_text())
+    assert record["switch_step"] == 2 and record["num_inference_steps"] == 6
+    assert [r["model"] for r in record["trace"]] == ["large"] * 2 + ["small"] * 4
+    assert record["trace"][0]["d"] is None and record["trace"][3]["s"] is not None
+    assert record["accelerations"] and record["weights"].startswith("random")
+
+    png = out.with_suffix(".switch.png").read_bytes()
+    assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 10_000
+
+
+def test_help_is_complete():
+    top = cli("--help")
+    assert top.returncode == 0 and all(c in top.stdout for c in ("demo", "generate", "bench"))
+    gen = cli("generate", "--help").stdout
+    for option in ("--prompt", "--large", "--small", "--family", "--delta", "--switch-step", "--steps",
+                   "--teacache", "--pab", "--compile", "--seed", "--out"):
+        assert option in gen, option
+
+
+@pytest.mark.parametrize("args,message", [
+    (["generate", "--prompt", "x", "--out", "x.mp4", "--delta", "1.5"], "open interval"),
+    (["generate", "--prompt", "x", "--out", "x.mp4", "--delta", "0.1", "--switch-step", "3"], "not allowed with"),
+    (["generate", "--prompt", "x", "--out", "x.mp4", "--switch-step", "-1"], ">= 0"),
+    (["generate", "--prompt", "x", "--out", "x.mp4", "--steps", "0"], "at least 1"),
+    (["generate", "--prompt", "x", "--out", "x.mp4", "--teacache", "-1"], ">= 0"),
+    (["generate", "--prompt", "x", "--out", "x.gif"], ".mp4"),
+    (["generate", "--prompt", "x", "--out", "x.mp4", "--large", "/no/such/folder"], "both --large and --small"),
+    (["generate", "--prompt", "x", "--out", "x.mp4", "--large", "/no/such/folder", "--small", "/no/small"],
+     "cannot load the large model"),
+    (["generate", "--prompt", "x", "--out", "x.mp4", "--large", "nobody/no-such-model", "--small", "nobody/x"],
+     "cannot load the large model"),
+    (["generate", "--out", "x.mp4"], "--prompt"),
+    (["bench", "--configs", "turbo"], "invalid choice"),
+])
+def test_bad_arguments_get_a_clear_message_and_a_nonzero_exit(tmp_path, args, message):
+    result = subprocess.run([*CLI, *args], capture_output=True, text=True, timeout=120, cwd=tmp_path,
+                            env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    assert result.returncode != 0
+    assert message in result.stderr and "Traceback" not in result.stderr
+    assert not list(tmp_path.iterdir())  # nothing half-written
+
+
+def test_bench_prints_the_matrix_table():
+    result = cli("bench", "--family", "wan", "--configs", "baseline", "sr", "sr+teacache", "--steps", "4",
+                 "--rounds", "1")
+    assert result.returncode == 0, result.stderr
+    rows = [line for line in result.stdout.splitlines() if line.startswith("wan ")]
+    assert [row.split()[1] for row in rows] == ["baseline", "sr", "sr+teacache"]
+    assert "switch at 3" in rows[1] and "TeaCache skipped" in rows[2]
+
+
+def test_demo_runs_baseline_and_sr():
+    result = cli("demo", "--family", "cogvideox", "--steps", "6")
+    assert result.returncode == 0, result.stderr
+    assert "switch step:" in result.stdout and "speed-up" in result.stdout and "RANDOM" in result.stdout
+
+
+def test_console_script_is_installed():
+    script = pathlib.Path(sys.executable).parent / "sr-plugin"
+    assert script.exists()
+    result = subprocess.run([str(script), "--help"], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0 and "generate" in result.stdout
