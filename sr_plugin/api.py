@@ -9,6 +9,8 @@ import torch
 from .accel import accelerations_of
 from .adapters import adapter_for
 from .calls import CallTracker
+from .distributed import parallelize_like
+from .offload_large import LargeOffloader
 from .offload import join_model_offload, leave_model_offload, model_offload_active, parse_to_args
 from .patching import InstancePatches
 from .policy import SwitchOptions
@@ -22,11 +24,13 @@ HANDLE_ATTR = "_sr_plugin_handle"
 class SRHandle:
     """Returned by `apply`. Reports what happened in the last call and undoes everything on `remove`."""
 
-    def __init__(self, pipe: Any, small: torch.nn.Module, router: Router, patches: InstancePatches) -> None:
+    def __init__(self, pipe: Any, small: torch.nn.Module, router: Router, patches: InstancePatches,
+                 undo_parallel: Any = None) -> None:
         self.pipe = pipe
         self.small = small
         self._router = router
         self._patches = patches
+        self._undo_parallel = undo_parallel
         self.removed = False
 
     @property
@@ -55,7 +59,11 @@ class SRHandle:
         if accel is not None:
             accel.detach("small")
         self._router.mirror.undo()
+        if self._router.offloader is not None:
+            self._router.offloader.release()
         self._patches.undo()
+        if self._undo_parallel is not None:
+            self._undo_parallel()
         leave_model_offload(self.pipe, self.small)
         self.removed = True
 
@@ -74,6 +82,8 @@ def apply(
     switch_step: int | None = None,
     small_vae_scaling_factor: float | None = None,
     small_scheduler: Any = None,
+    small_device: str | torch.device | None = None,
+    offload_large: bool = False,
 ) -> SRHandle:
     """Let ``small_transformer`` render the late denoising steps of ``pipe``'s large transformer.
 
@@ -87,6 +97,14 @@ def apply(
         small_vae_scaling_factor / small_scheduler: CogVideoX only: the latent scale and noise schedule the
             small model was trained on (defaults: the published CogVideoX-2b values for a 2b-style small
             model with a 5b-style large one, else the large model's).
+        small_device: keep the small model on another device (for example "cuda:1"): latents and embeddings
+            move there at each small-model call, the prediction comes back; `pipe.to` leaves it in place.
+        offload_large: after the switch, move the large model's weights to pinned host memory on a side stream,
+            overlapped with the small model's steps; they come back at the start of the next call (CUDA only).
+
+    A context-parallel large transformer (diffusers' `enable_parallelism`, or para-attn's `parallelize_pipe`
+    for CogVideoX) makes the small one parallel on the same mesh, and all ranks switch at the same step:
+    call `apply` on every rank.
 
     Every check runs here, before any generation; a bad input raises and leaves the pipeline untouched.
     """
@@ -106,19 +124,41 @@ def apply(
     handoff = adapter.make_handoff(
         pipe, small_transformer, small_vae_scaling_factor=small_vae_scaling_factor, small_scheduler=small_scheduler
     )
+    if not isinstance(offload_large, bool):
+        raise TypeError(f"offload_large must be True or False, got {offload_large!r}")
+    if small_device is not None:
+        small_device = torch.device(small_device)
 
     accel = accelerations_of(pipe)
     if accel is not None and small_transformer is not large:
         accel.check(small_transformer, "small")
 
-    router = Router(pipe, small_transformer, adapter, handoff, options)
+    if small_device is not None:
+        small_transformer.to(small_device)
+    undo_parallel = parallelize_like(large, small_transformer, adapter.name)  # collective, on every rank
+
+    router = Router(pipe, small_transformer, adapter, handoff, options, small_device=small_device)
     patches = InstancePatches()
     _install(pipe, small_transformer, router, patches)
     if accel is not None and small_transformer is not large:
         accel.attach(small_transformer, "small")
-    handle = SRHandle(pipe, small_transformer, router, patches)
+    if offload_large and small_transformer is not large:
+        router.offloader = LargeOffloader(large)
+        _restore_early(pipe, router, patches)
+    handle = SRHandle(pipe, small_transformer, router, patches, undo_parallel)
     patches.set(pipe, HANDLE_ATTR, handle)
     return handle
+
+
+def _restore_early(pipe: Any, router: Router, patches: InstancePatches) -> None:
+    """With offload_large, queue the large model's way back as soon as a call starts encoding its prompt."""
+    original = pipe.encode_prompt
+
+    def encode_prompt(*args: Any, **kwargs: Any) -> Any:
+        router.offloader.restore()
+        return original(*args, **kwargs)
+
+    patches.set(pipe, "encode_prompt", encode_prompt)
 
 
 def _install(pipe: Any, small: torch.nn.Module, router: Router, patches: InstancePatches) -> None:
@@ -138,13 +178,16 @@ def _install(pipe: Any, small: torch.nn.Module, router: Router, patches: Instanc
     def enable_model_cpu_offload(*args: Any, **kwargs: Any) -> Any:
         leave_model_offload(pipe, small)
         result = original_enable_offload(*args, **kwargs)
-        join_model_offload(pipe, small)
+        if router.small_device is None:
+            join_model_offload(pipe, small)
         return result
 
     CallTracker.of(pipe).add(router)
     patches.set(pipe, "to", to)
     patches.set(pipe, "enable_model_cpu_offload", enable_model_cpu_offload)
-    if model_offload_active(pipe):
+    if router.small_device is not None:
+        pass  # the small model stays on its own device
+    elif model_offload_active(pipe):
         join_model_offload(pipe, small)
     else:
         large_device = pipe.transformer.device

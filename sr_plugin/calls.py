@@ -15,10 +15,11 @@ from __future__ import annotations
 import functools
 import inspect
 import sys
-from typing import Any, Protocol
+from typing import Any, Callable, Protocol
 
 import torch
 
+from .distributed import cp_group, make_agree
 from .patching import InstancePatches
 
 
@@ -50,6 +51,9 @@ class CallTracker:
         self.step = 0
         #: Per step of the current/last call: {(role, branch): "computed" | "skipped"} from caching hooks.
         self.cache_log: list[dict[tuple[str, str], str]] = []
+        #: Makes every rank of a context-parallel group use the same value (identity on one process).
+        self.agree: Callable[[torch.Tensor], torch.Tensor] = make_agree(None)
+        self.group: Any = None
         self._install = InstancePatches()
         self._call = InstancePatches()
         original = pipe.progress_bar
@@ -102,6 +106,9 @@ class CallTracker:
                 "step, and sr_plugin works on steps. Use a first-order scheduler."
             )
         self.timesteps = [float(t) for t in scheduler.timesteps.tolist()]
+        group = cp_group(self.pipe.transformer)
+        if group is not self.group:
+            self.group, self.agree = group, make_agree(group)
         self.step = 0
         self.cache_log = []
         self.bar = bar

@@ -16,15 +16,13 @@ from diffusers.hooks import HookRegistry
 from .accel.mirror import UserCacheMirror
 from .adapters import FamilyAdapter, Handoff
 from .calls import CallTracker
+from .distributed import agree_first_block_cache, cp_group, keep_context_parallel_outermost
 from .handoff_hook import HandoffHook
 from .metric import relative_change
+from .offload import model_offload_active
 from .patching import InstancePatches
 from .policy import SwitchOptions, SwitchPolicy, second_differences
 from .trace import StepRecord
-
-
-def _identity(value: torch.Tensor) -> torch.Tensor:
-    return value
 
 
 class Router:
@@ -38,7 +36,6 @@ class Router:
         handoff: Handoff,
         options: SwitchOptions,
         small_device: torch.device | None = None,
-        agree: Callable[[torch.Tensor], torch.Tensor] = _identity,
     ) -> None:
         self.pipe = pipe
         self.small = small
@@ -46,12 +43,12 @@ class Router:
         self.handoff = handoff
         self.options = options
         self.small_device = small_device
-        #: Makes every rank see the same metric (identity on one process); see sr_plugin.distributed.
-        self.agree = agree
         #: Caches the user enabled on the large model, mirrored onto the small one with their own state.
         self.mirror = UserCacheMirror(small)
         #: Factories of context managers entered around every call of the small model.
         self.small_call_contexts: list[Callable[[], Any]] = [self.mirror.small_call_context]
+        #: With offload_large: moves the large model's weights off the GPU after the switch.
+        self.offloader: Any = None
         self.hook_name = f"sr_plugin_handoff_{uuid.uuid4().hex[:8]}"
         self.trace: list[StepRecord] = []
         self.switch_step: int | None = None
@@ -75,6 +72,9 @@ class Router:
             self.adapter.check_pair(large, self.small)
             self._checked_large = large
         self.adapter.check_scheduler(pipe.scheduler)
+        if calls.group is not None and cp_group(self.small) is None and self.small is not large:
+            raise ValueError("the large transformer became context-parallel after sr_plugin.apply: call "
+                             "handle.remove() and sr_plugin.apply(...) again, so that the small one is parallelized too")
         self.policy = SwitchPolicy(self.options.resolve(calls.num_steps))
         self.handoff.begin_call(pipe)
         self.mirror.sync(large)
@@ -83,6 +83,12 @@ class Router:
         registry = getattr(self.small, "_diffusers_hook", None)
         if registry is not None:
             registry.reset_stateful_hooks()
+        if calls.group is not None:
+            for model in (large, self.small):
+                keep_context_parallel_outermost(model)
+                agree_first_block_cache(model, self.adapter.blocks(model), calls.group)
+        if self.offloader is not None:
+            self.offloader.restore()  # already queued when the prompt was encoded; a no-op then
         self.large = large
         self._prev_x0: torch.Tensor | None = None
         self._d: list[torch.Tensor | None] = []
@@ -94,7 +100,7 @@ class Router:
         """Observe step j's guided output, then decide who runs step j + 1."""
         j = calls.step
         x0 = self.adapter.denoised(self.pipe.scheduler, j, calls.timesteps[j], sample, model_output)
-        d = None if self._prev_x0 is None else self.agree(relative_change(x0, self._prev_x0))
+        d = None if self._prev_x0 is None else calls.agree(relative_change(x0, self._prev_x0))
         self._d.append(d)
         # The one host read per step, and only while the decision still depends on it.
         self.policy.observe(j, float(d) if d is not None and self.policy.needs_metric() else None)
@@ -122,6 +128,8 @@ class Router:
         )
         self._hooked = self.small
         self._patches.set(self.pipe, "transformer", self.small)
+        if self.offloader is not None and not model_offload_active(self.pipe):
+            self.offloader.offload()  # queued behind the large model's last step; returns at once
         self._show(calls, "small")
 
     def _unhook(self, model: torch.nn.Module) -> None:

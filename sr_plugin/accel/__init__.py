@@ -15,6 +15,7 @@ from diffusers.hooks import HookRegistry
 
 from ..adapters import FamilyAdapter, adapter_for
 from ..calls import CallTracker
+from ..distributed import agree_first_block_cache, keep_context_parallel_outermost
 from ..patching import InstancePatches
 from .compile import DEFAULT_OPTIONS, check_compilable, compile_blocks
 from .pab import PABConfig, apply_cfg_pab, remove_cfg_pab
@@ -95,6 +96,9 @@ class Accelerations:
     def begin(self, calls: CallTracker) -> None:
         for model in self.models.values():  # fresh state for every call, for every branch of every model
             HookRegistry.check_if_exists_or_initialize(model).reset_stateful_hooks()
+            if calls.group is not None:
+                keep_context_parallel_outermost(model)
+                agree_first_block_cache(model, self.adapter.blocks(model), calls.group)
 
     def after_step(self, calls: CallTracker, model_output: torch.Tensor, sample: torch.Tensor) -> None:
         pass

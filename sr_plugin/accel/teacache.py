@@ -100,7 +100,7 @@ class TeaCacheState(BaseState):
         self.encoder_residual: torch.Tensor | None = None
 
     def decide(self, modulated: torch.Tensor, step: int, num_steps: int, threshold: float,
-               coefficients: Sequence[float], warmup: int) -> bool:
+               coefficients: Sequence[float], warmup: int, agree: Any = None) -> bool:
         """The published rule: True to compute the blocks, False to reuse the cached residual."""
         forced = (self.previous is None or threshold <= 0 or step < warmup or step >= num_steps - 1
                   or self.residual is None)
@@ -108,7 +108,8 @@ class TeaCacheState(BaseState):
             compute = True
         else:
             prev = self.previous
-            rel = ((modulated - prev).abs().mean() / prev.abs().mean()).item()  # the one host read per call
+            rel = (modulated - prev).abs().mean() / prev.abs().mean()
+            rel = (agree(rel) if agree is not None else rel).item()  # the one host read per call
             self.accumulated += rescale(coefficients, rel)
             compute = self.accumulated >= threshold
         if compute:
@@ -178,7 +179,7 @@ class _BlockHook(ModelHook):
             modulated = bound[sh.source[1]] if sh.source[0] == "block_arg" else sh.captured
             tracker = sh.tracker
             compute = state.decide(modulated, tracker.step, tracker.num_steps, sh.threshold, sh.coefficients,
-                                   sh.warmup)
+                                   sh.warmup, tracker.agree)
             tracker.log_cache(sh.role, sh.state_manager.context.name, compute)
             sh.skip = not compute
             if compute:
