@@ -96,6 +96,11 @@ class FamilyAdapter:
         arguments, or ``("output_of", submodule, index)``."""
         raise NotImplementedError
 
+    def teacache_modulated_input(self, model: torch.nn.Module, timestep: torch.Tensor,
+                                 encoder_hidden_states: torch.Tensor, ret_steps: bool) -> torch.Tensor:
+        """TeaCache's modulated input for ``timestep`` without running the blocks (to calibrate thresholds)."""
+        raise NotImplementedError
+
     def teacache_preset(self, model: torch.nn.Module, ret_steps: bool) -> str | None:
         """The published coefficient set for this model's config, or None if it matches none."""
         return None

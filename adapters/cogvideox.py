@@ -231,6 +231,10 @@ class CogVideoXAdapter(FamilyAdapter):
             raise ValueError("TeaCache's ret_steps mode was published for Wan only; CogVideoX has no such coefficients")
         return ("block_arg", "temb")
 
+    def teacache_modulated_input(self, model: torch.nn.Module, timestep: torch.Tensor,
+                                 encoder_hidden_states: torch.Tensor, ret_steps: bool) -> torch.Tensor:
+        return model.time_embedding(model.time_proj(timestep).to(encoder_hidden_states.dtype), None)
+
     def teacache_preset(self, model: torch.nn.Module, ret_steps: bool) -> str | None:
         c = model.config
         return _COGVIDEOX_SIZES.get((c.num_layers, c.num_attention_heads, c.use_rotary_positional_embeddings))

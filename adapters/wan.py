@@ -71,6 +71,11 @@ class WanAdapter(FamilyAdapter):
         # embedding e before projection only leaves the model's `condition_embedder` (first output).
         return ("block_arg", "temb") if ret_steps else ("output_of", model.condition_embedder, 0)
 
+    def teacache_modulated_input(self, model: torch.nn.Module, timestep: torch.Tensor,
+                                 encoder_hidden_states: torch.Tensor, ret_steps: bool) -> torch.Tensor:
+        temb, timestep_proj, _, _ = model.condition_embedder(timestep, encoder_hidden_states, None)
+        return timestep_proj.unflatten(1, (6, -1)) if ret_steps else temb
+
     def teacache_preset(self, model: torch.nn.Module, ret_steps: bool) -> str | None:
         c = model.config
         name = _WAN_SIZES.get((c.num_layers, c.num_attention_heads, c.attention_head_dim))

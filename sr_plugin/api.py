@@ -151,14 +151,16 @@ def apply(
 
 
 def _restore_early(pipe: Any, router: Router, patches: InstancePatches) -> None:
-    """With offload_large, queue the large model's way back as soon as a call starts encoding its prompt."""
-    original = pipe.encode_prompt
+    """With offload_large, queue the large model's way back at the very start of a call (`check_inputs` is the
+    first thing both pipelines do): before the pipeline reads its execution device from `pipe.transformer`,
+    and early enough for the copy to overlap the text encoder."""
+    original = pipe.check_inputs
 
-    def encode_prompt(*args: Any, **kwargs: Any) -> Any:
+    def check_inputs(*args: Any, **kwargs: Any) -> Any:
         router.offloader.restore()
         return original(*args, **kwargs)
 
-    patches.set(pipe, "encode_prompt", encode_prompt)
+    patches.set(pipe, "check_inputs", check_inputs)
 
 
 def _install(pipe: Any, small: torch.nn.Module, router: Router, patches: InstancePatches) -> None:

@@ -2,10 +2,11 @@
 
 Moving Wan 14B's 28.6 GB to the host took 19.8 s on an H200 (a fifth of a whole SR run), so nothing here
 blocks the denoising loop: at the switch the copies are queued on a side stream into pinned host buffers
-(allocated once, at `apply`), after the large model's last kernels, and run while the small model computes;
-each GPU tensor is released to the allocator only once its copy is done (`record_stream`). The next call
-brings the weights back on the same side stream as soon as it starts (when it encodes the prompt), so the
-copy overlaps the text encoder, and the first denoising step waits on the GPU, not on the host.
+(allocated once, at `apply`, or at the first switch if the model was not on the GPU yet), after the large
+model's last kernels, and run while the small model computes; each GPU tensor is released to the allocator
+only once its copy is done (`record_stream`). The next call brings the weights back on the same side stream
+as soon as it starts (before it reads its execution device), so the copy overlaps the text encoder, and the
+first denoising step waits on the GPU, not on the host.
 
 A no-op for a model that is not on a CUDA device, and under `enable_model_cpu_offload` (whose sequence
 already takes the large model off the GPU when the small one runs).
@@ -60,6 +61,7 @@ class LargeOffloader:
         if not self.offloaded:
             return
         stream = self._stream
+        stream.wait_stream(torch.cuda.current_stream(self._device))  # new memory may have had earlier tenants
         with torch.no_grad(), torch.cuda.stream(stream):
             for name, tensor in self._tensors():
                 gpu = torch.empty(tensor.shape, dtype=tensor.dtype, device=self._device)

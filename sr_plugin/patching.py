@@ -28,3 +28,21 @@ class InstancePatches:
 
     def __bool__(self) -> bool:
         return bool(self._saved)
+
+
+def drop_hook_residue_at(module: Any, forward: bool = True, registry: bool = True) -> None:
+    """Undo what diffusers' hook removal leaves on ``module``: an instance ``forward`` that is just the class's
+    own method bound to the module, and (with ``registry``) an empty hook registry. Both behave like nothing at
+    all, but they are not "exactly as before" (and the first hides the class forward from compilation)."""
+    bound = vars(module).get("forward")
+    if forward and getattr(bound, "__func__", None) is type(module).forward and getattr(bound, "__self__", None) is module:
+        del module.forward
+    hooks = vars(module).get("_diffusers_hook")
+    if registry and hooks is not None and not hooks.hooks:
+        del module._diffusers_hook
+
+
+def drop_hook_residue(root: Any) -> None:
+    """`drop_hook_residue_at` on ``root`` and every submodule."""
+    for module in root.modules():
+        drop_hook_residue_at(module)

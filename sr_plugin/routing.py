@@ -20,9 +20,17 @@ from .distributed import agree_first_block_cache, cp_group, keep_context_paralle
 from .handoff_hook import HandoffHook
 from .metric import relative_change
 from .offload import model_offload_active
-from .patching import InstancePatches
+from .patching import InstancePatches, drop_hook_residue_at
 from .policy import SwitchOptions, SwitchPolicy, second_differences
 from .trace import StepRecord
+
+
+def _release_caches(model: torch.nn.Module) -> None:
+    """Reset the stateful hooks (caches) on ``model``: their tensors can be large (PAB keeps an attention
+    output per module and branch) and are not needed until the next call, which starts from fresh state."""
+    registry = getattr(model, "_diffusers_hook", None)
+    if registry is not None:
+        registry.reset_stateful_hooks()
 
 
 class Router:
@@ -80,9 +88,7 @@ class Router:
         self.mirror.sync(large)
         # diffusers resets the stateful hooks of the pipeline's components after a call; the small model is
         # not one of them, so every cache on it starts each call here with fresh state.
-        registry = getattr(self.small, "_diffusers_hook", None)
-        if registry is not None:
-            registry.reset_stateful_hooks()
+        _release_caches(self.small)
         if calls.group is not None:
             for model in (large, self.small):
                 keep_context_parallel_outermost(model)
@@ -114,6 +120,7 @@ class Router:
             self._patches.undo()
             if self._hooked is not None:
                 self._unhook(self._hooked)
+            _release_caches(self.small)  # diffusers does this for pipe.transformer only
         finally:
             self._hooked = None
             self._write_trace(calls)
@@ -128,21 +135,18 @@ class Router:
         )
         self._hooked = self.small
         self._patches.set(self.pipe, "transformer", self.small)
+        if self.large is not self.small:
+            _release_caches(self.large)  # it will not run again in this call: free its cached residuals/attention
         if self.offloader is not None and not model_offload_active(self.pipe):
             self.offloader.offload()  # queued behind the large model's last step; returns at once
         self._show(calls, "small")
 
     def _unhook(self, model: torch.nn.Module) -> None:
-        """Remove the hand-off hook and what diffusers' registry leaves behind (an instance `forward` bound
-        to the class's own, an empty registry), so that the small model is exactly as before."""
-        registry = HookRegistry.check_if_exists_or_initialize(model)
-        registry.remove_hook(self.hook_name, recurse=False)
+        """Remove the hand-off hook, and what diffusers' registry leaves behind, so that the small model is
+        exactly as before."""
+        HookRegistry.check_if_exists_or_initialize(model).remove_hook(self.hook_name, recurse=False)
         had_forward, had_registry = self._had
-        forward = vars(model).get("forward")
-        if not had_forward and getattr(forward, "__func__", None) is type(model).forward:
-            del model.forward
-        if not had_registry and not registry.hooks:
-            del model._diffusers_hook
+        drop_hook_residue_at(model, forward=not had_forward, registry=not had_registry)
 
     @staticmethod
     def _show(calls: CallTracker, model: str) -> None:

@@ -58,3 +58,14 @@ def test_second_accelerate_is_a_clear_error(pair):
     sr_plugin.accelerate(pipe, pab=True)
     with pytest.raises(RuntimeError, match="already"):
         sr_plugin.accelerate(pipe, pab=True)
+
+
+def test_removal_leaves_no_hook_residue_so_compile_can_follow(pair, family):
+    """After a TeaCache/PAB/FBCache handle is removed, the blocks are as before: a later compile accepts them."""
+    pipe, small = pair
+    sr_plugin.apply(pipe, small, switch_step=3)
+    sr_plugin.accelerate(pipe, **stack(family)).remove()
+    sr_plugin.accelerate(pipe, fbcache=0.1).remove()
+    for model in (pipe.transformer, small):
+        assert not any("forward" in vars(m) or "_diffusers_hook" in vars(m) for m in model.modules())
+    sr_plugin.accelerate(pipe, compile={"backend": "eager"}).remove()

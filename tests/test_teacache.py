@@ -202,3 +202,31 @@ def test_negative_threshold_and_other_bad_combinations():
     with pytest.raises(ValueError, match="no entry for the small"):
         sr_plugin.apply(pipe, small)
     assert "_sr_plugin_handle" not in vars(pipe)
+
+
+def test_modulated_input_for_calibration_is_what_the_blocks_receive(pair, family):
+    """The adapter's block-free modulated input equals what TeaCache reads during a real call."""
+    from sr_plugin.adapters import adapter_for
+
+    pipe, _ = pair
+    adapter = adapter_for(pipe)
+    seen = []
+    source = adapter.teacache_input(pipe.transformer, False)
+    if source[0] == "output_of":
+        source[1].register_forward_hook(lambda m, a, out: seen.append(out[source[2]].clone()))
+    else:
+        adapter.blocks(pipe.transformer)[0].register_forward_pre_hook(
+            lambda m, a, kw: seen.append((kw.get("temb") if "temb" in kw else a[2]).clone()), with_kwargs=True)
+    embeds = []
+    pipe.transformer.register_forward_pre_hook(
+        lambda m, a, kw: embeds.append((kw["timestep"], kw["encoder_hidden_states"])), with_kwargs=True)
+    run(pipe, family, steps=3)
+    for (t, ehs), expected in zip(embeds, seen):
+        assert torch.equal(adapter.teacache_modulated_input(pipe.transformer, t, ehs, False), expected)
+
+
+def test_per_model_thresholds():
+    config = TeaCacheConfig({"large": 0.1, "small": 0.3})
+    assert config.threshold_for("small") == 0.3
+    with pytest.raises(ValueError, match=">= 0"):
+        TeaCacheConfig({"large": -1.0})

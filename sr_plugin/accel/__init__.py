@@ -16,7 +16,7 @@ from diffusers.hooks import HookRegistry
 from ..adapters import FamilyAdapter, adapter_for
 from ..calls import CallTracker
 from ..distributed import agree_first_block_cache, keep_context_parallel_outermost
-from ..patching import InstancePatches
+from ..patching import InstancePatches, drop_hook_residue
 from .compile import DEFAULT_OPTIONS, check_compilable, compile_blocks
 from .pab import PABConfig, apply_cfg_pab, remove_cfg_pab
 from .teacache import TeaCacheConfig, apply_teacache, remove_teacache, resolve_coefficients
@@ -91,6 +91,7 @@ class Accelerations:
         patches = self._compiled.pop(role, None)
         if patches is not None:
             patches.undo()
+        drop_hook_residue(model)
 
     # ------------------------------------------------------------------ per call
     def begin(self, calls: CallTracker) -> None:
@@ -104,6 +105,8 @@ class Accelerations:
         pass
 
     def end(self, calls: CallTracker) -> None:
+        for model in self.models.values():  # free the caches' tensors between calls
+            HookRegistry.check_if_exists_or_initialize(model).reset_stateful_hooks()
         self.trace = [
             {"index": j, "timestep": calls.timesteps[j],
              "cache": {f"{role}/{branch}": what for (role, branch), what in log.items()}}

@@ -18,6 +18,8 @@ from typing import Any, ContextManager
 
 import torch
 
+from ..patching import drop_hook_residue
+
 _PARA_STATE_FIELDS = {"buffers", "incremental_name_counters", "executed_steps", "is_alter_cache", "taylorseer",
                       "alter_taylorseer"}
 
@@ -66,6 +68,7 @@ class UserCacheMirror:
         small = self.small
         if self._enabled_fbc:
             small.disable_cache()
+            drop_hook_residue(small)
             self._enabled_fbc = False
         if self._para_patched is not None:
             had_forward, forward = self._para_patched

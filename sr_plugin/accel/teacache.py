@@ -35,18 +35,27 @@ _INPUT = "sr_plugin_teacache_input"
 
 @dataclass(frozen=True)
 class TeaCacheConfig:
-    """``threshold``: skip while the accumulated rescaled change stays below it (0 disables skipping).
+    """``threshold``: skip while the accumulated rescaled change stays below it (0 disables skipping); one
+    number, or ``{"large": ..., "small": ...}`` (the two models' distances have different scales).
     ``coefficients``: None (the published set matching each model's config), a preset name, five numbers,
     or a mapping ``{"large": ..., "small": ...}`` of those. ``ret_steps``: Wan's "ret steps" variant."""
 
-    threshold: float
+    threshold: float | Mapping[str, float]
     coefficients: str | Sequence[float] | Mapping[str, Any] | None = None
     ret_steps: bool = False
 
     def __post_init__(self) -> None:
-        t = self.threshold
-        if isinstance(t, bool) or not isinstance(t, (int, float)) or not math.isfinite(t) or t < 0:
-            raise ValueError(f"TeaCache threshold must be a finite number >= 0, got {t!r}")
+        values = self.threshold.values() if isinstance(self.threshold, Mapping) else [self.threshold]
+        for t in values:
+            if isinstance(t, bool) or not isinstance(t, (int, float)) or not math.isfinite(t) or t < 0:
+                raise ValueError(f"TeaCache threshold must be a finite number >= 0, got {t!r}")
+
+    def threshold_for(self, role: str) -> float:
+        if not isinstance(self.threshold, Mapping):
+            return float(self.threshold)
+        if role not in self.threshold:
+            raise ValueError(f"TeaCache thresholds given per model have no entry for the {role} transformer")
+        return float(self.threshold[role])
 
 
 def rescale(coefficients: Sequence[float], x: float) -> float:
@@ -59,6 +68,7 @@ def rescale(coefficients: Sequence[float], x: float) -> float:
 
 def resolve_coefficients(config: TeaCacheConfig, adapter: Any, model: torch.nn.Module, role: str) -> tuple[float, ...]:
     """The coefficients this model uses; a clear error for an unknown name or an unmatched model."""
+    config.threshold_for(role)
     spec = config.coefficients
     if isinstance(spec, Mapping):
         if role not in spec:
@@ -125,7 +135,7 @@ class _ModelTeaCache:
                  source: tuple[str, Any], returns_encoder: bool) -> None:
         self.tracker = tracker
         self.role = role
-        self.threshold = float(config.threshold)
+        self.threshold = config.threshold_for(role)
         self.coefficients = coefficients
         self.warmup = RET_WARMUP_STEPS if config.ret_steps else WARMUP_STEPS
         self.source = source

@@ -1,0 +1,494 @@
+"""Real-size stacked benchmark on one GPU (and, with --tiny, the same run end to end on a CPU).
+
+    python benchmarks/gpu_bench.py --json out.json          # full-size models, random bf16 weights, on the GPU
+    python benchmarks/gpu_bench.py --tiny --json out.json   # the built-in tiny pair, CPU
+    python benchmarks/gpu_bench.py --large PATH --small PATH --family wan   # real checkpoints
+
+Builds the transformers from their published configs (shared/reference.md section 1) directly on the GPU
+in bf16 (no downloads), runs the real pipeline denoising loop with prompt embeddings passed in (no text
+encoder, VAE decode skipped: output_type="latent"), and reports for each configuration: wall time, speed-up
+over large-only, the ideal SR speed-up N / (k + (N - k) / r) from the per-step times it measured, measured /
+ideal, peak GPU memory, and TeaCache's computed versus skipped block passes. With random weights TeaCache's
+decisions mean nothing, so its threshold is calibrated to skip a known fraction of the calls
+(--teacache-skip), and that fraction is reported beside the speed-up.
+
+Each configuration is isolated (a failure is recorded, the run goes on), the JSON is rewritten after each
+one, and configurations that would start after --budget-s seconds are skipped (recorded as such).
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import gc
+import json
+import math
+import platform
+import statistics
+import sys
+import time
+import traceback
+from typing import Any
+
+import torch
+
+import sr_plugin
+from sr_plugin import PABConfig, TeaCacheConfig
+from sr_plugin.accel.teacache import TeaCacheState, resolve_coefficients
+from sr_plugin.adapters import adapter_for
+
+#: Published full-size configs (diffusers classes; other fields at the class defaults).
+FULL = {
+    "wan": {
+        "large": dict(num_layers=40, num_attention_heads=40, attention_head_dim=128, ffn_dim=13824, text_dim=4096,
+                      in_channels=16, out_channels=16, patch_size=(1, 2, 2)),
+        "small": dict(num_layers=30, num_attention_heads=12, attention_head_dim=128, ffn_dim=8960, text_dim=4096,
+                      in_channels=16, out_channels=16, patch_size=(1, 2, 2)),
+        "call": dict(height=480, width=832, num_frames=81, guidance_scale=5.0),
+        "text": (512, 4096),
+    },
+    "cogvideox": {
+        "large": dict(num_layers=42, num_attention_heads=48, attention_head_dim=64, use_rotary_positional_embeddings=True,
+                      text_embed_dim=4096, sample_frames=49, sample_height=60, sample_width=90, patch_size=2),
+        "small": dict(num_layers=30, num_attention_heads=30, attention_head_dim=64,
+                      use_rotary_positional_embeddings=False, text_embed_dim=4096, sample_frames=49, sample_height=60,
+                      sample_width=90, patch_size=2),
+        "call": dict(height=480, width=720, num_frames=49, guidance_scale=6.0),
+        "text": (226, 4096),
+    },
+}
+
+#: Left out on real sizes: "sr-never" on Wan would be a whole extra large-only run (its overhead is measured on
+#: CogVideoX and per step on Wan's latents); offloading matters for Wan 14B's 28.6 GB, not for CogVideoX-5b.
+FAMILY_SKIPS = {"wan": {"sr-never"}, "cogvideox": {"sr+offload"}}
+
+#: Order matters: the most important figures first, in case the time budget runs out.
+CONFIGS = ["large", "sr", "compile", "sr+compile", "teacache", "sr+teacache", "pab", "sr+all", "sr-never",
+           "sr+offload"]
+
+
+def log(*args: Any) -> None:
+    print(*args, flush=True)
+
+
+# ----------------------------------------------------------------------------------------------- building
+def build_full(family: str, device: torch.device) -> tuple[Any, Any, Any]:
+    """(pipe, small, prompt embeddings) with full-size random bf16 transformers built on ``device``."""
+    from diffusers import (AutoencoderKLCogVideoX, CogVideoXPipeline, CogVideoXTransformer3DModel,
+                           UniPCMultistepScheduler, WanPipeline, WanTransformer3DModel)
+
+    from sr_plugin.tiny import cogvideox_scheduler
+
+    spec = FULL[family]
+    cls = WanTransformer3DModel if family == "wan" else CogVideoXTransformer3DModel
+    default = torch.get_default_dtype()
+    torch.set_default_dtype(torch.bfloat16)
+    try:
+        with torch.device(device):
+            torch.manual_seed(0)
+            large = cls(**spec["large"]).eval().requires_grad_(False)
+            small = cls(**spec["small"]).eval().requires_grad_(False)
+    finally:
+        torch.set_default_dtype(default)
+    if family == "wan":
+        scheduler = UniPCMultistepScheduler(prediction_type="flow_prediction", use_flow_sigmas=True, flow_shift=3.0)
+        pipe = WanPipeline(tokenizer=None, text_encoder=None, vae=None, transformer=large, scheduler=scheduler)
+    else:
+        # A tiny VAE only for its config (scaling factor 0.7 as 5b's, 8x spatial); decoding is skipped.
+        vae = AutoencoderKLCogVideoX(block_out_channels=(8, 8, 8, 8), latent_channels=16, layers_per_block=1,
+                                     norm_num_groups=2, scaling_factor=0.7).to(device)
+        pipe = CogVideoXPipeline(tokenizer=None, text_encoder=None, vae=vae, transformer=large,
+                                 scheduler=cogvideox_scheduler(1.0))
+    pipe.set_progress_bar_config(disable=True)
+    return pipe, small, _embeddings(spec["text"], torch.bfloat16, device)
+
+
+def _embeddings(shape: tuple[int, int], dtype: torch.dtype, device: Any) -> tuple[torch.Tensor, torch.Tensor]:
+    g = torch.Generator("cpu").manual_seed(0)
+    return tuple(torch.randn(1, *shape, generator=g).to(device=device, dtype=dtype) for _ in range(2))
+
+
+def build_tiny(family: str) -> tuple[Any, Any, Any]:
+    from sr_plugin.tiny import tiny_pair
+
+    pipe, small = tiny_pair(family)
+    dim = pipe.transformer.config.text_dim if family == "wan" else pipe.transformer.config.text_embed_dim
+    seq = 512 if family == "wan" else 226
+    return pipe, small, _embeddings((seq, dim), torch.float32, "cpu")
+
+
+def build_loaded(family: str, large: str, small: str, device: torch.device) -> tuple[Any, Any, Any]:
+    from diffusers import DiffusionPipeline
+
+    pipe = DiffusionPipeline.from_pretrained(large, dtype=torch.bfloat16)
+    small_model = adapter_for(pipe).transformer_class().from_pretrained(small, subfolder="transformer",
+                                                                        dtype=torch.bfloat16)
+    pipe.to(device)
+    small_model.to(device).eval()
+    pipe.set_progress_bar_config(disable=True)
+    return pipe, small_model, _embeddings(FULL[family]["text"], torch.bfloat16, device)
+
+
+# ----------------------------------------------------------------------------------------------- running
+class Run:
+    """One timed pipeline call: wall time, per-step times, peak memory, memory at the end of the loop."""
+
+    def __init__(self, env: "Env", steps: int, reset_peak_at: int | None = None) -> None:
+        self.env, self.steps, self.reset_peak_at = env, steps, reset_peak_at
+
+    def __call__(self, pipe: Any) -> dict[str, Any]:
+        env = self.env
+        marks: list[float] = []
+        rendering_peak: list[int] = []
+        end_alloc: list[int] = []
+
+        def on_step(p: Any, i: int, t: Any, kwargs: dict) -> dict:
+            env.sync()
+            marks.append(time.perf_counter())
+            if env.cuda and self.reset_peak_at is not None and i == self.reset_peak_at:
+                torch.cuda.reset_peak_memory_stats()
+            if env.cuda and i == self.steps - 1:
+                end_alloc.append(torch.cuda.memory_allocated())
+                rendering_peak.append(torch.cuda.max_memory_allocated())
+            return {}
+
+        if env.cuda:
+            torch.cuda.reset_peak_memory_stats()
+        env.sync()
+        start = time.perf_counter()
+        out = pipe(prompt_embeds=env.embeds[0], negative_prompt_embeds=env.embeds[1], num_inference_steps=self.steps,
+                   output_type="latent", generator=torch.Generator(env.gen_device).manual_seed(0),
+                   callback_on_step_end=on_step, **env.call).frames
+        env.sync()
+        wall = time.perf_counter() - start
+        step_times = [b - a for a, b in zip([start] + marks[:-1], marks)]
+        record = {"wall_s": wall, "step_s": step_times}
+        if env.cuda:
+            record["peak_gib"] = torch.cuda.max_memory_allocated() / 2**30
+            if self.reset_peak_at is not None:
+                record["peak_after_step_%d_gib" % self.reset_peak_at] = rendering_peak[0] / 2**30 if rendering_peak \
+                    else None
+            record["allocated_at_loop_end_gib"] = end_alloc[0] / 2**30 if end_alloc else None
+        record["_out"] = out
+        return record
+
+
+class Env:
+    def __init__(self, pipe: Any, small: Any, embeds: Any, family: str, tiny: bool, device: torch.device) -> None:
+        self.pipe, self.small, self.embeds, self.family, self.tiny = pipe, small, embeds, family, tiny
+        self.cuda = device.type == "cuda"
+        self.gen_device = "cuda" if self.cuda else "cpu"
+        from sr_plugin.tiny import TINY_CALL
+
+        self.call = dict(TINY_CALL[family]) if tiny else dict(FULL[family]["call"])
+        self.adapter = adapter_for(pipe)
+
+    def sync(self) -> None:
+        if self.cuda:
+            torch.cuda.synchronize()
+
+
+def steady(step_s: list[float], start: int, stop: int | None = None) -> float | None:
+    """Median step time over steps [start, stop): the first step of a model carries one-time costs."""
+    values = step_s[start:stop]
+    return statistics.median(values) if values else None
+
+
+def calibrate_teacache(env: Env, model: Any, role: str, steps: int, target_skip: float,
+                       first_step: int = 0) -> tuple[float, float]:
+    """The threshold that makes TeaCache skip the fraction of calls closest to ``target_skip`` for the steps
+    ``model`` runs: replays the published rule on the modulated inputs of the schedule (no block runs)."""
+    scheduler = env.pipe.scheduler
+    scheduler.set_timesteps(steps, device=env.embeds[0].device)
+    config = TeaCacheConfig(0.0)
+    coefficients = resolve_coefficients(config, env.adapter, model, role) if not env.tiny else (1.0, 0.0)
+    with torch.no_grad():
+        inputs = [env.adapter.teacache_modulated_input(model, t.expand(1).to(env.embeds[0].device), env.embeds[0],
+                                                       False) for t in scheduler.timesteps[first_step:]]
+
+    def skip_fraction(threshold: float) -> float:
+        state, skipped = TeaCacheState(), 0
+        for j, x in enumerate(inputs, start=first_step):
+            skipped += not state.decide(x, j, steps, threshold, coefficients, 1)
+            state.residual = torch.zeros(1)
+        return skipped / len(inputs)
+
+    best = (0.0, 0.0)
+    for exponent in range(-160, 121):  # thresholds 1e-4 .. 1e3, geometric
+        threshold = 10 ** (exponent / 40)
+        fraction = skip_fraction(threshold)
+        if abs(fraction - target_skip) < abs(best[1] - target_skip) - 1e-9:
+            best = (threshold, fraction)
+    return best
+
+
+def teacache_config(env: Env, steps: int, k: int | None, target_skip: float, calibration: dict) -> TeaCacheConfig:
+    thresholds: dict[str, float] = {}
+    large_steps = steps if k is None else k
+    thresholds["large"], calibration["large_predicted_skip"] = calibrate_teacache(env, env.pipe.transformer, "large",
+                                                                                  steps, target_skip)
+    if k is not None:
+        thresholds["small"], calibration["small_predicted_skip"] = calibrate_teacache(env, env.small, "small", steps,
+                                                                                      target_skip, first_step=k)
+    calibration.update({f"{r}_threshold": t for r, t in thresholds.items()})
+    del large_steps
+    coefficients = {"large": (1.0, 0.0), "small": (1.0, 0.0)} if env.tiny else None
+    return TeaCacheConfig(thresholds, coefficients)
+
+
+def block_passes(accel: Any, env: Env) -> dict[str, int]:
+    """Computed and skipped block passes from TeaCache's trace (one call = all of a model's blocks)."""
+    layers = {"large": env.pipe.transformer.config.num_layers, "small": env.small.config.num_layers}
+    counts = {"computed": 0, "skipped": 0}
+    for step in accel.trace:
+        for key, what in step["cache"].items():
+            counts[what] += layers[key.split("/")[0]]
+    return counts
+
+
+def run_config(env: Env, name: str, steps: int, k: int, args: argparse.Namespace, results: dict) -> dict[str, Any]:
+    pipe, small = env.pipe, env.small
+    handles: list[Any] = []
+    rec: dict[str, Any] = {"config": name}
+    sr = name.startswith("sr")
+    compile_opts = ({"backend": "eager"} if env.tiny else True)
+    # Self-attention only: Wan's cross-attention (512 text tokens) is cheap, and caching its output per module
+    # and CFG branch would cost as much memory as the self-attention's (40 x 2 x 335 MB at 81 x 480 x 832).
+    # The whole schedule: at 6-10 steps the default range (100, 800) would leave PAB almost nothing to reuse.
+    pab = PABConfig(2, None, (0, 1000))
+    calibration: dict[str, Any] = {}
+    try:
+        if sr:
+            kwargs = {"switch_step": steps if name == "sr-never" else k}
+            if name == "sr+offload":
+                t0 = time.perf_counter()
+                kwargs["offload_large"] = True
+            handles.append(sr_plugin.apply(pipe, small, **kwargs))
+            if name == "sr+offload":
+                rec["apply_s"] = time.perf_counter() - t0
+        accel_kwargs: dict[str, Any] = {}
+        if name in ("teacache", "sr+teacache", "sr+all"):
+            accel_kwargs["teacache"] = teacache_config(env, steps, k if sr else None, args.teacache_skip, calibration)
+        if name in ("pab", "sr+all"):
+            accel_kwargs["pab"] = pab
+        if name in ("compile", "sr+compile", "sr+all"):
+            accel_kwargs["compile"] = compile_opts
+        accel = sr_plugin.accelerate(pipe, **accel_kwargs) if accel_kwargs else None
+        if accel is not None:
+            handles.append(accel)
+        if "compile" in accel_kwargs:  # warm-up: compiles the blocks of every model this run uses
+            t0 = time.perf_counter()
+            Run(env, k + 1 if sr else 2)(pipe)  # with the switch: k large steps, then one small step
+            rec["compile_warmup_s"] = time.perf_counter() - t0
+        reset_at = k + 1 if sr and k + 1 < steps else None
+        run = Run(env, steps, reset_peak_at=reset_at)
+        first = run(pipe)
+        if name == "sr+offload":
+            rec["first_call_wall_s"] = first["wall_s"]
+            rec["large_on_host_after_call"] = next(pipe.transformer.parameters()).device.type == "cpu"
+            first = run(pipe)  # steady state: this call also brings the weights back at its start
+            ref = results.get("sr", {}).get("_out")
+            rec["output_equals_sr"] = None if ref is None else bool(torch.equal(first["_out"], ref))
+        rec.update(first)
+        if calibration:
+            rec["teacache_calibration"] = calibration
+        if accel is not None and accel.trace and "teacache" in accel_kwargs:
+            passes = block_passes(accel, env)
+            rec["block_passes"] = passes
+            rec["teacache_skipped_fraction"] = passes["skipped"] / max(1, passes["computed"] + passes["skipped"])
+            calls = [w for s in accel.trace for w in s["cache"].values()]
+            rec["teacache_skipped_calls"] = calls.count("skipped") / len(calls)
+        if sr:
+            rec["switch_step"] = handles[0].switch_step
+    except Exception as err:  # recorded; the run goes on with the next configuration
+        rec["error"] = f"{type(err).__name__}: {err}"
+        rec["traceback"] = traceback.format_exc()[-3000:]
+    finally:
+        for h in reversed(handles):
+            try:
+                h.remove()
+            except Exception as err:
+                rec.setdefault("error", f"remove failed: {err}")
+        if env.cuda:
+            torch.cuda.empty_cache()
+    return rec
+
+
+def summarize(family_results: dict[str, dict], steps: int, k: int) -> dict[str, Any]:
+    """Speed-ups over large-only, and the ideal SR speed-up from the per-step times measured."""
+    large, compiled = family_results.get("large", {}), family_results.get("compile", {})
+    summary: dict[str, Any] = {}
+
+    def ideal(large_rec: dict, sr_rec: dict) -> tuple[float | None, float | None]:
+        t_large = steady(large_rec.get("step_s", []), 1)
+        t_small = steady(sr_rec.get("step_s", []), k + 1)
+        if not t_large or not t_small:
+            return None, None
+        r = t_large / t_small
+        return r, steps / (k + (steps - k) / r)
+
+    for name, rec in family_results.items():
+        if "wall_s" not in rec:
+            continue
+        base = compiled if "compile" in name and name != "compile" else large
+        if "all" in name:
+            base = compiled if "wall_s" in compiled else large
+        if base and "wall_s" in base:
+            rec["speedup"] = base["wall_s"] / rec["wall_s"]
+            rec["speedup_over"] = "compile" if base is compiled else "large"
+    for sr_name, base_name in (("sr", "large"), ("sr+compile", "compile")):
+        sr_rec, base = family_results.get(sr_name, {}), family_results.get(base_name, {})
+        r, ideal_speedup = ideal(base, sr_rec)
+        if ideal_speedup and "speedup" in sr_rec:
+            sr_rec.update(r=r, ideal_speedup=ideal_speedup, measured_over_ideal=sr_rec["speedup"] / ideal_speedup)
+            summary[sr_name] = {"r": r, "ideal": ideal_speedup, "measured": sr_rec["speedup"],
+                                "measured_over_ideal": sr_rec["speedup"] / ideal_speedup}
+    never = family_results.get("sr-never", {})
+    if "wall_s" in never and "wall_s" in large:
+        summary["never_switching_overhead"] = never["wall_s"] / large["wall_s"] - 1
+    return summary
+
+
+def plugin_step_cost(env: Env, repeats: int = 50) -> dict[str, float]:
+    """The plugin's own per-step work on this family's real latent shape: x0, the metric, one host read."""
+    from sr_plugin.metric import relative_change
+
+    pipe = env.pipe
+    scheduler = pipe.scheduler
+    scheduler.set_timesteps(10, device=env.embeds[0].device)
+    c = pipe.transformer.config
+    if env.family == "wan":
+        f, h, w = (env.call["num_frames"] - 1) // 4 + 1, env.call["height"] // 8, env.call["width"] // 8
+        shape = (1, c.in_channels, f, h, w)
+    else:
+        f, h, w = (env.call["num_frames"] - 1) // 4 + 1, env.call["height"] // 8, env.call["width"] // 8
+        shape = (1, f, c.in_channels, h, w)
+    device = env.embeds[0].device
+    x, v, prev = (torch.randn(shape, device=device) for _ in range(3))
+    t = float(scheduler.timesteps[3])
+    for _ in range(3):
+        float(relative_change(env.adapter.denoised(scheduler, 3, t, x, v), prev))
+    env.sync()
+    start = time.perf_counter()
+    for _ in range(repeats):
+        float(relative_change(env.adapter.denoised(scheduler, 3, t, x, v), prev))
+    env.sync()
+    return {"latent_shape": list(shape), "per_step_ms": (time.perf_counter() - start) / repeats * 1e3}
+
+
+def table(results: dict[str, Any]) -> str:
+    lines = [f"{'family':<10} {'config':<12} {'wall s':>8} {'speed-up':>9} {'ideal':>7} {'meas/ideal':>10} "
+             f"{'peak GiB':>9} {'TeaCache skipped':>17}  notes"]
+    for family, fam in results["families"].items():
+        for name, rec in fam["configs"].items():
+            if "wall_s" not in rec:
+                lines.append(f"{family:<10} {name:<12} {'-':>8}  {rec.get('error', rec.get('skipped', ''))[:90]}")
+                continue
+            notes = []
+            if rec.get("switch_step") is not None:
+                notes.append(f"switch {rec['switch_step']}")
+            if "speedup_over" in rec and rec["speedup_over"] != "large":
+                notes.append(f"vs {rec['speedup_over']}")
+            if "compile_warmup_s" in rec:
+                notes.append(f"warm-up {rec['compile_warmup_s']:.0f} s")
+            if "output_equals_sr" in rec:
+                notes.append(f"== sr: {rec['output_equals_sr']}, large on host after call: "
+                             f"{rec.get('large_on_host_after_call')}, end alloc {rec.get('allocated_at_loop_end_gib')}")
+            fmt = lambda key, spec: format(rec[key], spec) if rec.get(key) is not None else "-"  # noqa: E731
+            lines.append(f"{family:<10} {name:<12} {rec['wall_s']:>8.2f} {fmt('speedup', '>8.2f')}x "
+                         f"{fmt('ideal_speedup', '>7.2f')} {fmt('measured_over_ideal', '>10.4f')} "
+                         f"{fmt('peak_gib', '>9.1f')} {fmt('teacache_skipped_fraction', '>17.2f')}  {'; '.join(notes)}")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--tiny", action="store_true", help="the built-in tiny pair on the CPU (a smoke run)")
+    parser.add_argument("--families", nargs="+", choices=list(FULL), default=list(FULL))
+    parser.add_argument("--configs", nargs="+", choices=CONFIGS, default=CONFIGS)
+    parser.add_argument("--steps", type=int, nargs="+", default=None,
+                        help="steps per family, in --families order (default: 6 for Wan, 10 for CogVideoX)")
+    parser.add_argument("--switch-step", type=int, default=2)
+    parser.add_argument("--teacache-skip", type=float, default=0.5, help="target fraction of skipped calls")
+    parser.add_argument("--budget-s", type=float, default=400, help="start no configuration after this many seconds")
+    parser.add_argument("--large", help="a real large pipeline (id or path) instead of random weights")
+    parser.add_argument("--small", help="a real small model (its 'transformer' subfolder)")
+    parser.add_argument("--json", default="gpu_bench.json")
+    args = parser.parse_args(argv)
+    if (args.large is None) != (args.small is None):
+        parser.error("give both --large and --small, or neither")
+    if args.large and len(args.families) != 1:
+        parser.error("with --large/--small, name the one family with --families")
+    steps_by_family = dict(zip(args.families, args.steps)) if args.steps else {}
+    device = torch.device("cuda" if torch.cuda.is_available() and not args.tiny else "cpu")
+    if not args.tiny and device.type != "cuda":
+        parser.error("no GPU here: run with --tiny for the CPU smoke run")
+    import diffusers
+    import transformers
+
+    results: dict[str, Any] = {
+        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "device": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "cpu",
+        "versions": {"torch": torch.__version__, "diffusers": diffusers.__version__,
+                     "transformers": transformers.__version__, "python": platform.python_version(),
+                     "sr_plugin": sr_plugin.__version__},
+        "weights": "tiny, random" if args.tiny else ("loaded" if args.large else "full-size configs, random bf16"),
+        "families": {},
+    }
+    start = time.perf_counter()
+
+    def save() -> None:
+        clean = json.loads(json.dumps(results, default=lambda o: None))
+        for fam in clean["families"].values():
+            for rec in fam["configs"].values():
+                rec.pop("_out", None)
+        with open(args.json, "w") as f:
+            json.dump(clean, f, indent=1)
+
+    for family in args.families:
+        steps = steps_by_family.get(family, 6 if family == "wan" else 10)
+        k = args.switch_step
+        fam: dict[str, Any] = {"steps": steps, "switch_step": k, "configs": {}}
+        results["families"][family] = fam
+        log(f"== {family}: building ({results['weights']}) ...")
+        t0 = time.perf_counter()
+        if args.tiny:
+            pipe, small, embeds = build_tiny(family)
+        elif args.large:
+            pipe, small, embeds = build_loaded(family, args.large, args.small, device)
+        else:
+            pipe, small, embeds = build_full(family, device)
+        fam["build_s"] = time.perf_counter() - t0
+        env = Env(pipe, small, embeds, family, args.tiny, device)
+        fam["plugin_step_cost"] = plugin_step_cost(env)
+        warm = sr_plugin.apply(pipe, small, switch_step=1)
+        Run(env, 2)(pipe)  # eager warm-up of both models (kernels, workspaces)
+        warm.remove()
+        log(f"   built in {fam['build_s']:.1f} s; plugin per-step work {fam['plugin_step_cost']['per_step_ms']:.3f} ms")
+        for name in args.configs:
+            if not args.tiny and name in FAMILY_SKIPS[family]:
+                continue
+            if time.perf_counter() - start > args.budget_s:
+                fam["configs"][name] = {"config": name, "skipped": "time budget"}
+                continue
+            rec = run_config(env, name, steps, k, args, fam["configs"])
+            fam["configs"][name] = rec
+            fam["summary"] = summarize(fam["configs"], steps, k)
+            save()
+            log(f"   {name:<12} " + (f"{rec['wall_s']:.2f} s" if "wall_s" in rec else rec.get("error", "")))
+        del env, pipe, small, embeds
+        gc.collect()
+        torch._dynamo.reset()
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
+    results["total_s"] = time.perf_counter() - start
+    save()
+    log(table(results))
+    for family, fam in results["families"].items():
+        log(f"{family} summary: {json.dumps(fam.get('summary', {}), default=lambda o: None)}")
+    return 0 if all("error" not in rec for fam in results["families"].values()
+                    for rec in fam["configs"].values()) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,82 @@
+"""The small model on its own device and dtype, offload_large, and combinations refused before generation."""
+
+from __future__ import annotations
+
+import copy
+import json
+import pathlib
+import subprocess
+import sys
+
+import pytest
+import torch
+from conftest import CallLog, run
+
+import sr_plugin
+
+
+def test_small_device_gets_inputs_in_its_device_and_dtype_and_hands_back(pair, family):
+    """On a CPU-only machine the move is proven with a float64 small model on an explicit device."""
+    pipe, _ = pair
+    baseline = run(pipe, family)
+    small = copy.deepcopy(pipe.transformer).to(torch.float64)
+    sr_plugin.apply(pipe, small, switch_step=3, small_device="cpu")
+    log = CallLog(small=small)
+    out = run(pipe, family)
+    log.close()
+    for kwargs in log.kwargs:
+        for name in ("hidden_states", "encoder_hidden_states"):
+            assert kwargs[name].device == torch.device("cpu") and kwargs[name].dtype == torch.float64
+    assert out.dtype == baseline.dtype and torch.allclose(out, baseline, atol=1e-4)
+    pipe.to(torch.float32)  # with small_device, the pipeline's moves leave the small model where it is
+    assert small.dtype == torch.float64
+
+
+def test_offload_large_is_a_no_op_off_the_gpu_and_checks_its_argument(pair, family):
+    pipe, small = pair
+    expected = run(pipe, family, output_type="latent")
+    handle = sr_plugin.apply(pipe, pipe.transformer, switch_step=3, offload_large=True)  # identity: exact
+    assert torch.equal(run(pipe, family), expected)
+    handle.remove()
+    assert "check_inputs" not in vars(pipe)
+    handle = sr_plugin.apply(pipe, small, switch_step=3, offload_large=True)
+    assert handle.router.offloader is not None and not handle.router.offloader.offloaded
+    run(pipe, family)
+    assert next(pipe.transformer.parameters()).device.type == "cpu"
+    handle.remove()
+    with pytest.raises(TypeError, match="offload_large"):
+        sr_plugin.apply(pipe, small, offload_large="yes")
+
+
+def test_para_attn_wan_context_parallelism_is_refused():
+    """para-attn marks a parallelized transformer with `_is_parallelized`; its Wan adapter is broken on
+    diffusers >= 0.35 (RoPE returns a tuple): refused with the call to use instead."""
+    from sr_plugin.tiny import tiny_wan
+
+    pipe, small = tiny_wan()
+    pipe.transformer._is_parallelized = True
+    before = dict(vars(pipe))
+    with pytest.raises(ValueError, match="enable_parallelism"):
+        sr_plugin.apply(pipe, small)
+    assert dict(vars(pipe)) == before
+
+
+def test_gpu_benchmark_script_runs_end_to_end_on_cpu_with_tiny(tmp_path: pathlib.Path):
+    script = pathlib.Path(__file__).parents[1] / "benchmarks" / "gpu_bench.py"
+    out = tmp_path / "bench.json"
+    result = subprocess.run([sys.executable, str(script), "--tiny", "--json", str(out), "--steps", "4", "5"],
+                            capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    data = json.loads(out.read_text())
+    for family, fam in data["families"].items():
+        configs = fam["configs"]
+        assert set(configs) == {"large", "sr", "compile", "sr+compile", "teacache", "sr+teacache", "pab", "sr+all",
+                                "sr-never", "sr+offload"}
+        assert all("error" not in rec and rec["wall_s"] > 0 for rec in configs.values())
+        assert configs["sr"]["switch_step"] == 2 and configs["sr-never"]["switch_step"] is None
+        assert configs["sr+offload"]["output_equals_sr"] is True
+        assert 0 < configs["teacache"]["teacache_skipped_fraction"] < 1
+        passes = configs["sr+teacache"]["block_passes"]
+        assert passes["computed"] > 0 and passes["skipped"] > 0
+        assert {"r", "ideal", "measured", "measured_over_ideal"} <= set(fam["summary"]["sr"])
+    assert "meas/ideal" in result.stdout  # the table at the end
