@@ -4,36 +4,27 @@ from __future__ import annotations
 
 import argparse
 import sys
+from typing import Any
 
 from .tiny import FAMILIES
 
 
-def _positive_int(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
-    return value
+def _checked(kind: type, ok: Any, rule: str) -> Any:
+    """An argparse type: ``kind(text)`` that must satisfy ``ok``, else "must be <rule>"."""
+
+    def parse(text: str) -> Any:
+        value = kind(text)
+        if not ok(value):
+            raise argparse.ArgumentTypeError(f"must be {rule}, got {value}")
+        return value
+
+    return parse
 
 
-def _step(text: str) -> int:
-    value = int(text)
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be >= 0, got {value}")
-    return value
-
-
-def _delta(text: str) -> float:
-    value = float(text)
-    if not 0 < value < 1:
-        raise argparse.ArgumentTypeError(f"must be in the open interval (0, 1), got {value}")
-    return value
-
-
-def _threshold(text: str) -> float:
-    value = float(text)
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be >= 0, got {value}")
-    return value
+_positive_int = _checked(int, lambda v: v >= 1, "at least 1")
+_step = _checked(int, lambda v: v >= 0, ">= 0")
+_delta = _checked(float, lambda v: 0 < v < 1, "in the open interval (0, 1)")
+_threshold = _checked(float, lambda v: v >= 0, ">= 0")
 
 
 def _switch_options(parser: argparse.ArgumentParser) -> None:
