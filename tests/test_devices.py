@@ -80,3 +80,16 @@ def test_gpu_benchmark_script_runs_end_to_end_on_cpu_with_tiny(tmp_path: pathlib
         assert passes["computed"] > 0 and passes["skipped"] > 0
         assert {"r", "ideal", "measured", "measured_over_ideal"} <= set(fam["summary"]["sr"])
     assert "meas/ideal" in result.stdout  # the table at the end
+
+
+def test_offload_large_composes_with_model_cpu_offload(pair, family):
+    """Under enable_model_cpu_offload the offload sequence already takes the large model off when the small one
+    runs: offload_large adds nothing, and the output is that of the switch alone."""
+    pipe, small = pair
+    handle = sr_plugin.apply(pipe, small, switch_step=3)
+    expected = run(pipe, family)
+    handle.remove()
+    pipe.enable_model_cpu_offload(device="cpu")
+    handle = sr_plugin.apply(pipe, small, switch_step=3, offload_large=True)
+    assert torch.equal(run(pipe, family), expected)
+    assert not handle.router.offloader.offloaded and any(h.model is small for h in pipe._all_hooks)
