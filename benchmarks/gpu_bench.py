@@ -20,9 +20,7 @@ from __future__ import annotations
 
 import argparse
 import datetime
-import gc
 import json
-import math
 import platform
 import statistics
 import sys
@@ -229,14 +227,12 @@ def calibrate_teacache(env: Env, model: Any, role: str, steps: int, target_skip:
 
 def teacache_config(env: Env, steps: int, k: int | None, target_skip: float, calibration: dict) -> TeaCacheConfig:
     thresholds: dict[str, float] = {}
-    large_steps = steps if k is None else k
     thresholds["large"], calibration["large_predicted_skip"] = calibrate_teacache(env, env.pipe.transformer, "large",
                                                                                   steps, target_skip)
     if k is not None:
         thresholds["small"], calibration["small_predicted_skip"] = calibrate_teacache(env, env.small, "small", steps,
                                                                                       target_skip, first_step=k)
     calibration.update({f"{r}_threshold": t for r, t in thresholds.items()})
-    del large_steps
     coefficients = {"large": (1.0, 0.0), "small": (1.0, 0.0)} if env.tiny else None
     return TeaCacheConfig(thresholds, coefficients)
 

@@ -54,6 +54,7 @@ class SRHandle:
         tracker = CallTracker.of(self.pipe)
         if tracker.active:
             raise RuntimeError("sr_plugin: cannot remove the switch while the pipeline is running")
+        tracker.untrack(self.small)
         tracker.discard(self._router)
         accel = accelerations_of(self.pipe)
         if accel is not None:
@@ -184,7 +185,9 @@ def _install(pipe: Any, small: torch.nn.Module, router: Router, patches: Instanc
             join_model_offload(pipe, small)
         return result
 
-    CallTracker.of(pipe).add(router)
+    tracker = CallTracker.of(pipe)
+    tracker.add(router)
+    tracker.track(small)
     patches.set(pipe, "to", to)
     patches.set(pipe, "enable_model_cpu_offload", enable_model_cpu_offload)
     if router.small_device is not None:

@@ -19,7 +19,7 @@ from typing import Any, Callable, Protocol
 
 import torch
 
-from .distributed import cp_group, make_agree
+from .distributed import agree_first_block_cache, cp_group, keep_context_parallel_outermost, make_agree
 from .patching import InstancePatches
 
 
@@ -54,6 +54,8 @@ class CallTracker:
         #: Makes every rank of a context-parallel group use the same value (identity on one process).
         self.agree: Callable[[torch.Tensor], torch.Tensor] = make_agree(None)
         self.group: Any = None
+        #: Models whose caches this tracker manages besides pipe.transformer (the small model, ...), counted.
+        self._tracked: dict[int, list[Any]] = {}
         self._install = InstancePatches()
         self._call = InstancePatches()
         original = pipe.progress_bar
@@ -79,6 +81,23 @@ class CallTracker:
             self.listeners.remove(listener)
         if not self.listeners:
             self._install.undo()
+
+    def track(self, model: torch.nn.Module) -> None:
+        """Manage ``model``'s caches per call (fresh at the start, released at the end), as diffusers does for
+        the pipeline's own components only."""
+        entry = self._tracked.setdefault(id(model), [model, 0])
+        entry[1] += 1
+
+    def untrack(self, model: torch.nn.Module) -> None:
+        entry = self._tracked.get(id(model))
+        if entry is not None:
+            entry[1] -= 1
+            if entry[1] <= 0:
+                del self._tracked[id(model)]
+
+    def _models(self, first: torch.nn.Module | None) -> list[torch.nn.Module]:
+        models = [] if first is None else [first]
+        return models + [m for m, _ in self._tracked.values() if all(m is not x for x in models)]
 
     @property
     def num_steps(self) -> int:
@@ -113,15 +132,29 @@ class CallTracker:
         self.cache_log = []
         self.bar = bar
         self.active = True
+        self._in_play = self._models(self.pipe.transformer)
         started: list[CallListener] = []
         try:
             self._observe_steps(scheduler)
             for listener in list(self.listeners):
                 listener.begin(self)
                 started.append(listener)
+            self._prepare_models()
         except BaseException:
             self._finish(started)
             raise
+
+    def _prepare_models(self) -> None:
+        """Once per call, for every model in play (after the listeners, which may add caches): fresh cache
+        state; under context parallelism, split/gather hooks outermost and First Block Cache deciding group-wide."""
+        from .adapters import adapter_for
+
+        blocks = adapter_for(self.pipe).blocks
+        for model in self._in_play:
+            _reset_caches(model)
+            if self.group is not None:
+                keep_context_parallel_outermost(model)
+                agree_first_block_cache(model, blocks(model), self.group)
 
     def end(self) -> None:
         if self.active:
@@ -131,6 +164,8 @@ class CallTracker:
         self.active = False
         try:
             self._call.undo()
+            for model in self._in_play:  # their tensors can be large (PAB: one attention output per module)
+                _reset_caches(model)
         finally:
             errors = []
             for listener in reversed(listeners):
@@ -161,6 +196,13 @@ class CallTracker:
             return out
 
         self._call.set(scheduler, "step", step)
+
+
+def _reset_caches(model: torch.nn.Module) -> None:
+    """Reset (and so free) the state of every stateful hook on ``model``."""
+    registry = getattr(model, "_diffusers_hook", None)
+    if registry is not None:
+        registry.reset_stateful_hooks()
 
 
 class _TrackedProgressBar:

@@ -9,7 +9,7 @@ from typing import Any
 
 import torch
 
-from .accel import PABConfig, TeaCacheConfig, accelerate
+from .accel import TeaCacheConfig, accelerate
 from .adapters import adapter_for
 from .api import apply
 from .policy import DEFAULT_DELTA

@@ -15,22 +15,14 @@ from diffusers.hooks import HookRegistry
 
 from .accel.mirror import UserCacheMirror
 from .adapters import FamilyAdapter, Handoff
-from .calls import CallTracker
-from .distributed import agree_first_block_cache, cp_group, keep_context_parallel_outermost
+from .calls import CallTracker, _reset_caches
+from .distributed import cp_group
 from .handoff_hook import HandoffHook
 from .metric import relative_change
 from .offload import model_offload_active
 from .patching import InstancePatches, drop_hook_residue_at
 from .policy import SwitchOptions, SwitchPolicy, second_differences
 from .trace import StepRecord
-
-
-def _release_caches(model: torch.nn.Module) -> None:
-    """Reset the stateful hooks (caches) on ``model``: their tensors can be large (PAB keeps an attention
-    output per module and branch) and are not needed until the next call, which starts from fresh state."""
-    registry = getattr(model, "_diffusers_hook", None)
-    if registry is not None:
-        registry.reset_stateful_hooks()
 
 
 class Router:
@@ -65,10 +57,6 @@ class Router:
         self._patches = InstancePatches()
         self._hooked: torch.nn.Module | None = None
 
-    @property
-    def running(self) -> bool:
-        return self._hooked is not None or bool(self._patches)
-
     # ------------------------------------------------------------------ call bracket
     def begin(self, calls: CallTracker) -> None:
         """Start of the denoising loop: every check first, then fresh per-call state."""
@@ -86,13 +74,6 @@ class Router:
         self.policy = SwitchPolicy(self.options.resolve(calls.num_steps))
         self.handoff.begin_call(pipe)
         self.mirror.sync(large)
-        # diffusers resets the stateful hooks of the pipeline's components after a call; the small model is
-        # not one of them, so every cache on it starts each call here with fresh state.
-        _release_caches(self.small)
-        if calls.group is not None:
-            for model in (large, self.small):
-                keep_context_parallel_outermost(model)
-                agree_first_block_cache(model, self.adapter.blocks(model), calls.group)
         if self.offloader is not None:
             self.offloader.restore()  # already queued when the prompt was encoded; a no-op then
         self.large = large
@@ -120,7 +101,6 @@ class Router:
             self._patches.undo()
             if self._hooked is not None:
                 self._unhook(self._hooked)
-            _release_caches(self.small)  # diffusers does this for pipe.transformer only
         finally:
             self._hooked = None
             self._write_trace(calls)
@@ -136,7 +116,7 @@ class Router:
         self._hooked = self.small
         self._patches.set(self.pipe, "transformer", self.small)
         if self.large is not self.small:
-            _release_caches(self.large)  # it will not run again in this call: free its cached residuals/attention
+            _reset_caches(self.large)  # it will not run again in this call: free its cached residuals/attention
         if self.offloader is not None and not model_offload_active(self.pipe):
             self.offloader.offload()  # queued behind the large model's last step; returns at once
         self._show(calls, "small")

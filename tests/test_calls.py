@@ -21,6 +21,13 @@ def fresh_run(family: str, steps: int = STEPS, **apply_kwargs):
     return run(pipe, family, steps=steps), handle.trace
 
 
+def assert_next_call_is_fresh(pipe, handle, family: str, steps: int = STEPS, **apply_kwargs) -> None:
+    """The next call equals, output and trace, a call on a freshly built, freshly patched pipeline."""
+    out = run(pipe, family, steps=steps)
+    expected_out, expected_trace = fresh_run(family, steps=steps, **apply_kwargs)
+    assert torch.equal(out, expected_out) and handle.trace == expected_trace
+
+
 def test_identical_calls_give_identical_outputs_and_traces(pair, family):
     pipe, small = pair
     handle = sr_plugin.apply(pipe, small)
@@ -35,10 +42,8 @@ def test_step_count_may_change_between_calls(pair, family):
     handle = sr_plugin.apply(pipe, small)
     run(pipe, family, steps=6)
     assert len(handle.trace) == 6
-    out = run(pipe, family, steps=12)
+    assert_next_call_is_fresh(pipe, handle, family, steps=12)
     assert len(handle.trace) == 12
-    expected_out, expected_trace = fresh_run(family, steps=12)
-    assert torch.equal(out, expected_out) and handle.trace == expected_trace
 
 
 def test_interrupted_call_leaves_the_next_one_clean(pair, family):
@@ -54,9 +59,7 @@ def test_interrupted_call_leaves_the_next_one_clean(pair, family):
     run(pipe, family, callback_on_step_end=interrupt)
     assert [r.model for r in handle.trace] == ["large", "large", "small", "small"]
     assert pipe.transformer is large and "step" not in vars(pipe.scheduler)
-    out = run(pipe, family)
-    expected_out, expected_trace = fresh_run(family, switch_step=2)
-    assert torch.equal(out, expected_out) and handle.trace == expected_trace
+    assert_next_call_is_fresh(pipe, handle, family, switch_step=2)
 
 
 def test_failed_call_leaves_the_next_one_clean(pair, family):
@@ -74,9 +77,7 @@ def test_failed_call_leaves_the_next_one_clean(pair, family):
     assert pipe.transformer is large and "step" not in vars(pipe.scheduler)
     assert [r.model for r in handle.trace] == ["large"] * 3 and handle.switch_step is None
     assert not hasattr(small, "_diffusers_hook")  # the hand-off hook is gone, and its registry
-    out = run(pipe, family)
-    expected_out, expected_trace = fresh_run(family, switch_step=3)
-    assert torch.equal(out, expected_out) and handle.trace == expected_trace
+    assert_next_call_is_fresh(pipe, handle, family, switch_step=3)
 
 
 def test_callback_gets_the_right_arguments_and_can_edit_latents(pair, family):

@@ -11,11 +11,9 @@ import dataclasses
 from typing import Any
 
 import torch
-from diffusers.hooks import HookRegistry
 
 from ..adapters import FamilyAdapter, adapter_for
 from ..calls import CallTracker
-from ..distributed import agree_first_block_cache, keep_context_parallel_outermost
 from ..patching import InstancePatches, drop_hook_residue
 from .compile import DEFAULT_OPTIONS, check_compilable, compile_blocks
 from .pab import PABConfig, apply_cfg_pab, remove_cfg_pab
@@ -77,11 +75,13 @@ class Accelerations:
 
             model.enable_cache(FirstBlockCacheConfig(threshold=self.fbcache))
         self.models[role] = model
+        self.tracker.track(model)
 
     def detach(self, role: str) -> None:
         model = self.models.pop(role, None)
         if model is None:
             return
+        self.tracker.untrack(model)
         if self.fbcache is not None:
             model.disable_cache()
         if self.pab is not None:
@@ -95,18 +95,12 @@ class Accelerations:
 
     # ------------------------------------------------------------------ per call
     def begin(self, calls: CallTracker) -> None:
-        for model in self.models.values():  # fresh state for every call, for every branch of every model
-            HookRegistry.check_if_exists_or_initialize(model).reset_stateful_hooks()
-            if calls.group is not None:
-                keep_context_parallel_outermost(model)
-                agree_first_block_cache(model, self.adapter.blocks(model), calls.group)
+        pass  # the tracker gives every tracked model fresh cache state (and group-wide decisions) per call
 
     def after_step(self, calls: CallTracker, model_output: torch.Tensor, sample: torch.Tensor) -> None:
         pass
 
     def end(self, calls: CallTracker) -> None:
-        for model in self.models.values():  # free the caches' tensors between calls
-            HookRegistry.check_if_exists_or_initialize(model).reset_stateful_hooks()
         self.trace = [
             {"index": j, "timestep": calls.timesteps[j],
              "cache": {f"{role}/{branch}": what for (role, branch), what in log.items()}}
