@@ -6,7 +6,7 @@ import argparse
 import sys
 from typing import Any
 
-from .tiny import FAMILIES
+from .trained import FAMILY_NAMES as FAMILIES
 
 
 def _checked(kind: type, ok: Any, rule: str) -> Any:
@@ -25,6 +25,7 @@ _positive_int = _checked(int, lambda v: v >= 1, "at least 1")
 _step = _checked(int, lambda v: v >= 0, ">= 0")
 _delta = _checked(float, lambda v: 0 < v < 1, "in the open interval (0, 1)")
 _threshold = _checked(float, lambda v: v >= 0, ">= 0")
+_held_out_count = _checked(int, lambda v: 1 <= v <= 64, "between 1 and 64 (the held-out set)")
 
 
 def _switch_options(parser: argparse.ArgumentParser) -> None:
@@ -42,18 +43,26 @@ def build_parser() -> argparse.ArgumentParser:
                     "the large transformer sketches the early steps, a small one renders the rest.")
     sub = parser.add_subparsers(dest="command", required=True, metavar="{demo,generate,bench}")
 
-    demo = sub.add_parser("demo", help="baseline and SR runs on the built-in tiny pair (random weights, CPU ok)",
-                          description="Baseline and SR runs on the built-in tiny pair: prints the switch trace "
-                                      "and the timings. The weights are random.")
+    demo = sub.add_parser("demo", help="the trained families on held-out prompts: large only | SR | small only, "
+                          "scored and timed, with a side-by-side GIF (CPU, about a minute)",
+                          description="Runs the trained model families shipped in the package (sr_plugin/trained/) "
+                                      "on held-out prompts of their task, under large only, SR and small only; "
+                                      "prints each prompt's result and a quality and time table, and writes one "
+                                      "side-by-side GIF.")
     demo.add_argument("--family", choices=FAMILIES + ("all",), default="all")
-    demo.add_argument("--steps", type=_positive_int, default=20, help="denoising steps (default 20)")
-    _switch_options(demo)
-    demo.add_argument("--seed", type=int, default=0)
+    demo.add_argument("--prompts", type=_held_out_count, default=6,
+                      help="how many held-out prompts per family (default 6, at most 64)")
+    demo.add_argument("--steps", type=_positive_int, default=50, help="denoising steps (default 50)")
+    demo.add_argument("--delta", type=_delta, default=None, help="adaptive switching threshold in (0, 1) "
+                      "(default 0.01)")
+    demo.add_argument("--out", default="sr-plugin-demo.gif", help="the GIF to write (default sr-plugin-demo.gif)")
 
     gen = sub.add_parser("generate", help="generate a video with the switch; writes the video, its trace (JSON) "
                          "and a plot (PNG)",
-                         description="Generate one video with the switch. Without --large/--small, the built-in "
-                                     "tiny pair with random weights runs (the video is noise). Writes OUT, "
+                         description="Generate one video with the switch. Without --large/--small, the trained "
+                                     "family shipped in the package runs (--family, default wan; the prompt must "
+                                     "use its task's words, e.g. 'a red square moving left and a blue circle "
+                                     "moving up'); --tiny runs the random-weight tiny pair instead. Writes OUT, "
                                      "OUT with .trace.json (per-step trace) and OUT with .switch.png (plot of d and s).")
     gen.add_argument("--prompt", required=True)
     gen.add_argument("--out", required=True, help="the video file to write (.mp4)")
@@ -62,7 +71,9 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--small", metavar="ID_OR_PATH", help="the small model whose 'transformer' subfolder is loaded, "
                      "e.g. Wan-AI/Wan2.1-T2V-1.3B-Diffusers")
     gen.add_argument("--family", choices=FAMILIES, help="the family (default: read from --large; wan for the "
-                     "tiny pair)")
+                     "trained and the tiny pairs)")
+    gen.add_argument("--tiny", action="store_true", help="the built-in tiny pair with random weights (any prompt; "
+                     "the video is noise)")
     _switch_options(gen)
     gen.add_argument("--steps", type=_positive_int, default=None, help="denoising steps (default: the pipeline's)")
     gen.add_argument("--teacache", type=_threshold, default=None, metavar="THRESHOLD", help="also run TeaCache")
@@ -92,15 +103,14 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "demo":
             from .demo import run_demo
 
-            for family in FAMILIES if args.family == "all" else (args.family,):
-                run_demo(family, args.steps, args.delta, args.switch_step, args.seed)
-                print()
+            run_demo(FAMILIES if args.family == "all" else (args.family,), args.prompts, args.steps, args.delta,
+                     args.out)
         elif args.command == "generate":
             from .generate import generate
 
             generate(args.prompt, args.out, args.large, args.small, args.family, args.delta, args.switch_step,
                      args.steps, args.teacache, args.pab, args.compile, args.seed, args.height, args.width,
-                     args.frames)
+                     args.frames, tiny=args.tiny)
         elif args.command == "bench":
             from .bench import run_matrix
 

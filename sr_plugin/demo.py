@@ -1,52 +1,105 @@
-"""The main job on the built-in tiny pair: a baseline run and an SR run, with the trace and timings."""
+"""The main job: the trained families on held-out prompts, large only | SR | small only, scored and timed.
+
+Prints one line per prompt and a quality and time table per family, and writes one side-by-side GIF (a row per
+family: large only | SR | small only, captioned with the prompt and each clip's attributes right).
+"""
 
 from __future__ import annotations
 
-import time
+import os
+import pathlib
+import tempfile
 from typing import Any
 
-import torch
+import numpy as np
 
-from .api import apply
-from .tiny import TINY_CALL, tiny_pair
+from . import task, trained
+from .quality import MODES, FamilyResult, evaluate_family, format_table
 
-DEMO_PROMPT = "a red fox runs across a snowy field at dawn"
-
-
-def timed_call(pipe: Any, family: str, steps: int, seed: int, **kwargs: Any) -> tuple[torch.Tensor, float]:
-    args = dict(TINY_CALL[family], prompt=DEMO_PROMPT, num_inference_steps=steps, output_type="latent",
-                generator=torch.Generator().manual_seed(seed))
-    args.update(kwargs)
-    start = time.perf_counter()
-    frames = pipe(**args).frames
-    return frames, time.perf_counter() - start
+DEMO_PROMPTS = 6
+#: Pixels per video pixel in the GIF (the videos are 32 x 32).
+ZOOM = 4
+LABELS = {"large": "large only", "sr": "SR", "small": "small only"}
 
 
-def format_trace(trace: list[Any]) -> str:
-    fmt = lambda v: "-" if v is None else f"{v:+.4f}"  # noqa: E731
-    lines = [f"{'step':>4}  {'timestep':>8}  {'model':<5}  {'d':>8}  {'s':>8}"]
-    lines += [f"{r.index:>4}  {r.timestep:>8.1f}  {r.model:<5}  {fmt(r.d):>8}  {fmt(r.s):>8}" for r in trace]
-    return "\n".join(lines)
+def check_output(path: str | os.PathLike[str], suffixes: tuple[str, ...]) -> pathlib.Path:
+    """A writable output path with one of ``suffixes``, checked before any work."""
+    out = pathlib.Path(path)
+    if out.suffix.lower() not in suffixes:
+        raise ValueError(f"the output must name a {' or '.join(suffixes)} file, got {str(out)!r}")
+    parent = out.parent if str(out.parent) else pathlib.Path(".")
+    if not parent.is_dir():
+        raise ValueError(f"cannot write {str(out)!r}: the folder {str(parent)!r} does not exist")
+    if not os.access(parent, os.W_OK) or (out.exists() and (out.is_dir() or not os.access(out, os.W_OK))):
+        raise ValueError(f"cannot write {str(out)!r}: permission denied")
+    return out
 
 
-def run_demo(family: str = "wan", steps: int = 20, delta: float | None = None, switch_step: int | None = None,
-             seed: int = 0, out: Any = print) -> dict[str, Any]:
-    """Baseline then SR on the tiny ``family`` pair; prints the trace and timings, returns the figures."""
-    pipe, small = tiny_pair(family)
-    out(f"sr-plugin demo: tiny {family} pair built in code; its weights are RANDOM, so the video is noise.")
-    out("It shows the mechanics: who runs which step, the switching metric, and what the switch saves.")
-    timed_call(pipe, family, 2, seed)  # warm-up (allocations, lazy init)
-    base, t_base = timed_call(pipe, family, steps, seed)
-    handle = apply(pipe, small, delta=delta, switch_step=switch_step)
-    timed_call(pipe, family, 2, seed)
-    sr, t_sr = timed_call(pipe, family, steps, seed)
-    out(format_trace(handle.trace))
-    k = handle.switch_step
-    out(f"switch step: {k}  (rule: delta={delta if delta is not None else 0.01}"
-        f"{'' if switch_step is None else f', fixed k={switch_step}'})")
-    out(f"baseline (large only): {t_base:.3f} s   SR: {t_sr:.3f} s   speed-up: {t_base / t_sr:.2f}x "
-        f"(CPU, tiny models: fixed per-call costs dominate)")
-    out(f"max |SR - baseline| in latents: {(sr - base).abs().max().item():.4f}")
-    handle.remove()
-    return {"family": family, "switch_step": k, "baseline_s": t_base, "sr_s": t_sr,
-            "trace": [r.as_dict() for r in handle.trace]}
+def _caption(image: Any, text: str, xy: tuple[int, int]) -> None:
+    from PIL import ImageDraw
+
+    ImageDraw.Draw(image).text(xy, text, fill=(235, 235, 235))
+
+
+def side_by_side(results: list[FamilyResult]) -> list[np.ndarray]:
+    """GIF frames: per family, the first prompt's three clips side by side under their captions."""
+    from PIL import Image
+
+    clip = task.WIDTH * ZOOM
+    gap, head, label = 8, 16, 14
+    width = len(MODES) * clip + (len(MODES) + 1) * gap
+    row_h = head + label + clip + gap
+    frames = []
+    for f in range(task.NUM_FRAMES):
+        canvas = Image.new("RGB", (max(width, 420), row_h * len(results) + gap), (40, 40, 40))
+        for row, res in enumerate(results):
+            runs = {r.mode: r for r in res.runs if (r.prompt, r.seed) == (res.runs[0].prompt, res.runs[0].seed)}
+            top = gap + row * row_h
+            _caption(canvas, f"{res.family}: \"{res.runs[0].prompt}\"", (gap, top))
+            for col, mode in enumerate(MODES):
+                run = runs[mode]
+                right, asked = run.score.attributes
+                extra = f", k={run.switch_step}" if mode == "sr" else ""
+                left = gap + col * (clip + gap)
+                _caption(canvas, f"{LABELS[mode]}{extra}: {right}/{asked}", (left, top + head))
+                pixels = (np.clip(run.video[f], 0, 1) * 255).astype(np.uint8)
+                tile = Image.fromarray(pixels).resize((clip, clip), Image.NEAREST)
+                canvas.paste(tile, (left, top + head + label))
+        frames.append(np.asarray(canvas))
+    return frames
+
+
+def write_gif(frames: list[np.ndarray], out: pathlib.Path, fps: int = 4) -> None:
+    """Written to a temporary file in the same folder, then moved into place: never half-written."""
+    import imageio.v2 as imageio
+
+    fd, tmp = tempfile.mkstemp(suffix=".gif", dir=out.parent if str(out.parent) else ".")
+    os.close(fd)
+    try:
+        imageio.mimsave(tmp, frames, format="GIF", duration=1000 / fps, loop=0)
+        os.replace(tmp, out)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+
+
+def run_demo(families: tuple[str, ...] = trained.FAMILY_NAMES, prompts: int = DEMO_PROMPTS, steps: int = 50,
+             delta: float | None = None, out: str = "sr-plugin-demo.gif", say: Any = print) -> list[FamilyResult]:
+    """Large only, SR and small only on the first ``prompts`` held-out pairs of each family."""
+    for family in families:
+        trained.check_family(family)
+    if not 1 <= prompts <= task.HELD_OUT_SIZE:
+        raise ValueError(f"prompts must be between 1 and {task.HELD_OUT_SIZE} (the held-out set), got {prompts}")
+    gif = check_output(out, (".gif",))
+    pairs = task.held_out()[:prompts]
+    say(f"sr-plugin demo: the trained families (sr_plugin/trained/) on {prompts} held-out prompts, {steps} steps, "
+        f"delta={delta if delta is not None else 0.01}; CPU")
+    results = [evaluate_family(family, pairs, steps, delta, say=say) for family in families]
+    say("")
+    say(format_table(results))
+    for res in results:
+        say(f"{res.family}: a large step costs r = {res.step_ratio:.2f} small steps here; ideal = "
+            f"N / (k + (N - k) / r) at each prompt's switch step k")
+    write_gif(side_by_side(results), gif)
+    say(f"\nwrote {gif} (large only | SR | small only; attributes right out of 6)")
+    return results

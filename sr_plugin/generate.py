@@ -13,6 +13,7 @@ from .accel import TeaCacheConfig, accelerate
 from .adapters import adapter_for
 from .api import apply
 from .policy import DEFAULT_DELTA
+from . import task, trained
 from .tiny import TINY_CALL, tiny_pair
 
 
@@ -25,14 +26,25 @@ def _first_line(err: BaseException) -> str:
     return text[0] if text else type(err).__name__
 
 
-def load_models(large: str | None, small: str | None, family: str | None) -> tuple[Any, Any, str, bool]:
-    """(pipe, small transformer, family, tiny?) from model ids or paths, or the built-in tiny pair."""
+def load_models(large: str | None, small: str | None, family: str | None,
+                tiny: bool = False) -> tuple[Any, Any, str, str, dict[str, Any]]:
+    """(pipe, small transformer, family, source, apply options) from model ids or paths, the trained family
+    shipped in the package (source "trained"), or the random tiny pair (source "tiny")."""
     if (large is None) != (small is None):
-        raise UserError("give both --large and --small, or neither (for the built-in tiny pair)")
-    if large is None:
+        raise UserError("give both --large and --small, or neither (for the trained family shipped in the package)")
+    if tiny and large is not None:
+        raise UserError("--tiny runs the built-in random pair: not together with --large/--small")
+    if tiny:
         family = family or "wan"
         pipe, small_model = tiny_pair(family)
-        return pipe, small_model, family, True
+        return pipe, small_model, family, "tiny", {}
+    if large is None:
+        family = family or "wan"
+        try:
+            pipe, small_model, extra = trained.load(family)
+        except trained.TrainedFamilyError as err:
+            raise UserError(str(err)) from err
+        return pipe, small_model, family, "trained", extra
     from diffusers import DiffusionPipeline
 
     dtype = torch.bfloat16 if torch.cuda.is_available() else torch.float32
@@ -55,7 +67,7 @@ def load_models(large: str | None, small: str | None, family: str | None) -> tup
                         f"local nor reachable on the Hugging Face Hub ({_first_line(err)})") from err
     if torch.cuda.is_available():
         pipe.to("cuda")
-    return pipe, small_model.eval(), found, False
+    return pipe, small_model.eval(), found, "pretrained", {}
 
 
 def plot_trace(trace: list[dict[str, Any]], delta: float | None, switch_step: int | None, path: pathlib.Path,
@@ -90,45 +102,57 @@ def generate(prompt: str, out: str, large: str | None = None, small: str | None 
              delta: float | None = None, switch_step: int | None = None, steps: int | None = None,
              teacache: float | None = None, pab: bool = False, compile: bool = False, seed: int = 0,
              height: int | None = None, width: int | None = None, frames: int | None = None,
-             say: Any = print) -> dict[str, str]:
+             say: Any = print, tiny: bool = False) -> dict[str, str]:
     """Generate one video; returns the paths written (video, trace JSON, plot PNG)."""
     out_path = pathlib.Path(out)
     if out_path.suffix.lower() != ".mp4":
         raise UserError(f"--out must name an .mp4 file, got {out!r}")
     if not out_path.parent.exists():
         raise UserError(f"the folder of --out does not exist: {str(out_path.parent)!r}")
-    pipe, small_model, family, tiny = load_models(large, small, family)
-    if tiny:
-        say(f"sr-plugin: no --large/--small given: using the built-in tiny {family} pair, whose weights are "
+    if large is None and not tiny:
+        try:
+            task.parse(prompt)  # before loading anything
+        except ValueError as err:
+            raise UserError(f"{err}. (The trained families know only their task; --tiny takes any prompt.)") from err
+    pipe, small_model, family, source, extra = load_models(large, small, family, tiny)
+    if source == "tiny":
+        say(f"sr-plugin: --tiny: using the built-in tiny {family} pair, whose weights are "
             "RANDOM (the video will be noise; it shows the mechanics only)")
+    elif source == "trained":
+        say(f"sr-plugin: no --large/--small given: using the trained {family} family shipped in the package "
+            "(sr_plugin/trained/), trained on its shapes task")
     try:
-        handle = apply(pipe, small_model, delta=delta, switch_step=switch_step)
+        handle = apply(pipe, small_model, delta=delta, switch_step=switch_step, **extra)
         accel = None
         if teacache is not None or pab or compile:
             coefficients = None
-            if tiny:  # the tiny models match no published TeaCache coefficients: use the identity polynomial
+            if source != "pretrained":  # no published TeaCache coefficients fit these models: the identity one
                 coefficients = {"large": (1.0, 0.0), "small": (1.0, 0.0)}
             accel = accelerate(pipe, teacache=None if teacache is None else TeaCacheConfig(teacache, coefficients),
                                pab=pab, compile=compile)
     except (ValueError, TypeError) as err:
         raise UserError(str(err)) from err
     pipe.set_progress_bar_config(disable=False, desc="denoising")
-    call: dict[str, Any] = dict(TINY_CALL[family]) if tiny else {}
+    call: dict[str, Any] = dict(TINY_CALL[family]) if source == "tiny" else {}
+    if source == "trained":
+        call.update(trained.CALL, guidance_scale=trained.GUIDANCE[family])
     call.update({k: v for k, v in (("height", height), ("width", width), ("num_frames", frames)) if v is not None})
     if steps is not None:
         call["num_inference_steps"] = steps
-    device = "cuda" if torch.cuda.is_available() and not tiny else "cpu"
+    device = "cuda" if torch.cuda.is_available() and source == "pretrained" else "cpu"
     start = time.perf_counter()
     video = pipe(prompt=prompt, output_type="np", generator=torch.Generator(device).manual_seed(seed), **call).frames[0]
     seconds = time.perf_counter() - start
 
     from diffusers.utils import export_to_video
 
-    export_to_video(list(video), str(out_path), fps=8 if family == "cogvideox" else 16)
+    export_to_video(list(video), str(out_path), fps=trained.FPS[family] if source == "trained" else
+                    8 if family == "cogvideox" else 16)
     trace = [r.as_dict() for r in handle.trace]
     record = {
-        "prompt": prompt, "family": family, "weights": "random (built-in tiny pair)" if tiny else {"large": large,
-                                                                                                  "small": small},
+        "prompt": prompt, "family": family,
+        "weights": {"tiny": "random (built-in tiny pair)", "trained": f"trained family sr_plugin/trained/{family}",
+                    "pretrained": {"large": large, "small": small}}[source],
         "num_inference_steps": len(trace), "seed": seed, "seconds": seconds,
         "rule": {"fixed_switch_step": switch_step} if switch_step is not None else {
             "delta": delta if delta is not None else DEFAULT_DELTA},

@@ -1,0 +1,187 @@
+"""Quality and time of large only, SR and small only on a trained family, prompt by prompt.
+
+For each (prompt, seed) the three runs share the initial noise; each is scored by `sr_plugin.evaluate`, SR and
+small only are also compared with the large-only video (PSNR, SSIM), and the denoising loop is timed on its
+own (from the progress bar's opening to its closing: text encoding and decoding excluded), so that the measured
+SR / large time ratio can be set against the ideal ``N / (k + (N - k) / r)`` with ``r`` measured too.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import statistics
+import time
+from dataclasses import dataclass, field
+from typing import Any, Iterator
+
+import numpy as np
+import torch
+
+from . import evaluate, task, trained
+from .api import apply
+
+MODES: tuple[str, ...] = ("large", "sr", "small")
+
+
+@dataclass
+class Run:
+    prompt: str
+    seed: int
+    mode: str
+    video: np.ndarray
+    denoise_s: float
+    total_s: float
+    switch_step: int | None
+    score: evaluate.VideoScore
+    psnr: float | None = None
+    ssim: float | None = None
+
+
+@dataclass
+class ModeSummary:
+    mode: str
+    prompt_accuracy: float
+    attribute_accuracy: float
+    psnr: float | None
+    ssim: float | None
+    denoise_s: float
+    speedup: float
+    ideal_speedup: float | None
+    mean_switch_step: float | None
+
+    def as_dict(self) -> dict[str, Any]:
+        return dict(self.__dict__)
+
+
+@dataclass
+class FamilyResult:
+    family: str
+    steps: int
+    delta: float | None
+    runs: list[Run] = field(default_factory=list)
+    summaries: dict[str, ModeSummary] = field(default_factory=dict)
+    step_ratio: float | None = None
+
+
+@contextlib.contextmanager
+def loop_timer(pipe: Any) -> Iterator[list[float]]:
+    """Records the wall time of each denoising loop: the pipelines open ``progress_bar`` right before their
+    first step and close it after their last. Patches the instance for the duration of the block only."""
+    times: list[float] = []
+    had_own = "progress_bar" in pipe.__dict__
+    original = pipe.progress_bar
+
+    class Timed:
+        def __init__(self, bar: Any) -> None:
+            self.bar = bar
+
+        def __enter__(self) -> Any:
+            self.start = time.perf_counter()
+            return self.bar.__enter__()
+
+        def __exit__(self, *exc: Any) -> Any:
+            result = self.bar.__exit__(*exc)
+            times.append(time.perf_counter() - self.start)
+            return result
+
+    pipe.progress_bar = lambda *args, **kwargs: Timed(original(*args, **kwargs))
+    try:
+        yield times
+    finally:
+        if had_own:
+            pipe.progress_bar = original
+        else:
+            del pipe.progress_bar
+
+
+def generate_video(pipe: Any, family: str, prompt: str, seed: int, steps: int) -> tuple[np.ndarray, float, float]:
+    """One video of a trained family: ([F, H, W, 3] in [0, 1], denoising seconds, total seconds)."""
+    task.parse(prompt)
+    with loop_timer(pipe) as loops:
+        start = time.perf_counter()
+        frames = pipe(prompt=prompt, num_inference_steps=steps, guidance_scale=trained.GUIDANCE[family],
+                      output_type="np", generator=torch.Generator().manual_seed(seed), **trained.CALL).frames[0]
+        total = time.perf_counter() - start
+    return np.asarray(frames, dtype=np.float32), loops[-1], total
+
+
+def run_modes(pipe: Any, small: torch.nn.Module, extra: dict[str, Any], family: str, prompt: str, seed: int,
+              steps: int, delta: float | None = None, modes: tuple[str, ...] = MODES) -> dict[str, Run]:
+    """The prompt under each mode, one after the other (interleaved, so that machine drift hits all alike)."""
+    runs: dict[str, Run] = {}
+    for mode in modes:
+        handle = None
+        if mode == "sr":
+            handle = apply(pipe, small, delta=delta, **extra)
+        elif mode == "small":
+            handle = apply(pipe, small, switch_step=0, **extra)
+        try:
+            video, denoise, total = generate_video(pipe, family, prompt, seed, steps)
+            switch = handle.switch_step if handle is not None else None
+        finally:
+            if handle is not None:
+                handle.remove()
+        runs[mode] = Run(prompt, seed, mode, video, denoise, total, switch, evaluate.score_video(video, prompt))
+    if "large" in runs:
+        for mode, run in runs.items():
+            if mode != "large":
+                run.psnr, run.ssim = evaluate.fidelity(run.video, runs["large"].video)
+    return runs
+
+
+def ideal_speedup(steps: int, k: int, r: float) -> float:
+    """SRDiffusion's bound: N large steps against k large and N - k small ones, a small step r times cheaper."""
+    return steps / (k + (steps - k) / r)
+
+
+def evaluate_family(family: str, pairs: list[tuple[str, int]], steps: int = 50, delta: float | None = None,
+                    say: Any = None) -> FamilyResult:
+    """Run and score every (prompt, seed) under large only, SR and small only; summarize per mode."""
+    pipe, small, extra = trained.load(family)
+    result = FamilyResult(family, steps, delta)
+    for i, (prompt, seed) in enumerate(pairs):
+        runs = run_modes(pipe, small, extra, family, prompt, seed, steps, delta)
+        result.runs.extend(runs.values())
+        if say is not None:
+            marks = "  ".join(f"{m} {'right' if r.score.right else 'WRONG'}" for m, r in runs.items())
+            say(f"[{family} {i + 1}/{len(pairs)}] {prompt} (seed {seed}): {marks}, switch at "
+                f"{runs['sr'].switch_step}")
+    summarize_result(result)
+    return result
+
+
+def summarize_result(result: FamilyResult) -> None:
+    by_mode = {m: [r for r in result.runs if r.mode == m] for m in MODES}
+    large_t = {(r.prompt, r.seed): r.denoise_s for r in by_mode["large"]}
+    small_t = {(r.prompt, r.seed): r.denoise_s for r in by_mode["small"]}
+    # r: a large step against a small one, from the same prompts' large-only and small-only loops.
+    result.step_ratio = statistics.median(large_t[key] / small_t[key] for key in large_t)
+    for mode, runs in by_mode.items():
+        acc = evaluate.summarize([r.score for r in runs])
+        speedups = [large_t[(r.prompt, r.seed)] / r.denoise_s for r in runs]
+        ks = [r.switch_step for r in runs if r.switch_step is not None] if mode == "sr" else []
+        ideal = None
+        if mode == "sr" and ks:
+            ideal = statistics.mean(ideal_speedup(result.steps, k, result.step_ratio) for k in ks)
+        result.summaries[mode] = ModeSummary(
+            mode, acc["prompt_accuracy"], acc["attribute_accuracy"],
+            None if mode == "large" else statistics.mean(r.psnr for r in runs),
+            None if mode == "large" else statistics.mean(r.ssim for r in runs),
+            statistics.mean(r.denoise_s for r in runs), statistics.median(speedups), ideal,
+            statistics.mean(ks) if ks else None)
+
+
+def format_table(results: list[FamilyResult]) -> str:
+    """A markdown table: one row per family and mode."""
+    lines = ["| family | mode | prompt accuracy | attribute accuracy | PSNR vs large (dB) | SSIM vs large | "
+             "denoising s/video | speed-up (ideal) | mean switch step |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    for res in results:
+        for mode in MODES:
+            s = res.summaries[mode]
+            fmt = lambda v, spec: "-" if v is None else format(v, spec)  # noqa: E731
+            ideal = f" ({s.ideal_speedup:.2f})" if s.ideal_speedup is not None else ""
+            lines.append(f"| {res.family} | {mode} | {s.prompt_accuracy:.1f}% | {s.attribute_accuracy:.1f}% | "
+                         f"{fmt(s.psnr, '.2f')} | {fmt(s.ssim, '.3f')} | {s.denoise_s:.2f} | "
+                         f"{s.speedup:.2f}x{ideal} | {fmt(s.mean_switch_step, '.1f')} |")
+    return "\n".join(lines)

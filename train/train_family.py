@@ -1,0 +1,305 @@
+"""Train a shipped model family on the task of `sr_plugin.task` and write its diffusers folders.
+
+    python train/train_family.py --family wan          # all stages; about 30 minutes on a 2-core CPU
+    python train/train_family.py --family cogvideox
+
+Stages (each reads the previous one's output from --work, default train/runs/<family>; ``--stage`` runs one):
+  vae       the family's VAE on rendered task videos (reconstruction through noisy posterior means + a pull of
+            the latents' spread to 1)
+  encode    a fixed set of task videos to latents, and every training prompt (and "") to text embeddings
+  large     the large transformer (flow matching for Wan; v-prediction with its schedule and scale for CogVideoX)
+  small     the small transformer, the same way (CogVideoX: its own scale and schedule, sincos positions)
+  export    `save_pretrained` (safetensors) of both pipeline folders into sr_plugin/trained/<family>/
+
+Everything is seeded (--seed); the held-out scenes of `sr_plugin.task.held_out()` never appear in training.
+CFG works because 10% of the training samples get the empty prompt's embedding.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import pathlib
+import sys
+import time
+
+import numpy as np
+import torch
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from sr_plugin import task, trained  # noqa: E402
+
+COND_DROPOUT = 0.1
+LATENT_NOISE = 0.1
+OBJECT_WEIGHT = 9.0
+WAN_FLOW_SHIFT = 3.0
+
+
+def log(msg: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {msg}", flush=True)
+
+
+def render_batch(rng: np.random.Generator, prompts: list[str], n: int) -> tuple[torch.Tensor, list[str]]:
+    """n rendered training videos as [n, 3, F, H, W] in [-1, 1], with their prompts."""
+    chosen = [prompts[i] for i in rng.integers(0, len(prompts), n)]
+    seeds = rng.integers(0, 2**31 - 1, n)
+    videos = np.stack([task.render(p, int(s)) for p, s in zip(chosen, seeds)])
+    return torch.from_numpy(videos).permute(0, 4, 1, 2, 3) * 2 - 1, chosen
+
+
+def lr_at(step: int, total: int, peak: float, warmup: int = 100) -> float:
+    if step < warmup:
+        return peak * (step + 1) / warmup
+    return peak * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * (step - warmup) / max(total - warmup, 1))))
+
+
+# ---------------------------------------------------------------------------------------------------- VAE
+def stage_vae(args: argparse.Namespace, work: pathlib.Path) -> None:
+    torch.manual_seed(args.seed)
+    rng = np.random.default_rng(args.seed)
+    model = trained.vae(args.family)
+    if args.vae_init is not None:  # continue from an earlier run's VAE
+        model = type(model).from_pretrained(args.vae_init)
+    model.train()
+    opt = torch.optim.AdamW(model.parameters(), lr=args.vae_lr, weight_decay=0.0)
+    prompts = task.training_prompts()
+    start = time.time()
+    for step in range(args.vae_steps):
+        for group in opt.param_groups:
+            group["lr"] = lr_at(step, args.vae_steps, args.vae_lr, warmup=20)
+        x, _ = render_batch(rng, prompts, args.vae_batch)
+        posterior = model.encode(x).latent_dist
+        # A deterministic autoencoder (the posterior mean) with a little noise on the latents, so that the decoder
+        # tolerates the small errors a generated latent has; raw latents pulled to unit spread so that the
+        # families' scales (CogVideoX: 0.7 and 1.15) give latents of about unit variance.
+        z = posterior.mean
+        recon = decode_unclamped(model, z + LATENT_NOISE * torch.randn_like(z))
+        # The objects cover about a tenth of the frame: weighting their pixels keeps the background from
+        # dominating (unweighted, colours and edges came out washed out and the evaluator failed them).
+        weight = 1.0 + OBJECT_WEIGHT * (x.max(dim=1, keepdim=True).values > -0.9).float()
+        rec = (weight * ((recon - x).abs() + (recon - x).pow(2))).mean() / weight.mean()
+        spread = (z.std() - 1.0) ** 2
+        loss = rec + 0.1 * spread
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        if step % 25 == 0 or step == args.vae_steps - 1:
+            log(f"vae step {step}/{args.vae_steps} rec {rec.item():.4f} latent std {posterior.mean.std().item():.3f} "
+                f"({time.time() - start:.0f} s)")
+    model.eval().save_pretrained(work / "vae")
+    check_vae(model.eval(), args.family)
+
+
+@torch.no_grad()
+def check_vae(model, family: str) -> None:
+    """The evaluator on the VAE's reconstructions of the held-out videos: the ceiling a generator can reach."""
+    from sr_plugin import evaluate
+
+    pairs = task.held_out()
+    x = torch.from_numpy(np.stack([task.render(p, s) for p, s in pairs])).permute(0, 4, 1, 2, 3) * 2 - 1
+    recon = model.decode(model.encode(x).latent_dist.mode()).sample
+    videos = ((recon.clamp(-1, 1) + 1) / 2).permute(0, 2, 3, 4, 1).numpy()
+    scores = [evaluate.score_video(v, p) for v, (p, _) in zip(videos, pairs)]
+    psnr = np.mean([evaluate.fidelity(v, task.render(p, s))[0] for v, (p, s) in zip(videos, pairs)])
+    log(f"{family} VAE on the held-out videos: {evaluate.summarize(scores)}, PSNR {psnr:.2f} dB")
+
+
+def decode_unclamped(model, z: torch.Tensor) -> torch.Tensor:
+    """The decoder's output before `AutoencoderKLWan` clamps it to [-1, 1]: the clamp's zero gradient would
+    otherwise freeze every pixel the decoder overshoots (object pixels stayed dark)."""
+    chunks: list[torch.Tensor] = []
+    hook = model.decoder.register_forward_hook(lambda module, args, out: chunks.append(out))
+    try:
+        out = model.decode(z).sample
+    finally:
+        hook.remove()
+    return torch.cat(chunks, dim=2) if chunks and type(model).__name__ == "AutoencoderKLWan" else out
+
+
+# ------------------------------------------------------------------------------------------------- encode
+@torch.no_grad()
+def stage_encode(args: argparse.Namespace, work: pathlib.Path) -> None:
+    vae_cls = type(trained.vae(args.family))
+    vae = vae_cls.from_pretrained(work / "vae").eval()
+    encoder = trained.text_encoder(args.family, seed=args.seed)
+    rng = np.random.default_rng(args.seed + 1)
+    prompts = task.training_prompts()
+    latents, names = [], []
+    start = time.time()
+    for i in range(0, args.videos, 32):
+        x, chosen = render_batch(rng, prompts, min(32, args.videos - i))
+        latents.append(vae.encode(x).latent_dist.mode())
+        names += chosen
+        if i % 1024 == 0:
+            log(f"encoded {i}/{args.videos} videos ({time.time() - start:.0f} s)")
+    raw = torch.cat(latents)  # [N, C, F, h, w]
+    if args.family == "wan":  # Wan normalizes latents per channel with the VAE config's mean and std
+        mean = raw.mean(dim=(0, 2, 3, 4))
+        std = raw.std(dim=(0, 2, 3, 4))
+        vae.register_to_config(latents_mean=mean.tolist(), latents_std=std.tolist())
+        vae.save_pretrained(work / "vae")
+        log(f"latents mean {mean.numpy().round(3)} std {std.numpy().round(3)}")
+    else:
+        log(f"raw latent std {raw.std().item():.3f} (large model sees x0.7, small x1.1526)")
+    pipe = trained.build_pipeline(args.family, "large", trained.transformer(args.family, "small"), vae, encoder)
+    unique = sorted(set(prompts)) + [""]
+    embeds = {}
+    for j in range(0, len(unique), 256):
+        chunk = unique[j:j + 256]
+        e = pipe.encode_prompt(chunk, do_classifier_free_guidance=False, max_sequence_length=trained.MAX_SEQUENCE_LENGTH,
+                               device="cpu")[0]
+        embeds.update(zip(chunk, e))
+    table = torch.stack([embeds[p] for p in unique])
+    index = {p: k for k, p in enumerate(unique)}
+    torch.save({"latents": raw, "prompt_ids": torch.tensor([index[p] for p in names]), "embeds": table,
+                "null_id": index[""], "prompts": unique}, work / "data.pt")
+    log(f"wrote {work / 'data.pt'}: {tuple(raw.shape)} latents, {len(unique)} prompt embeddings")
+
+
+# ------------------------------------------------------------------------------------------- transformers
+class Objective:
+    """The family's noising and target: flow matching (Wan) or v-prediction in the role's space (CogVideoX)."""
+
+    def __init__(self, family: str, role: str, pipe) -> None:
+        self.family = family
+        if family == "wan":
+            self.scale = None
+        else:
+            self.scale = trained.COGVIDEOX_SPACE[role][0]
+            self.abar = trained.scheduler(family, role).alphas_cumprod.float()
+            self.rotary = None
+            if pipe.transformer.config.use_rotary_positional_embeddings:
+                self.rotary = pipe._prepare_rotary_positional_embeddings(task.HEIGHT, task.WIDTH, 3, "cpu")
+
+    def model_latents(self, raw: torch.Tensor, vae) -> torch.Tensor:
+        if self.family == "wan":
+            mean = torch.tensor(vae.config.latents_mean).view(1, -1, 1, 1, 1)
+            std = torch.tensor(vae.config.latents_std).view(1, -1, 1, 1, 1)
+            return (raw - mean) / std
+        return (raw * self.scale).permute(0, 2, 1, 3, 4).contiguous()  # CogVideoX: [B, F, C, H, W]
+
+    def loss(self, model, x0: torch.Tensor, text: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+        b = x0.shape[0]
+        noise = torch.randn(x0.shape, generator=gen)
+        if self.family == "wan":
+            u = torch.rand(b, generator=gen)
+            sigma = WAN_FLOW_SHIFT * u / (1 + (WAN_FLOW_SHIFT - 1) * u)
+            s = sigma.view(b, 1, 1, 1, 1)
+            xt = (1 - s) * x0 + s * noise
+            pred = model(hidden_states=xt, timestep=sigma * 1000, encoder_hidden_states=text, return_dict=False)[0]
+            return (pred - (noise - x0)).pow(2).mean()
+        t = torch.randint(0, 1000, (b,), generator=gen)
+        a = self.abar[t].view(b, 1, 1, 1, 1)
+        xt = a.sqrt() * x0 + (1 - a).sqrt() * noise
+        target = a.sqrt() * noise - (1 - a).sqrt() * x0
+        pred = model(hidden_states=xt, encoder_hidden_states=text, timestep=t, image_rotary_emb=self.rotary,
+                     return_dict=False)[0]
+        return (pred - target).pow(2).mean()
+
+
+def stage_transformer(args: argparse.Namespace, work: pathlib.Path, role: str) -> None:
+    torch.manual_seed(args.seed + (10 if role == "large" else 20))
+    gen = torch.Generator().manual_seed(args.seed + (11 if role == "large" else 21))
+    data = torch.load(work / "data.pt")
+    vae = type(trained.vae(args.family)).from_pretrained(work / "vae")
+    model = trained.transformer(args.family, role, seed=args.seed + (12 if role == "large" else 22)).train()
+    pipe = trained.build_pipeline(args.family, role, model, vae, trained.text_encoder(args.family, seed=args.seed))
+    objective = Objective(args.family, role, pipe)
+    x_all = objective.model_latents(data["latents"], vae)
+    log(f"{role}: {sum(p.numel() for p in model.parameters()) / 1e6:.3f} M parameters; model latents std "
+        f"{x_all.std().item():.3f}")
+    ema = [p.detach().clone() for p in model.parameters()]
+    opt = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=0.01)
+    steps = args.steps
+    start = time.time()
+    running = None
+    for step in range(steps):
+        for group in opt.param_groups:
+            group["lr"] = lr_at(step, steps, args.lr)
+        idx = torch.randint(0, x_all.shape[0], (args.batch,), generator=gen)
+        prompt_ids = data["prompt_ids"][idx]
+        drop = torch.rand(args.batch, generator=gen) < COND_DROPOUT
+        prompt_ids = torch.where(drop, torch.full_like(prompt_ids, data["null_id"]), prompt_ids)
+        loss = objective.loss(model, x_all[idx], data["embeds"][prompt_ids], gen)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        decay = min(args.ema, (1 + step) / (10 + step))
+        with torch.no_grad():
+            for e, p in zip(ema, model.parameters()):
+                e.lerp_(p.detach(), 1 - decay)
+        running = loss.item() if running is None else 0.98 * running + 0.02 * loss.item()
+        if step % 100 == 0 or step == steps - 1:
+            rate = (time.time() - start) / (step + 1)
+            log(f"{role} step {step}/{steps} loss {running:.4f} lr {opt.param_groups[0]['lr']:.2e} "
+                f"({rate:.2f} s/step, {rate * (steps - step - 1) / 60:.1f} min left)")
+        if (step + 1) % args.save_every == 0 or step == steps - 1:
+            _save_ema(model, ema, work / role / "transformer")
+    log(f"{role} done in {(time.time() - start) / 60:.1f} min")
+
+
+def _save_ema(model, ema, path: pathlib.Path) -> None:
+    live = [p.detach().clone() for p in model.parameters()]
+    with torch.no_grad():
+        for p, e in zip(model.parameters(), ema):
+            p.copy_(e)
+    model.eval().save_pretrained(path)
+    with torch.no_grad():
+        for p, v in zip(model.parameters(), live):
+            p.copy_(v)
+    model.train()
+
+
+# ------------------------------------------------------------------------------------------------- export
+def stage_export(args: argparse.Namespace, work: pathlib.Path) -> None:
+    vae = type(trained.vae(args.family)).from_pretrained(work / "vae").eval()
+    encoder = trained.text_encoder(args.family, seed=args.seed)
+    cls = type(trained.transformer(args.family, "small"))
+    for role in trained.ROLES:
+        model = cls.from_pretrained(work / role / "transformer").eval()
+        pipe = trained.build_pipeline(args.family, role, model, vae, encoder)
+        out = trained.folder(args.family, role)
+        pipe.save_pretrained(out, safe_serialization=True)
+        log(f"wrote {out}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--family", choices=trained.FAMILY_NAMES, required=True)
+    parser.add_argument("--stage", choices=("all", "vae", "encode", "large", "small", "export"), default="all")
+    parser.add_argument("--work", type=pathlib.Path, default=None)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--vae-steps", type=int, default=1200)
+    parser.add_argument("--vae-init", type=pathlib.Path, default=None, help="continue from this VAE folder")
+    parser.add_argument("--vae-batch", type=int, default=8)
+    parser.add_argument("--vae-lr", type=float, default=2e-3)
+    parser.add_argument("--videos", type=int, default=12288)
+    parser.add_argument("--steps", type=int, default=2500)
+    parser.add_argument("--batch", type=int, default=64)
+    parser.add_argument("--lr", type=float, default=1e-3)
+    parser.add_argument("--ema", type=float, default=0.998)
+    parser.add_argument("--save-every", type=int, default=500)
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    work = args.work or ROOT / "train" / "runs" / args.family
+    work.mkdir(parents=True, exist_ok=True)
+    stages = ("vae", "encode", "large", "small", "export") if args.stage == "all" else (args.stage,)
+    for stage in stages:
+        log(f"{args.family}: stage {stage}")
+        if stage == "vae":
+            stage_vae(args, work)
+        elif stage == "encode":
+            stage_encode(args, work)
+        elif stage in ("large", "small"):
+            stage_transformer(args, work, stage)
+        else:
+            stage_export(args, work)
+
+
+if __name__ == "__main__":
+    main()
