@@ -56,6 +56,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--delta", type=_delta, default=None, help="adaptive switching threshold in (0, 1) "
                       "(default 0.01)")
     demo.add_argument("--out", default="sr-plugin-demo.gif", help="the GIF to write (default sr-plugin-demo.gif)")
+    demo.add_argument("--json", default=None, metavar="PATH", help="also write every run's scores and times")
 
     gen = sub.add_parser("generate", help="generate a video with the switch; writes the video, its trace (JSON) "
                          "and a plot (PNG)",
@@ -104,7 +105,7 @@ def main(argv: list[str] | None = None) -> int:
             from .demo import run_demo
 
             run_demo(FAMILIES if args.family == "all" else (args.family,), args.prompts, args.steps, args.delta,
-                     args.out)
+                     args.out, args.json)
         elif args.command == "generate":
             from .generate import generate
 

@@ -83,14 +83,38 @@ def write_gif(frames: list[np.ndarray], out: pathlib.Path, fps: int = 4) -> None
             os.remove(tmp)
 
 
+def results_json(results: list[FamilyResult]) -> dict[str, Any]:
+    """Every run's scores and times, the summaries, and the software and machine they came from."""
+    import platform
+
+    import diffusers
+    import torch
+
+    return {
+        "environment": {"torch": torch.__version__, "diffusers": diffusers.__version__,
+                        "threads": torch.get_num_threads(), "machine": platform.processor() or platform.machine(),
+                        "cpus": os.cpu_count()},
+        "families": [{
+            "family": r.family, "steps": r.steps, "delta": r.delta, "step_ratio": r.step_ratio,
+            "summaries": {m: s.as_dict() for m, s in r.summaries.items()},
+            "runs": [{"prompt": x.prompt, "seed": x.seed, "mode": x.mode, "right": x.score.right,
+                      "attributes_right": x.score.attributes[0], "psnr": x.psnr, "ssim": x.ssim,
+                      "denoise_s": x.denoise_s, "total_s": x.total_s, "switch_step": x.switch_step,
+                      "score": x.score.as_dict()} for x in r.runs],
+        } for r in results],
+    }
+
+
 def run_demo(families: tuple[str, ...] = trained.FAMILY_NAMES, prompts: int = DEMO_PROMPTS, steps: int = 50,
-             delta: float | None = None, out: str = "sr-plugin-demo.gif", say: Any = print) -> list[FamilyResult]:
+             delta: float | None = None, out: str = "sr-plugin-demo.gif", json_out: str | None = None,
+             say: Any = print) -> list[FamilyResult]:
     """Large only, SR and small only on the first ``prompts`` held-out pairs of each family."""
     for family in families:
         trained.check_family(family)
     if not 1 <= prompts <= task.HELD_OUT_SIZE:
         raise ValueError(f"prompts must be between 1 and {task.HELD_OUT_SIZE} (the held-out set), got {prompts}")
     gif = check_output(out, (".gif",))
+    record = check_output(json_out, (".json",)) if json_out is not None else None
     pairs = task.held_out()[:prompts]
     say(f"sr-plugin demo: the trained families (sr_plugin/trained/) on {prompts} held-out prompts, {steps} steps, "
         f"delta={delta if delta is not None else 0.01}; CPU")
@@ -101,5 +125,10 @@ def run_demo(families: tuple[str, ...] = trained.FAMILY_NAMES, prompts: int = DE
         say(f"{res.family}: a large step costs r = {res.step_ratio:.2f} small steps here; ideal = "
             f"N / (k + (N - k) / r) at each prompt's switch step k")
     write_gif(side_by_side(results), gif)
+    if record is not None:
+        import json
+
+        record.write_text(json.dumps(results_json(results), indent=1, default=float))
+        say(f"wrote {record}")
     say(f"\nwrote {gif} (large only | SR | small only; attributes right out of 6)")
     return results

@@ -27,12 +27,12 @@ from . import task
 OBJECT_LEVEL = 0.35
 #: Largest distance between a pixel's hue and a task colour (both with their brightest channel at 1).
 HUE_TOLERANCE = 0.5
-#: Smallest region that counts as an object: a third of the triangle, the smallest shape (~40 pixels).
-MIN_AREA = 12
+#: Smallest region that counts as an object: a third of the triangle, the smallest shape (72 pixels).
+MIN_AREA = task.OBJECT_SIZE**2 / 6
 #: An object must be seen in a majority of the frames.
 MIN_FRAMES = task.NUM_FRAMES // 2 + 1
-#: An object moves TRAVEL (10) pixels; less than 4 pixels of fitted travel is no motion.
-MIN_TRAVEL = 4.0
+#: An object moves TRAVEL (8) pixels; less than 40% of that in the fitted travel is no motion.
+MIN_TRAVEL = 0.4 * task.TRAVEL
 
 _PALETTE_NAMES = list(task.COLOURS)
 _PALETTE = np.array([task.COLOURS[n] for n in _PALETTE_NAMES], dtype=np.float32)

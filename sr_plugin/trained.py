@@ -193,13 +193,13 @@ def load_folders(large: str | pathlib.Path, small: str | pathlib.Path,
             raise TrainedFamilyError(f"no model folder at {str(path)!r} (model_index.json is missing): the "
                                      "trained weights are not installed; reinstall sr-plugin or rerun training")
     try:
-        pipe = DiffusionPipeline.from_pretrained(str(large), torch_dtype=dtype, local_files_only=True)
+        pipe = DiffusionPipeline.from_pretrained(str(large), dtype=dtype, local_files_only=True)
     except Exception as err:
         raise TrainedFamilyError(f"cannot load the model folder {str(large)!r}: {_first_line(err)}") from err
     adapter = adapter_for(pipe)
     try:
         small_model = adapter.transformer_class().from_pretrained(str(small), subfolder="transformer",
-                                                                  torch_dtype=dtype, local_files_only=True)
+                                                                  dtype=dtype, local_files_only=True)
         extra: dict[str, Any] = {}
         if adapter.name == "CogVideoX":
             from diffusers import AutoencoderKLCogVideoX

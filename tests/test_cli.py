@@ -21,7 +21,7 @@ def cli(*args: str, env: dict[str, str] | None = None, timeout: int = 240) -> su
 def test_generate_writes_the_video_the_trace_and_the_plot(tmp_path: pathlib.Path):
     out = tmp_path / "fox.mp4"
     result = cli("generate", "--prompt", "a fox runs in the snow", "--out", str(out), "--steps", "6",
-                 "--switch-step", "2", "--teacache", "1.5", "--family", "cogvideox")
+                 "--switch-step", "2", "--teacache", "1.5", "--family", "cogvideox", "--tiny")
     assert result.returncode == 0, result.stderr
     assert "RANDOM" in result.stdout  # says plainly that the tiny pair's weights are random
     assert "small transformer" in result.stderr  # the progress bar shows which model is running
@@ -46,7 +46,7 @@ def test_help_is_complete():
     assert top.returncode == 0 and all(c in top.stdout for c in ("demo", "generate", "bench"))
     gen = cli("generate", "--help").stdout
     for option in ("--prompt", "--large", "--small", "--family", "--delta", "--switch-step", "--steps",
-                   "--teacache", "--pab", "--compile", "--seed", "--out"):
+                   "--teacache", "--pab", "--compile", "--seed", "--out", "--tiny"):
         assert option in gen, option
 
 
@@ -63,6 +63,15 @@ def test_help_is_complete():
     (["generate", "--prompt", "x", "--out", "x.mp4", "--large", "nobody/no-such-model", "--small", "nobody/x"],
      "cannot load the large model"),
     (["generate", "--out", "x.mp4"], "--prompt"),
+    (["generate", "--prompt", "a purple fox moving left", "--out", "x.mp4"], "The vocabulary is: a, moving, and"),
+    (["generate", "--prompt", "a red square moving left and a blue circle moving up", "--out", "x.mp4",
+      "--family", "hunyuan"], "invalid choice"),
+    (["generate", "--prompt", "a red square moving left and a blue circle moving up", "--out", "no/dir/x.mp4"],
+     "does not exist"),
+    (["demo", "--out", "no/dir/demo.gif"], "does not exist"),
+    (["demo", "--out", "demo.mp4"], ".gif"),
+    (["demo", "--family", "hunyuan"], "invalid choice"),
+    (["demo", "--prompts", "65"], "between 1 and 64"),
     (["bench", "--configs", "turbo"], "invalid choice"),
 ])
 def test_bad_arguments_get_a_clear_message_and_a_nonzero_exit(tmp_path, args, message):
@@ -82,10 +91,30 @@ def test_bench_prints_the_matrix_table():
     assert "switch at 3" in rows[1] and "TeaCache skipped" in rows[2]
 
 
-def test_demo_runs_baseline_and_sr():
-    result = cli("demo", "--family", "cogvideox", "--steps", "6")
+def test_generate_uses_the_trained_family_by_default(tmp_path: pathlib.Path):
+    out = tmp_path / "shapes.mp4"
+    result = cli("generate", "--prompt", "a red square moving left and a blue circle moving up", "--out", str(out),
+                 "--steps", "8", "--switch-step", "4")
     assert result.returncode == 0, result.stderr
-    assert "switch step:" in result.stdout and "speed-up" in result.stdout and "RANDOM" in result.stdout
+    assert "trained wan family" in result.stdout
+    import imageio.v3 as iio
+
+    frames = iio.imread(out)
+    assert frames.shape[:3] == (9, 32, 32)
+    record = json.loads(out.with_suffix(".trace.json").read_text())
+    assert record["weights"].startswith("trained") and record["switch_step"] == 4
+
+
+def test_demo_writes_the_side_by_side_gif_and_the_table(tmp_path: pathlib.Path):
+    gif = tmp_path / "demo.gif"
+    result = cli("demo", "--family", "cogvideox", "--prompts", "1", "--steps", "8", "--out", str(gif))
+    assert result.returncode == 0, result.stderr
+    assert "| cogvideox | sr |" in result.stdout and "prompt accuracy" in result.stdout
+    import imageio.v3 as iio
+
+    frames = iio.imread(gif)
+    assert frames.shape[0] == 9 and frames.shape[2] >= 3 * 128  # three 32-pixel clips zoomed 4x, side by side
+    assert [p.name for p in tmp_path.iterdir()] == ["demo.gif"]  # no temporary file left behind
 
 
 def test_console_script_is_installed():

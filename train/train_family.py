@@ -205,7 +205,10 @@ def stage_transformer(args: argparse.Namespace, work: pathlib.Path, role: str) -
     gen = torch.Generator().manual_seed(args.seed + (11 if role == "large" else 21))
     data = torch.load(work / "data.pt")
     vae = type(trained.vae(args.family)).from_pretrained(work / "vae")
-    model = trained.transformer(args.family, role, seed=args.seed + (12 if role == "large" else 22)).train()
+    model = trained.transformer(args.family, role, seed=args.seed + (12 if role == "large" else 22))
+    if args.resume:  # continue from this stage's last saved (EMA) weights
+        model = type(model).from_pretrained(work / role / "transformer")
+    model.train()
     pipe = trained.build_pipeline(args.family, role, model, vae, trained.text_encoder(args.family, seed=args.seed))
     objective = Objective(args.family, role, pipe)
     x_all = objective.model_latents(data["latents"], vae)
@@ -284,6 +287,7 @@ def main() -> None:
     parser.add_argument("--lr", type=float, default=1e-3)
     parser.add_argument("--ema", type=float, default=0.998)
     parser.add_argument("--save-every", type=int, default=500)
+    parser.add_argument("--resume", action="store_true", help="large/small: continue from the saved weights")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     work = args.work or ROOT / "train" / "runs" / args.family
