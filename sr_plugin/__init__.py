@@ -11,11 +11,11 @@
 from .accel import AccelHandle, PABConfig, TeaCacheConfig, accelerate
 from .api import SRHandle, apply
 from .policy import DEFAULT_DELTA
-from .trace import StepRecord
+from .trace import StepRecord, SwitchRecord
 
 __version__ = "0.1.0"
 
 __all__ = [
-    "DEFAULT_DELTA", "AccelHandle", "PABConfig", "SRHandle", "StepRecord", "TeaCacheConfig", "accelerate", "apply",
+    "DEFAULT_DELTA", "AccelHandle", "PABConfig", "SRHandle", "StepRecord", "SwitchRecord", "TeaCacheConfig", "accelerate", "apply",
     "__version__",
 ]

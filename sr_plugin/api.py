@@ -15,7 +15,7 @@ from .offload import join_model_offload, leave_model_offload, model_offload_acti
 from .patching import InstancePatches
 from .policy import SwitchOptions
 from .routing import Router
-from .trace import StepRecord
+from .trace import StepRecord, SwitchRecord
 
 #: Attribute marking a patched pipeline instance; it points at the handle.
 HANDLE_ATTR = "_sr_plugin_handle"
@@ -42,6 +42,12 @@ class SRHandle:
     def switch_step(self) -> int | None:
         """The first step the small model ran in the last call (None: it never ran)."""
         return self._router.switch_step
+
+    @property
+    def switch(self) -> SwitchRecord | None:
+        """Why the last call switched where it did: its effective min/max switch steps and the reason
+        ("delta", "max_switch_step", "fixed"; None if it never switched). None before the first call."""
+        return self._router.switch
 
     @property
     def router(self) -> Router:

@@ -72,7 +72,9 @@ def load_models(large: str | None, small: str | None, family: str | None,
 
 def plot_trace(trace: list[dict[str, Any]], delta: float | None, switch_step: int | None, path: pathlib.Path,
                title: str) -> None:
-    """d and s per step, delta and the switch step marked, the model of each step shaded."""
+    """d and s per step, delta and the switch step marked, the model of each step shaded. The y axis is linear
+    within +-delta and logarithmic beyond (symlog), so that s entering (0, delta) stays visible next to the
+    jump of d after the switch."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -88,6 +90,7 @@ def plot_trace(trace: list[dict[str, Any]], delta: float | None, switch_step: in
     if delta is not None:
         ax.axhline(delta, color="gray", ls="--", label=f"delta = {delta}")
     ax.axhline(0.0, color="black", lw=0.5)
+    ax.set_yscale("symlog", linthresh=delta if delta is not None else 1e-2)
     if switch_step is not None:
         ax.axvline(switch_step - 0.5, color="red", label=f"switch before step {switch_step}")
     ax.set_xlabel("step (shading: blue = large model, orange = small model)")
@@ -96,6 +99,18 @@ def plot_trace(trace: list[dict[str, Any]], delta: float | None, switch_step: in
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)
+
+
+def describe_switch(switch: Any) -> str:
+    """One phrase: where the call switched and why, with the bounds that applied."""
+    if switch is None or switch.step is None:
+        bounds = "" if switch is None else f" (bounds {switch.min_switch_step}..{switch.max_switch_step})"
+        return f"did not switch{bounds}"
+    why = {"fixed": "fixed switch step",
+           "delta": f"0 < s < delta={switch.delta} after step {switch.step - 1}",
+           "max_switch_step": f"reached max_switch_step={switch.max_switch_step}"}[switch.reason]
+    bounds = "" if switch.reason == "fixed" else f", bounds {switch.min_switch_step}..{switch.max_switch_step}"
+    return f"switched before step {switch.step} of {switch.num_steps} ({why}{bounds})"
 
 
 def generate(prompt: str, out: str, large: str | None = None, small: str | None = None, family: str | None = None,
@@ -156,13 +171,15 @@ def generate(prompt: str, out: str, large: str | None = None, small: str | None 
         "num_inference_steps": len(trace), "seed": seed, "seconds": seconds,
         "rule": {"fixed_switch_step": switch_step} if switch_step is not None else {
             "delta": delta if delta is not None else DEFAULT_DELTA},
-        "switch_step": handle.switch_step, "trace": trace, "accelerations": accel.trace if accel else None,
+        "switch_step": handle.switch_step, "switch": handle.switch.as_dict() if handle.switch else None,
+        "trace": trace, "accelerations": accel.trace if accel else None,
     }
     trace_path = out_path.with_suffix(".trace.json")
     trace_path.write_text(json.dumps(record, indent=2))
     plot_path = out_path.with_suffix(".switch.png")
+    why = describe_switch(handle.switch)
     plot_trace(trace, None if switch_step is not None else record["rule"]["delta"], handle.switch_step, plot_path,
-               f"{family}: switch at step {handle.switch_step} of {len(trace)}")
-    say(f"sr-plugin: {len(trace)} steps in {seconds:.2f} s, switch at step {handle.switch_step}; wrote {out_path}, "
-        f"{trace_path}, {plot_path}")
+               f"{family}: {why}")
+    say(f"sr-plugin: {len(trace)} step{'s' if len(trace) != 1 else ''} in {seconds:.2f} s, {why}; wrote "
+        f"{out_path}, {trace_path}, {plot_path}")
     return {"video": str(out_path), "trace": str(trace_path), "plot": str(plot_path)}

@@ -121,6 +121,10 @@ def second_differences(d: list[float | None]) -> list[float | None]:
     ]
 
 
+#: Why a call switched: the fixed step, the adaptive rule (0 < s < delta), or the adaptive upper clamp.
+SWITCH_REASONS: tuple[str, ...] = ("fixed", "delta", "max_switch_step")
+
+
 class SwitchPolicy:
     """Decides, step by step, whether the small model runs. One instance per pipeline call."""
 
@@ -128,6 +132,8 @@ class SwitchPolicy:
         self.schedule = schedule
         self._d: list[float | None] = []
         self.switch_step: int | None = None
+        #: One of SWITCH_REASONS once switched, else None.
+        self.switch_reason: str | None = None
 
     @property
     def switched(self) -> bool:
@@ -157,15 +163,17 @@ class SwitchPolicy:
         sched = self.schedule
         if step >= sched.num_steps:
             return False
+        reason = None
         if sched.fixed:
-            go = step >= sched.min_step
+            reason = "fixed" if step >= sched.min_step else None
         elif step < sched.min_step:
-            go = False
+            reason = None
         elif step >= sched.max_step:
-            go = True
+            reason = "max_switch_step"
         else:
             s_prev = self.s(step - 1)
-            go = s_prev is not None and 0.0 < s_prev < sched.delta
-        if go:
+            reason = "delta" if s_prev is not None and 0.0 < s_prev < sched.delta else None
+        if reason is not None:
             self.switch_step = step
-        return go
+            self.switch_reason = reason
+        return reason is not None

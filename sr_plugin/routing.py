@@ -22,7 +22,7 @@ from .metric import relative_change
 from .offload import model_offload_active
 from .patching import InstancePatches, drop_hook_residue_at
 from .policy import SwitchOptions, SwitchPolicy, second_differences
-from .trace import StepRecord
+from .trace import StepRecord, SwitchRecord
 
 
 class Router:
@@ -52,6 +52,7 @@ class Router:
         self.hook_name = f"sr_plugin_handoff_{uuid.uuid4().hex[:8]}"
         self.trace: list[StepRecord] = []
         self.switch_step: int | None = None
+        self.switch: SwitchRecord | None = None
         self.large: torch.nn.Module = pipe.transformer
         self._checked_large: torch.nn.Module | None = pipe.transformer
         self._patches = InstancePatches()
@@ -141,6 +142,10 @@ class Router:
         s = second_differences(d)
         switch = self.policy.switch_step
         self.switch_step = switch if switch is not None and switch < len(d) else None
+        sched = self.policy.schedule
+        reason = self.policy.switch_reason if self.switch_step is not None else None
+        self.switch = SwitchRecord(self.switch_step, reason, sched.min_step, sched.max_step, sched.delta,
+                                   sched.num_steps)
         records = []
         for j in range(len(d)):
             model = "small" if self.switch_step is not None and j >= self.switch_step else "large"

@@ -23,3 +23,23 @@ class StepRecord:
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+
+@dataclass(frozen=True)
+class SwitchRecord:
+    """Why the last call switched where it did: its effective bounds and the rule that fired.
+
+    ``reason`` is "fixed" (``switch_step``), "delta" (``0 < s < delta`` after the step before), or
+    "max_switch_step" (the upper clamp), and None if the call never switched. For a fixed switch,
+    ``min_switch_step == max_switch_step`` is the fixed step and ``delta`` is None.
+    """
+
+    step: int | None
+    reason: str | None
+    min_switch_step: int
+    max_switch_step: int
+    delta: float | None
+    num_steps: int
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)

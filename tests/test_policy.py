@@ -125,3 +125,22 @@ def test_policy_module_imports_neither_torch_nor_diffusers():
                 for alias in node.names}
     imported |= {node.module.split(".")[0] for node in ast.walk(tree) if isinstance(node, ast.ImportFrom)}
     assert imported <= {"__future__", "math", "dataclasses"}, imported
+
+
+def _reason(options: SwitchOptions, d: list[float | None], num_steps: int) -> tuple[int | None, str | None]:
+    policy = SwitchPolicy(options.resolve(num_steps))
+    for j in range(num_steps):
+        if policy.use_small(j):
+            break
+        policy.observe(j, d[j])
+    return policy.switch_step, policy.switch_reason
+
+
+def test_the_policy_says_why_it_switched():
+    # s_2 = 0.2, s_3 = 0.05, s_4 = 0.005 (< delta): the rule fires before step 5 = min_switch_step
+    d = d_with_s([0.2, 0.05, 0.005, 0.001] + [0.001] * 50, start=0.9)
+    assert _reason(SwitchOptions(delta=0.01), d, 50) == (5, "delta")
+    # the same sequence with a smaller delta never fires: the upper clamp does, at 30 for 50 steps
+    assert _reason(SwitchOptions(delta=1e-4), d, 50) == (30, "max_switch_step")
+    assert _reason(SwitchOptions(switch_step=7), d, 50) == (7, "fixed")
+    assert _reason(SwitchOptions(switch_step=60), d, 50) == (None, None)

@@ -97,3 +97,33 @@ def test_metric_is_computed_from_the_guided_output_the_scheduler_receives(family
             assert r.d == pytest.approx(d, rel=1e-5)
     if family == "cogvideox":
         assert not torch.equal(run(pipe, family), run(pipe, family, **extra))  # dynamic CFG matters
+
+
+@pytest.mark.parametrize("kwargs,reason", [({"switch_step": 4}, "fixed"), ({"delta": 1e-9}, "max_switch_step"),
+                                           ({"switch_step": STEPS}, None)])
+def test_handle_reports_why_and_within_which_bounds_the_call_switched(kwargs, reason):
+    from sr_plugin.tiny import tiny_pair
+
+    pipe, small = tiny_pair("wan")
+    handle = sr_plugin.apply(pipe, small, **kwargs)
+    assert handle.switch is None  # before the first call
+    run(pipe, "wan")
+    switch = handle.switch
+    assert switch.reason == reason and switch.step == handle.switch_step and switch.num_steps == STEPS
+    if reason == "max_switch_step":  # 10 steps: default bounds 3 and 6
+        assert (switch.min_switch_step, switch.max_switch_step, switch.step, switch.delta) == (3, 6, 6, 1e-9)
+    elif reason == "fixed":
+        assert (switch.min_switch_step, switch.max_switch_step, switch.delta) == (4, 4, None)
+    assert handle.switch.as_dict()["reason"] == reason
+
+
+def test_adaptive_switch_before_the_clamp_says_delta():
+    from sr_plugin.tiny import tiny_pair
+
+    pipe, small = tiny_pair("wan")  # its s after step 2 is 0.0031: the rule fires at min_switch_step 3
+    handle = sr_plugin.apply(pipe, small)
+    run(pipe, "wan")
+    trace = handle.trace
+    k = handle.switch_step
+    assert handle.switch.reason == "delta" and k < handle.switch.max_switch_step
+    assert 0 < trace[k - 1].s < 0.01
