@@ -6,9 +6,10 @@
     handle.remove()                      # the pipeline is exactly as before
 
     sr_plugin.accelerate(pipe, teacache=0.2, pab=True, compile=True)   # on both transformers, either order
+    cal = sr_plugin.calibrate_teacache(pipe, prompts)                   # fit TeaCache to your own models
 """
 
-from .accel import AccelHandle, PABConfig, TeaCacheConfig, accelerate
+from .accel import AccelHandle, PABConfig, TeaCacheCalibration, TeaCacheConfig, accelerate, calibrate_teacache
 from .api import SRHandle, apply
 from .policy import DEFAULT_DELTA
 from .trace import StepRecord, SwitchRecord
@@ -16,6 +17,6 @@ from .trace import StepRecord, SwitchRecord
 __version__ = "0.1.0"
 
 __all__ = [
-    "DEFAULT_DELTA", "AccelHandle", "PABConfig", "SRHandle", "StepRecord", "SwitchRecord", "TeaCacheConfig", "accelerate", "apply",
-    "__version__",
+    "DEFAULT_DELTA", "AccelHandle", "PABConfig", "SRHandle", "StepRecord", "SwitchRecord", "TeaCacheCalibration",
+    "TeaCacheConfig", "accelerate", "apply", "calibrate_teacache", "__version__",
 ]

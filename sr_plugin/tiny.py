@@ -1,7 +1,8 @@
 """Tiny Wan and CogVideoX pipelines built in code with random weights: no download, seconds on a CPU.
 
-Shared by the tests, the benchmarks and the demo. Each builder returns ``(pipe, small_transformer)``: a real
-diffusers pipeline whose transformer is a tiny "large" model, and a tinier "small" model of the same family
+Shared by the tests and the benchmarks (the demo runs the trained families of `sr_plugin.trained`). Each
+builder returns ``(pipe, small_transformer)``: a real diffusers pipeline whose transformer is a tiny "large"
+model, and a tinier "small" model of the same family
 (the CogVideoX pair mirrors 5b -> 2b: rotary large, sincos small, 5b latent scale and noise schedule).
 Every module is in eval mode (T5's dropout would otherwise make two identical calls differ).
 """

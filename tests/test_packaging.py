@@ -20,3 +20,16 @@ def test_every_package_directory_is_listed_in_pyproject():
                 found.add(".".join([name, *relative.parts]))
     assert found <= listed, f"not shipped: {sorted(found - listed)}"
     assert {"sr_plugin", "sr_plugin.accel", "sr_plugin.adapters"} <= found
+
+
+def test_every_trained_family_file_is_package_data():
+    """The wheel carries the trained folders only through these globs: a file they miss would be missing after
+    a non-editable install."""
+    import fnmatch
+
+    globs = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["package-data"]["sr_plugin"]
+    files = [p.relative_to(ROOT / "sr_plugin").as_posix() for p in (ROOT / "sr_plugin" / "trained").rglob("*")
+             if p.is_file()]
+    assert files
+    missed = [f for f in files if not any(fnmatch.fnmatch(f, g) and f.count("/") == g.count("/") for g in globs)]
+    assert not missed, f"not shipped: {missed}"

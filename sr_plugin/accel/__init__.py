@@ -15,6 +15,7 @@ import torch
 from ..adapters import FamilyAdapter, adapter_for
 from ..calls import CallTracker
 from ..patching import InstancePatches, drop_hook_residue
+from .calibrate import TeaCacheCalibration, calibrate_teacache, fit_rescale
 from .compile import DEFAULT_OPTIONS, check_compilable, compile_blocks
 from .pab import PABConfig, apply_cfg_pab, remove_cfg_pab
 from .teacache import TeaCacheConfig, apply_teacache, remove_teacache, resolve_coefficients
@@ -204,4 +205,5 @@ def accelerations_of(pipe: Any) -> Accelerations | None:
     return pipe.__dict__.get(ACCEL_ATTR)
 
 
-__all__ = ["AccelHandle", "PABConfig", "TeaCacheConfig", "accelerate", "accelerations_of"]
+__all__ = ["AccelHandle", "PABConfig", "TeaCacheCalibration", "TeaCacheConfig", "accelerate", "accelerations_of",
+           "calibrate_teacache", "fit_rescale"]

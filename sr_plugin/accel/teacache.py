@@ -58,6 +58,25 @@ class TeaCacheConfig:
         return float(self.threshold[role])
 
 
+#: Highest polynomial degree accepted (TeaCache publishes degree 4).
+MAX_DEGREE = 8
+
+
+def check_coefficients(values: Sequence[float], degree: int | None = None) -> tuple[float, ...]:
+    """Finite numbers, as many as the degree asks (1 to MAX_DEGREE + 1 when no degree is given)."""
+    try:
+        values = tuple(values)
+    except TypeError:
+        raise ValueError(f"TeaCache coefficients must be a preset name or finite numbers, got {values!r}") from None
+    expected = f"{degree + 1}" if degree is not None else f"1 to {MAX_DEGREE + 1}"
+    if (degree is not None and len(values) != degree + 1) or not 1 <= len(values) <= MAX_DEGREE + 1:
+        raise ValueError(f"TeaCache coefficients must be {expected} numbers (highest degree first), got "
+                         f"{len(values)}: {values!r}")
+    if not all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in values):
+        raise ValueError(f"TeaCache coefficients must be finite numbers, got {values!r}")
+    return tuple(float(v) for v in values)
+
+
 def rescale(coefficients: Sequence[float], x: float) -> float:
     """The polynomial in numpy.poly1d order (highest degree first), by Horner's rule."""
     value = 0.0
@@ -91,10 +110,7 @@ def resolve_coefficients(config: TeaCacheConfig, adapter: Any, model: torch.nn.M
         if config.ret_steps != spec.endswith("-ret"):
             raise ValueError(f"TeaCache coefficients {spec!r} do not go with ret_steps={config.ret_steps}")
         return tuple(adapter.teacache_coefficients[spec])
-    values = tuple(spec)
-    if not values or not all(isinstance(v, (int, float)) and math.isfinite(v) for v in values):
-        raise ValueError(f"TeaCache coefficients must be a preset name or finite numbers, got {spec!r}")
-    return tuple(float(v) for v in values)
+    return check_coefficients(spec)
 
 
 class TeaCacheState(BaseState):
