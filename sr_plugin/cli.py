@@ -25,6 +25,7 @@ _positive_int = _checked(int, lambda v: v >= 1, "at least 1")
 _step = _checked(int, lambda v: v >= 0, ">= 0")
 _delta = _checked(float, lambda v: 0 < v < 1, "in the open interval (0, 1)")
 _threshold = _checked(float, lambda v: v >= 0, ">= 0")
+_fraction = _checked(float, lambda v: 0 < v <= 1, "in (0, 1]")
 _held_out_count = _checked(int, lambda v: 1 <= v <= 64, "between 1 and 64 (the held-out set)")
 
 
@@ -41,7 +42,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog="sr-plugin",
         description="Sketch-rendering cooperation (SRDiffusion) for diffusers' Wan2.1 and CogVideoX pipelines: "
                     "the large transformer sketches the early steps, a small one renders the rest.")
-    sub = parser.add_subparsers(dest="command", required=True, metavar="{demo,generate,bench}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="{demo,generate,bench,calibrate-delta}")
 
     demo = sub.add_parser("demo", help="the trained families on held-out prompts: large only | SR | small only, "
                           "scored and timed, with a side-by-side GIF (CPU, about a minute)",
@@ -95,6 +96,20 @@ def build_parser() -> argparse.ArgumentParser:
                        help=f"configurations to run (default: all of {', '.join(CONFIGS)})")
     bench.add_argument("--steps", type=_positive_int, default=BENCH_STEPS)
     bench.add_argument("--rounds", type=_positive_int, default=10)
+    cal = sub.add_parser("calibrate-delta", help="sweep delta and fixed switch steps on a trained family and pick "
+                         "the setting that meets a target",
+                         description="Runs large only and every setting on training prompts of the family's task "
+                                     "(disjoint from the held-out set), prints the sweep (time ratio, PSNR, SSIM, "
+                                     "accuracy) and the setting picked: the largest speed-up keeping --min-ssim, "
+                                     "or the best SSIM within --max-time-ratio.")
+    cal.add_argument("--family", choices=FAMILIES, default="wan")
+    cal.add_argument("--prompts", type=_positive_int, default=8, help="training prompts to sweep on (default 8)")
+    cal.add_argument("--steps", type=_positive_int, default=50)
+    cal.add_argument("--deltas", type=_delta, nargs="*", default=[0.001, 0.003, 0.01, 0.03, 0.1])
+    cal.add_argument("--switch-steps", type=_step, nargs="*", default=[])
+    target = cal.add_mutually_exclusive_group(required=True)
+    target.add_argument("--min-ssim", type=_fraction, help="mean SSIM against large only to keep, in (0, 1]")
+    target.add_argument("--max-time-ratio", type=_fraction, help="SR time / large-only time not to exceed, in (0, 1]")
     return parser
 
 
@@ -112,6 +127,11 @@ def main(argv: list[str] | None = None) -> int:
             generate(args.prompt, args.out, args.large, args.small, args.family, args.delta, args.switch_step,
                      args.steps, args.teacache, args.pab, args.compile, args.seed, args.height, args.width,
                      args.frames, tiny=args.tiny)
+        elif args.command == "calibrate-delta":
+            from .calibrate_cli import run_calibrate_delta
+
+            run_calibrate_delta(args.family, args.prompts, args.steps, args.deltas, args.switch_steps, args.min_ssim,
+                                args.max_time_ratio)
         elif args.command == "bench":
             from .bench import run_matrix
 

@@ -72,6 +72,9 @@ def test_help_is_complete():
     (["demo", "--out", "demo.mp4"], ".gif"),
     (["demo", "--family", "hunyuan"], "invalid choice"),
     (["demo", "--prompts", "65"], "between 1 and 64"),
+    (["calibrate-delta"], "one of the arguments --min-ssim --max-time-ratio is required"),
+    (["calibrate-delta", "--min-ssim", "0"], "in (0, 1]"),
+    (["calibrate-delta", "--max-time-ratio", "0.5", "--deltas", "1.5"], "open interval"),
     (["bench", "--configs", "turbo"], "invalid choice"),
 ])
 def test_bad_arguments_get_a_clear_message_and_a_nonzero_exit(tmp_path, args, message):

@@ -1,0 +1,74 @@
+"""Delta calibration: the documented pick on a synthetic sweep, clear errors for unreachable or malformed
+targets, and a real sweep on a tiny pipeline whose extremes are known."""
+
+from __future__ import annotations
+
+import pytest
+from conftest import CallLog
+
+from sr_plugin.delta_calibration import DeltaCalibration, SweepRow, calibrate_delta, sweep_switch
+from sr_plugin.tiny import TINY_CALL, tiny_pair
+
+SWEEP = DeltaCalibration([
+    SweepRow("delta=0.001", 0.001, None, 20.0, 0.80, 35.0, 0.990),
+    SweepRow("delta=0.01", 0.01, None, 10.0, 0.45, 30.0, 0.960),
+    SweepRow("delta=0.1", 0.1, None, 5.0, 0.35, 24.0, 0.900),
+    SweepRow("k=8", None, 8, 8.0, 0.40, 28.0, 0.950),
+])
+
+
+def test_pick_takes_the_largest_speedup_that_keeps_the_quality():
+    assert SWEEP.pick(min_ssim=0.95).setting == "k=8"          # 0.40 beats 0.45 and 0.80
+    assert SWEEP.pick(min_ssim=0.96).setting == "delta=0.01"
+    assert SWEEP.pick(min_ssim=0.5).setting == "delta=0.1"
+
+
+def test_pick_takes_the_best_quality_within_the_time():
+    assert SWEEP.pick(max_time_ratio=0.45).setting == "delta=0.01"
+    assert SWEEP.pick(max_time_ratio=0.40).setting == "k=8"
+    assert SWEEP.pick(max_time_ratio=1.0).setting == "delta=0.001"
+
+
+def test_a_target_no_setting_reaches_is_an_error_naming_the_closest():
+    with pytest.raises(ValueError, match="no setting keeps a mean SSIM of 0.999.*delta=0.001 with 0.9900"):
+        SWEEP.pick(min_ssim=0.999)
+    with pytest.raises(ValueError, match="no setting runs within 0.3 .*delta=0.1 at 0.350"):
+        SWEEP.pick(max_time_ratio=0.3)
+
+
+@pytest.mark.parametrize("kwargs,message", [
+    ({}, "exactly one target"),
+    ({"min_ssim": 0.9, "max_time_ratio": 0.5}, "exactly one target"),
+    ({"min_ssim": 1.5}, r"min_ssim must be a number in \(0, 1\]"),
+    ({"min_ssim": 0.0}, r"min_ssim must be a number in \(0, 1\]"),
+    ({"max_time_ratio": -0.1}, r"max_time_ratio must be a number in \(0, 1\]"),
+])
+def test_targets_outside_the_unit_interval_are_refused_before_any_generation(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        SWEEP.pick(**kwargs)
+    pipe, small = tiny_pair("wan")
+    log = CallLog(large=pipe.transformer, small=small)
+    with pytest.raises(ValueError, match=message):
+        calibrate_delta(pipe, small, ["a fox"], **kwargs)
+    assert log.calls == []
+
+
+def test_bad_sweeps_are_refused_before_any_generation():
+    pipe, small = tiny_pair("wan")
+    log = CallLog(large=pipe.transformer, small=small)
+    with pytest.raises(ValueError, match="non-empty list"):
+        sweep_switch(pipe, small, [])
+    with pytest.raises(ValueError, match="delta must be a number in the open interval"):
+        sweep_switch(pipe, small, ["a fox"], deltas=(0.01, 2.0))
+    assert log.calls == []
+
+
+def test_sweep_on_a_tiny_pipeline_knows_its_extremes():
+    pipe, small = tiny_pair("cogvideox")
+    sweep = sweep_switch(pipe, small, ["a fox", "a boat"], deltas=(), switch_steps=(0, 3, 6), num_inference_steps=6,
+                         **TINY_CALL["cogvideox"])
+    never, k3, small_only = {r.switch_step: r for r in sweep.rows}[6], sweep.rows[1], sweep.rows[0]
+    assert never.ssim == 1.0 and never.mean_switch_step is None  # k = N: the large-only video itself
+    assert small_only.mean_switch_step == 0 and k3.mean_switch_step == 3
+    assert small_only.ssim < k3.ssim < 1.0
+    assert sweep.pick(min_ssim=1.0).setting == "k=6"
