@@ -77,6 +77,9 @@ def write_gif(frames: list[np.ndarray], out: pathlib.Path, fps: int = 4) -> None
     os.close(fd)
     try:
         imageio.mimsave(tmp, frames, format="GIF", duration=1000 / fps, loop=0)
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)  # mkstemp creates it private; the GIF is an ordinary output file
         os.replace(tmp, out)
     finally:
         if os.path.exists(tmp):
