@@ -15,11 +15,10 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 import numpy as np
-import torch
 
 from .api import apply
 from .evaluate import fidelity
-from .quality import loop_timer
+from .quality import timed_run
 
 #: Deltas swept by default: a decade on either side of SRDiffusion's 0.01.
 DEFAULT_DELTAS: tuple[float, ...] = (0.001, 0.003, 0.01, 0.03, 0.1)
@@ -92,13 +91,11 @@ class DeltaCalibration:
 
 
 def _run(pipe: Any, prompt: str, seed: int, steps: int, call: dict[str, Any]) -> tuple[np.ndarray, float]:
-    with loop_timer(pipe) as loops:
-        frames = pipe(prompt=prompt, num_inference_steps=steps, output_type="np",
-                      generator=torch.Generator().manual_seed(seed), **call).frames[0]
-    return np.asarray(frames, dtype=np.float32), loops[-1]
+    video, denoise, _ = timed_run(pipe, prompt, seed, steps, **call)
+    return video, denoise
 
 
-def sweep_switch(pipe: Any, small: torch.nn.Module, prompts: Sequence[str], *,
+def sweep_switch(pipe: Any, small: Any, prompts: Sequence[str], *,
                  deltas: Sequence[float] = DEFAULT_DELTAS, switch_steps: Sequence[int] = (),
                  num_inference_steps: int = 50, seed: int = 0, apply_kwargs: dict[str, Any] | None = None,
                  scorer: Callable[[np.ndarray, str], bool] | None = None, say: Any = None,
@@ -145,7 +142,7 @@ def sweep_switch(pipe: Any, small: torch.nn.Module, prompts: Sequence[str], *,
     return DeltaCalibration(rows)
 
 
-def calibrate_delta(pipe: Any, small: torch.nn.Module, prompts: Sequence[str], *, min_ssim: float | None = None,
+def calibrate_delta(pipe: Any, small: Any, prompts: Sequence[str], *, min_ssim: float | None = None,
                     max_time_ratio: float | None = None, **sweep_kwargs: Any) -> tuple[SweepRow, DeltaCalibration]:
     """`sweep_switch`, then `DeltaCalibration.pick`; the targets are checked before any generation."""
     if (min_ssim is None) == (max_time_ratio is None):

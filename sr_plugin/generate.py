@@ -14,16 +14,12 @@ from .adapters import adapter_for
 from .api import apply
 from .policy import DEFAULT_DELTA
 from . import task, trained
+from .trained import first_line as _first_line
 from .tiny import TINY_CALL, tiny_pair
 
 
 class UserError(Exception):
     """A problem the user can fix, reported as one sentence without a stack trace."""
-
-
-def _first_line(err: BaseException) -> str:
-    text = str(err).strip().splitlines()
-    return text[0] if text else type(err).__name__
 
 
 def load_models(large: str | None, small: str | None, family: str | None,

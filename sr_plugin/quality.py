@@ -94,15 +94,20 @@ def loop_timer(pipe: Any) -> Iterator[list[float]]:
             del pipe.progress_bar
 
 
-def generate_video(pipe: Any, family: str, prompt: str, seed: int, steps: int) -> tuple[np.ndarray, float, float]:
-    """One video of a trained family: ([F, H, W, 3] in [0, 1], denoising seconds, total seconds)."""
-    task.parse(prompt)
+def timed_run(pipe: Any, prompt: str, seed: int, steps: int, **call: Any) -> tuple[np.ndarray, float, float]:
+    """One video ([F, H, W, 3] in [0, 1]), its denoising seconds and its total seconds."""
     with loop_timer(pipe) as loops:
         start = time.perf_counter()
-        frames = pipe(prompt=prompt, num_inference_steps=steps, guidance_scale=trained.GUIDANCE[family],
-                      output_type="np", generator=torch.Generator().manual_seed(seed), **trained.CALL).frames[0]
+        frames = pipe(prompt=prompt, num_inference_steps=steps, output_type="np",
+                      generator=torch.Generator().manual_seed(seed), **call).frames[0]
         total = time.perf_counter() - start
     return np.asarray(frames, dtype=np.float32), loops[-1], total
+
+
+def generate_video(pipe: Any, family: str, prompt: str, seed: int, steps: int) -> tuple[np.ndarray, float, float]:
+    """One video of a trained family, with the call arguments it was trained for."""
+    task.parse(prompt)
+    return timed_run(pipe, prompt, seed, steps, guidance_scale=trained.GUIDANCE[family], **trained.CALL)
 
 
 def run_modes(pipe: Any, small: torch.nn.Module, extra: dict[str, Any], family: str, prompt: str, seed: int,

@@ -195,7 +195,7 @@ def load_folders(large: str | pathlib.Path, small: str | pathlib.Path,
     try:
         pipe = DiffusionPipeline.from_pretrained(str(large), dtype=dtype, local_files_only=True)
     except Exception as err:
-        raise TrainedFamilyError(f"cannot load the model folder {str(large)!r}: {_first_line(err)}") from err
+        raise TrainedFamilyError(f"cannot load the model folder {str(large)!r}: {first_line(err)}") from err
     adapter = adapter_for(pipe)
     try:
         small_model = adapter.transformer_class().from_pretrained(str(small), subfolder="transformer",
@@ -208,7 +208,7 @@ def load_folders(large: str | pathlib.Path, small: str | pathlib.Path,
                 AutoencoderKLCogVideoX.load_config(str(small), subfolder="vae")["scaling_factor"])
             extra["small_scheduler"] = type(pipe.scheduler).from_pretrained(str(small), subfolder="scheduler")
     except Exception as err:
-        raise TrainedFamilyError(f"cannot load the model folder {str(small)!r}: {_first_line(err)}") from err
+        raise TrainedFamilyError(f"cannot load the model folder {str(small)!r}: {first_line(err)}") from err
     for module in pipe.components.values():
         if isinstance(module, torch.nn.Module):
             module.eval()
@@ -216,6 +216,7 @@ def load_folders(large: str | pathlib.Path, small: str | pathlib.Path,
     return pipe, small_model.eval(), extra
 
 
-def _first_line(err: BaseException) -> str:
+def first_line(err: BaseException) -> str:
+    """The first line of an error's message (the user sees one sentence, not a stack)."""
     lines = str(err).strip().splitlines()
     return lines[0] if lines else type(err).__name__

@@ -21,7 +21,8 @@ from diffusers.hooks import HookRegistry, ModelHook
 
 from ..adapters import adapter_for
 from ..patching import drop_hook_residue
-from .teacache import MAX_DEGREE, RET_WARMUP_STEPS, WARMUP_STEPS, TeaCacheConfig, check_coefficients
+from .teacache import (MAX_DEGREE, RET_WARMUP_STEPS, WARMUP_STEPS, TeaCacheConfig, _binder,
+                       check_coefficients)
 
 #: TeaCache's published polynomials are of degree 4.
 DEFAULT_DEGREE = 4
@@ -143,16 +144,14 @@ class _ModelHook(ModelHook):
 
 
 class _InputHook(ModelHook):
-    def __init__(self, recorder: _Recorder, source: tuple[str, Any]) -> None:
+    def __init__(self, recorder: _Recorder, source: tuple[str, Any], module: torch.nn.Module) -> None:
         super().__init__()
         self.recorder, self.source = recorder, source
+        self.bind = _binder(module) if source[0] == "block_arg" else None
 
     def pre_forward(self, module: torch.nn.Module, *args: Any, **kwargs: Any) -> tuple[tuple, dict]:
-        if self.source[0] == "block_arg":
-            import inspect
-
-            names = list(inspect.signature(type(module).forward).parameters)[1:]
-            self.recorder.modulated = {**dict(zip(names, args)), **kwargs}[self.source[1]]
+        if self.bind is not None:
+            self.recorder.modulated = self.bind(args, kwargs)[self.source[1]]
         return args, kwargs
 
     def post_forward(self, module: torch.nn.Module, output: Any) -> Any:
@@ -196,7 +195,8 @@ def calibrate_teacache(pipe: Any, prompts: Sequence[str], *, num_inference_steps
         for role, model in models.items():
             source = adapter.teacache_input(model, ret_steps)
             target = adapter.blocks(model)[0] if source[0] == "block_arg" else source[1]
-            HookRegistry.check_if_exists_or_initialize(target).register_hook(_InputHook(recorders[role], source), name)
+            input_hook = _InputHook(recorders[role], source, target)
+            HookRegistry.check_if_exists_or_initialize(target).register_hook(input_hook, name)
             HookRegistry.check_if_exists_or_initialize(model).register_hook(_ModelHook(recorders[role]), name)
             registered += [target, model]
         device = "cuda" if pipe.transformer.device.type == "cuda" else "cpu"
