@@ -51,6 +51,8 @@ class CallTracker:
         self.step = 0
         #: Per step of the current/last call: {(role, branch): "computed" | "skipped"} from caching hooks.
         self.cache_log: list[dict[tuple[str, str], str]] = []
+        #: Per step: {(role, branch): [attention modules computed, attention modules called]} from PAB hooks.
+        self.attention_log: list[dict[tuple[str, str], list[int]]] = []
         #: Makes every rank of a context-parallel group use the same value (identity on one process).
         self.agree: Callable[[torch.Tensor], torch.Tensor] = make_agree(None)
         self.group: Any = None
@@ -114,6 +116,19 @@ class CallTracker:
                 self.cache_log.append({})
             self.cache_log[self.step][(role, branch)] = "computed" if computed else "skipped"
 
+    def log_attention(self, role: str, branch: str, computed: bool) -> None:
+        if self.active and self.step < len(self.timesteps):
+            while len(self.attention_log) <= self.step:
+                self.attention_log.append({})
+            counts = self.attention_log[self.step].setdefault((role, branch), [0, 0])
+            counts[0] += int(computed)
+            counts[1] += 1
+
+    def attention_at(self, step: int) -> dict[tuple[str, str], str]:
+        """PAB's decisions at one step, per (role, branch): "computed", "reused", or "reused k of n"."""
+        log = self.attention_log[step] if step < len(self.attention_log) else {}
+        return {key: attention_summary(*counts) for key, counts in log.items()}
+
     # ------------------------------------------------------------------ one call
     def begin(self, bar: Any) -> None:
         if self.active:
@@ -130,6 +145,7 @@ class CallTracker:
             self.group, self.agree = group, make_agree(group)
         self.step = 0
         self.cache_log = []
+        self.attention_log = []
         self.bar = bar
         self.active = True
         self._in_play = self._models(self.pipe.transformer)
@@ -196,6 +212,12 @@ class CallTracker:
             return out
 
         self._call.set(scheduler, "step", step)
+
+
+def attention_summary(computed: int, called: int) -> str:
+    if computed == called:
+        return "computed"
+    return "reused" if computed == 0 else f"reused {called - computed} of {called}"
 
 
 def _reset_caches(model: torch.nn.Module) -> None:

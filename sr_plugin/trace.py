@@ -11,7 +11,8 @@ class StepRecord:
     """One denoising step: which model ran it and the switching metric observed after it.
 
     ``d`` is undefined (None) at step 0 and ``s`` at steps 0 and 1. ``cache`` holds, per model call
-    ("cond", "uncond", "cond_uncond"), whether a caching acceleration computed or skipped the blocks.
+    ("cond", "uncond", "cond_uncond"), whether a caching acceleration computed or skipped the blocks;
+    ``attention`` the same for Pyramid Attention Broadcast: "computed", "reused", or "reused k of n" modules.
     """
 
     index: int
@@ -20,6 +21,7 @@ class StepRecord:
     d: float | None
     s: float | None
     cache: dict[str, str] = field(default_factory=dict)
+    attention: dict[str, str] = field(default_factory=dict)
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)

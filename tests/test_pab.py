@@ -91,3 +91,28 @@ def test_pab_without_a_timestep_source_is_refused():
         PABConfig(self_attention_skip_range=0)
     with pytest.raises(ValueError, match="timestep_range"):
         PABConfig(timestep_range=(800, 100))
+
+
+def test_pab_decisions_appear_in_both_traces(pair, family):
+    """Each step's PAB decision per model and branch, as the rule gives it: the branch's first call computes,
+    then every other call reuses; the small model's count starts again at its first step."""
+    pipe, small = pair
+    sr = sr_plugin.apply(pipe, small, switch_step=4)
+    accel = sr_plugin.accelerate(pipe, pab=EVERY_OTHER)
+    run(pipe, family)
+    branches = ["cond", "uncond"] if family == "wan" else ["cond_uncond"]
+    for record in sr.trace:
+        own = record.index if record.model == "large" else record.index - 4
+        expected = "computed" if own % 2 == 0 else "reused"
+        assert record.attention == {b: expected for b in branches}, record
+    for step, record in zip(sr.trace, accel.trace):
+        assert record["attention"] == {f"{step.model}/{b}": v for b, v in step.attention.items()}
+    assert {r.attention["cond" if family == "wan" else "cond_uncond"] for r in sr.trace} == {"computed", "reused"}
+
+
+def test_pab_trace_counts_modules_when_they_disagree():
+    from sr_plugin.calls import attention_summary
+
+    assert attention_summary(3, 3) == "computed"
+    assert attention_summary(0, 3) == "reused"
+    assert attention_summary(1, 3) == "reused 2 of 3"

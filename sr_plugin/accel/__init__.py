@@ -38,7 +38,8 @@ class Accelerations:
         self.tracker: CallTracker | None = None  # set by `install`, once every check has passed
         self.models: dict[str, torch.nn.Module] = {}
         self._compiled: dict[str, InstancePatches] = {}
-        #: Per step of the last call: {"index", "timestep", "cache": {"<role>/<branch>": "computed"|"skipped"}}.
+        #: Per step of the last call: {"index", "timestep", "cache": {"<role>/<branch>": "computed"|"skipped"},
+        #: "attention": {"<role>/<branch>": PAB's "computed" | "reused" | "reused k of n"}}.
         self.trace: list[dict[str, Any]] = []
 
     # ------------------------------------------------------------------ per model
@@ -70,7 +71,9 @@ class Accelerations:
         if self.teacache is not None:
             apply_teacache(model, self.adapter, self.tracker, role, self.teacache)
         if self.pab is not None:
-            apply_cfg_pab(model, self.adapter.attention_modules(model), self.pab)
+            tracker = self.tracker
+            apply_cfg_pab(model, self.adapter.attention_modules(model), self.pab,
+                          log=lambda branch, computed: tracker.log_attention(role, branch, computed))
         if self.fbcache is not None:
             from diffusers import FirstBlockCacheConfig
 
@@ -104,8 +107,9 @@ class Accelerations:
     def end(self, calls: CallTracker) -> None:
         self.trace = [
             {"index": j, "timestep": calls.timesteps[j],
-             "cache": {f"{role}/{branch}": what for (role, branch), what in log.items()}}
-            for j, log in enumerate(calls.cache_log)
+             "cache": {f"{role}/{branch}": what for (role, branch), what in _log_at(calls.cache_log, j).items()},
+             "attention": {f"{role}/{branch}": what for (role, branch), what in calls.attention_at(j).items()}}
+            for j in range(len(calls.timesteps))
         ]
 
 
@@ -183,6 +187,10 @@ def accelerate(
     if small is not None and small is not pipe.transformer:
         accel.attach(small, "small")
     return AccelHandle(accel)
+
+
+def _log_at(log: list[dict], step: int) -> dict:
+    return log[step] if step < len(log) else {}
 
 
 def _pab_config(pab: bool | PABConfig) -> PABConfig | None:

@@ -58,8 +58,10 @@ class PABState(BaseState):
 class CFGAwarePABHook(ModelHook):
     _is_stateful = True
 
-    def __init__(self, skip_range: int, timestep_range: tuple[float, float], current_timestep: Callable[[], Any]):
+    def __init__(self, skip_range: int, timestep_range: tuple[float, float], current_timestep: Callable[[], Any],
+                 log: Callable[[str, bool], None] | None = None):
         super().__init__()
+        self.log = log
         self.skip_range = skip_range
         self.timestep_range = timestep_range
         self.current_timestep = current_timestep
@@ -75,6 +77,8 @@ class CFGAwarePABHook(ModelHook):
         t = self.current_timestep()
         within = t is not None and self.timestep_range[0] < float(t) < self.timestep_range[1]
         compute = state.cache is None or state.iteration == 0 or not within or state.iteration % self.skip_range == 0
+        if self.log is not None:
+            self.log(self.state_manager.context.name, compute)
         output = self.fn_ref.original_forward(*args, **kwargs) if compute else state.cache
         state.cache = output
         state.iteration += 1
@@ -82,8 +86,9 @@ class CFGAwarePABHook(ModelHook):
 
 
 def apply_cfg_pab(model: torch.nn.Module, attention_modules: list[tuple[torch.nn.Module, str]],
-                  config: PABConfig) -> int:
-    """Register the per-branch PAB hook on the attention modules; returns how many got one."""
+                  config: PABConfig, log: Callable[[str, bool], None] | None = None) -> int:
+    """Register the per-branch PAB hook on the attention modules; returns how many got one. ``log(branch,
+    computed)`` hears every decision (the trace)."""
     if config.current_timestep_callback is None:
         raise ValueError("PAB needs a current-timestep source: set PABConfig.current_timestep_callback "
                          "(sr_plugin.accelerate sets it from the pipeline)")
@@ -92,7 +97,7 @@ def apply_cfg_pab(model: torch.nn.Module, attention_modules: list[tuple[torch.nn
         skip = config.self_attention_skip_range if kind == "self" else config.cross_attention_skip_range
         if skip is None:
             continue
-        hook = CFGAwarePABHook(skip, tuple(config.timestep_range), config.current_timestep_callback)
+        hook = CFGAwarePABHook(skip, tuple(config.timestep_range), config.current_timestep_callback, log)
         HookRegistry.check_if_exists_or_initialize(module).register_hook(hook, _PAB)
         count += 1
     HookRegistry.check_if_exists_or_initialize(model).invalidate_child_registries_cache()
