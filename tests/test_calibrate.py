@@ -122,3 +122,49 @@ def test_coefficients_of_the_wrong_length_or_with_nan_are_refused(coefficients, 
     pipe, small = tiny_pair("wan")
     with pytest.raises(ValueError, match=message):
         sr_plugin.accelerate(pipe, teacache=sr_plugin.TeaCacheConfig(0.1, coefficients))
+
+
+@pytest.mark.parametrize("family_name", ["wan", "cogvideox"])
+def test_shipped_families_use_their_fitted_coefficients_by_default(family_name):
+    """The trained families ship a calibration beside each transformer's weights; with no coefficients given,
+    each model gets its own fitted polynomial (they match no published preset)."""
+    import json
+
+    from sr_plugin import trained
+    from sr_plugin.accel import accelerations_of
+    from sr_plugin.accel.teacache import CALIBRATION_FILE, resolve_coefficients
+
+    pipe, small, extra = trained.load(family_name)
+    sr_plugin.apply(pipe, small, **extra)
+    sr_plugin.accelerate(pipe, teacache=0.1)
+    accel = accelerations_of(pipe)
+    for role, model in (("large", pipe.transformer), ("small", small)):
+        shipped = json.loads((trained.folder(family_name, role) / "transformer" / CALIBRATION_FILE).read_text())
+        assert resolve_coefficients(accel.teacache, accel.adapter, model, role) == tuple(shipped["coefficients"])
+        assert 0.0 < shipped["r_squared"] <= 1.0
+    large_c = resolve_coefficients(accel.teacache, accel.adapter, pipe.transformer, "large")
+    assert large_c != resolve_coefficients(accel.teacache, accel.adapter, small, "small")
+
+
+def test_a_calibration_beside_the_weights_serves_only_the_model_it_was_fitted_for(tmp_path):
+    from sr_plugin.accel.teacache import (CALIBRATION_FILE, TeaCacheConfig, resolve_coefficients,
+                                          save_beside_weights)
+    from sr_plugin.adapters import adapter_for
+
+    pipe, small = tiny_pair("wan")
+    small.save_pretrained(tmp_path / "small")
+    pipe.transformer.save_pretrained(tmp_path / "large")
+    save_beside_weights(tmp_path / "small", small, KNOWN, 0.9)
+    # the large model's folder holds the small model's calibration: its config differs, so it is not used
+    (tmp_path / "large" / CALIBRATION_FILE).write_text((tmp_path / "small" / CALIBRATION_FILE).read_text())
+    loaded_small = type(small).from_pretrained(tmp_path / "small").eval()
+    loaded_large = type(small).from_pretrained(tmp_path / "large").eval()
+    adapter, config = adapter_for(pipe), TeaCacheConfig(0.1)
+    assert resolve_coefficients(config, adapter, loaded_small, "small") == KNOWN
+    with pytest.raises(ValueError, match="matches no published TeaCache coefficients"):
+        resolve_coefficients(config, adapter, loaded_large, "large")
+    with pytest.raises(ValueError, match="matches no published"):  # the ret-steps mode was not fitted
+        resolve_coefficients(TeaCacheConfig(0.1, ret_steps=True), adapter, loaded_small, "small")
+    (tmp_path / "small" / CALIBRATION_FILE).write_text('{"coefficients": [1, "x"]}')
+    with pytest.raises(ValueError, match="TeaCache calibration .* cannot be read"):
+        resolve_coefficients(config, adapter, loaded_small, "small")

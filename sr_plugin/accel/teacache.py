@@ -13,7 +13,10 @@ tracker, never from counting calls. A threshold of 0 never skips.
 from __future__ import annotations
 
 import inspect
+import json
 import math
+import os
+import pathlib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -37,7 +40,8 @@ _INPUT = "sr_plugin_teacache_input"
 class TeaCacheConfig:
     """``threshold``: skip while the accumulated rescaled change stays below it (0 disables skipping); one
     number, or ``{"large": ..., "small": ...}`` (the two models' distances have different scales).
-    ``coefficients``: None (the published set matching each model's config), a preset name, five numbers,
+    ``coefficients``: None (a calibration shipped beside the model's weights, else the published set matching
+    the model's config), a preset name, five numbers,
     or a mapping ``{"large": ..., "small": ...}`` of those. ``ret_steps``: Wan's "ret steps" variant."""
 
     threshold: float | Mapping[str, float]
@@ -85,6 +89,54 @@ def rescale(coefficients: Sequence[float], x: float) -> float:
     return value
 
 
+#: A TeaCache calibration shipped beside a model's weights (in its config.json's folder): the default
+#: coefficients for that model, ahead of the published presets. Written by `save_beside_weights`.
+CALIBRATION_FILE = "teacache.json"
+
+
+def _config_fingerprint(model: torch.nn.Module) -> dict[str, Any]:
+    return {k: v for k, v in dict(model.config).items() if not k.startswith("_")}
+
+
+def _weights_folders(model: torch.nn.Module) -> list[pathlib.Path]:
+    """Where ``from_pretrained`` read the model's config: its path, or that path's ``transformer`` subfolder
+    (diffusers records the path without the subfolder when one is given)."""
+    source = model.config.get("_name_or_path") if hasattr(model, "config") else None
+    if not source or not os.path.isdir(source):
+        return []
+    return [pathlib.Path(source), pathlib.Path(source) / "transformer"]
+
+
+def save_beside_weights(folder: str | os.PathLike[str], model: torch.nn.Module, coefficients: Sequence[float],
+                        r_squared: float, ret_steps: bool = False, note: str = "") -> pathlib.Path:
+    """Write ``coefficients`` as the default TeaCache polynomial of the model saved in ``folder`` (the folder
+    holding its config.json); the model's config is recorded, so a different model never picks it up."""
+    path = pathlib.Path(folder) / CALIBRATION_FILE
+    data = {"coefficients": list(check_coefficients(coefficients)), "r_squared": float(r_squared),
+            "ret_steps": bool(ret_steps), "note": note, "model_config": _config_fingerprint(model)}
+    path.write_text(json.dumps(data, indent=1) + "\n")
+    return path
+
+
+def coefficients_beside_weights(model: torch.nn.Module, ret_steps: bool) -> tuple[float, ...] | None:
+    """The coefficients of a calibration file beside the model's weights, if one matches this model's config
+    and mode; a file that exists but cannot be read is an error, not a silent fallback."""
+    for folder in _weights_folders(model):
+        path = folder / CALIBRATION_FILE
+        if not path.is_file() or not (folder / "config.json").is_file():
+            continue
+        try:
+            data = json.loads(path.read_text())
+            coefficients = check_coefficients(data["coefficients"])
+            recorded = data["model_config"]
+        except (ValueError, KeyError, TypeError) as err:
+            raise ValueError(f"the TeaCache calibration {path} cannot be read ({err}); fix or delete it") from None
+        fingerprint = json.loads(json.dumps(_config_fingerprint(model)))  # tuples as lists, as in the file
+        if recorded == fingerprint and bool(data.get("ret_steps", False)) == ret_steps:
+            return coefficients
+    return None
+
+
 def resolve_coefficients(config: TeaCacheConfig, adapter: Any, model: torch.nn.Module, role: str) -> tuple[float, ...]:
     """The coefficients this model uses; a clear error for an unknown name or an unmatched model."""
     config.threshold_for(role)
@@ -95,7 +147,7 @@ def resolve_coefficients(config: TeaCacheConfig, adapter: Any, model: torch.nn.M
                              f"(keys: {', '.join(map(str, spec))})")
         spec = spec[role]
     if spec is None:
-        spec = adapter.teacache_preset(model, config.ret_steps)
+        spec = coefficients_beside_weights(model, config.ret_steps) or adapter.teacache_preset(model, config.ret_steps)
         if spec is None:
             c = model.config
             raise ValueError(
