@@ -1,0 +1,122 @@
+"""The speed-quality benchmark on the shipped trained families (CPU); never part of the test run.
+
+    python benchmarks/speed_quality.py                      # both families, 16 held-out pairs, 50 steps
+    python benchmarks/speed_quality.py --family wan --prompts 4    # a quick look
+
+Writes ``benchmarks/results/speed_quality_<family>_cpu_<date>.json`` per family, a markdown table beside it,
+and the Pareto plot ``docs/speed_quality.png``. Besides the rows (see `sr_plugin.speed_quality`):
+  - the stacked rows against SR alone and TeaCache alone, each the fastest within 3 attribute-accuracy points of
+    large only;
+  - a delta calibration check: `calibrate_delta` on training prompts (disjoint from the held-out set) picks a
+    setting for a target time ratio; the speed-up it promised is set against the one the same setting
+    measured on the held-out pairs.
+One thread, as the quality runner: on a small shared CPU, thread scheduling noise swamps the differences.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import pathlib
+import platform
+import random
+import sys
+import time
+
+import torch
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+import diffusers  # noqa: E402
+
+from sr_plugin import task, trained  # noqa: E402
+from sr_plugin import speed_quality as sq  # noqa: E402
+from sr_plugin.delta_calibration import calibrate_delta  # noqa: E402
+
+#: The delta calibration's target: the best SSIM among settings at most this fraction of large only's time.
+TARGET_TIME_RATIO = 0.6
+CALIBRATION_PROMPTS = 8
+CALIBRATION_SEED = 5
+
+
+def log(msg: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {msg}", flush=True)
+
+
+def run_family(family: str, n_pairs: int, steps: int, calibration_prompts: int = CALIBRATION_PROMPTS) -> dict:
+    pipe, small, extra = trained.load(family)
+    pairs = task.held_out()[:n_pairs]
+    warm = task.training_prompts()[0]
+    rows, reference = [], {}
+    configs = sq.configs()
+    start = time.time()
+    for i, config in enumerate(configs):
+        row, outputs = sq.run_config(pipe, small, extra, family, config, pairs, steps, reference,
+                                     warmup_prompt=warm if "compile" in config.accel else None)
+        if config.kind == "large":
+            reference = dict(zip(pairs, outputs))
+        rows.append(row)
+        log(f"{family} [{i + 1}/{len(configs)}] {row.name}: attribute {row.attribute_accuracy:.1f}%, prompt "
+            f"{row.prompt_accuracy:.1f}%, speed-up {row.speedup:.2f}x ({(time.time() - start) / 60:.1f} min)")
+    again, _ = sq.run_config(pipe, small, extra, family, configs[0], pairs, steps, reference)
+    drift = again.time_ratio
+    log(f"{family}: large only rerun at the end takes {drift:.3f} of its first run's time")
+
+    large = rows[0].attribute_accuracy
+    best = {name: sq.fastest_within(rows, kinds, large) for name, kinds in
+            (("stacked", ("sr+teacache+pab", "sr+all")), ("sr", ("sr", "sr fixed")), ("teacache", ("teacache",)))}
+
+    prompts = random.Random(CALIBRATION_SEED).sample(task.training_prompts(), calibration_prompts)
+    picked, sweep = calibrate_delta(
+        pipe, small, prompts, max_time_ratio=TARGET_TIME_RATIO, deltas=sq.DELTAS, switch_steps=sq.SWITCH_STEPS,
+        num_inference_steps=steps, apply_kwargs=extra, guidance_scale=trained.GUIDANCE[family], **trained.CALL)
+    name = f"sr delta={picked.delta}" if picked.delta is not None else f"sr k={picked.switch_step}"
+    measured = next(r for r in rows if r.name == name)
+    check = {"target_time_ratio": TARGET_TIME_RATIO, "picked": picked.setting, "promised_speedup": picked.speedup,
+             "held_out_speedup": measured.speedup, "relative_error": measured.speedup / picked.speedup - 1,
+             "calibration_rows": [r.as_dict() for r in sweep.rows]}
+    log(f"{family}: delta calibration picked {picked.setting}, promised {picked.speedup:.2f}x, held-out "
+        f"{measured.speedup:.2f}x ({check['relative_error']:+.1%})")
+    return {"family": family, "pairs": n_pairs, "steps": steps, "rows": [r.as_dict() for r in rows],
+            "large_rerun_time_ratio": drift,
+            "within_tolerance": {k: (None if v is None else v.as_dict()) for k, v in best.items()},
+            "delta_calibration_check": check, "_rows": rows}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--family", choices=trained.FAMILY_NAMES, action="append")
+    parser.add_argument("--prompts", type=int, default=16, help="held-out (prompt, seed) pairs")
+    parser.add_argument("--steps", type=int, default=50)
+    parser.add_argument("--calibration-prompts", type=int, default=CALIBRATION_PROMPTS,
+                        help="training prompts for the delta calibration check")
+    parser.add_argument("--out", type=pathlib.Path, default=ROOT / "benchmarks" / "results")
+    parser.add_argument("--plot", type=pathlib.Path, default=ROOT / "docs" / "speed_quality.png")
+    args = parser.parse_args()
+    torch.set_num_threads(1)
+    torch.manual_seed(0)
+    env = {"torch": torch.__version__, "diffusers": diffusers.__version__, "threads": 1,
+           "machine": platform.machine(), "processor": platform.processor(), "cpus": os.cpu_count()}
+    date = datetime.date.today().isoformat()
+    results = {}
+    for family in args.family or list(trained.FAMILY_NAMES):
+        result = run_family(family, args.prompts, args.steps, args.calibration_prompts)
+        rows = result.pop("_rows")
+        results[family] = rows
+        table = sq.format_rows(rows)
+        (args.out / f"speed_quality_{family}_cpu_{date}.json").write_text(json.dumps({"environment": env, **result},
+                                                                                     indent=1))
+        (args.out / f"speed_quality_{family}_cpu_{date}.md").write_text(table + "\n")
+        print(table)
+        for key, row in result["within_tolerance"].items():
+            found = "none" if row is None else f"{row['name']} at {row['speedup']:.2f}x"
+            print(f"fastest {key} row within {sq.TOLERANCE_POINTS:g} points of large only: {found}")
+    sq.plot_pareto(results, args.plot)
+    log(f"wrote {args.plot}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,192 @@
+"""The speed-quality benchmark on a trained family: every acceleration row with its quality figure.
+
+Each row is one configuration of the same pipeline (switch, TeaCache, PAB, First Block Cache, compile, and
+their stacks), run on the same (prompt, seed) pairs. Per row: prompt and attribute accuracy from
+`sr_plugin.evaluate`, PSNR and SSIM against the large-only video of the same pair, the time ratio (median over
+pairs of the row's denoising time over large only's, the pair's own large-only run), TeaCache's skipped
+fraction, PAB's reused fraction and the mean switch step. Large only runs first and again last; the drift
+between the two is reported, since rows run one after another. `benchmarks/speed_quality.py` runs it.
+"""
+
+from __future__ import annotations
+
+import statistics
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import numpy as np
+import torch
+
+from . import evaluate
+from .accel import PABConfig, accelerate
+from .api import apply
+from .quality import generate_video
+
+#: Switch settings swept: deltas a decade around SRDiffusion's 0.01 (None: the default), and fixed steps.
+DELTAS: tuple[float, ...] = (0.003, 0.01, 0.03, 0.1)
+SWITCH_STEPS: tuple[int, ...] = (10, 20, 30)
+#: TeaCache thresholds swept, in units of the calibrated (shipped) polynomial's accumulated output change.
+TEACACHE_THRESHOLDS: tuple[float, ...] = (0.02, 0.05, 0.1, 0.2)
+#: diffusers' First Block Cache threshold of today's matrix.
+FBCACHE = 0.1
+#: How many accuracy points below large only still count as "within" (the issue's target).
+TOLERANCE_POINTS = 3.0
+
+
+@dataclass(frozen=True)
+class Config:
+    """One row's set-up: switch keywords for `apply` (None: no switch) and keywords for `accelerate`."""
+
+    name: str
+    kind: str
+    switch: dict[str, Any] | None
+    accel: dict[str, Any]
+
+
+def configs(deltas: Sequence[float] = DELTAS, switch_steps: Sequence[int] = SWITCH_STEPS,
+            thresholds: Sequence[float] = TEACACHE_THRESHOLDS) -> list[Config]:
+    """Today's matrix (each acceleration alone and with the switch, all stacked) plus the sweeps."""
+    sr: dict[str, Any] = {}
+    rows = [Config("large", "large", None, {}), Config("small", "small", {"switch_step": 0}, {})]
+    rows += [Config(f"sr delta={d}", "sr", {"delta": d}, {}) for d in deltas]
+    rows += [Config(f"sr k={k}", "sr fixed", {"switch_step": k}, {}) for k in switch_steps]
+    rows += [Config(f"teacache {t}", "teacache", None, {"teacache": t}) for t in thresholds]
+    rows += [Config("pab", "pab", None, {"pab": PABConfig()}), Config("fbcache", "fbcache", None, {"fbcache": FBCACHE}),
+             Config("compile", "compile", None, {"compile": True})]
+    rows += [Config(f"sr+teacache {t}", "sr+teacache", sr, {"teacache": t}) for t in thresholds]
+    rows += [Config("sr+pab", "sr+pab", sr, {"pab": PABConfig()}),
+             Config("sr+fbcache", "sr+fbcache", sr, {"fbcache": FBCACHE}),
+             Config("sr+compile", "sr+compile", sr, {"compile": True})]
+    rows += [Config(f"sr+teacache {t}+pab", "sr+teacache+pab", sr, {"teacache": t, "pab": PABConfig()})
+             for t in thresholds]
+    rows += [Config(f"sr+teacache {t}+pab+compile", "sr+all", sr, {"teacache": t, "pab": PABConfig(), "compile": True})
+             for t in thresholds[:1]]
+    return rows
+
+
+@dataclass
+class Row:
+    name: str
+    kind: str
+    prompt_accuracy: float
+    attribute_accuracy: float
+    psnr: float | None
+    ssim: float | None
+    time_ratio: float
+    denoise_s: float
+    teacache_skipped: float | None
+    pab_reused: float | None
+    mean_switch_step: float | None
+
+    @property
+    def speedup(self) -> float:
+        return 1.0 / self.time_ratio
+
+    def as_dict(self) -> dict[str, Any]:
+        return {**asdict(self), "speedup": self.speedup}
+
+
+def _fraction(trace: list[dict[str, Any]], field: str, hit: Callable[[str], bool]) -> float | None:
+    values = [v for step in trace for v in step.get(field, {}).values()]
+    return sum(map(hit, values)) / len(values) if values else None
+
+
+def run_config(pipe: Any, small: torch.nn.Module, extra: dict[str, Any], family: str, config: Config,
+               pairs: Sequence[tuple[str, int]], steps: int, reference: dict[tuple[str, int], tuple[np.ndarray, float]],
+               warmup_prompt: str | None = None) -> tuple[Row, list[tuple[np.ndarray, float]]]:
+    """Set ``config`` up, run every pair, take it down; returns the row and each pair's (video, seconds).
+    ``reference`` maps a pair to its large-only (video, seconds); empty for the large-only row itself."""
+    sr = apply(pipe, small, **config.switch, **extra) if config.switch is not None else None
+    accel = accelerate(pipe, **config.accel) if config.accel else None
+    try:
+        if warmup_prompt is not None:  # compile's first call compiles: keep it out of the figures
+            generate_video(pipe, family, warmup_prompt, 0, steps)
+        outputs, scores, fidelity, ratios, ks, traces = [], [], [], [], [], []
+        for prompt, seed in pairs:
+            video, seconds, _ = generate_video(pipe, family, prompt, seed, steps)
+            outputs.append((video, seconds))
+            scores.append(evaluate.score_video(video, prompt))
+            if reference:
+                ref_video, ref_seconds = reference[(prompt, seed)]
+                fidelity.append(evaluate.fidelity(video, ref_video))
+                ratios.append(seconds / ref_seconds)
+            if sr is not None and sr.switch_step is not None:
+                ks.append(sr.switch_step)
+            if accel is not None:
+                traces.extend(accel.trace)
+    finally:
+        if accel is not None:
+            accel.remove()
+        if sr is not None:
+            sr.remove()
+    acc = evaluate.summarize(scores)
+    row = Row(config.name, config.kind, acc["prompt_accuracy"], acc["attribute_accuracy"],
+              statistics.mean(min(p, 100.0) for p, _ in fidelity) if fidelity else None,
+              statistics.mean(s for _, s in fidelity) if fidelity else None,
+              statistics.median(ratios) if ratios else 1.0, statistics.mean(s for _, s in outputs),
+              _fraction(traces, "cache", lambda v: v == "skipped"),
+              _fraction(traces, "attention", lambda v: v != "computed"),
+              statistics.mean(ks) if ks else None)
+    return row, outputs
+
+
+def pareto_front(rows: Sequence[Row]) -> list[Row]:
+    """The rows no other row beats on both speed-up and attribute accuracy, fastest last."""
+    front = [r for r in rows if not any(
+        o.speedup >= r.speedup and o.attribute_accuracy >= r.attribute_accuracy
+        and (o.speedup > r.speedup or o.attribute_accuracy > r.attribute_accuracy) for o in rows)]
+    return sorted(front, key=lambda r: r.speedup)
+
+
+def fastest_within(rows: Sequence[Row], kinds: Sequence[str], reference_accuracy: float,
+                   points: float = TOLERANCE_POINTS) -> Row | None:
+    """The fastest row of the given kinds whose attribute accuracy is at most ``points`` below the reference."""
+    fits = [r for r in rows if r.kind in kinds and r.attribute_accuracy >= reference_accuracy - points]
+    return max(fits, key=lambda r: r.speedup, default=None)
+
+
+def format_rows(rows: Sequence[Row]) -> str:
+    fmt = lambda v, spec: "-" if v is None else format(v, spec)  # noqa: E731
+    lines = ["| row | prompt acc. | attribute acc. | PSNR vs large | SSIM vs large | speed-up | TeaCache skipped | "
+             "PAB reused | mean switch step |", "|---|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        lines.append(f"| {r.name} | {r.prompt_accuracy:.1f}% | {r.attribute_accuracy:.1f}% | {fmt(r.psnr, '.2f')} | "
+                     f"{fmt(r.ssim, '.3f')} | {r.speedup:.2f}x | {fmt(r.teacache_skipped, '.0%')} | "
+                     f"{fmt(r.pab_reused, '.0%')} | {fmt(r.mean_switch_step, '.1f')} |")
+    return "\n".join(lines)
+
+
+def plot_pareto(results: dict[str, list[Row]], path: Any) -> None:
+    """Speed-up against attribute accuracy, one panel per family, the Pareto front drawn, the tolerance band
+    below large only shaded."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    kinds = sorted({r.kind for rows in results.values() for r in rows})
+    markers = dict(zip(kinds, "os^vD<>pPX*hH+x"))
+    fig, axes = plt.subplots(1, len(results), figsize=(6.5 * len(results), 5), squeeze=False)
+    for ax, (family, rows) in zip(axes[0], results.items()):
+        large = next(r for r in rows if r.kind == "large")
+        ax.axhspan(large.attribute_accuracy - TOLERANCE_POINTS, large.attribute_accuracy, color="0.9",
+                   label=f"within {TOLERANCE_POINTS:g} points of large only")
+        for kind in kinds:
+            pts = [r for r in rows if r.kind == kind]
+            if pts:
+                ax.scatter([r.speedup for r in pts], [r.attribute_accuracy for r in pts], marker=markers[kind],
+                           label=kind, s=40)
+        front = pareto_front(rows)
+        ax.plot([r.speedup for r in front], [r.attribute_accuracy for r in front], "k--", lw=1, label="Pareto front")
+        for r in front:
+            ax.annotate(r.name, (r.speedup, r.attribute_accuracy), fontsize=7, xytext=(3, 3),
+                        textcoords="offset points")
+        ax.set_xlabel("speed-up over large only (denoising loop, CPU)")
+        ax.set_ylabel("attribute accuracy on held-out prompts (%)")
+        ax.set_title(f"{family}: speed against quality")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7, loc="lower left")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
