@@ -93,3 +93,51 @@ def test_offload_large_composes_with_model_cpu_offload(pair, family):
     handle = sr_plugin.apply(pipe, small, switch_step=3, offload_large=True)
     assert torch.equal(run(pipe, family), expected)
     assert not handle.router.offloader.offloaded and any(h.model is small for h in pipe._all_hooks)
+
+
+class SpyOffloader:
+    """Stands in for the CUDA offloader (which is a no-op on CPU) and logs where the switch calls it."""
+
+    def __init__(self, log: list[str]) -> None:
+        self.log = log
+        self.offloaded = False
+
+    def offload(self) -> None:
+        self.log.append("offload")
+        self.offloaded = True
+
+    def restore(self) -> None:
+        self.log.append("restore")
+        self.offloaded = False
+
+    def release(self) -> None:
+        self.log.append("release")
+
+
+def test_offload_large_is_queued_at_the_switch_and_brought_back_before_the_next_call(pair, family):
+    """Where offload_large acts, checked on CPU: the large model leaves right after its last step (before the
+    small model's first call), comes back at the start of the next call before any model runs, and is
+    released by remove; without the switch it never leaves."""
+    from conftest import CallLog
+
+    pipe, small = pair
+    handle = sr_plugin.apply(pipe, small, switch_step=3, offload_large=True)
+    log = CallLog(large=pipe.transformer, small=small)
+    handle.router.offloader = SpyOffloader(log.calls)
+    per_step = 2 if family == "wan" else 1
+    for _ in range(2):
+        start = len(log.calls)
+        run(pipe, family)
+        events = log.calls[start:]
+        first_model = min(events.index("large"), len(events))
+        assert "restore" in events[:first_model]  # back before the pipeline reads its device
+        models = [e for e in events if e in ("large", "small")]
+        assert models == ["large"] * 3 * per_step + ["small"] * 7 * per_step
+        offload_at = events.index("offload")
+        assert events.count("offload") == 1
+        assert events[offload_at - 1] == "large" and "large" not in events[offload_at:]
+        assert "small" not in events[:offload_at]
+    log.close()
+    spy = handle.router.offloader
+    handle.remove()
+    assert spy.log[-1] == "release"

@@ -59,6 +59,16 @@ def test_s_must_be_strictly_inside_zero_and_delta(s_edge):
     assert run_policy(SwitchOptions(delta=0.01, min_switch_step=3, max_switch_step=9), d, 10)[0] == 9
 
 
+def test_s_equal_to_delta_does_not_switch():
+    """s exactly delta, in binary-exact numbers (0.5 - 0.49 is not 0.01 in floats): the bound is exclusive."""
+    delta = 2.0 ** -7
+    d = d_with_s([delta] * 8)
+    assert all(a - b == delta for a, b in zip(d[1:], d[2:]))
+    assert run_policy(SwitchOptions(delta=delta, min_switch_step=3, max_switch_step=9), d, 10)[0] == 9
+    just_below = d_with_s([delta - 2.0 ** -20] * 8)
+    assert run_policy(SwitchOptions(delta=delta, min_switch_step=3, max_switch_step=9), just_below, 10)[0] == 3
+
+
 def test_min_switch_step_holds_back_an_early_small_s():
     d = d_with_s([0.001] * 18)  # s is in the window from s_2 on
     assert run_policy(SwitchOptions(min_switch_step=7, max_switch_step=15), d, 20)[0] == 7

@@ -230,3 +230,34 @@ def test_per_model_thresholds():
     assert config.threshold_for("small") == 0.3
     with pytest.raises(ValueError, match=">= 0"):
         TeaCacheConfig({"large": -1.0})
+
+
+def test_a_skipped_pass_returns_both_streams_plus_their_cached_residuals():
+    """CogVideoX's blocks return (video, text) states. A skipped pass must give the last block's caller each
+    stream plus the residual the last computed pass left on it; diffusers 0.42 then drops the text stream,
+    so only the blocks' own output can show a lost text residual."""
+    from sr_plugin.tiny import tiny_pair
+
+    pipe, _ = tiny_pair("cogvideox")
+    accel = sr_plugin.accelerate(pipe, teacache=TeaCacheConfig(MIX["cogvideox"], LINEAR))
+    first, last = pipe.transformer.transformer_blocks[0], pipe.transformer.transformer_blocks[-1]
+    seen: list[tuple[str, torch.Tensor, torch.Tensor]] = []
+    handles = [
+        first.register_forward_pre_hook(lambda m, a, kw: seen.append(
+            ("in", kw["hidden_states"].clone(), kw["encoder_hidden_states"].clone())), with_kwargs=True),
+        last.register_forward_hook(lambda m, a, out: seen.append(("out", out[0].clone(), out[1].clone()))),
+    ]
+    run(pipe, "cogvideox")
+    for h in handles:
+        h.remove()
+    decisions = [step["cache"]["large/cond_uncond"] for step in accel.trace]
+    assert "skipped" in decisions and "computed" in decisions[1:]
+    pairs = [(seen[i], seen[i + 1]) for i in range(0, len(seen), 2)]
+    assert len(pairs) == len(decisions)
+    residual = None
+    for decision, ((_, h_in, e_in), (_, h_out, e_out)) in zip(decisions, pairs):
+        if decision == "computed":
+            residual = (h_out - h_in, e_out - e_in)
+        else:
+            assert torch.equal(h_out, h_in + residual[0]) and torch.equal(e_out, e_in + residual[1])
+            assert residual[1].abs().max() > 0
