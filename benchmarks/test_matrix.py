@@ -4,7 +4,7 @@ SR+each, SR+all}, each against the unpatched pipeline (see `sr_plugin.bench` for
 from __future__ import annotations
 
 import pytest
-from conftest import measure
+from bench_helpers import measure
 
 from sr_plugin.bench import CONFIGS, configure, skipped_fraction
 from sr_plugin.tiny import FAMILIES

@@ -4,7 +4,7 @@ switches (fixed switch_step=N: no host read; adaptive with the switch out of rea
 from __future__ import annotations
 
 import pytest
-from conftest import measure
+from bench_helpers import measure
 
 import sr_plugin
 from sr_plugin.bench import BENCH_STEPS

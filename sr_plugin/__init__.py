@@ -9,10 +9,14 @@
     cal = sr_plugin.calibrate_teacache(pipe, prompts)                   # fit TeaCache to your own models
 """
 
-from .accel import AccelHandle, PABConfig, TeaCacheCalibration, TeaCacheConfig, accelerate, calibrate_teacache
-from .api import SRHandle, apply
-from .policy import DEFAULT_DELTA
-from .trace import StepRecord, SwitchRecord
+from ._layout import use_checkout_adapters
+
+use_checkout_adapters()
+
+from .accel import AccelHandle  # noqa: E402, PABConfig, TeaCacheCalibration, TeaCacheConfig, accelerate, calibrate_teacache
+from .api import SRHandle, apply  # noqa: E402
+from .policy import DEFAULT_DELTA  # noqa: E402
+from .trace import StepRecord, SwitchRecord  # noqa: E402
 
 __version__ = "0.1.0"
 

@@ -1,31 +1,10 @@
-"""Shared helpers: tiny pipelines (sr_plugin.tiny) and a deterministic runner."""
+"""Fixtures: the tiny pipelines of each family. The helpers tests import live in pipeline_helpers.py."""
 
 from __future__ import annotations
 
-import functools
-from typing import Any
-
 import pytest
-import torch
 
-from sr_plugin.patching import InstancePatches
-from sr_plugin.tiny import FAMILIES, TINY_CALL, tiny_pair
-
-PROMPT = "a red car drives through a snowy city at night"
-STEPS = 10
-#: TeaCache with the identity polynomial (the rescaled distance is the relative L1 change itself) and
-#: thresholds that give a mix of computed and skipped calls on the tiny models, whose time embeddings
-#: change by 0.3 to 1.3 from step to step.
-LINEAR = {"large": (1.0, 0.0), "small": (1.0, 0.0)}
-MIX = {"wan": 1.5, "cogvideox": 1.2}
-
-
-def run(pipe: Any, family: str, steps: int = STEPS, seed: int = 0, output_type: str = "latent", **kwargs: Any):
-    """One call of the real pipeline with a fixed seed; returns the frames (latents by default)."""
-    args = dict(TINY_CALL[family], prompt=PROMPT, num_inference_steps=steps, output_type=output_type,
-                generator=torch.Generator().manual_seed(seed))
-    args.update(kwargs)
-    return pipe(**args).frames
+from sr_plugin.tiny import FAMILIES, tiny_pair
 
 
 @pytest.fixture(params=FAMILIES)
@@ -37,30 +16,3 @@ def family(request) -> str:
 def pair(family):
     """(pipe, small) for the parametrized family."""
     return tiny_pair(family)
-
-
-class CallLog:
-    """Records which transformer ran each call and the arguments it really received.
-
-    It wraps each instance's ``forward`` (so it sits inside any hook registered later, such as the hand-off
-    hook, and sees the mapped inputs); `close` restores the instances.
-    """
-
-    def __init__(self, **models: torch.nn.Module) -> None:
-        self.calls: list[str] = []
-        self.kwargs: list[dict[str, Any]] = []
-        self._patches = InstancePatches()
-        for name, model in models.items():
-            self._patches.set(model, "forward", self._wrap(name, model.forward))
-
-    def _wrap(self, name: str, forward):
-        @functools.wraps(forward)
-        def logged(*args, **kwargs):
-            self.calls.append(name)
-            self.kwargs.append(kwargs)
-            return forward(*args, **kwargs)
-
-        return logged
-
-    def close(self) -> None:
-        self._patches.undo()

@@ -15,7 +15,7 @@ import torch
 
 sys.path.insert(0, os.path.dirname(__file__))
 
-from conftest import CallLog, LINEAR, MIX, run  # noqa: E402
+from pipeline_helpers import CallLog, LINEAR, MIX, run  # noqa: E402
 
 import sr_plugin  # noqa: E402
 import sr_plugin.routing  # noqa: E402

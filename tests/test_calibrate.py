@@ -8,7 +8,7 @@ import math
 import numpy as np
 import pytest
 import torch
-from conftest import CallLog
+from pipeline_helpers import CallLog
 
 import sr_plugin
 from sr_plugin.accel import TeaCacheCalibration, calibrate_teacache, fit_rescale

@@ -6,7 +6,7 @@ import inspect
 
 import pytest
 import torch
-from conftest import STEPS, run
+from pipeline_helpers import STEPS, run
 from diffusers import (CogVideoXDPMScheduler, FlowMatchEulerDiscreteScheduler, FlowMatchHeunDiscreteScheduler)
 
 import sr_plugin

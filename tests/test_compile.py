@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import LINEAR, MIX, run
+from pipeline_helpers import LINEAR, MIX, run
 from diffusers import FirstBlockCacheConfig, WanTransformer3DModel
 
 import sr_plugin

@@ -4,7 +4,7 @@ targets, and a real sweep on a tiny pipeline whose extremes are known."""
 from __future__ import annotations
 
 import pytest
-from conftest import CallLog
+from pipeline_helpers import CallLog
 
 from sr_plugin.delta_calibration import DeltaCalibration, SweepRow, calibrate_delta, sweep_switch
 from sr_plugin.tiny import TINY_CALL, tiny_pair

@@ -10,7 +10,7 @@ import sys
 
 import pytest
 import torch
-from conftest import CallLog, run
+from pipeline_helpers import CallLog, run
 
 import sr_plugin
 
@@ -118,7 +118,7 @@ def test_offload_large_is_queued_at_the_switch_and_brought_back_before_the_next_
     """Where offload_large acts, checked on CPU: the large model leaves right after its last step (before the
     small model's first call), comes back at the start of the next call before any model runs, and is
     released by remove; without the switch it never leaves."""
-    from conftest import CallLog
+    from pipeline_helpers import CallLog
 
     pipe, small = pair
     handle = sr_plugin.apply(pipe, small, switch_step=3, offload_large=True)

@@ -6,7 +6,7 @@ import copy
 
 import pytest
 import torch
-from conftest import CallLog, run
+from pipeline_helpers import CallLog, run
 from diffusers import FirstBlockCacheConfig
 
 import sr_plugin

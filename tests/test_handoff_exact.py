@@ -7,7 +7,7 @@ import copy
 import numpy as np
 import pytest
 import torch
-from conftest import STEPS, CallLog, run
+from pipeline_helpers import STEPS, CallLog, run
 from diffusers import CogVideoXTransformer3DModel, WanPipeline
 
 import sr_plugin

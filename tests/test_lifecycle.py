@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import CallLog, run
+from pipeline_helpers import CallLog, run
 
 import sr_plugin
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import run
+from pipeline_helpers import run
 
 import sr_plugin
 from sr_plugin import PABConfig

@@ -33,3 +33,48 @@ def test_every_trained_family_file_is_package_data():
     assert files
     missed = [f for f in files if not any(fnmatch.fnmatch(f, g) and f.count("/") == g.count("/") for g in globs)]
     assert not missed, f"not shipped: {missed}"
+
+
+def test_the_built_wheel_works_outside_the_checkout(tmp_path):
+    """Build the wheel from a copy of the sources, unpack it, and run a test file and the shipped family
+    against the unpacked package only (the checkout is not on the path): a module or data file that only the
+    checkout has shows up here."""
+    import shutil
+    import subprocess
+    import sys
+    import zipfile
+
+    src = tmp_path / "src"
+    src.mkdir()
+    for name in ("pyproject.toml", "README.md"):
+        shutil.copy(ROOT / name, src / name)
+    for name in ("sr_plugin", "adapters"):
+        shutil.copytree(ROOT / name, src / name, ignore=shutil.ignore_patterns("__pycache__"))
+    built = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q",
+                            "-w", str(tmp_path / "dist"), str(src)], capture_output=True, text=True, timeout=300)
+    assert built.returncode == 0, built.stderr[-2000:]
+    (wheel,) = (tmp_path / "dist").glob("sr_plugin-*.whl")
+    site = tmp_path / "site"
+    zipfile.ZipFile(wheel).extractall(site)
+    env = {**__import__("os").environ, "PYTHONPATH": str(site)}
+    check = ("import sr_plugin, sr_plugin.adapters, pathlib; from sr_plugin import trained; "
+             f"assert pathlib.Path(sr_plugin.__file__).is_relative_to({str(site)!r}), sr_plugin.__file__; "
+             f"assert pathlib.Path(sr_plugin.adapters.__file__).is_relative_to({str(site)!r}); "
+             "trained.load('wan'); trained.load('cogvideox'); print('ok')")
+    ran = subprocess.run([sys.executable, "-c", check], cwd=tmp_path, env=env, capture_output=True, text=True,
+                         timeout=300)
+    assert ran.returncode == 0 and ran.stdout.strip().endswith("ok"), ran.stderr[-2000:]
+    tests = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
+                            str(ROOT / "tests" / "test_policy.py")], cwd=tmp_path, env=env, capture_output=True,
+                           text=True, timeout=300)
+    assert tests.returncode == 0, tests.stdout[-2000:]
+
+
+def test_a_checkout_runs_as_one_package_beside_an_installed_copy():
+    """`pip install .` then `python -m pytest` in the checkout: the checkout's sr_plugin/ comes first on the
+    path, and its adapters/ must be its sr_plugin.adapters (not missing, not the installed copy's)."""
+    import sr_plugin
+    import sr_plugin.adapters
+
+    if pathlib.Path(sr_plugin.__file__).parent == ROOT / "sr_plugin":
+        assert pathlib.Path(sr_plugin.adapters.__file__).parent == ROOT / "adapters"

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import LINEAR, MIX, run
+from pipeline_helpers import LINEAR, MIX, run
 
 import sr_plugin
 from sr_plugin import PABConfig, TeaCacheConfig

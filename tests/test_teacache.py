@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from conftest import LINEAR, MIX, STEPS, run
+from pipeline_helpers import LINEAR, MIX, STEPS, run
 
 import sr_plugin
 from sr_plugin import TeaCacheConfig

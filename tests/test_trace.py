@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import pytest
-from conftest import STEPS, CallLog, run
+from pipeline_helpers import STEPS, CallLog, run
 
 import sr_plugin
 from sr_plugin.policy import SwitchOptions, SwitchPolicy
