@@ -13,8 +13,9 @@ from ._layout import use_checkout_adapters
 
 use_checkout_adapters()
 
-from .accel import AccelHandle  # noqa: E402, PABConfig, TeaCacheCalibration, TeaCacheConfig, accelerate, calibrate_teacache
-from .api import SRHandle, apply  # noqa: E402
+from .accel import (AccelHandle, PABConfig, TeaCacheCalibration, TeaCacheConfig, accelerate,  # noqa: E402
+                    calibrate_teacache)
+from .api import SRHandle, apply, handle_of  # noqa: E402
 from .policy import DEFAULT_DELTA  # noqa: E402
 from .trace import StepRecord, SwitchRecord  # noqa: E402
 
@@ -22,5 +23,5 @@ __version__ = "0.1.0"
 
 __all__ = [
     "DEFAULT_DELTA", "AccelHandle", "PABConfig", "SRHandle", "StepRecord", "SwitchRecord", "TeaCacheCalibration",
-    "TeaCacheConfig", "accelerate", "apply", "calibrate_teacache", "__version__",
+    "TeaCacheConfig", "accelerate", "apply", "calibrate_teacache", "handle_of", "__version__",
 ]

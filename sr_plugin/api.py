@@ -6,7 +6,6 @@ from typing import Any
 
 import torch
 
-from .accel import accelerations_of
 from .adapters import adapter_for
 from .calls import CallTracker
 from .distributed import parallelize_like
@@ -60,11 +59,9 @@ class SRHandle:
         tracker = CallTracker.of(self.pipe)
         if tracker.active:
             raise RuntimeError("sr_plugin: cannot remove the switch while the pipeline is running")
+        tracker.leave("small")  # the accelerations take theirs off it (a no-op if it never joined)
         tracker.untrack(self.small)
         tracker.discard(self._router)
-        accel = accelerations_of(self.pipe)
-        if accel is not None:
-            accel.detach("small")
         self._router.mirror.undo()
         if self._router.offloader is not None:
             self._router.offloader.release()
@@ -77,6 +74,11 @@ class SRHandle:
     def __repr__(self) -> str:
         state = "removed" if self.removed else f"switch_step={self.switch_step}"
         return f"SRHandle({type(self.pipe).__name__}, {state})"
+
+
+def handle_of(pipe: Any) -> SRHandle | None:
+    """The handle `apply` returned for this pipeline, or None if the switch is not applied."""
+    return pipe.__dict__.get(HANDLE_ATTR)
 
 
 def apply(
@@ -136,9 +138,9 @@ def apply(
     if small_device is not None:
         small_device = torch.device(small_device)
 
-    accel = accelerations_of(pipe)
-    if accel is not None and small_transformer is not large:
-        accel.check(small_transformer, "small")
+    existing = CallTracker.existing(pipe)
+    if existing is not None and small_transformer is not large:
+        existing.check_join("small", small_transformer)  # e.g. accelerations that cannot go on it
 
     if small_device is not None:
         small_transformer.to(small_device)
@@ -147,8 +149,8 @@ def apply(
     router = Router(pipe, small_transformer, adapter, handoff, options, small_device=small_device)
     patches = InstancePatches()
     _install(pipe, small_transformer, router, patches)
-    if accel is not None and small_transformer is not large:
-        accel.attach(small_transformer, "small")
+    if small_transformer is not large:
+        CallTracker.of(pipe).join("small", small_transformer)
     if offload_large and small_transformer is not large:
         router.offloader = LargeOffloader(large)
         _restore_early(pipe, router, patches)

@@ -8,6 +8,10 @@ It rides on two things diffusers pipelines already do, patched on the instance o
   CFG, with the scale that step really used): the step counter advances there, and listeners observe it.
 
 Listeners (the router of the switch, the caching accelerations) get ``begin``, ``after_step`` and ``end``.
+
+It is also where the switch and the accelerations meet without knowing each other: the models in play by role
+(``"large"`` is ``pipe.transformer``; the switch brings ``"small"``), announced to the listeners as they join
+and leave (``check_model`` before anything changes, ``model_joined``, ``model_left``).
 """
 
 from __future__ import annotations
@@ -31,10 +35,31 @@ class CallListener(Protocol):
     def end(self, calls: "CallTracker") -> None: ...
 
 
+class ModelListener(Protocol):
+    """Optional listener methods: the accelerations follow the models in play through these."""
+
+    def check_model(self, model: torch.nn.Module, role: str) -> None: ...
+
+    def model_joined(self, model: torch.nn.Module, role: str) -> None: ...
+
+    def model_left(self, model: torch.nn.Module, role: str) -> None: ...
+
+
+def models_in_play(pipe: Any) -> dict[str, torch.nn.Module]:
+    """The pipeline's models by role, without installing anything: ``{"large": pipe.transformer, ...}``."""
+    tracker = CallTracker.existing(pipe)
+    return {"large": pipe.transformer, **(tracker.roles if tracker is not None else {})}
+
+
 class CallTracker:
     """Brackets every call of one pipeline instance and counts its steps. Get it with `CallTracker.of(pipe)`."""
 
     ATTR = "_sr_plugin_calls"
+
+    @classmethod
+    def existing(cls, pipe: Any) -> "CallTracker | None":
+        """The pipeline's tracker if one is installed (looking changes nothing)."""
+        return pipe.__dict__.get(cls.ATTR)
 
     @classmethod
     def of(cls, pipe: Any) -> "CallTracker":
@@ -58,6 +83,8 @@ class CallTracker:
         self.group: Any = None
         #: Models whose caches this tracker manages besides pipe.transformer (the small model, ...), counted.
         self._tracked: dict[int, list[Any]] = {}
+        #: Models in play besides pipe.transformer ("large"), by role: the switch's small model is "small".
+        self.roles: dict[str, torch.nn.Module] = {}
         self._install = InstancePatches()
         self._call = InstancePatches()
         original = pipe.progress_bar
@@ -83,6 +110,36 @@ class CallTracker:
             self.listeners.remove(listener)
         if not self.listeners:
             self._install.undo()
+
+    # ------------------------------------------------------------------ models in play, by role
+    def check_join(self, role: str, model: torch.nn.Module) -> None:
+        """Every error a listener would raise for ``model`` joining as ``role``, before anything changes."""
+        for listener in list(self.listeners):
+            check = getattr(listener, "check_model", None)
+            if check is not None:
+                check(model, role)
+
+    def join(self, role: str, model: torch.nn.Module) -> None:
+        if self.active:
+            raise RuntimeError("sr_plugin: cannot change a pipeline while it is running")
+        if role in self.roles or role == "large":
+            raise ValueError(f"a {role} model is already in play on this pipeline")
+        self.roles[role] = model
+        for listener in list(self.listeners):
+            joined = getattr(listener, "model_joined", None)
+            if joined is not None:
+                joined(model, role)
+
+    def leave(self, role: str) -> None:
+        if self.active:
+            raise RuntimeError("sr_plugin: cannot change a pipeline while it is running")
+        model = self.roles.pop(role, None)
+        if model is None:
+            return
+        for listener in reversed(self.listeners):
+            left = getattr(listener, "model_left", None)
+            if left is not None:
+                left(model, role)
 
     def track(self, model: torch.nn.Module) -> None:
         """Manage ``model``'s caches per call (fresh at the start, released at the end), as diffusers does for

@@ -13,7 +13,7 @@ from typing import Any, Callable
 import torch
 from diffusers.hooks import HookRegistry
 
-from .accel.mirror import UserCacheMirror
+from .user_cache_mirror import UserCacheMirror
 from .adapters import FamilyAdapter, Handoff
 from .calls import CallTracker, _reset_caches
 from .distributed import cp_group

@@ -1,7 +1,8 @@
 """`sr_plugin.accelerate`: TeaCache, CFG-aware PAB, First Block Cache and regional compile on both transformers.
 
 Works with or without the switch, in either order relative to `sr_plugin.apply`: the large transformer gets
-the accelerations now, the small one as soon as the switch is applied (each with its own state and, for
+the accelerations now, the small one as soon as it joins the pipeline's call tracker (the switch never calls
+in here; the tracker announces its models) (each with its own state and, for
 TeaCache, its own coefficients); `remove` on either handle takes back exactly what it added.
 """
 
@@ -13,7 +14,7 @@ from typing import Any
 import torch
 
 from ..adapters import FamilyAdapter, adapter_for
-from ..calls import CallTracker
+from ..calls import CallTracker, models_in_play
 from ..patching import InstancePatches, drop_hook_residue
 from .calibrate import TeaCacheCalibration, calibrate_teacache, fit_rescale
 from .compile import DEFAULT_OPTIONS, check_compilable, compile_blocks
@@ -97,6 +98,16 @@ class Accelerations:
             patches.undo()
         drop_hook_residue(model)
 
+    # ------------------------------------------------------------------ models joining and leaving (the tracker)
+    def check_model(self, model: torch.nn.Module, role: str) -> None:
+        self.check(model, role)
+
+    def model_joined(self, model: torch.nn.Module, role: str) -> None:
+        self.attach(model, role)
+
+    def model_left(self, model: torch.nn.Module, role: str) -> None:
+        self.detach(role)
+
     # ------------------------------------------------------------------ per call
     def begin(self, calls: CallTracker) -> None:
         pass  # the tracker gives every tracked model fresh cache state (and group-wide decisions) per call
@@ -178,14 +189,12 @@ def accelerate(
         compile_options["fullgraph"] = False  # PAB's per-branch decision is a graph break inside each block
 
     accel = Accelerations(pipe, adapter, teacache_config, pab_config, fbcache, compile_options)
-    small = _switch_small(pipe)
-    accel.check(pipe.transformer, "large")
-    if small is not None and small is not pipe.transformer:
-        accel.check(small, "small")
+    models = models_in_play(pipe)  # "large", and "small" once the switch is applied
+    for role, model in models.items():
+        accel.check(model, role)
     accel.install()
-    accel.attach(pipe.transformer, "large")
-    if small is not None and small is not pipe.transformer:
-        accel.attach(small, "small")
+    for role, model in models.items():
+        accel.attach(model, role)
     return AccelHandle(accel)
 
 
@@ -200,13 +209,6 @@ def _pab_config(pab: bool | PABConfig) -> PABConfig | None:
     if not isinstance(config, PABConfig):
         raise TypeError(f"pab must be True or a PABConfig, got {type(pab).__name__}")
     return config
-
-
-def _switch_small(pipe: Any) -> torch.nn.Module | None:
-    from ..api import HANDLE_ATTR
-
-    handle = pipe.__dict__.get(HANDLE_ATTR)
-    return None if handle is None else handle.small
 
 
 def accelerations_of(pipe: Any) -> Accelerations | None:

@@ -20,6 +20,7 @@ import torch
 from diffusers.hooks import HookRegistry, ModelHook
 
 from ..adapters import adapter_for
+from ..calls import models_in_play
 from ..patching import drop_hook_residue
 from .teacache import (MAX_DEGREE, RET_WARMUP_STEPS, WARMUP_STEPS, TeaCacheConfig, _binder,
                        check_coefficients)
@@ -179,10 +180,7 @@ def calibrate_teacache(pipe: Any, prompts: Sequence[str], *, num_inference_steps
     if accel is not None and (accel.teacache is not None or accel.pab is not None or accel.fbcache is not None):
         raise ValueError("calibrate TeaCache on a pipeline without caching accelerations: remove the "
                          "sr_plugin.accelerate handle first (cached steps would be measured as unchanged)")
-    models = {"large": pipe.transformer}
-    handle = pipe.__dict__.get("_sr_plugin_handle")
-    if handle is not None and handle.small is not pipe.transformer:
-        models["small"] = handle.small
+    models = models_in_play(pipe)  # with the switch applied, its small model too
     for role, model in models.items():
         if getattr(model, "_cache_config", None) is not None:
             raise ValueError(f"the {role} transformer has a diffusers cache enabled: disable it to calibrate")

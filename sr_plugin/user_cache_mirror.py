@@ -18,7 +18,7 @@ from typing import Any, ContextManager
 
 import torch
 
-from ..patching import drop_hook_residue
+from .patching import drop_hook_residue
 
 _PARA_STATE_FIELDS = {"buffers", "incremental_name_counters", "executed_steps", "is_alter_cache", "taylorseer",
                       "alter_taylorseer"}
