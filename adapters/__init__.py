@@ -1,23 +1,34 @@
-"""One adapter per pipeline family; adding a family means adding a module here and listing it below."""
+"""One adapter per pipeline family. A family is one module whose adapter class is decorated with
+`register_family`; the two shipped ones are imported here so that they register."""
 
 from __future__ import annotations
 
 from typing import Any
 
-from .base import FamilyAdapter, Handoff
-from .cogvideox import CogVideoXAdapter
-from .wan import WanAdapter
+from . import wan  # noqa: F401, I001  (registers itself; Wan first, as the docs list them)
+from . import cogvideox  # noqa: F401, E402
+from .base import FamilyAdapter, Handoff, register_family, registered_families, unregister_family
 
-ADAPTERS: tuple[FamilyAdapter, ...] = (WanAdapter(), CogVideoXAdapter())
+
+def family(key: str) -> FamilyAdapter:
+    """The registered family with this key, or a clear error listing the known ones."""
+    for adapter in registered_families():
+        if adapter.key == key:
+            return adapter
+    raise ValueError(f"unknown family {key!r}; known: {', '.join(family_keys())}")
+
+
+def family_keys() -> tuple[str, ...]:
+    return tuple(a.key for a in registered_families())
 
 
 def supported_pipelines() -> list[str]:
-    return [n for a in ADAPTERS for n in a.pipeline_class_names]
+    return [n for a in registered_families() for n in a.pipeline_class_names]
 
 
 def adapter_for(pipe: Any) -> FamilyAdapter:
     """The adapter serving this pipeline instance, or a clear error naming the supported classes."""
-    for adapter in ADAPTERS:
+    for adapter in registered_families():
         if adapter.serves(pipe):
             return adapter
     raise TypeError(
@@ -25,4 +36,5 @@ def adapter_for(pipe: Any) -> FamilyAdapter:
     )
 
 
-__all__ = ["ADAPTERS", "FamilyAdapter", "Handoff", "adapter_for", "supported_pipelines"]
+__all__ = ["FamilyAdapter", "Handoff", "adapter_for", "family", "family_keys", "register_family",
+           "registered_families", "supported_pipelines", "unregister_family"]

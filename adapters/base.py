@@ -25,11 +25,40 @@ class Handoff:
         return output
 
 
+#: The registered families by key, in registration order (`register_family`).
+_REGISTRY: dict[str, "FamilyAdapter"] = {}
+
+
+def register_family(cls: type["FamilyAdapter"]) -> type["FamilyAdapter"]:
+    """Class decorator: make a family known to `apply`, `accelerate`, the CLI and the tests. A family is its
+    adapter module; registering the same key again replaces the earlier adapter."""
+    adapter = cls()
+    if not adapter.key or not adapter.name or not adapter.pipeline_class_names:
+        raise ValueError(f"{cls.__name__} must set key, name and pipeline_class_names to be registered")
+    _REGISTRY[adapter.key] = adapter
+    return cls
+
+
+def unregister_family(key: str) -> None:
+    _REGISTRY.pop(key, None)
+
+
+def registered_families() -> tuple["FamilyAdapter", ...]:
+    return tuple(_REGISTRY.values())
+
+
 class FamilyAdapter:
     """One pipeline family (Wan, CogVideoX). Subclasses hold everything family-specific."""
 
     #: Short name shown in errors and traces.
     name: str = ""
+    #: Lower-case key used on the command line and in the registry ("wan", "cogvideox").
+    key: str = ""
+    #: Frames per second of the published models' videos (the CLI writes videos at this rate).
+    fps: int = 16
+    #: The ``cache_context`` names of one step's transformer calls: ("cond", "uncond") for CFG as two calls,
+    #: ("cond_uncond",) for one batched call. Traces and per-branch caches are keyed on these.
+    cfg_branches: tuple[str, ...] = ("cond", "uncond")
     #: diffusers class names of the pipelines and transformer this adapter serves.
     pipeline_class_names: tuple[str, ...] = ()
     transformer_class_name: str = ""
@@ -78,14 +107,31 @@ class FamilyAdapter:
         raise NotImplementedError
 
     # ------------------------------------------------------------------ what the accelerations need
-    #: Whether the blocks return ``(hidden_states, encoder_hidden_states)`` rather than hidden_states alone.
-    blocks_return_encoder_states: bool = False
+    #: What the blocks return, by argument name: ``("hidden_states",)`` for a tensor, or a tuple's layout
+    #: such as ``("hidden_states", "encoder_hidden_states")``. Per block list with `block_layouts`.
+    block_layout: tuple[str, ...] = ("hidden_states",)
     #: TeaCache's published rescale polynomials (numpy poly1d order, highest degree first), by name.
     teacache_coefficients: dict[str, tuple[float, ...]] = {}
 
-    def blocks(self, model: torch.nn.Module) -> torch.nn.ModuleList:
-        """The transformer blocks, in call order (regional compilation and block caches work on these)."""
-        raise NotImplementedError
+    def block_lists(self, model: torch.nn.Module) -> list[torch.nn.ModuleList]:
+        """The model's block lists in call order (one for Wan and CogVideoX; two for dual- then single-stream
+        models). Default: the single list `blocks` gives."""
+        return [self.blocks(model)]
+
+    def block_layouts(self, model: torch.nn.Module) -> list[tuple[str, ...]]:
+        """The return layout of each block list (default: `block_layout` for all)."""
+        return [self.block_layout] * len(self.block_lists(model))
+
+    def blocks(self, model: torch.nn.Module) -> list[torch.nn.Module]:
+        """Every transformer block, in call order (regional compilation and block caches work on these).
+        Single-list families override this; others override `block_lists`."""
+        if type(self).block_lists is FamilyAdapter.block_lists:
+            raise NotImplementedError(f"{type(self).__name__} must define blocks or block_lists")
+        return [b for blocks in self.block_lists(model) for b in blocks]
+
+    def blocks_with_layouts(self, model: torch.nn.Module) -> list[tuple[torch.nn.Module, tuple[str, ...]]]:
+        return [(b, layout) for blocks, layout in zip(self.block_lists(model), self.block_layouts(model))
+                for b in blocks]
 
     def attention_modules(self, model: torch.nn.Module) -> list[tuple[torch.nn.Module, str]]:
         """``(module, "self" | "cross")`` for every attention layer Pyramid Attention Broadcast may reuse."""
@@ -105,11 +151,15 @@ class FamilyAdapter:
         """The published coefficient set for this model's config, or None if it matches none."""
         return None
 
+    #: Names of the family-only hand-off options (`apply(..., family_options={...})`); none by default.
+    option_names: tuple[str, ...] = ()
+
     def make_handoff(self, pipe: Any, small: torch.nn.Module, **options: Any) -> Handoff:
         """Build the mapping used while the small model runs. Unknown options are an error."""
         if any(v is not None for v in options.values()):
             given = ", ".join(k for k, v in options.items() if v is not None)
-            raise TypeError(f"{given} only apply to pipelines whose two models use different latent spaces "
+            verb = "applies" if "," not in given else "apply"
+            raise TypeError(f"{given} only {verb} to pipelines whose two models use different latent spaces "
                             f"(CogVideoX); a {self.name} pair hands over unchanged")
         return Handoff()
 

@@ -19,7 +19,7 @@ from typing import Any
 
 import torch
 
-from .base import FamilyAdapter, Handoff
+from .base import FamilyAdapter, Handoff, register_family
 
 #: CogVideoX-2b's VAE ``scaling_factor`` (its vae/config.json): the scale its transformer was trained on.
 PUBLISHED_2B_VAE_SCALING_FACTOR = 1.15258426
@@ -172,7 +172,12 @@ class CogVideoXHandoff(Handoff):
         return _bcast(coef["coef_x"], x) * x.float() + _bcast(coef["coef_v"], x) * output.float()
 
 
+@register_family
 class CogVideoXAdapter(FamilyAdapter):
+    key = "cogvideox"
+    fps = 8
+    cfg_branches = ("cond_uncond",)
+    option_names = ("small_vae_scaling_factor", "small_scheduler")
     name = "CogVideoX"
     pipeline_class_names = ("CogVideoXPipeline",)
     transformer_class_name = "CogVideoXTransformer3DModel"
@@ -217,7 +222,7 @@ class CogVideoXAdapter(FamilyAdapter):
         return CogVideoXHandoff(pipe, small, small_vae_scaling_factor, small_scheduler)
 
     teacache_coefficients = COGVIDEOX_TEACACHE_COEFFICIENTS
-    blocks_return_encoder_states = True  # the blocks update text and video tokens together
+    block_layout = ("hidden_states", "encoder_hidden_states")  # the blocks update video and text tokens together
 
     def blocks(self, model: torch.nn.Module) -> torch.nn.ModuleList:
         return model.transformer_blocks

@@ -11,7 +11,7 @@ from typing import Any
 
 import torch
 
-from .base import FamilyAdapter
+from .base import FamilyAdapter, register_family
 
 
 #: TeaCache rescale polynomials published for Wan2.1 T2V (ali-vilab/TeaCache, TeaCache4Wan2.1), numpy
@@ -28,8 +28,12 @@ WAN_TEACACHE_COEFFICIENTS: dict[str, tuple[float, ...]] = {
 _WAN_SIZES = {(30, 12, 128): "wan2.1-t2v-1.3b", (40, 40, 128): "wan2.1-t2v-14b"}
 
 
+@register_family
 class WanAdapter(FamilyAdapter):
     name = "Wan"
+    key = "wan"
+    fps = 16
+    cfg_branches = ("cond", "uncond")
     pipeline_class_names = ("WanPipeline",)
     transformer_class_name = "WanTransformer3DModel"
     pair_fields = ("in_channels", "out_channels", "patch_size", "text_dim")

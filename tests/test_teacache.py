@@ -27,7 +27,7 @@ def chain(rel: list[float], start: float = 1.0) -> list[torch.Tensor]:
 
 def replay(inputs: list[torch.Tensor], threshold: float, coefficients, num_steps: int, warmup: int = 1) -> list[bool]:
     state = TeaCacheState()
-    state.residual = torch.zeros(1)  # a computed call has left a residual
+    state.residuals = {"hidden_states": torch.zeros(1)}  # a computed call has left a residual
     return [state.decide(x, j, num_steps, threshold, coefficients, warmup) for j, x in enumerate(inputs)]
 
 
@@ -74,9 +74,9 @@ def test_threshold_zero_reproduces_the_baseline_exactly(pair, family, switch):
 
 def capture_block_io(model, family):
     """Per transformer call: (blocks' input, blocks' output) hidden states, and TeaCache's cache context."""
-    from sr_plugin.adapters import ADAPTERS
+    from sr_plugin.adapters import family as registered
 
-    adapter = ADAPTERS[0] if family == "wan" else ADAPTERS[1]
+    adapter = registered(family)
     blocks = adapter.blocks(model)
     after = model.norm_out if family == "wan" else model.norm_final
     calls = []
@@ -124,7 +124,7 @@ def test_decisions_follow_the_rule_on_the_real_modulated_inputs():
     state, expected = TeaCacheState(), []
     for j, x in enumerate(temb):
         expected.append("computed" if state.decide(x, j, 12, MIX["cogvideox"], (1.0, 0.0), 1) else "skipped")
-        state.residual = torch.zeros(1)
+        state.residuals = {"hidden_states": torch.zeros(1)}
     assert [s["cache"]["large/cond_uncond"] for s in handle.trace] == expected
     assert "skipped" in expected
 

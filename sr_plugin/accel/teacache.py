@@ -174,14 +174,14 @@ class TeaCacheState(BaseState):
     def reset(self) -> None:
         self.accumulated = 0.0
         self.previous: torch.Tensor | None = None
-        self.residual: torch.Tensor | None = None
-        self.encoder_residual: torch.Tensor | None = None
+        #: Per stream the last block returns ("hidden_states", "encoder_hidden_states", ...): output - input.
+        self.residuals: dict[str, torch.Tensor] = {}
 
     def decide(self, modulated: torch.Tensor, step: int, num_steps: int, threshold: float,
                coefficients: Sequence[float], warmup: int, agree: Any = None) -> bool:
         """The published rule: True to compute the blocks, False to reuse the cached residual."""
         forced = (self.previous is None or threshold <= 0 or step < warmup or step >= num_steps - 1
-                  or self.residual is None)
+                  or not self.residuals)
         if forced:
             compute = True
         else:
@@ -200,18 +200,20 @@ class _ModelTeaCache:
     """Everything the hooks of one transformer share."""
 
     def __init__(self, tracker: CallTracker, role: str, config: TeaCacheConfig, coefficients: tuple[float, ...],
-                 source: tuple[str, Any], returns_encoder: bool) -> None:
+                 source: tuple[str, Any]) -> None:
         self.tracker = tracker
         self.role = role
         self.threshold = config.threshold_for(role)
         self.coefficients = coefficients
         self.warmup = RET_WARMUP_STEPS if config.ret_steps else WARMUP_STEPS
         self.source = source
-        self.returns_encoder = returns_encoder
         self.state_manager = StateManager(TeaCacheState)
         self.captured: torch.Tensor | None = None
         self.skip = False
-        self.block_input: tuple[torch.Tensor, torch.Tensor | None] | None = None
+        #: The first block's inputs of the streams the last block returns, while a computed pass runs.
+        self.block_input: dict[str, torch.Tensor] | None = None
+        #: The last block's return layout: the streams that carry a residual.
+        self.streams: tuple[str, ...] = ("hidden_states",)
 
 
 def _binder(block: torch.nn.Module):
@@ -236,11 +238,12 @@ class _InputCaptureHook(ModelHook):
 
 
 class _BlockHook(ModelHook):
-    """On every block: the first decides, the others follow; the last adds or stores the residual."""
+    """On every block: the first decides, the others follow; the last adds or stores the residuals. A skipped
+    block returns its inputs in its own return layout (``layout``: argument names)."""
 
-    def __init__(self, shared: _ModelTeaCache, first: bool, last: bool, bind: Any) -> None:
+    def __init__(self, shared: _ModelTeaCache, first: bool, last: bool, bind: Any, layout: tuple[str, ...]) -> None:
         super().__init__()
-        self.shared, self.first, self.last, self.bind = shared, first, last, bind
+        self.shared, self.first, self.last, self.bind, self.layout = shared, first, last, bind, layout
         if first:
             self._is_stateful = True
             self.state_manager = shared.state_manager  # receives the pipeline's cache_context
@@ -261,28 +264,19 @@ class _BlockHook(ModelHook):
             tracker.log_cache(sh.role, sh.state_manager.context.name, compute)
             sh.skip = not compute
             if compute:
-                sh.block_input = (bound["hidden_states"], bound.get("encoder_hidden_states"))
+                sh.block_input = {name: bound[name] for name in sh.streams}
         if sh.skip:
             return self._reuse(bound, state)
         output = self.fn_ref.original_forward(*args, **kwargs)
         if self.last:
-            hidden_in, encoder_in = sh.block_input
-            if sh.returns_encoder:
-                state.residual = output[0] - hidden_in
-                state.encoder_residual = output[1] - encoder_in
-            else:
-                state.residual = output - hidden_in
+            returned = dict(zip(self.layout, output if isinstance(output, tuple) else (output,)))
+            state.residuals = {name: returned[name] - sh.block_input[name] for name in self.layout}
             sh.block_input = None
         return output
 
     def _reuse(self, bound: dict[str, Any], state: TeaCacheState) -> Any:
-        hidden = bound["hidden_states"]
-        encoder = bound.get("encoder_hidden_states")
-        if self.last:
-            hidden = hidden + state.residual
-            if self.shared.returns_encoder:
-                encoder = encoder + state.encoder_residual
-        return (hidden, encoder) if self.shared.returns_encoder else hidden
+        values = [bound[name] + state.residuals[name] if self.last else bound[name] for name in self.layout]
+        return values[0] if len(values) == 1 else tuple(values)
 
 
 def apply_teacache(model: torch.nn.Module, adapter: Any, tracker: CallTracker, role: str,
@@ -290,13 +284,13 @@ def apply_teacache(model: torch.nn.Module, adapter: Any, tracker: CallTracker, r
     """Register TeaCache's hooks on ``model``'s blocks (undo with `remove_teacache`)."""
     coefficients = resolve_coefficients(config, adapter, model, role)
     source = adapter.teacache_input(model, config.ret_steps)
-    blocks = adapter.blocks(model)
-    shared = _ModelTeaCache(tracker, role, config, coefficients, source,
-                            returns_encoder=adapter.blocks_return_encoder_states)
+    blocks = adapter.blocks_with_layouts(model)
+    shared = _ModelTeaCache(tracker, role, config, coefficients, source)
+    shared.streams = blocks[-1][1]
     if source[0] == "output_of":
         HookRegistry.check_if_exists_or_initialize(source[1]).register_hook(_InputCaptureHook(shared, source[2]), _INPUT)
-    for i, block in enumerate(blocks):
-        hook = _BlockHook(shared, first=i == 0, last=i == len(blocks) - 1, bind=_binder(block))
+    for i, (block, layout) in enumerate(blocks):
+        hook = _BlockHook(shared, first=i == 0, last=i == len(blocks) - 1, bind=_binder(block), layout=layout)
         HookRegistry.check_if_exists_or_initialize(block).register_hook(hook, _LEADER if i == 0 else _BLOCK)
     HookRegistry.check_if_exists_or_initialize(model).invalidate_child_registries_cache()
     return shared
