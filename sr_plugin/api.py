@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 import torch
@@ -93,6 +94,7 @@ def apply(
     small_scheduler: Any = None,
     small_device: str | torch.device | None = None,
     offload_large: bool = False,
+    family_options: Mapping[str, Any] | None = None,
 ) -> SRHandle:
     """Let ``small_transformer`` render the late denoising steps of ``pipe``'s large transformer.
 
@@ -108,6 +110,8 @@ def apply(
             model with a 5b-style large one, else the large model's).
         small_device: keep the small model on another device (for example "cuda:1"): latents and embeddings
             move there at each small-model call, the prediction comes back; `pipe.to` leaves it in place.
+        family_options: the family's own hand-off options by name (CogVideoX: ``small_vae_scaling_factor``,
+            ``small_scheduler``; the keywords above stay as shorthands); the adapter validates them.
         offload_large: after the switch, move the large model's weights to pinned host memory on a side stream,
             overlapped with the small model's steps; they come back at the start of the next call (CUDA only).
 
@@ -130,9 +134,9 @@ def apply(
         raise TypeError(f"small_transformer must be a torch.nn.Module, got {type(small_transformer).__name__}")
     adapter.check_pipeline(pipe)
     adapter.check_pair(large, small_transformer)
-    handoff = adapter.make_handoff(
-        pipe, small_transformer, small_vae_scaling_factor=small_vae_scaling_factor, small_scheduler=small_scheduler
-    )
+    options_given = _family_options(adapter, family_options, small_vae_scaling_factor=small_vae_scaling_factor,
+                                    small_scheduler=small_scheduler)
+    handoff = adapter.make_handoff(pipe, small_transformer, **options_given)
     if not isinstance(offload_large, bool):
         raise TypeError(f"offload_large must be True or False, got {offload_large!r}")
     if small_device is not None:
@@ -157,6 +161,24 @@ def apply(
     handle = SRHandle(pipe, small_transformer, router, patches, undo_parallel)
     patches.set(pipe, HANDLE_ATTR, handle)
     return handle
+
+
+def _family_options(adapter: Any, family_options: Mapping[str, Any] | None, **shorthands: Any) -> dict[str, Any]:
+    """The family's hand-off options: ``family_options`` merged with the keyword shorthands, by the adapter's
+    option names; an unknown name or one given twice is an error."""
+    if family_options is None:
+        return shorthands
+    if not isinstance(family_options, Mapping):
+        raise TypeError(f"family_options must be a mapping of option names to values, got {type(family_options).__name__}")
+    unknown = [k for k in family_options if k not in adapter.option_names]
+    if unknown:
+        known = ", ".join(adapter.option_names) or "none"
+        raise TypeError(f"unknown {adapter.name} family option(s) {', '.join(map(str, unknown))}; known: {known}")
+    twice = [k for k, v in shorthands.items() if v is not None and k in family_options]
+    if twice:
+        raise TypeError(f"{', '.join(twice)} given both as a keyword and in family_options")
+    return {**{k: v for k, v in shorthands.items() if k in adapter.option_names or v is not None},
+            **family_options}
 
 
 def _restore_early(pipe: Any, router: Router, patches: InstancePatches) -> None:

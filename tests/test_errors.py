@@ -7,7 +7,7 @@ import torch
 from diffusers import CogVideoXDDIMScheduler, WanPipeline
 
 import sr_plugin
-from sr_plugin.tiny import tiny_cogvideox, tiny_cogvideox_transformer, tiny_wan, tiny_wan_transformer
+from sr_plugin.tiny import tiny_cogvideox, tiny_cogvideox_transformer, tiny_pair, tiny_wan, tiny_wan_transformer
 
 
 def wan_small(**overrides):
@@ -99,3 +99,29 @@ def test_wrong_scheduler_family_is_refused_before_generation():
     with pytest.raises(ValueError, match="v-prediction"):
         pipe(prompt="a cat", num_inference_steps=3, num_frames=9, output_type="latent")
     assert calls == []
+
+
+def test_family_options_are_the_adapters_to_validate():
+    """family_options carries a family's own hand-off options; today's keywords stay as shorthands and give the
+    same hand-off."""
+    from pipeline_helpers import run
+
+    pipe, small = tiny_pair("cogvideox")
+    handle = sr_plugin.apply(pipe, small, switch_step=3, small_vae_scaling_factor=1.15258426)
+    expected = run(pipe, "cogvideox")
+    handle.remove()
+    handle = sr_plugin.apply(pipe, small, switch_step=3, family_options={"small_vae_scaling_factor": 1.15258426})
+    assert torch.equal(run(pipe, "cogvideox"), expected)
+    handle.remove()
+    before = dict(vars(pipe))
+    for bad, error, message in (({"x": 1}, TypeError, "unknown CogVideoX family option.*known: small_vae"),
+                                ({"small_vae_scaling_factor": -1}, ValueError, "positive number"),
+                                ([("small_scheduler", 1)], TypeError, "must be a mapping")):
+        with pytest.raises(error, match=message):
+            sr_plugin.apply(pipe, small, family_options=bad)
+    with pytest.raises(TypeError, match="both as a keyword and in family_options"):
+        sr_plugin.apply(pipe, small, small_vae_scaling_factor=1.0, family_options={"small_vae_scaling_factor": 1.0})
+    assert dict(vars(pipe)) == before
+    wan, wan_small = tiny_pair("wan")
+    with pytest.raises(TypeError, match="unknown Wan family option.*known: none"):
+        sr_plugin.apply(wan, wan_small, family_options={"small_scheduler": 1})
