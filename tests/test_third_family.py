@@ -1,0 +1,222 @@
+"""A third family, all in this file: a toy pipeline whose transformer has two block lists (dual-stream blocks
+returning (video, text), then single-stream blocks returning (text, video), as Flux-style models do), and its
+adapter, registered with `register_family`. The switch, TeaCache, PAB and the trace work on it with no edit
+anywhere else."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import pytest
+import torch
+from diffusers import DiffusionPipeline, FlowMatchEulerDiscreteScheduler
+from diffusers.configuration_utils import ConfigMixin, register_to_config
+from diffusers.models.cache_utils import CacheMixin
+from diffusers.models.modeling_utils import ModelMixin
+
+import sr_plugin
+from sr_plugin import PABConfig, TeaCacheConfig
+from sr_plugin.adapters import FamilyAdapter, register_family, unregister_family
+
+STEPS = 10
+TEXT_DIM = 16
+
+
+# ------------------------------------------------------------------------------------------ the toy model
+class ToyAttention(torch.nn.Module):
+    def __init__(self, dim: int) -> None:
+        super().__init__()
+        self.q, self.k, self.v = (torch.nn.Linear(dim, dim) for _ in range(3))
+
+    def forward(self, x: torch.Tensor, context: torch.Tensor | None = None) -> torch.Tensor:
+        context = x if context is None else context
+        return torch.nn.functional.scaled_dot_product_attention(self.q(x), self.k(context), self.v(context))
+
+
+class DualBlock(torch.nn.Module):
+    def __init__(self, dim: int) -> None:
+        super().__init__()
+        self.attn, self.cross, self.mod, self.text = ToyAttention(dim), ToyAttention(dim), torch.nn.Linear(dim, dim), \
+            torch.nn.Linear(dim, dim)
+
+    def forward(self, hidden_states, encoder_hidden_states, temb):
+        h = hidden_states + self.attn(hidden_states * (1 + self.mod(temb)[:, None]))
+        h = h + self.cross(h, encoder_hidden_states)
+        return h, encoder_hidden_states + torch.tanh(self.text(encoder_hidden_states))
+
+
+class SingleBlock(torch.nn.Module):
+    def __init__(self, dim: int) -> None:
+        super().__init__()
+        self.attn, self.mod = ToyAttention(dim), torch.nn.Linear(dim, dim)
+
+    def forward(self, hidden_states, encoder_hidden_states, temb):
+        n = encoder_hidden_states.shape[1]
+        joint = torch.cat([encoder_hidden_states, hidden_states], dim=1)
+        joint = joint + self.attn(joint * (1 + self.mod(temb)[:, None]))
+        return joint[:, :n], joint[:, n:]  # text first, as Flux's single blocks
+
+
+class ToyTransformer(ModelMixin, ConfigMixin, CacheMixin):
+    @register_to_config
+    def __init__(self, in_channels: int = 4, dim: int = 32, text_dim: int = TEXT_DIM, num_dual: int = 2,
+                 num_single: int = 2) -> None:
+        super().__init__()
+        self.proj_in, self.proj_out = torch.nn.Linear(in_channels, dim), torch.nn.Linear(dim, in_channels)
+        self.time = torch.nn.Sequential(torch.nn.Linear(16, dim), torch.nn.SiLU(), torch.nn.Linear(dim, dim))
+        self.text_proj = torch.nn.Linear(text_dim, dim)
+        self.dual_blocks = torch.nn.ModuleList(DualBlock(dim) for _ in range(num_dual))
+        self.single_blocks = torch.nn.ModuleList(SingleBlock(dim) for _ in range(num_single))
+
+    def forward(self, hidden_states, timestep, encoder_hidden_states, return_dict: bool = False):
+        b, c, h, w = hidden_states.shape
+        freqs = torch.exp(-math.log(1000) * torch.arange(8) / 8)
+        angles = timestep.float()[:, None] * freqs[None]
+        temb = self.time(torch.cat([angles.sin(), angles.cos()], dim=1))
+        x = self.proj_in(hidden_states.flatten(2).transpose(1, 2))
+        e = self.text_proj(encoder_hidden_states)
+        for block in self.dual_blocks:
+            x, e = block(hidden_states=x, encoder_hidden_states=e, temb=temb)
+        for block in self.single_blocks:
+            e, x = block(hidden_states=x, encoder_hidden_states=e, temb=temb)
+        return (self.proj_out(x).transpose(1, 2).reshape(b, c, h, w),)
+
+
+class ToyPipeline(DiffusionPipeline):
+    """CFG as two calls per step, each in its cache context, like WanPipeline; reads pipe.transformer per call."""
+
+    def __init__(self, transformer: ToyTransformer, scheduler: FlowMatchEulerDiscreteScheduler) -> None:
+        super().__init__()
+        self.register_modules(transformer=transformer, scheduler=scheduler)
+
+    @torch.no_grad()
+    def __call__(self, prompt_embeds, negative_prompt_embeds, num_inference_steps: int = STEPS,
+                 guidance_scale: float = 4.0, seed: int = 0, models_by_step: list | None = None):
+        latents = torch.randn((1, 4, 4, 4), generator=torch.Generator().manual_seed(seed))
+        self.scheduler.set_timesteps(num_inference_steps)
+        with self.progress_bar(total=num_inference_steps) as bar:
+            for i, t in enumerate(self.scheduler.timesteps):
+                model = self.transformer if models_by_step is None else models_by_step[i]
+                with model.cache_context("cond"):
+                    cond = model(hidden_states=latents, timestep=t.expand(1), encoder_hidden_states=prompt_embeds)[0]
+                with model.cache_context("uncond"):
+                    uncond = model(hidden_states=latents, timestep=t.expand(1),
+                                   encoder_hidden_states=negative_prompt_embeds)[0]
+                latents = self.scheduler.step(uncond + guidance_scale * (cond - uncond), t, latents,
+                                              return_dict=False)[0]
+                bar.update()
+        return latents
+
+
+# ------------------------------------------------------------------------------------------ its adapter
+class ToyAdapter(FamilyAdapter):
+    name = "Toy"
+    key = "toy"
+    pipeline_class_names = ("ToyPipeline",)
+    transformer_class_name = "ToyTransformer"
+    pair_fields = ("in_channels", "text_dim")
+    cfg_branches = ("cond", "uncond")
+    teacache_coefficients = {"identity": (1.0, 0.0)}
+
+    def pipeline_classes(self) -> tuple[type, ...]:
+        return (ToyPipeline,)
+
+    def transformer_class(self) -> type:
+        return ToyTransformer
+
+    def denoised(self, scheduler, step_index, timestep, sample, model_output):
+        return sample.float() - float(scheduler.sigmas[step_index]) * model_output.float()
+
+    def block_lists(self, model):
+        return [model.dual_blocks, model.single_blocks]
+
+    def block_layouts(self, model):
+        return [("hidden_states", "encoder_hidden_states"), ("encoder_hidden_states", "hidden_states")]
+
+    def attention_modules(self, model):
+        return ([(b.attn, "self") for b in model.dual_blocks] + [(b.cross, "cross") for b in model.dual_blocks]
+                + [(b.attn, "self") for b in model.single_blocks])
+
+    def teacache_input(self, model, ret_steps):
+        return ("block_arg", "temb")
+
+
+@pytest.fixture
+def toy():
+    register_family(ToyAdapter)
+    torch.manual_seed(0)
+    large, small = ToyTransformer().eval(), ToyTransformer(num_dual=1, num_single=1).eval()
+    pipe = ToyPipeline(large, FlowMatchEulerDiscreteScheduler(shift=3.0))
+    pipe.set_progress_bar_config(disable=True)
+    text = torch.randn(1, 5, TEXT_DIM, generator=torch.Generator().manual_seed(1))
+    yield pipe, small, {"prompt_embeds": text, "negative_prompt_embeds": torch.zeros_like(text)}
+    unregister_family("toy")
+
+
+def test_the_family_is_known_only_while_registered(toy):
+    pipe, small, _ = toy
+    assert sr_plugin.adapters.adapter_for(pipe).key == "toy"
+    unregister_family("toy")
+    with pytest.raises(TypeError, match="does not support ToyPipeline"):
+        sr_plugin.apply(pipe, small)
+
+
+def test_fixed_switch_equals_the_pipeline_choosing_the_model_itself(toy):
+    pipe, small, call = toy
+    large = pipe.transformer
+    expected = pipe(**call, models_by_step=[large] * 4 + [small] * (STEPS - 4))
+    handle = sr_plugin.apply(pipe, small, switch_step=4)
+    assert torch.equal(pipe(**call), expected)
+    assert [r.model for r in handle.trace] == ["large"] * 4 + ["small"] * 6 and handle.switch.reason == "fixed"
+    handle.remove()
+    adaptive = sr_plugin.apply(pipe, small, delta=0.5)
+    pipe(**call)
+    k = adaptive.switch_step
+    assert k is not None and adaptive.switch.reason in ("delta", "max_switch_step")
+    assert [r.model for r in adaptive.trace] == ["large"] * k + ["small"] * (STEPS - k)
+
+
+def test_teacache_skips_both_lists_and_returns_each_stream_in_each_layout(toy):
+    pipe, small, call = toy
+    sr_plugin.apply(pipe, small, switch_step=5)
+    baseline = pipe(**call)
+    accel = sr_plugin.accelerate(pipe, teacache=TeaCacheConfig(0.0, "identity"))
+    assert torch.equal(pipe(**call), baseline)  # threshold 0 never skips
+    accel.remove()
+    accel = sr_plugin.accelerate(pipe, teacache=TeaCacheConfig(0.8, "identity"))
+    model = pipe.transformer
+    seen: list[Any] = []
+    hooks = [model.dual_blocks[0].register_forward_pre_hook(
+        lambda m, a, kw: seen.append({k: kw[k].clone() for k in ("hidden_states", "encoder_hidden_states")}),
+        with_kwargs=True),
+        model.single_blocks[-1].register_forward_hook(lambda m, a, out: seen.append(tuple(o.clone() for o in out)))]
+    pipe(**call)
+    for h in hooks:
+        h.remove()
+    decisions = [(r["cache"].get("large/cond"), r["cache"].get("large/uncond")) for r in accel.trace[:5]]
+    flat = [d for pair in decisions for d in pair]
+    assert "skipped" in flat and "computed" in flat[2:]
+    residual: dict[str, dict[str, torch.Tensor]] = {}
+    for what, (inputs, (text_out, video_out)), branch in zip(flat, zip(seen[0::2], seen[1::2]), ["cond", "uncond"] * 5):
+        if what == "computed":
+            residual[branch] = {"hidden_states": video_out - inputs["hidden_states"],
+                                "encoder_hidden_states": text_out - inputs["encoder_hidden_states"]}
+        else:  # the single blocks' layout: text first
+            assert torch.equal(text_out, inputs["encoder_hidden_states"] + residual[branch]["encoder_hidden_states"])
+            assert torch.equal(video_out, inputs["hidden_states"] + residual[branch]["hidden_states"])
+    assert any(r["cache"].get("small/cond") == "skipped" for r in accel.trace[5:])
+
+
+def test_pab_reuses_per_branch_and_shows_in_the_trace(toy):
+    pipe, small, call = toy
+    handle = sr_plugin.apply(pipe, small, switch_step=4)
+    baseline = pipe(**call)
+    accel = sr_plugin.accelerate(pipe, pab=PABConfig(1, 1, (0, 1000)))
+    assert torch.equal(pipe(**call), baseline)  # compute every call: exact
+    accel.remove()
+    sr_plugin.accelerate(pipe, pab=PABConfig(2, 2, (0, 1000)))
+    assert not torch.equal(pipe(**call), baseline)
+    for r in handle.trace:
+        own = r.index if r.model == "large" else r.index - 4
+        assert r.attention == {b: "computed" if own % 2 == 0 else "reused" for b in ("cond", "uncond")}
