@@ -53,7 +53,7 @@ def load_models(large: str | None, small: str | None, family: str | None,
         adapter = adapter_for(pipe)
     except TypeError as err:
         raise UserError(str(err)) from err
-    found = "wan" if adapter.name == "Wan" else "cogvideox"
+    found = adapter.key
     if family is not None and family != found:
         raise UserError(f"--family {family} does not match the large model, a {type(pipe).__name__}")
     try:
@@ -157,8 +157,10 @@ def generate(prompt: str, out: str, large: str | None = None, small: str | None 
 
     from diffusers.utils import export_to_video
 
+    from .adapters import family as registered_family
+
     export_to_video(list(video), str(out_path), fps=trained.FPS[family] if source == "trained" else
-                    8 if family == "cogvideox" else 16)
+                    registered_family(family).fps)
     trace = [r.as_dict() for r in handle.trace]
     record = {
         "prompt": prompt, "family": family,
