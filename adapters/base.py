@@ -59,6 +59,10 @@ class FamilyAdapter:
     #: The ``cache_context`` names of one step's transformer calls: ("cond", "uncond") for CFG as two calls,
     #: ("cond_uncond",) for one batched call. Traces and per-branch caches are keyed on these.
     cfg_branches: tuple[str, ...] = ("cond", "uncond")
+    #: Whether the pipeline ends each step with ``progress_bar.update()`` after its step-end callback (Wan and
+    #: CogVideoX do): the switch then swaps models there, so the callback still sees the step's own model.
+    #: Otherwise it swaps right after ``scheduler.step``.
+    step_ends_with_progress_update: bool = False
     #: diffusers class names of the pipelines and transformer this adapter serves.
     pipeline_class_names: tuple[str, ...] = ()
     transformer_class_name: str = ""

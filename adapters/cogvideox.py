@@ -177,6 +177,7 @@ class CogVideoXAdapter(FamilyAdapter):
     key = "cogvideox"
     fps = 8
     cfg_branches = ("cond_uncond",)
+    step_ends_with_progress_update = True
     option_names = ("small_vae_scaling_factor", "small_scheduler")
     name = "CogVideoX"
     pipeline_class_names = ("CogVideoXPipeline",)

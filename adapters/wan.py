@@ -34,6 +34,7 @@ class WanAdapter(FamilyAdapter):
     key = "wan"
     fps = 16
     cfg_branches = ("cond", "uncond")
+    step_ends_with_progress_update = True
     pipeline_class_names = ("WanPipeline",)
     transformer_class_name = "WanTransformer3DModel"
     pair_fields = ("in_channels", "out_channels", "patch_size", "text_dim")

@@ -213,7 +213,7 @@ def calibrate_teacache(env: Env, model: Any, role: str, steps: int, target_skip:
         state, skipped = TeaCacheState(), 0
         for j, x in enumerate(inputs, start=first_step):
             skipped += not state.decide(x, j, steps, threshold, coefficients, 1)
-            state.residual = torch.zeros(1)
+            state.residuals = {"hidden_states": torch.zeros(1)}
         return skipped / len(inputs)
 
     best = (0.0, 0.0)

@@ -229,6 +229,14 @@ class CallTracker:
                 keep_context_parallel_outermost(model)
                 agree_first_block_cache(model, blocks(model), self.group)
 
+    def step_ended(self) -> None:
+        """The pipeline finished a step, its step-end callback included (its progress bar's update)."""
+        if self.active:
+            for listener in list(self.listeners):
+                ended = getattr(listener, "step_ended", None)
+                if ended is not None:
+                    ended(self)
+
     def end(self) -> None:
         if self.active:
             self._finish(list(self.listeners))
@@ -285,7 +293,8 @@ def _reset_caches(model: torch.nn.Module) -> None:
 
 
 class _TrackedProgressBar:
-    """The pipeline's progress bar, whose context also brackets the tracker's call state."""
+    """The pipeline's progress bar, whose context also brackets the tracker's call state, and whose
+    ``update`` (the last thing a step does, after the step-end callback) tells the listeners the step ended."""
 
     def __init__(self, bar: Any, tracker: CallTracker) -> None:
         self._bar = bar
@@ -298,7 +307,8 @@ class _TrackedProgressBar:
         except BaseException:
             self._bar.__exit__(*sys.exc_info())
             raise
-        return bar
+        self._entered = bar
+        return self
 
     def __exit__(self, *exc: Any) -> Any:
         try:
@@ -307,6 +317,11 @@ class _TrackedProgressBar:
             self._bar.__exit__(*exc)
             raise
         return self._bar.__exit__(*exc)
+
+    def update(self, *args: Any, **kwargs: Any) -> Any:
+        result = self._entered.update(*args, **kwargs) if hasattr(self, "_entered") else self._bar.update(*args, **kwargs)
+        self._tracker.step_ended()
+        return result
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._bar, name)

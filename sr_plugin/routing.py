@@ -57,6 +57,7 @@ class Router:
         self._checked_large: torch.nn.Module | None = pipe.transformer
         self._patches = InstancePatches()
         self._hooked: torch.nn.Module | None = None
+        self._swap_pending = False
 
     # ------------------------------------------------------------------ call bracket
     def begin(self, calls: CallTracker) -> None:
@@ -94,10 +95,19 @@ class Router:
         self.policy.observe(j, float(d) if d is not None and self.policy.needs_metric() else None)
         self._prev_x0 = x0
         if self._hooked is None and j + 1 < calls.num_steps and self.policy.use_small(j + 1):
+            if self.adapter.step_ends_with_progress_update:
+                self._swap_pending = True  # after the step-end callback, which must see this step's model
+            else:
+                self._swap(calls)
+
+    def step_ended(self, calls: CallTracker) -> None:
+        if self._swap_pending:
+            self._swap_pending = False
             self._swap(calls)
 
     def end(self, calls: CallTracker) -> None:
         """End of the loop (also on error or interrupt): put the pipeline back, then write the trace."""
+        self._swap_pending = False
         try:
             self._patches.undo()
             if self._hooked is not None:

@@ -145,3 +145,23 @@ def test_a_scheduler_with_several_calls_per_step_is_refused_before_generation():
     with pytest.raises(ValueError, match="order 2"):
         run(pipe, "wan")
     assert calls == []
+
+
+def test_a_step_end_callback_sees_the_steps_own_transformer(pair, family):
+    """The README's promise: a callback reading pipe.transformer at step i gets the model that ran step i."""
+    from pipeline_helpers import CallLog
+
+    pipe, small = pair
+    large = pipe.transformer
+    sr_plugin.apply(pipe, small, switch_step=3)
+    log = CallLog(large=large, small=small)
+    seen = []
+
+    def callback(p, i, t, kwargs):
+        seen.append((i, "small" if p.transformer is small else "large", log.calls[-1]))
+        return kwargs
+
+    run(pipe, family, callback_on_step_end=callback)
+    log.close()
+    assert [(i, model) for i, model, _ in seen] == [(i, "large" if i < 3 else "small") for i in range(10)]
+    assert all(model == ran for _, model, ran in seen)  # the model the step really called

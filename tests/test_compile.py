@@ -56,3 +56,17 @@ def test_compile_on_a_model_that_cannot_be_compiled_is_refused():
     with pytest.raises(ValueError, match="already wrapped"):
         sr_plugin.accelerate(pipe, compile=True)
     assert "_sr_plugin_accel" not in vars(pipe) and "_sr_plugin_calls" not in vars(pipe)
+
+
+@pytest.mark.parametrize("value", [0, 1, "max", 0.0])
+def test_compile_takes_a_bool_none_or_options_only(value):
+    from sr_plugin.accel import accelerations_of
+    from sr_plugin.tiny import tiny_wan
+
+    pipe, _ = tiny_wan()
+    with pytest.raises(TypeError, match="compile must be True, False, None or a dict"):
+        sr_plugin.accelerate(pipe, compile=value)
+    assert accelerations_of(pipe) is None
+    handle = sr_plugin.accelerate(pipe, compile=None, pab=True)
+    assert accelerations_of(pipe).compile_options is None
+    handle.remove()

@@ -155,7 +155,7 @@ def accelerate(
     teacache: float | TeaCacheConfig | None = None,
     pab: bool | PABConfig = False,
     fbcache: float | None = None,
-    compile: bool | dict[str, Any] = False,
+    compile: bool | dict[str, Any] | None = False,
 ) -> AccelHandle:
     """Stack accelerations on the pipeline's transformer and, with the switch, on the small one too.
 
@@ -165,7 +165,7 @@ def accelerate(
             timesteps (100, 800)), or a `PABConfig`. Its timestep source is the pipeline's call tracker.
         fbcache: threshold of diffusers' First Block Cache (`FirstBlockCacheConfig`), on each model.
         compile: True for regional torch.compile of the blocks (fullgraph, static shapes), or a dict of
-            `torch.compile` options. The first call compiles (a warm-up); later calls, switching or not,
+            `torch.compile` options; False or None for none (anything else is an error). The first call compiles (a warm-up); later calls, switching or not,
             do not recompile.
     All checks run before anything changes. Returns a handle whose `remove` undoes all of it.
     """
@@ -184,7 +184,10 @@ def accelerate(
     if teacache_config is not None and fbcache is not None:
         raise ValueError("teacache and fbcache both cache the blocks' residual: choose one")
     pab_config = _pab_config(pab)
-    compile_options = None if compile is False else {**DEFAULT_OPTIONS, **(compile if isinstance(compile, dict) else {})}
+    if compile is not None and not isinstance(compile, (bool, dict)):
+        raise TypeError(f"compile must be True, False, None or a dict of torch.compile options, got {compile!r}")
+    compile_options = (None if compile is None or compile is False
+                       else {**DEFAULT_OPTIONS, **(compile if isinstance(compile, dict) else {})})
     if pab_config is not None and compile_options is not None:
         compile_options["fullgraph"] = False  # PAB's per-branch decision is a graph break inside each block
 
