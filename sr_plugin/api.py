@@ -12,7 +12,7 @@ from .calls import CallTracker
 from .distributed import parallelize_like
 from .offload_large import LargeOffloader
 from .offload import join_model_offload, leave_model_offload, model_offload_active, parse_to_args
-from .patching import InstancePatches
+from .patching import InstancePatches, Rollback
 from .policy import SwitchOptions
 from .routing import Router
 from .trace import StepRecord, SwitchRecord
@@ -146,21 +146,48 @@ def apply(
     if existing is not None and small_transformer is not large:
         existing.check_join("small", small_transformer)  # e.g. accelerations that cannot go on it
 
-    if small_device is not None:
-        small_transformer.to(small_device)
-    undo_parallel = parallelize_like(large, small_transformer, adapter.name)  # collective, on every rank
+    _check_loaded(small_transformer)
 
-    router = Router(pipe, small_transformer, adapter, handoff, options, small_device=small_device)
-    patches = InstancePatches()
-    _install(pipe, small_transformer, router, patches)
-    if small_transformer is not large:
-        CallTracker.of(pipe).join("small", small_transformer)
-    if offload_large and small_transformer is not large:
-        router.offloader = LargeOffloader(large)
-        _restore_early(pipe, router, patches)
-    handle = SRHandle(pipe, small_transformer, router, patches, undo_parallel)
-    patches.set(pipe, HANDLE_ATTR, handle)
+    rollback = Rollback()  # every step below adds its undo: a failure part way leaves the pipeline untouched
+    try:
+        if small_device is not None:
+            rollback.add(_move_back(small_transformer))
+            small_transformer.to(small_device)
+        undo_parallel = parallelize_like(large, small_transformer, adapter.name)  # collective, on every rank
+        if undo_parallel is not None:
+            rollback.add(undo_parallel)
+        router = Router(pipe, small_transformer, adapter, handoff, options, small_device=small_device)
+        patches = InstancePatches()
+        rollback.add(patches.undo)
+        _install(pipe, small_transformer, router, patches, rollback)
+        if small_transformer is not large:
+            tracker = CallTracker.of(pipe)
+            tracker.join("small", small_transformer)  # the accelerations attach theirs
+            rollback.add(lambda: tracker.leave("small"))
+        if offload_large and small_transformer is not large:
+            router.offloader = LargeOffloader(large)
+            rollback.add(router.offloader.release)
+            _restore_early(pipe, router, patches)
+        handle = SRHandle(pipe, small_transformer, router, patches, undo_parallel)
+        patches.set(pipe, HANDLE_ATTR, handle)
+    except BaseException:
+        rollback.run()
+        raise
     return handle
+
+
+def _check_loaded(small: torch.nn.Module) -> None:
+    meta = next((n for n, t in [*small.named_parameters(), *small.named_buffers()] if t.is_meta), None)
+    if meta is not None:
+        raise ValueError(f"the small transformer's weights are not loaded (its {meta} is on the meta device): "
+                         "load them (from_pretrained, or load_state_dict(..., assign=True)) before sr_plugin.apply")
+
+
+def _move_back(model: torch.nn.Module) -> Any:
+    """An undo for ``model.to(...)``: back to the device of its first weight."""
+    first = next(iter([*model.parameters(), *model.buffers()]), None)
+    device = None if first is None else first.device
+    return lambda: model.to(device) if device is not None else None
 
 
 def _family_options(adapter: Any, family_options: Mapping[str, Any] | None, **shorthands: Any) -> dict[str, Any]:
@@ -194,7 +221,7 @@ def _restore_early(pipe: Any, router: Router, patches: InstancePatches) -> None:
     patches.set(pipe, "check_inputs", check_inputs)
 
 
-def _install(pipe: Any, small: torch.nn.Module, router: Router, patches: InstancePatches) -> None:
+def _install(pipe: Any, small: torch.nn.Module, router: Router, patches: InstancePatches, rollback: Rollback) -> None:
     """The router joins the call tracker; `.to` and model CPU offload carry the small model along."""
     original_to = pipe.to
     original_enable_offload = pipe.enable_model_cpu_offload
@@ -217,14 +244,18 @@ def _install(pipe: Any, small: torch.nn.Module, router: Router, patches: Instanc
 
     tracker = CallTracker.of(pipe)
     tracker.add(router)
+    rollback.add(lambda: tracker.discard(router))
     tracker.track(small)
+    rollback.add(lambda: tracker.untrack(small))
     patches.set(pipe, "to", to)
     patches.set(pipe, "enable_model_cpu_offload", enable_model_cpu_offload)
     if router.small_device is not None:
         pass  # the small model stays on its own device
     elif model_offload_active(pipe):
         join_model_offload(pipe, small)
+        rollback.add(lambda: leave_model_offload(pipe, small))
     else:
         large_device = pipe.transformer.device
         if small.device != large_device:
+            rollback.add(_move_back(small))
             small.to(large_device)

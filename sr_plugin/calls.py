@@ -125,10 +125,18 @@ class CallTracker:
         if role in self.roles or role == "large":
             raise ValueError(f"a {role} model is already in play on this pipeline")
         self.roles[role] = model
-        for listener in list(self.listeners):
-            joined = getattr(listener, "model_joined", None)
-            if joined is not None:
-                joined(model, role)
+        done: list[Any] = []
+        try:
+            for listener in list(self.listeners):
+                joined = getattr(listener, "model_joined", None)
+                if joined is not None:
+                    joined(model, role)  # all or nothing on its side (it undoes its own part on failure)
+                    done.append(listener)
+        except BaseException:
+            for listener in reversed(done):
+                listener.model_left(model, role)
+            del self.roles[role]
+            raise
 
     def leave(self, role: str) -> None:
         if self.active:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 _MISSING = object()
@@ -28,6 +29,25 @@ class InstancePatches:
 
     def __bool__(self) -> bool:
         return bool(self._saved)
+
+
+class Rollback:
+    """The undo of each installation step done so far; `run` undoes them in reverse when a later step fails,
+    so that `apply` and `accelerate` are all or nothing."""
+
+    def __init__(self) -> None:
+        self._steps: list[Callable[[], Any]] = []
+
+    def add(self, undo: Callable[[], Any]) -> None:
+        self._steps.append(undo)
+
+    def run(self) -> None:
+        while self._steps:
+            undo = self._steps.pop()
+            try:
+                undo()
+            except Exception:  # keep undoing: the error that started the rollback is the one to report
+                pass
 
 
 def drop_hook_residue_at(module: Any, forward: bool = True, registry: bool = True) -> None:

@@ -51,6 +51,11 @@ class Accelerations:
             resolve_coefficients(self.teacache, self.adapter, model, role)
         if self.compile_options is not None:
             check_compilable(model, self.adapter.blocks(model), role)
+        owner = _accelerated_by(model)
+        if owner is not None and owner is not self:
+            raise ValueError(f"the {role} transformer already carries sr_plugin accelerations of another pipeline "
+                             f"(a {type(owner.pipe).__name__}); remove that pipeline's accelerate handle first, or "
+                             "give this pipeline its own copy of the model")
         if self.fbcache is not None and getattr(model, "_cache_config", None) is not None:
             raise ValueError(f"the {role} transformer already has a diffusers cache enabled "
                              f"({type(model._cache_config).__name__}); disable it or drop fbcache=")
@@ -65,29 +70,35 @@ class Accelerations:
         object.__setattr__(self.pipe, ACCEL_ATTR, self)
 
     def attach(self, model: torch.nn.Module, role: str) -> None:
-        """Apply every requested acceleration to ``model``. Compile first, so the hooks stay outside it."""
+        """Apply every requested acceleration to ``model``, all or nothing. Compile first, so the hooks stay
+        outside it."""
         self.check(model, role)
-        if self.compile_options is not None:
-            self._compiled[role] = compile_blocks(self.adapter.blocks(model), self.compile_options)
-        if self.teacache is not None:
-            apply_teacache(model, self.adapter, self.tracker, role, self.teacache)
-        if self.pab is not None:
-            tracker = self.tracker
-            apply_cfg_pab(model, self.adapter.attention_modules(model), self.pab,
-                          log=lambda branch, computed: tracker.log_attention(role, branch, computed))
-        if self.fbcache is not None:
-            from diffusers import FirstBlockCacheConfig
-
-            model.enable_cache(FirstBlockCacheConfig(threshold=self.fbcache))
         self.models[role] = model
+        model.__dict__[_OWNER_ATTR] = self
         self.tracker.track(model)
+        try:
+            if self.compile_options is not None:
+                self._compiled[role] = compile_blocks(self.adapter.blocks(model), self.compile_options)
+            if self.teacache is not None:
+                apply_teacache(model, self.adapter, self.tracker, role, self.teacache)
+            if self.pab is not None:
+                tracker = self.tracker
+                apply_cfg_pab(model, self.adapter.attention_modules(model), self.pab,
+                              log=lambda branch, computed: tracker.log_attention(role, branch, computed))
+            if self.fbcache is not None:
+                from diffusers import FirstBlockCacheConfig
+
+                model.enable_cache(FirstBlockCacheConfig(threshold=self.fbcache))
+        except BaseException:
+            self.detach(role)
+            raise
 
     def detach(self, role: str) -> None:
         model = self.models.pop(role, None)
         if model is None:
             return
         self.tracker.untrack(model)
-        if self.fbcache is not None:
+        if self.fbcache is not None and getattr(model, "_cache_config", None) is not None:
             model.disable_cache()
         if self.pab is not None:
             remove_cfg_pab(model)
@@ -97,6 +108,8 @@ class Accelerations:
         if patches is not None:
             patches.undo()
         drop_hook_residue(model)
+        if model.__dict__.get(_OWNER_ATTR) is self:
+            del model.__dict__[_OWNER_ATTR]
 
     # ------------------------------------------------------------------ models joining and leaving (the tracker)
     def check_model(self, model: torch.nn.Module, role: str) -> None:
@@ -196,9 +209,22 @@ def accelerate(
     for role, model in models.items():
         accel.check(model, role)
     accel.install()
-    for role, model in models.items():
-        accel.attach(model, role)
-    return AccelHandle(accel)
+    handle = AccelHandle(accel)
+    try:
+        for role, model in models.items():
+            accel.attach(model, role)
+    except BaseException:
+        handle.remove()  # all or nothing: what attached comes off, the tracker forgets it
+        raise
+    return handle
+
+
+#: Marks a model carrying accelerations (its hooks keep per-model state): the Accelerations that put them.
+_OWNER_ATTR = "_sr_plugin_accelerated_by"
+
+
+def _accelerated_by(model: torch.nn.Module) -> "Accelerations | None":
+    return model.__dict__.get(_OWNER_ATTR)
 
 
 def _log_at(log: list[dict], step: int) -> dict:

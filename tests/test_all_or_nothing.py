@@ -1,0 +1,119 @@
+"""apply and accelerate are all or nothing: a failure at any installation step leaves the pipeline, both models
+and their hook registries exactly as they were; models carrying another pipeline's accelerations are refused."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from pipeline_helpers import run
+
+import sr_plugin
+import sr_plugin.accel as accel_module
+import sr_plugin.api as api_module
+from sr_plugin import PABConfig, TeaCacheConfig
+from sr_plugin.calls import CallTracker
+from sr_plugin.tiny import tiny_pair
+
+
+def snapshot(pipe, *models):
+    """What an installation can change: the instances' own attributes, and on every submodule its own
+    attributes and hook names. An empty hook registry counts as none: diffusers' ``cache_context`` creates one
+    lazily on any call, and removal drops it."""
+    state = {"pipe": {k: id(v) for k, v in vars(pipe).items()}}
+    for i, model in enumerate(models):
+        for name, module in model.named_modules():
+            registry = vars(module).get("_diffusers_hook")
+            hooks = sorted(registry.hooks) if registry is not None and registry.hooks else None
+            own = {k: id(v) for k, v in vars(module).items()
+                   if not k.startswith("_") or k == "_sr_plugin_accelerated_by" or (k == "_diffusers_hook" and hooks)}
+            state[(i, name)] = (own, hooks)
+    return state
+
+
+class Injected(RuntimeError):
+    pass
+
+
+def failing(*args, **kwargs):
+    raise Injected("injected failure")
+
+
+# (module, attribute) of each installation step, in the order apply and accelerate take them
+APPLY_STEPS = [(api_module, "parallelize_like"), (api_module, "Router"), (CallTracker, "add"),
+               (CallTracker, "track"), (CallTracker, "join"), (api_module, "LargeOffloader"),
+               (api_module, "_restore_early"), (api_module, "SRHandle")]
+ATTACH_STEPS = [(accel_module, "apply_teacache"), (accel_module, "apply_cfg_pab"), (CallTracker, "track")]
+
+
+@pytest.mark.parametrize("step", APPLY_STEPS + ATTACH_STEPS, ids=lambda s: s[1])
+def test_a_failed_apply_leaves_everything_as_it_was(monkeypatch, family, step):
+    pipe, small = tiny_pair(family)
+    sr_plugin.accelerate(pipe, teacache=TeaCacheConfig(0.0, {"large": (1.0, 0.0), "small": (1.0, 0.0)}),
+                         pab=PABConfig(1, 1, (0, 1000)))
+    expected_output = run(pipe, family)
+    before = snapshot(pipe, pipe.transformer, small)
+    monkeypatch.setattr(*step, failing)
+    with pytest.raises(Injected):
+        sr_plugin.apply(pipe, small, switch_step=3, offload_large=True)
+    monkeypatch.undo()
+    assert snapshot(pipe, pipe.transformer, small) == before
+    assert torch.equal(run(pipe, family), expected_output)  # no switch: the large model ran every step
+    handle = sr_plugin.apply(pipe, small, switch_step=3)  # and a later apply works normally
+    run(pipe, family)
+    assert handle.switch_step == 3
+
+
+@pytest.mark.parametrize("step", ATTACH_STEPS + [(accel_module, "compile_blocks")], ids=lambda s: s[1])
+@pytest.mark.parametrize("with_switch", [False, True])
+def test_a_failed_accelerate_leaves_everything_as_it_was(monkeypatch, step, with_switch):
+    pipe, small = tiny_pair("wan")
+    if with_switch:
+        sr_plugin.apply(pipe, small, switch_step=3)
+    expected_output = run(pipe, "wan")
+    before = snapshot(pipe, pipe.transformer, small)
+    calls = {"n": 0}
+    original = getattr(*step)
+
+    def fail_on_second_model(*args, **kwargs):  # the large model attaches, the small one fails
+        calls["n"] += 1
+        if calls["n"] == (2 if with_switch else 1):
+            raise Injected("injected failure")
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(*step, fail_on_second_model)
+    with pytest.raises(Injected):
+        sr_plugin.accelerate(pipe, teacache=TeaCacheConfig(0.5, {"large": (1.0, 0.0), "small": (1.0, 0.0)}),
+                             pab=PABConfig(2, 2, (0, 1000)), compile={"backend": "eager"})
+    monkeypatch.undo()
+    assert snapshot(pipe, pipe.transformer, small) == before
+    assert torch.equal(run(pipe, "wan"), expected_output)
+    sr_plugin.accelerate(pipe, pab=True).remove()  # not "already called"
+
+
+def test_a_small_model_that_is_not_loaded_is_refused_before_anything_changes():
+    pipe, small = tiny_pair("wan")
+    before = snapshot(pipe, pipe.transformer)
+    with pytest.raises(ValueError, match="weights are not loaded .* meta device"):
+        sr_plugin.apply(pipe, small.to("meta"), switch_step=1)
+    assert snapshot(pipe, pipe.transformer) == before
+
+
+def test_models_carrying_another_pipelines_accelerations_are_refused():
+    """TeaCache and PAB keep their state on the model: a model two accelerated pipelines share would mix their
+    states, so the second pipeline is refused, unchanged, with a message that says what to do."""
+    tea = TeaCacheConfig(0.1, {"large": (1.0, 0.0), "small": (1.0, 0.0)})
+    pipe_a, small = tiny_pair("wan")
+    pipe_b, _ = tiny_pair("wan")
+    pipe_b.transformer = pipe_a.transformer  # two pipelines sharing one large model
+    sr_plugin.apply(pipe_a, small, switch_step=3)
+    sr_plugin.accelerate(pipe_a, teacache=tea)
+    before = snapshot(pipe_b, pipe_b.transformer, small)
+    with pytest.raises(ValueError, match="large transformer already carries sr_plugin accelerations of another"):
+        sr_plugin.accelerate(pipe_b, pab=True)
+    assert snapshot(pipe_b, pipe_b.transformer, small) == before
+    pipe_c, _ = tiny_pair("wan")  # its own large model, but the small one is A's accelerated one
+    sr_plugin.accelerate(pipe_c, pab=True)
+    before = snapshot(pipe_c, pipe_c.transformer, small)
+    with pytest.raises(ValueError, match="small transformer already carries sr_plugin accelerations of another"):
+        sr_plugin.apply(pipe_c, small, switch_step=3)
+    assert snapshot(pipe_c, pipe_c.transformer, small) == before
