@@ -210,7 +210,8 @@ class CogVideoXAdapter(FamilyAdapter):
         small_scheduler: Any = None,
     ) -> Handoff:
         if small_vae_scaling_factor is not None and not (
-            isinstance(small_vae_scaling_factor, (int, float)) and small_vae_scaling_factor > 0
+            isinstance(small_vae_scaling_factor, (int, float)) and not isinstance(small_vae_scaling_factor, bool)
+            and math.isfinite(small_vae_scaling_factor) and small_vae_scaling_factor > 0
         ):
             raise ValueError(f"small_vae_scaling_factor must be a positive number, got {small_vae_scaling_factor!r}")
         if small_scheduler is not None:

@@ -8,7 +8,7 @@ from typing import Any
 import torch
 
 from .adapters import adapter_for
-from .calls import CallTracker
+from .calls import CallTracker, check_scheduler_order
 from .distributed import parallelize_like
 from .offload_large import LargeOffloader
 from .offload import join_model_offload, leave_model_offload, model_offload_active, parse_to_args
@@ -134,13 +134,15 @@ def apply(
         raise TypeError(f"small_transformer must be a torch.nn.Module, got {type(small_transformer).__name__}")
     adapter.check_pipeline(pipe)
     adapter.check_pair(large, small_transformer)
+    adapter.check_scheduler(pipe.scheduler)  # checked again at every call (the scheduler may be swapped)
+    check_scheduler_order(pipe.scheduler)
     options_given = _family_options(adapter, family_options, small_vae_scaling_factor=small_vae_scaling_factor,
                                     small_scheduler=small_scheduler)
     handoff = adapter.make_handoff(pipe, small_transformer, **options_given)
     if not isinstance(offload_large, bool):
         raise TypeError(f"offload_large must be True or False, got {offload_large!r}")
     if small_device is not None:
-        small_device = torch.device(small_device)
+        small_device = _check_device(small_device)
 
     existing = CallTracker.existing(pipe)
     if existing is not None and small_transformer is not large:
@@ -174,6 +176,19 @@ def apply(
         rollback.run()
         raise
     return handle
+
+
+def _check_device(device: Any) -> torch.device:
+    try:
+        device = torch.device(device)
+    except (RuntimeError, TypeError) as err:
+        raise ValueError(f"small_device={device!r} is not a device ({err})") from None
+    if device.type == "meta":
+        raise ValueError("small_device='meta' would drop the small model's weights; give a real device")
+    if device.type == "cuda" and (not torch.cuda.is_available() or (device.index or 0) >= torch.cuda.device_count()):
+        raise ValueError(f"small_device={str(device)!r}: this machine has {torch.cuda.device_count()} CUDA "
+                         f"device(s){'' if torch.cuda.is_available() else ' (this torch build or machine has no CUDA)'}")
+    return device
 
 
 def _check_loaded(small: torch.nn.Module) -> None:

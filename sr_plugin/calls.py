@@ -199,11 +199,6 @@ class CallTracker:
         if self.active:
             raise RuntimeError("sr_plugin: a pipeline call is already in progress on this pipeline")
         scheduler = self.pipe.scheduler
-        if getattr(scheduler, "order", 1) != 1:
-            raise ValueError(
-                f"{type(scheduler).__name__} has order {scheduler.order}: it calls the model more than once per "
-                "step, and sr_plugin works on steps. Use a first-order scheduler."
-            )
         self.timesteps = [float(t) for t in scheduler.timesteps.tolist()]
         group = cp_group(self.pipe.transformer)
         if group is not self.group:
@@ -220,6 +215,7 @@ class CallTracker:
             for listener in list(self.listeners):
                 listener.begin(self)
                 started.append(listener)
+            check_scheduler_order(scheduler)  # after the listeners began: a refused call reports no steps
             self._prepare_models()
         except BaseException:
             self._finish(started)
@@ -285,6 +281,15 @@ class CallTracker:
             return out
 
         self._call.set(scheduler, "step", step)
+
+
+def check_scheduler_order(scheduler: Any) -> None:
+    """sr_plugin works on steps: a scheduler that calls the model more than once per step is refused."""
+    if getattr(scheduler, "order", 1) != 1:
+        raise ValueError(
+            f"{type(scheduler).__name__} has order {scheduler.order}: it calls the model more than once per "
+            "step, and sr_plugin works on steps. Use a first-order scheduler."
+        )
 
 
 def attention_summary(computed: int, called: int) -> str:

@@ -12,6 +12,7 @@ The rule is SRDiffusion's adaptive criterion, written out in ``shared/reference.
 from __future__ import annotations
 
 import math
+import numbers
 from dataclasses import dataclass
 
 #: Default switching threshold on the second-order term ``s``. 0.01 is the value SRDiffusion uses for
@@ -41,6 +42,17 @@ def _check_step(name: str, value: int | None) -> None:
         raise ValueError(f"{name} must be >= 0, got {value}")
 
 
+def _plain_number(value: object) -> object:
+    """numpy's scalars (registered as numbers.Integral / numbers.Real) as Python ints and floats."""
+    if isinstance(value, bool) or type(value).__name__ == "bool_":
+        return value
+    if isinstance(value, numbers.Integral):
+        return int(value)
+    if isinstance(value, numbers.Real):
+        return float(value)
+    return value
+
+
 @dataclass(frozen=True)
 class SwitchOptions:
     """What the user asked for, validated once in `apply`; resolved against the step count per call."""
@@ -59,6 +71,8 @@ class SwitchOptions:
         switch_step: int | None = None,
     ) -> "SwitchOptions":
         """Validate the user's arguments; every problem is a clear error before any generation."""
+        delta, min_switch_step, max_switch_step, switch_step = map(
+            _plain_number, (delta, min_switch_step, max_switch_step, switch_step))
         if switch_step is not None:
             _check_step("switch_step", switch_step)
             given = [n for n, v in (("delta", delta), ("min_switch_step", min_switch_step),

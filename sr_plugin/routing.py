@@ -62,6 +62,8 @@ class Router:
     # ------------------------------------------------------------------ call bracket
     def begin(self, calls: CallTracker) -> None:
         """Start of the denoising loop: every check first, then fresh per-call state."""
+        self.trace, self.switch_step, self.switch = [], None, None  # a call refused here reports no steps
+        self._d = []
         pipe = self.pipe
         large = pipe.transformer
         if large is None:

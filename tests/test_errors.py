@@ -125,3 +125,59 @@ def test_family_options_are_the_adapters_to_validate():
     wan, wan_small = tiny_pair("wan")
     with pytest.raises(TypeError, match="unknown Wan family option.*known: none"):
         sr_plugin.apply(wan, wan_small, family_options={"small_scheduler": 1})
+
+
+def test_numpy_scalars_are_accepted_where_python_numbers_are():
+    import numpy as np
+
+    from pipeline_helpers import run
+
+    pipe, small = tiny_pair("wan")
+    handle = sr_plugin.apply(pipe, small, switch_step=np.int64(3))
+    run(pipe, "wan")
+    assert handle.switch_step == 3
+    handle.remove()
+    sr_plugin.apply(pipe, small, delta=np.float32(0.01)).remove()
+
+
+@pytest.mark.parametrize("kwargs,error,message", [
+    ({"small_vae_scaling_factor": True}, ValueError, "small_vae_scaling_factor must be a positive number"),
+    ({"small_vae_scaling_factor": float("inf")}, ValueError, "small_vae_scaling_factor must be a positive number"),
+    ({"small_device": "meta"}, ValueError, "small_device='meta' would drop"),
+    ({"small_device": "cuda:7"}, ValueError, "small_device='cuda:7': this machine has"),
+    ({"small_device": "nonsense"}, ValueError, "is not a device"),
+])
+def test_inputs_accepted_before_are_refused_with_a_message(kwargs, error, message):
+    pipe, small = tiny_pair("cogvideox")
+    before = dict(vars(pipe))
+    with pytest.raises(error, match=message):
+        sr_plugin.apply(pipe, small, **kwargs)
+    assert dict(vars(pipe)) == before
+
+
+def test_fbcache_nan_is_refused():
+    pipe, _ = tiny_pair("wan")
+    with pytest.raises(ValueError, match="fbcache must be a threshold"):
+        sr_plugin.accelerate(pipe, fbcache=float("nan"))
+
+
+def test_a_scheduler_sr_plugin_cannot_use_is_refused_at_apply_and_a_refused_call_reports_no_steps():
+    from diffusers import FlowMatchHeunDiscreteScheduler
+
+    from pipeline_helpers import run
+
+    pipe, small = tiny_pair("wan")
+    original = pipe.scheduler
+    pipe.scheduler = FlowMatchHeunDiscreteScheduler()
+    before = dict(vars(pipe))
+    with pytest.raises(ValueError, match="has order 2"):
+        sr_plugin.apply(pipe, small, switch_step=3)
+    assert dict(vars(pipe)) == before
+    pipe.scheduler = original
+    handle = sr_plugin.apply(pipe, small, switch_step=3)
+    run(pipe, "wan")
+    assert handle.switch_step == 3 and len(handle.trace) == 10
+    pipe.scheduler = FlowMatchHeunDiscreteScheduler()  # swapped after apply: refused at the call
+    with pytest.raises(ValueError, match="has order 2"):
+        run(pipe, "wan")
+    assert handle.switch_step is None and handle.trace == [] and handle.switch.step is None

@@ -9,6 +9,7 @@ TeaCache, its own coefficients); `remove` on either handle takes back exactly wh
 from __future__ import annotations
 
 import dataclasses
+import math
 from typing import Any
 
 import torch
@@ -192,7 +193,8 @@ def accelerate(
     teacache_config = TeaCacheConfig(teacache) if isinstance(teacache, (int, float)) else teacache
     if teacache_config is not None and not isinstance(teacache_config, TeaCacheConfig):
         raise TypeError(f"teacache must be a threshold or a TeaCacheConfig, got {type(teacache).__name__}")
-    if fbcache is not None and (isinstance(fbcache, bool) or not isinstance(fbcache, (int, float)) or fbcache < 0):
+    if fbcache is not None and (isinstance(fbcache, bool) or not isinstance(fbcache, (int, float))
+                                or not math.isfinite(fbcache) or fbcache < 0):
         raise ValueError(f"fbcache must be a threshold >= 0, got {fbcache!r}")
     if teacache_config is not None and fbcache is not None:
         raise ValueError("teacache and fbcache both cache the blocks' residual: choose one")
