@@ -39,8 +39,13 @@ class UserCacheMirror:
         from diffusers import FirstBlockCacheConfig
 
         config = getattr(large, "_cache_config", None)
-        if isinstance(config, FirstBlockCacheConfig) and getattr(small, "_cache_config", None) is None:
-            small.enable_cache(dataclasses.replace(config))
+        fbc = config if isinstance(config, FirstBlockCacheConfig) else None
+        if self._enabled_fbc and (fbc is None or small._cache_config != fbc):  # taken back or changed
+            small.disable_cache()
+            drop_hook_residue(small)
+            self._enabled_fbc = False
+        if fbc is not None and getattr(small, "_cache_config", None) is None:
+            small.enable_cache(dataclasses.replace(fbc))
             self._enabled_fbc = True
         if getattr(large, "_is_cached", False) and not getattr(small, "_is_cached", False):
             from para_attn.first_block_cache.diffusers_adapters import apply_cache_on_transformer

@@ -117,3 +117,50 @@ def test_models_carrying_another_pipelines_accelerations_are_refused():
     with pytest.raises(ValueError, match="small transformer already carries sr_plugin accelerations of another"):
         sr_plugin.apply(pipe_c, small, switch_step=3)
     assert snapshot(pipe_c, pipe_c.transformer, small) == before
+
+
+def test_a_pipeline_sharing_an_accelerated_model_runs_it_plainly():
+    """B shares A's large model; A has TeaCache and PAB and an interrupted last call. B's calls are not A's
+    to cache: B's output equals its output before A was accelerated, bit for bit."""
+    pipe_a, _ = tiny_pair("wan")
+    pipe_b, _ = tiny_pair("wan")
+    pipe_b.transformer = pipe_a.transformer
+    expected = run(pipe_b, "wan")
+    sr_plugin.accelerate(pipe_a, teacache=TeaCacheConfig(1.5, {"large": (1.0, 0.0), "small": (1.0, 0.0)}),
+                         pab=PABConfig(2, 2, (0, 1000)))
+
+    def interrupt(p, i, t, kwargs):
+        p._interrupt = i >= 4
+        return kwargs
+
+    run(pipe_a, "wan", callback_on_step_end=interrupt)
+    assert torch.equal(run(pipe_b, "wan"), expected)
+
+
+def test_a_mirrored_first_block_cache_is_taken_back_with_the_large_models():
+    from diffusers import FirstBlockCacheConfig
+
+    for family in ("wan", "cogvideox"):
+        fresh, fresh_small = tiny_pair(family)
+        sr_plugin.apply(fresh, fresh_small, switch_step=3)
+        expected = run(fresh, family)
+        pipe, small = tiny_pair(family)
+        pipe.transformer.enable_cache(FirstBlockCacheConfig(threshold=0.5))
+        sr_plugin.apply(pipe, small, switch_step=3)
+        run(pipe, family)
+        assert isinstance(small._cache_config, FirstBlockCacheConfig)
+        pipe.transformer.disable_cache()
+        assert torch.equal(run(pipe, family), expected)
+        assert getattr(small, "_cache_config", None) is None
+
+
+def test_first_block_cache_on_a_one_block_model_is_refused_before_anything_changes():
+    from sr_plugin.tiny import tiny_wan_transformer
+
+    pipe, _ = tiny_pair("wan")
+    one_block = tiny_wan_transformer(num_layers=1, num_heads=2, seed=5)
+    sr_plugin.apply(pipe, one_block, switch_step=3)
+    before = snapshot(pipe, pipe.transformer, one_block)
+    with pytest.raises(ValueError, match="First Block Cache needs at least two transformer blocks .*the small transformer has 1"):
+        sr_plugin.accelerate(pipe, fbcache=0.1)
+    assert snapshot(pipe, pipe.transformer, one_block) == before

@@ -57,6 +57,9 @@ class Accelerations:
             raise ValueError(f"the {role} transformer already carries sr_plugin accelerations of another pipeline "
                              f"(a {type(owner.pipe).__name__}); remove that pipeline's accelerate handle first, or "
                              "give this pipeline its own copy of the model")
+        if self.fbcache is not None and len(self.adapter.blocks(model)) < 2:
+            raise ValueError(f"First Block Cache needs at least two transformer blocks (the first decides, the rest "
+                             f"are cached); the {role} transformer has {len(self.adapter.blocks(model))}")
         if self.fbcache is not None and getattr(model, "_cache_config", None) is not None:
             raise ValueError(f"the {role} transformer already has a diffusers cache enabled "
                              f"({type(model._cache_config).__name__}); disable it or drop fbcache=")
@@ -99,6 +102,9 @@ class Accelerations:
         if model is None:
             return
         self.tracker.untrack(model)
+        if self.fbcache is not None and len(self.adapter.blocks(model)) < 2:
+            raise ValueError(f"First Block Cache needs at least two transformer blocks (the first decides, the rest "
+                             f"are cached); the {role} transformer has {len(self.adapter.blocks(model))}")
         if self.fbcache is not None and getattr(model, "_cache_config", None) is not None:
             model.disable_cache()
         if self.pab is not None:

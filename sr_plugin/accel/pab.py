@@ -73,8 +73,10 @@ class CFGAwarePABHook(ModelHook):
 
     @torch.compiler.disable  # Python state decides here: keep it out of compiled blocks (a graph break)
     def new_forward(self, module: torch.nn.Module, *args: Any, **kwargs: Any) -> Any:
-        state = self.state_manager.get_state()
         t = self.current_timestep()
+        if t is None:  # outside its pipeline's denoising loop (another pipeline sharing the model): plain
+            return self.fn_ref.original_forward(*args, **kwargs)
+        state = self.state_manager.get_state()
         within = t is not None and self.timestep_range[0] < float(t) < self.timestep_range[1]
         compute = state.cache is None or state.iteration == 0 or not within or state.iteration % self.skip_range == 0
         if self.log is not None:

@@ -233,7 +233,8 @@ class _InputCaptureHook(ModelHook):
         self.shared, self.index = shared, index
 
     def post_forward(self, module: torch.nn.Module, output: Any) -> Any:
-        self.shared.captured = output[self.index]
+        if self.shared.tracker.active:
+            self.shared.captured = output[self.index]
         return output
 
 
@@ -254,6 +255,8 @@ class _BlockHook(ModelHook):
 
     def new_forward(self, module: torch.nn.Module, *args: Any, **kwargs: Any) -> Any:
         sh = self.shared
+        if not sh.tracker.active:  # a call of another pipeline sharing this model: not ours to cache
+            return self.fn_ref.original_forward(*args, **kwargs)
         bound = self.bind(args, kwargs)
         state = sh.state_manager.get_state()
         if self.first:
