@@ -25,6 +25,10 @@ from .policy import SwitchOptions, SwitchPolicy, second_differences
 from .trace import StepRecord, SwitchRecord
 
 
+#: Marks a small model while a call of the pipeline that holds it runs (see `Router._check_small_free`).
+_IN_USE = "_sr_plugin_rendering_for"
+
+
 class Router:
     """Owns one pipeline's switching: the step observer, the policy and the transformer swap."""
 
@@ -64,6 +68,7 @@ class Router:
         """Start of the denoising loop: every check first, then fresh per-call state."""
         self.trace, self.switch_step, self.switch = [], None, None  # a call refused here reports no steps
         self._d = []
+        self._check_small_free()
         pipe = self.pipe
         large = pipe.transformer
         if large is None:
@@ -86,6 +91,8 @@ class Router:
         self._show(calls, "large")
         if self.policy.use_small(0):
             self._swap(calls)
+        if self.small is not large:
+            vars(self.small)[_IN_USE] = self  # released by `end`, which runs once `begin` has returned
 
     def after_step(self, calls: CallTracker, model_output: torch.Tensor, sample: torch.Tensor) -> None:
         """Observe step j's guided output, then decide who runs step j + 1."""
@@ -110,6 +117,8 @@ class Router:
     def end(self, calls: CallTracker) -> None:
         """End of the loop (also on error or interrupt): put the pipeline back, then write the trace."""
         self._swap_pending = False
+        if vars(self.small).get(_IN_USE) is self:
+            del vars(self.small)[_IN_USE]
         try:
             self._patches.undo()
             if self._hooked is not None:
@@ -117,6 +126,15 @@ class Router:
         finally:
             self._hooked = None
             self._write_trace(calls)
+
+    def _check_small_free(self) -> None:
+        """One call in flight per small model: the hand-off's per-call state (the hook, CogVideoX's latent
+        mapping) lives on the model, so two pipelines sharing it must not run calls at the same time."""
+        holder = vars(self.small).get(_IN_USE)
+        if holder is not None and holder is not self:
+            raise RuntimeError(
+                f"the small transformer is in use by a call of another pipeline (a {type(holder.pipe).__name__}) that "
+                "is still running: give each pipeline its own small model instance, or run the calls one after another")
 
     # ------------------------------------------------------------------ the hand-off
     def _swap(self, calls: CallTracker) -> None:

@@ -164,3 +164,25 @@ def test_first_block_cache_on_a_one_block_model_is_refused_before_anything_chang
     with pytest.raises(ValueError, match="First Block Cache needs at least two transformer blocks .*the small transformer has 1"):
         sr_plugin.accelerate(pipe, fbcache=0.1)
     assert snapshot(pipe, pipe.transformer, one_block) == before
+
+
+def test_two_pipelines_sharing_a_small_model_cannot_have_calls_in_flight_together():
+    """CogVideoX's hand-off keeps per-call state on the small model's hook: a second call in flight would stack
+    a second mapping. It is refused before its first step; one after the other, both work."""
+    pipe_a, small = tiny_pair("cogvideox")
+    pipe_b, _ = tiny_pair("cogvideox")
+    sr_plugin.apply(pipe_a, small, switch_step=3)
+    handle_b = sr_plugin.apply(pipe_b, small, switch_step=3)
+    expected_b = run(pipe_b, "cogvideox")
+    refused = []
+
+    def start_b_inside_a(p, i, t, kwargs):
+        if i == 4:  # A's small phase
+            with pytest.raises(RuntimeError, match="small transformer is in use by a call of another pipeline"):
+                run(pipe_b, "cogvideox")
+            refused.append(i)
+        return kwargs
+
+    run(pipe_a, "cogvideox", callback_on_step_end=start_b_inside_a)
+    assert refused == [4]
+    assert torch.equal(run(pipe_b, "cogvideox"), expected_b) and handle_b.switch_step == 3
