@@ -9,19 +9,32 @@
     cal = sr_plugin.calibrate_teacache(pipe, prompts)                   # fit TeaCache to your own models
 """
 
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
 from ._layout import use_checkout_adapters
 
 use_checkout_adapters()
 
-from .accel import (AccelHandle, PABConfig, TeaCacheCalibration, TeaCacheConfig, accelerate,  # noqa: E402
-                    calibrate_teacache)
-from .api import SRHandle, apply, handle_of  # noqa: E402
-from .policy import DEFAULT_DELTA  # noqa: E402
-from .trace import StepRecord, SwitchRecord  # noqa: E402
-
 __version__ = "0.1.0"
 
-__all__ = [
-    "DEFAULT_DELTA", "AccelHandle", "PABConfig", "SRHandle", "StepRecord", "SwitchRecord", "TeaCacheCalibration",
-    "TeaCacheConfig", "accelerate", "apply", "calibrate_teacache", "handle_of", "__version__",
-]
+#: Public names and the module each lives in: imported on first use, so that `sr-plugin --help` and other
+#: light uses do not pay for torch and diffusers.
+_EXPORTS = {
+    "AccelHandle": ".accel", "PABConfig": ".accel", "TeaCacheCalibration": ".accel", "TeaCacheConfig": ".accel",
+    "accelerate": ".accel", "calibrate_teacache": ".accel",
+    "SRHandle": ".api", "apply": ".api", "handle_of": ".api",
+    "DEFAULT_DELTA": ".policy", "StepRecord": ".trace", "SwitchRecord": ".trace",
+}
+
+__all__ = [*_EXPORTS, "__version__"]
+
+
+def __getattr__(name: str) -> Any:
+    if name in _EXPORTS:
+        value = getattr(importlib.import_module(_EXPORTS[name], __name__), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'sr_plugin' has no attribute {name!r}")

@@ -18,7 +18,7 @@ from .accel import PABConfig, TeaCacheConfig, accelerate
 from .api import apply
 from .tiny import FAMILIES, TINY_CALL, tiny_pair
 
-BENCH_STEPS = 10
+from .bench_configs import ACCELERATION_NAMES, BENCH_STEPS, CONFIGS  # noqa: E402,F401 (re-exported)
 #: Fixed switch step of the SR rows, so that every SR row switches at the same place.
 SWITCH_STEP = 3
 #: TeaCache with the identity polynomial and thresholds that skip about half of the calls on the tiny models.
@@ -35,7 +35,7 @@ ACCELERATIONS: dict[str, Callable[[str], dict[str, Any]]] = {
     "compile": lambda f: {"compile": True},
     "all": lambda f: {"teacache": TEACACHE[f], "pab": PAB, "compile": True},  # FBCache excludes TeaCache
 }
-CONFIGS = ["baseline", "sr"] + [a for a in ACCELERATIONS if a != "all"] + [f"sr+{a}" for a in ACCELERATIONS]
+assert tuple(ACCELERATIONS) == ACCELERATION_NAMES, "bench_configs.ACCELERATION_NAMES must list ACCELERATIONS"
 
 
 def call(pipe: Any, family: str, steps: int = BENCH_STEPS) -> Any:

@@ -6,7 +6,11 @@ import argparse
 import sys
 from typing import Any
 
-from .trained import FAMILY_NAMES as FAMILIES
+from . import __version__
+
+#: The trained families (sr_plugin.trained.FAMILY_NAMES, checked by a test): written out here so that parsing
+#: arguments and --help import neither torch nor diffusers.
+FAMILIES = ("wan", "cogvideox")
 
 
 def _checked(kind: type, ok: Any, rule: str) -> Any:
@@ -42,6 +46,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog="sr-plugin",
         description="Sketch-rendering cooperation (SRDiffusion) for diffusers' Wan2.1 and CogVideoX pipelines: "
                     "the large transformer sketches the early steps, a small one renders the rest.")
+    parser.add_argument("--version", action="version", version=f"sr-plugin {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="{demo,generate,bench,calibrate-delta}")
 
     demo = sub.add_parser("demo", help="the trained families on held-out prompts: large only | SR | small only, "
@@ -89,7 +94,7 @@ def build_parser() -> argparse.ArgumentParser:
     bench = sub.add_parser("bench", help="run the CPU benchmark matrix on the tiny pair and print its table",
                            description="Each configuration against the unpatched tiny pipeline, interleaved round "
                                        "by round; the speed-up is the median of the paired per-round ratios.")
-    from .bench import BENCH_STEPS, CONFIGS
+    from .bench_configs import BENCH_STEPS, CONFIGS
 
     bench.add_argument("--family", choices=FAMILIES + ("all",), default="all")
     bench.add_argument("--configs", nargs="+", choices=CONFIGS, default=None, metavar="CONFIG",

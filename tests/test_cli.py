@@ -125,3 +125,31 @@ def test_console_script_is_installed():
     assert script.exists()
     result = subprocess.run([str(script), "--help"], capture_output=True, text=True, timeout=120)
     assert result.returncode == 0 and "generate" in result.stdout
+
+
+def test_help_and_argument_errors_import_neither_torch_nor_diffusers():
+    """`sr-plugin --help` took 8 s when torch was imported before parsing."""
+    import subprocess
+    import sys
+
+    code = ("import sys, contextlib, io\nfrom sr_plugin import cli\n"
+            "for argv in (['--help'], ['--version'], ['generate', '--help'], ['demo', '--steps', '0']):\n"
+            "    with contextlib.suppress(SystemExit), contextlib.redirect_stdout(io.StringIO()), "
+            "contextlib.redirect_stderr(io.StringIO()):\n        cli.main(argv)\n"
+            "assert 'torch' not in sys.modules and 'diffusers' not in sys.modules, 'imported'\n")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr[-2000:]
+    from sr_plugin import cli, trained
+    from sr_plugin.bench import ACCELERATIONS
+    from sr_plugin.bench_configs import ACCELERATION_NAMES
+
+    assert cli.FAMILIES == trained.FAMILY_NAMES and tuple(ACCELERATIONS) == ACCELERATION_NAMES
+
+
+def test_version(capsys):
+    import sr_plugin
+    from sr_plugin import cli
+
+    with pytest.raises(SystemExit):
+        cli.main(["--version"])
+    assert capsys.readouterr().out.strip() == f"sr-plugin {sr_plugin.__version__}"
