@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from typing import Any
 
@@ -147,5 +148,10 @@ def main(argv: list[str] | None = None) -> int:
         if isinstance(err, (UserError, ValueError, TypeError)):
             print(f"sr-plugin: {err}", file=sys.stderr)
             return 2
-        raise
+        if os.environ.get("SR_PLUGIN_TRACEBACK"):
+            raise
+        first = str(err).strip().splitlines()[0] if str(err).strip() else ""
+        print(f"sr-plugin: the run failed: {type(err).__name__}: {first} (set SR_PLUGIN_TRACEBACK=1 for the "
+              "traceback)", file=sys.stderr)
+        return 1
     return 0

@@ -151,9 +151,14 @@ def generate(prompt: str, out: str, large: str | None = None, small: str | None 
     if steps is not None:
         call["num_inference_steps"] = steps
     device = "cuda" if torch.cuda.is_available() and source == "pretrained" else "cpu"
-    start = time.perf_counter()
-    video = pipe(prompt=prompt, output_type="np", generator=torch.Generator(device).manual_seed(seed), **call).frames[0]
-    seconds = time.perf_counter() - start
+    from .quality import loop_timer
+
+    with loop_timer(pipe) as loops:
+        start = time.perf_counter()
+        video = pipe(prompt=prompt, output_type="np", generator=torch.Generator(device).manual_seed(seed),
+                     **call).frames[0]
+        seconds = time.perf_counter() - start
+    denoise_seconds = loops[-1] if loops else None
 
     from diffusers.utils import export_to_video
 
@@ -167,6 +172,7 @@ def generate(prompt: str, out: str, large: str | None = None, small: str | None 
         "weights": {"tiny": "random (built-in tiny pair)", "trained": f"trained family sr_plugin/trained/{family}",
                     "pretrained": {"large": large, "small": small}}[source],
         "num_inference_steps": len(trace), "seed": seed, "seconds": seconds,
+        "denoising_seconds": denoise_seconds,
         "rule": {"fixed_switch_step": switch_step} if switch_step is not None else {
             "delta": delta if delta is not None else DEFAULT_DELTA},
         "switch_step": handle.switch_step, "switch": handle.switch.as_dict() if handle.switch else None,
@@ -178,6 +184,8 @@ def generate(prompt: str, out: str, large: str | None = None, small: str | None 
     why = describe_switch(handle.switch)
     plot_trace(trace, None if switch_step is not None else record["rule"]["delta"], handle.switch_step, plot_path,
                f"{family}: {why}")
-    say(f"sr-plugin: {len(trace)} step{'s' if len(trace) != 1 else ''} in {seconds:.2f} s, {why}; wrote "
+    loop = f"denoising {len(trace)} step{'s' if len(trace) != 1 else ''} took {denoise_seconds:.2f} s" \
+        if denoise_seconds is not None else f"{len(trace)} step{'s' if len(trace) != 1 else ''}"
+    say(f"sr-plugin: {loop}, the whole call {seconds:.2f} s (text encoding and decoding included), {why}; wrote "
         f"{out_path}, {trace_path}, {plot_path}")
     return {"video": str(out_path), "trace": str(trace_path), "plot": str(plot_path)}

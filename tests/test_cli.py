@@ -153,3 +153,21 @@ def test_version(capsys):
     with pytest.raises(SystemExit):
         cli.main(["--version"])
     assert capsys.readouterr().out.strip() == f"sr-plugin {sr_plugin.__version__}"
+
+
+def test_an_error_inside_the_run_is_one_line_not_a_traceback(monkeypatch, capsys):
+    import sr_plugin.generate
+    from sr_plugin import cli
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("CUDA out of memory. Tried to allocate 2 GiB\nmore detail")
+
+    monkeypatch.setattr(sr_plugin.generate, "generate", broken)
+    monkeypatch.delenv("SR_PLUGIN_TRACEBACK", raising=False)
+    assert cli.main(["generate", "--tiny", "--prompt", "a fox", "--out", "x.mp4"]) == 1
+    err = capsys.readouterr().err
+    assert err.strip() == ("sr-plugin: the run failed: RuntimeError: CUDA out of memory. Tried to allocate 2 GiB "
+                           "(set SR_PLUGIN_TRACEBACK=1 for the traceback)")
+    monkeypatch.setenv("SR_PLUGIN_TRACEBACK", "1")
+    with pytest.raises(RuntimeError):
+        cli.main(["generate", "--tiny", "--prompt", "a fox", "--out", "x.mp4"])
