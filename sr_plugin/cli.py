@@ -83,8 +83,19 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--tiny", action="store_true", help="the built-in tiny pair with random weights (any prompt; "
                      "the video is noise)")
     _switch_options(gen)
+    gen.add_argument("--min-switch-step", type=_step, default=None, metavar="K",
+                     help="adaptive switch: not before step K (default max(3, ceil(0.1 N)))")
+    gen.add_argument("--max-switch-step", type=_step, default=None, metavar="K",
+                     help="adaptive switch: at step K at the latest (default floor(0.6 N))")
     gen.add_argument("--steps", type=_positive_int, default=None, help="denoising steps (default: the pipeline's)")
+    gen.add_argument("--negative-prompt", default=None, help="the negative prompt (default: the pipeline's)")
+    gen.add_argument("--guidance-scale", type=_threshold, default=None, help="CFG scale (default: the pipeline's, "
+                     "or the trained family's own)")
+    gen.add_argument("--fps", type=_positive_int, default=None, help="frames per second of the video written "
+                     "(default: the family's)")
     gen.add_argument("--teacache", type=_threshold, default=None, metavar="THRESHOLD", help="also run TeaCache")
+    gen.add_argument("--fbcache", type=_threshold, default=None, metavar="THRESHOLD",
+                     help="also run diffusers' First Block Cache (not with --teacache)")
     gen.add_argument("--pab", action="store_true", help="also run CFG-aware Pyramid Attention Broadcast")
     gen.add_argument("--compile", action="store_true", help="also compile both transformers' blocks")
     gen.add_argument("--seed", type=int, default=0)
@@ -92,7 +103,8 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--width", type=_positive_int, default=None)
     gen.add_argument("--frames", type=_positive_int, default=None)
 
-    bench = sub.add_parser("bench", help="run the CPU benchmark matrix on the tiny pair and print its table",
+    bench = sub.add_parser("bench", help="run the CPU benchmark matrix on the tiny pair and print its table "
+                           "(about 3 minutes per family with the defaults on a 2-core CPU)",
                            description="Each configuration against the unpatched tiny pipeline, interleaved round "
                                        "by round; the speed-up is the median of the paired per-round ratios.")
     from .bench_configs import BENCH_STEPS, CONFIGS
@@ -132,7 +144,9 @@ def main(argv: list[str] | None = None) -> int:
 
             generate(args.prompt, args.out, args.large, args.small, args.family, args.delta, args.switch_step,
                      args.steps, args.teacache, args.pab, args.compile, args.seed, args.height, args.width,
-                     args.frames, tiny=args.tiny)
+                     args.frames, tiny=args.tiny, negative_prompt=args.negative_prompt,
+                     guidance_scale=args.guidance_scale, fps=args.fps, fbcache=args.fbcache,
+                     min_switch_step=args.min_switch_step, max_switch_step=args.max_switch_step)
         elif args.command == "calibrate-delta":
             from .calibrate_cli import run_calibrate_delta
 

@@ -113,7 +113,9 @@ def generate(prompt: str, out: str, large: str | None = None, small: str | None 
              delta: float | None = None, switch_step: int | None = None, steps: int | None = None,
              teacache: float | None = None, pab: bool = False, compile: bool = False, seed: int = 0,
              height: int | None = None, width: int | None = None, frames: int | None = None,
-             say: Any = print, tiny: bool = False) -> dict[str, str]:
+             say: Any = print, tiny: bool = False, negative_prompt: str | None = None,
+             guidance_scale: float | None = None, fps: int | None = None, fbcache: float | None = None,
+             min_switch_step: int | None = None, max_switch_step: int | None = None) -> dict[str, str]:
     """Generate one video; returns the paths written (video, trace JSON, plot PNG)."""
     out_path = pathlib.Path(out)
     if out_path.suffix.lower() != ".mp4":
@@ -133,14 +135,15 @@ def generate(prompt: str, out: str, large: str | None = None, small: str | None 
         say(f"sr-plugin: no --large/--small given: using the trained {family} family shipped in the package "
             "(sr_plugin/trained/), trained on its shapes task")
     try:
-        handle = apply(pipe, small_model, delta=delta, switch_step=switch_step, **extra)
+        handle = apply(pipe, small_model, delta=delta, switch_step=switch_step, min_switch_step=min_switch_step,
+                       max_switch_step=max_switch_step, **extra)
         accel = None
-        if teacache is not None or pab or compile:
-            coefficients = None
-            if source != "pretrained":  # no published TeaCache coefficients fit these models: the identity one
+        if teacache is not None or pab or compile or fbcache is not None:
+            coefficients = None  # published (real checkpoints) or shipped beside the weights (trained families)
+            if source == "tiny":  # random weights fit no coefficients: the identity polynomial
                 coefficients = {"large": (1.0, 0.0), "small": (1.0, 0.0)}
             accel = accelerate(pipe, teacache=None if teacache is None else TeaCacheConfig(teacache, coefficients),
-                               pab=pab, compile=compile)
+                               pab=pab, compile=compile, fbcache=fbcache)
     except (ValueError, TypeError) as err:
         raise UserError(str(err)) from err
     pipe.set_progress_bar_config(disable=False, desc="denoising")
@@ -150,6 +153,10 @@ def generate(prompt: str, out: str, large: str | None = None, small: str | None 
     call.update({k: v for k, v in (("height", height), ("width", width), ("num_frames", frames)) if v is not None})
     if steps is not None:
         call["num_inference_steps"] = steps
+    if negative_prompt is not None:
+        call["negative_prompt"] = negative_prompt
+    if guidance_scale is not None:
+        call["guidance_scale"] = guidance_scale
     device = "cuda" if torch.cuda.is_available() and source == "pretrained" else "cpu"
     from .quality import loop_timer
 
@@ -164,8 +171,8 @@ def generate(prompt: str, out: str, large: str | None = None, small: str | None 
 
     from .adapters import family as registered_family
 
-    export_to_video(list(video), str(out_path), fps=trained.FPS[family] if source == "trained" else
-                    registered_family(family).fps)
+    export_to_video(list(video), str(out_path), fps=fps if fps is not None else trained.FPS[family]
+                    if source == "trained" else registered_family(family).fps)
     trace = [r.as_dict() for r in handle.trace]
     record = {
         "prompt": prompt, "family": family,

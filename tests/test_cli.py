@@ -171,3 +171,18 @@ def test_an_error_inside_the_run_is_one_line_not_a_traceback(monkeypatch, capsys
     monkeypatch.setenv("SR_PLUGIN_TRACEBACK", "1")
     with pytest.raises(RuntimeError):
         cli.main(["generate", "--tiny", "--prompt", "a fox", "--out", "x.mp4"])
+
+
+def test_generate_flags_reach_the_run(monkeypatch):
+    import sr_plugin.generate
+    from sr_plugin import cli
+
+    seen = {}
+    monkeypatch.setattr(sr_plugin.generate, "generate", lambda *a, **kw: seen.update(args=a, kwargs=kw))
+    assert cli.main(["generate", "--prompt", "p", "--out", "x.mp4", "--negative-prompt", "blurry",
+                     "--guidance-scale", "4.5", "--fps", "12", "--fbcache", "0.2", "--min-switch-step", "4",
+                     "--max-switch-step", "9"]) == 0
+    assert {k: seen["kwargs"][k] for k in ("negative_prompt", "guidance_scale", "fps", "fbcache", "min_switch_step",
+                                           "max_switch_step")} == {
+        "negative_prompt": "blurry", "guidance_scale": 4.5, "fps": 12, "fbcache": 0.2, "min_switch_step": 4,
+        "max_switch_step": 9}
