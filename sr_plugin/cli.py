@@ -80,6 +80,8 @@ def build_parser() -> argparse.ArgumentParser:
                      "e.g. Wan-AI/Wan2.1-T2V-1.3B-Diffusers")
     gen.add_argument("--family", choices=FAMILIES, help="the family (default: read from --large; wan for the "
                      "trained and the tiny pairs)")
+    gen.add_argument("--local-files-only", action="store_true", help="never reach the Hugging Face Hub: --large "
+                     "and --small must be local folders or already in the cache")
     gen.add_argument("--tiny", action="store_true", help="the built-in tiny pair with random weights (any prompt; "
                      "the video is noise)")
     _switch_options(gen)
@@ -146,7 +148,8 @@ def main(argv: list[str] | None = None) -> int:
                      args.steps, args.teacache, args.pab, args.compile, args.seed, args.height, args.width,
                      args.frames, tiny=args.tiny, negative_prompt=args.negative_prompt,
                      guidance_scale=args.guidance_scale, fps=args.fps, fbcache=args.fbcache,
-                     min_switch_step=args.min_switch_step, max_switch_step=args.max_switch_step)
+                     min_switch_step=args.min_switch_step, max_switch_step=args.max_switch_step,
+                     local_files_only=args.local_files_only)
         elif args.command == "calibrate-delta":
             from .calibrate_cli import run_calibrate_delta
 

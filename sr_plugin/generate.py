@@ -23,7 +23,7 @@ class UserError(Exception):
 
 
 def load_models(large: str | None, small: str | None, family: str | None,
-                tiny: bool = False) -> tuple[Any, Any, str, str, dict[str, Any]]:
+                tiny: bool = False, local_files_only: bool = False) -> tuple[Any, Any, str, str, dict[str, Any]]:
     """(pipe, small transformer, family, source, apply options) from model ids or paths, the trained family
     shipped in the package (source "trained"), or the random tiny pair (source "tiny")."""
     if (large is None) != (small is None):
@@ -43,9 +43,10 @@ def load_models(large: str | None, small: str | None, family: str | None,
         return pipe, small_model, family, "trained", extra
     from diffusers import DiffusionPipeline
 
+    check_local_pair(large, small, family)  # before the (long) loading of the large model
     dtype = torch.bfloat16 if torch.cuda.is_available() else torch.float32
     try:
-        pipe = DiffusionPipeline.from_pretrained(large, dtype=dtype)
+        pipe = DiffusionPipeline.from_pretrained(large, dtype=dtype, local_files_only=local_files_only)
     except Exception as err:  # hub errors, missing files, validation errors: all the same to the user
         raise UserError(f"cannot load the large model {large!r}: it is neither a local pipeline folder nor "
                         f"reachable on the Hugging Face Hub ({_first_line(err)})") from err
@@ -57,13 +58,51 @@ def load_models(large: str | None, small: str | None, family: str | None,
     if family is not None and family != found:
         raise UserError(f"--family {family} does not match the large model, a {type(pipe).__name__}")
     try:
-        small_model = adapter.transformer_class().from_pretrained(small, subfolder="transformer", dtype=dtype)
+        small_model = adapter.transformer_class().from_pretrained(small, subfolder="transformer", dtype=dtype,
+                                                                  local_files_only=local_files_only)
     except Exception as err:
         raise UserError(f"cannot load the small transformer {small!r} (its 'transformer' subfolder): it is neither "
                         f"local nor reachable on the Hugging Face Hub ({_first_line(err)})") from err
     if torch.cuda.is_available():
         pipe.to("cuda")
     return pipe, small_model.eval(), found, "pretrained", {}
+
+
+def _class_name(config: pathlib.Path) -> str | None:
+    try:
+        return json.loads(config.read_text()).get("_class_name")
+    except (OSError, ValueError):
+        return None
+
+
+def check_local_pair(large: str, small: str, family: str | None) -> None:
+    """For local folders, the families of --large, --small and --family agree, read from their configs before
+    anything is loaded (a wrong pair otherwise fails deep inside diffusers with an unrelated message)."""
+    from .adapters import registered_families
+
+    large_dir, small_dir = pathlib.Path(large), pathlib.Path(small)
+    adapter = None
+    if large_dir.is_dir():
+        pipeline_class = _class_name(large_dir / "model_index.json")
+        adapter = next((a for a in registered_families() if pipeline_class in a.pipeline_class_names), None)
+        if adapter is None:
+            raise UserError(f"--large {large!r} is not a pipeline sr_plugin supports (model_index.json names "
+                            f"{pipeline_class!r})")
+        if family is not None and family != adapter.key:
+            raise UserError(f"--family {family} does not match --large, a {pipeline_class}")
+    if small_dir.is_dir():
+        configs = [small_dir / "transformer" / "config.json", small_dir / "config.json"]
+        small_class = next((c for c in map(_class_name, configs) if c), None)
+        if small_class is None:
+            raise UserError(f"--small {small!r} has no transformer config (transformer/config.json or config.json)")
+        expected = adapter.transformer_class_name if adapter is not None else None
+        if family is not None and adapter is None:
+            from .adapters import family as registered
+
+            expected = registered(family).transformer_class_name
+        if expected is not None and small_class != expected:
+            raise UserError(f"--small {small!r} is a {small_class}, but the pipeline needs a {expected}: the two "
+                            "models must be of one family")
 
 
 def plot_trace(trace: list[dict[str, Any]], delta: float | None, switch_step: int | None, path: pathlib.Path,
@@ -115,7 +154,8 @@ def generate(prompt: str, out: str, large: str | None = None, small: str | None 
              height: int | None = None, width: int | None = None, frames: int | None = None,
              say: Any = print, tiny: bool = False, negative_prompt: str | None = None,
              guidance_scale: float | None = None, fps: int | None = None, fbcache: float | None = None,
-             min_switch_step: int | None = None, max_switch_step: int | None = None) -> dict[str, str]:
+             min_switch_step: int | None = None, max_switch_step: int | None = None,
+             local_files_only: bool = False) -> dict[str, str]:
     """Generate one video; returns the paths written (video, trace JSON, plot PNG)."""
     out_path = pathlib.Path(out)
     if out_path.suffix.lower() != ".mp4":
@@ -127,7 +167,7 @@ def generate(prompt: str, out: str, large: str | None = None, small: str | None 
             task.parse(prompt)  # before loading anything
         except ValueError as err:
             raise UserError(f"{err}. (The trained families know only their task; --tiny takes any prompt.)") from err
-    pipe, small_model, family, source, extra = load_models(large, small, family, tiny)
+    pipe, small_model, family, source, extra = load_models(large, small, family, tiny, local_files_only)
     if source == "tiny":
         say(f"sr-plugin: --tiny: using the built-in tiny {family} pair, whose weights are "
             "RANDOM (the video will be noise; it shows the mechanics only)")

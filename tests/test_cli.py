@@ -186,3 +186,26 @@ def test_generate_flags_reach_the_run(monkeypatch):
                                            "max_switch_step")} == {
         "negative_prompt": "blurry", "guidance_scale": 4.5, "fps": 12, "fbcache": 0.2, "min_switch_step": 4,
         "max_switch_step": 9}
+
+
+def test_a_pair_of_two_families_is_refused_before_loading(tmp_path):
+    """Local folders: the families are read from their configs; nothing is loaded when they disagree."""
+    import json as _json
+
+    from sr_plugin.generate import UserError, check_local_pair
+
+    wan, cog = tmp_path / "wan", tmp_path / "cog"
+    for folder, pipeline, transformer in ((wan, "WanPipeline", "WanTransformer3DModel"),
+                                          (cog, "CogVideoXPipeline", "CogVideoXTransformer3DModel")):
+        (folder / "transformer").mkdir(parents=True)
+        (folder / "model_index.json").write_text(_json.dumps({"_class_name": pipeline}))
+        (folder / "transformer" / "config.json").write_text(_json.dumps({"_class_name": transformer}))
+    check_local_pair(str(wan), str(wan), None)
+    with pytest.raises(UserError, match="is a CogVideoXTransformer3DModel, but the pipeline needs a WanTransformer3DModel"):
+        check_local_pair(str(wan), str(cog), None)
+    with pytest.raises(UserError, match="is a WanTransformer3DModel, but the pipeline needs a CogVideoXTransformer3DModel"):
+        check_local_pair(str(cog), str(wan), None)
+    with pytest.raises(UserError, match="--family wan does not match --large, a CogVideoXPipeline"):
+        check_local_pair(str(cog), str(cog), "wan")
+    with pytest.raises(UserError, match="has no transformer config"):
+        check_local_pair(str(wan), str(tmp_path), None)
