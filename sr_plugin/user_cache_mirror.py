@@ -7,6 +7,9 @@
   against, and reuse, the large model's residuals. The small model is patched the same way and runs inside
   a context of its own (same settings, fresh buffers) for each call.
 
+- diffusers' attention backend set on the large model (``set_attention_backend``): the small model's attention
+  processors that have none of their own get the same one; `undo` sets them back to none.
+
 Checked at the start of every call, so the order of enabling the cache and `sr_plugin.apply` does not matter.
 """
 
@@ -31,11 +34,15 @@ class UserCacheMirror:
         self._para_patched: tuple[Any, ...] | None = None
         self._para_parent: Any = None
         self._para_context: Any = None
+        #: The small model's attention processors given the large model's backend, and that backend.
+        self._backend_set: list[Any] = []
+        self._backend: Any = None
 
     def sync(self, large: torch.nn.Module) -> None:
         small = self.small
         if large is small:
             return
+        self._sync_attention_backend(large)
         from diffusers import FirstBlockCacheConfig
 
         config = getattr(large, "_cache_config", None)
@@ -52,6 +59,20 @@ class UserCacheMirror:
 
             self._para_patched = ("forward" in vars(small), vars(small).get("forward"))
             apply_cache_on_transformer(small)
+
+    def _sync_attention_backend(self, large: torch.nn.Module) -> None:
+        backends = {p._attention_backend for p in _attention_processors(large)} - {None}
+        backend = next(iter(backends)) if len(backends) == 1 else None
+        if backend == self._backend:
+            return
+        for processor in self._backend_set:  # the large model's backend changed or was reset
+            processor._attention_backend = None
+        self._backend_set, self._backend = [], backend
+        if backend is not None:
+            for processor in _attention_processors(self.small):
+                if processor._attention_backend is None:  # the user's own choice for the small model stays
+                    processor._attention_backend = backend
+                    self._backend_set.append(processor)
 
     def small_call_context(self) -> ContextManager:
         """Entered around each small-model call: para-attn's context of the small model for this call."""
@@ -71,6 +92,9 @@ class UserCacheMirror:
 
     def undo(self) -> None:
         small = self.small
+        for processor in self._backend_set:
+            processor._attention_backend = None
+        self._backend_set, self._backend = [], None
         if self._enabled_fbc:
             small.disable_cache()
             drop_hook_residue(small)
@@ -84,3 +108,14 @@ class UserCacheMirror:
             vars(small).pop("_is_cached", None)
             self._para_patched = None
         self._para_parent = self._para_context = None
+
+
+def _attention_processors(model: torch.nn.Module) -> list[Any]:
+    """The attention processors that take a diffusers attention backend (``_attention_backend``)."""
+    processors = []
+    for module in model.modules():
+        processor = getattr(module, "processor", None)
+        if processor is not None and hasattr(processor, "_attention_backend") and all(
+                processor is not q for q in processors):
+            processors.append(processor)
+    return processors

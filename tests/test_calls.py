@@ -165,3 +165,29 @@ def test_a_step_end_callback_sees_the_steps_own_transformer(pair, family):
     log.close()
     assert [(i, model) for i, model, _ in seen] == [(i, "large" if i < 3 else "small") for i in range(10)]
     assert all(model == ran for _, model, ran in seen)  # the model the step really called
+
+
+@pytest.mark.parametrize("small_own", [None, "native"])
+def test_the_large_models_attention_backend_is_the_small_ones_unless_it_has_its_own(small_own):
+    """Wan's attention processors dispatch through diffusers' attention backends (CogVideoX's processors in
+    diffusers 0.42 do not take one). CPU backends: native and math."""
+    from diffusers.models.attention_dispatch import AttentionBackendName
+
+    from sr_plugin.tiny import tiny_wan
+    from sr_plugin.user_cache_mirror import _attention_processors
+
+    pipe, small = tiny_wan()
+    if small_own is not None:
+        small.set_attention_backend(small_own)
+    pipe.transformer.set_attention_backend("_native_math")
+    handle = sr_plugin.apply(pipe, small, switch_step=3)
+    seen = []
+    hook = small.register_forward_pre_hook(lambda m, a: seen.append({p._attention_backend for p in
+                                                                     _attention_processors(small)}))
+    run(pipe, "wan")
+    hook.remove()
+    expected = AttentionBackendName("_native_math" if small_own is None else small_own)
+    assert len(seen) == 14 and all(s == {expected} for s in seen)
+    handle.remove()
+    after = {p._attention_backend for p in _attention_processors(small)}
+    assert after == ({None} if small_own is None else {AttentionBackendName(small_own)})
