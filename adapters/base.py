@@ -101,6 +101,16 @@ class FamilyAdapter:
                     "the two models must share latent channels, patch size and text embedding width"
                 )
 
+    def latest_switch_step(self, pipe: Any, timesteps: list[float]) -> tuple[int, str] | None:
+        """The step by which the small model must have taken over in this call, and why (a pipeline whose
+        large model cannot run all steps), or None."""
+        return None
+
+    def expert_slots(self, pipe: Any) -> tuple[str, ...]:
+        """Pipeline attributes besides ``transformer`` that the pipeline calls for some steps (Wan2.2's
+        low-noise expert ``transformer_2``): after the switch the small model stands in them too."""
+        return ()
+
     def check_scheduler(self, scheduler: Any) -> None:
         """Raise if the x0 estimate cannot be read from this scheduler."""
 

@@ -40,11 +40,30 @@ class WanAdapter(FamilyAdapter):
     pair_fields = ("in_channels", "out_channels", "patch_size", "text_dim")
 
     def check_pipeline(self, pipe: Any) -> None:
-        if getattr(pipe, "transformer_2", None) is not None or pipe.config.get("boundary_ratio") is not None:
-            raise ValueError(
-                "this WanPipeline already has two experts (transformer_2 / boundary_ratio, Wan2.2); "
-                "sr_plugin.apply expects a single-transformer Wan2.1 pipeline"
-            )
+        # Wan2.2 T2V A14B: a high-noise expert (`transformer`) and a low-noise one (`transformer_2`), chosen by
+        # `boundary_ratio`; the low-noise one may be left out (None) when the small model renders the rest.
+        if pipe.config.get("expand_timesteps"):
+            raise ValueError("this WanPipeline expands timesteps per token (Wan2.2 TI2V-5B): its VAE differs from "
+                             "Wan2.1's, so a Wan2.1 small model cannot render its latents")
+        if getattr(pipe, "transformer_2", None) is not None and pipe.config.get("boundary_ratio") is None:
+            raise ValueError("this WanPipeline has a transformer_2 but no boundary_ratio: which expert runs a step "
+                             "is undefined")
+
+    def _boundary(self, pipe: Any) -> float | None:
+        ratio = pipe.config.get("boundary_ratio")
+        return None if ratio is None else ratio * pipe.scheduler.config.num_train_timesteps
+
+    def latest_switch_step(self, pipe: Any, timesteps: list[float]) -> tuple[int, str] | None:
+        boundary = self._boundary(pipe)
+        if boundary is None or getattr(pipe, "transformer_2", None) is not None:
+            return None
+        # Without the low-noise expert, the first step below the boundary must be the small model's.
+        first_low = next((j for j, t in enumerate(timesteps) if t < boundary), len(timesteps))
+        return first_low, (f"Wan2.2 boundary_ratio={pipe.config.boundary_ratio}: the low-noise expert "
+                           "(transformer_2) is not loaded")
+
+    def expert_slots(self, pipe: Any) -> tuple[str, ...]:
+        return ("transformer_2",) if self._boundary(pipe) is not None else ()
 
     def check_scheduler(self, scheduler: Any) -> None:
         flow = scheduler.config.get("prediction_type") == "flow_prediction" or "FlowMatch" in type(scheduler).__name__

@@ -128,6 +128,18 @@ class SwitchSchedule:
     fixed: bool
 
 
+def cap_schedule(schedule: SwitchSchedule, latest: int, why: str) -> SwitchSchedule:
+    """The schedule with the switch at step ``latest`` at the latest (a pipeline that cannot run the large
+    model beyond it). A fixed switch after it is an error naming ``why``."""
+    if schedule.fixed:
+        if schedule.min_step > latest:
+            raise ValueError(f"switch_step={schedule.min_step} is after step {latest}, the latest this pipeline "
+                             f"allows ({why})")
+        return schedule
+    return SwitchSchedule(schedule.num_steps, schedule.delta, min(schedule.min_step, latest),
+                          min(schedule.max_step, latest), fixed=False)
+
+
 def second_differences(d: list[float | None]) -> list[float | None]:
     """``s_j = d_{j-1} - d_j`` wherever both are defined (None elsewhere)."""
     return [

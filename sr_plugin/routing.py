@@ -21,7 +21,7 @@ from .handoff_hook import HandoffHook
 from .metric import relative_change
 from .offload import model_offload_active
 from .patching import InstancePatches, drop_hook_residue_at
-from .policy import SwitchOptions, SwitchPolicy, second_differences
+from .policy import SwitchOptions, SwitchPolicy, cap_schedule, second_differences
 from .trace import StepRecord, SwitchRecord
 
 
@@ -80,7 +80,11 @@ class Router:
         if calls.group is not None and cp_group(self.small) is None and self.small is not large:
             raise ValueError("the large transformer became context-parallel after sr_plugin.apply: call "
                              "handle.remove() and sr_plugin.apply(...) again, so that the small one is parallelized too")
-        self.policy = SwitchPolicy(self.options.resolve(calls.num_steps))
+        schedule = self.options.resolve(calls.num_steps)
+        latest = self.adapter.latest_switch_step(pipe, calls.timesteps)
+        if latest is not None:
+            schedule = cap_schedule(schedule, *latest)
+        self.policy = SwitchPolicy(schedule)
         self.handoff.begin_call(pipe)
         self.mirror.sync(large)
         if self.offloader is not None:
@@ -146,6 +150,8 @@ class Router:
         )
         self._hooked = self.small
         self._patches.set(self.pipe, "transformer", self.small)
+        for slot in self.adapter.expert_slots(self.pipe):  # e.g. Wan2.2's low-noise expert: the small one renders
+            self._patches.set(self.pipe, slot, self.small)
         if self.large is not self.small:
             _reset_caches(self.large)  # it will not run again in this call: free its cached residuals/attention
         if self.offloader is not None and not model_offload_active(self.pipe):

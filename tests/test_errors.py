@@ -72,11 +72,16 @@ def test_pipeline_without_transformer():
         sr_plugin.apply(pipe, small)
 
 
-def test_two_expert_wan_pipeline_is_refused():
+def test_wan_pipelines_a_wan21_small_model_cannot_serve_are_refused():
+    """Wan2.2 T2V (two experts, or the high-noise one alone) is served (tests/test_handoff_exact.py); TI2V-5B
+    (per-token timesteps, another VAE) and a transformer_2 without a boundary are not."""
     pipe, small = tiny_wan()
-    two = WanPipeline(**{**pipe.components, "transformer_2": small}, boundary_ratio=0.5)
-    with pytest.raises(ValueError, match="two experts"):
-        sr_plugin.apply(two, small)
+    ti2v = WanPipeline(**pipe.components, expand_timesteps=True)
+    with pytest.raises(ValueError, match="TI2V-5B"):
+        sr_plugin.apply(ti2v, small)
+    no_boundary = WanPipeline(**{**pipe.components, "transformer_2": small})
+    with pytest.raises(ValueError, match="transformer_2 but no boundary_ratio"):
+        sr_plugin.apply(no_boundary, small)
 
 
 def test_latent_space_options_are_checked():

@@ -58,6 +58,72 @@ def test_wan_fixed_switch_equals_diffusers_two_expert_path(k):
     assert log.calls == ["large"] * 2 * k + ["small"] * 2 * (STEPS - k)  # cond + uncond on one model per step
 
 
+def wan22(pipe, transformer_2, ratio):
+    two = WanPipeline(tokenizer=pipe.tokenizer, text_encoder=pipe.text_encoder, vae=pipe.vae,
+                      transformer=pipe.transformer, transformer_2=transformer_2, scheduler=pipe.scheduler,
+                      boundary_ratio=ratio)
+    two.set_progress_bar_config(disable=True)
+    return two
+
+
+def boundary_at(pipe, k):
+    """A boundary ratio that puts steps < k on the high-noise expert and the rest on the low-noise one."""
+    pipe.scheduler.set_timesteps(STEPS)
+    t = pipe.scheduler.timesteps
+    return float(t[k - 1] + t[k]) / 2 / pipe.scheduler.config.num_train_timesteps
+
+
+def test_wan22_without_its_low_noise_expert_equals_diffusers_with_the_small_model_as_that_expert():
+    """The oracle: the high-noise expert alone plus a fixed switch at the boundary is diffusers' own two-expert
+    pipeline with transformer_2=small (guidance_scale_2 included); by default the switch comes at the
+    boundary at the latest, and a fixed switch after it is refused."""
+    from sr_plugin.tiny import tiny_wan
+
+    pipe, small = tiny_wan()
+    b = 4
+    ratio = boundary_at(pipe, b)
+    reference = run(wan22(pipe, small, ratio), "wan", output_type="pt", guidance_scale_2=2.5)
+    high_only = wan22(pipe, None, ratio)
+    handle = sr_plugin.apply(high_only, small, switch_step=b)
+    assert torch.equal(run(high_only, "wan", output_type="pt", guidance_scale_2=2.5), reference)
+    handle.remove()
+    handle = sr_plugin.apply(high_only, small, delta=1e-9)  # the rule alone would never switch
+    run(high_only, "wan")
+    assert handle.switch_step == b and handle.switch.reason == "max_switch_step" and handle.switch.max_switch_step == b
+    handle.remove()
+    handle = sr_plugin.apply(high_only, small, switch_step=b + 1)
+    with pytest.raises(ValueError, match="low-noise expert .*transformer_2.* is not loaded"):
+        run(high_only, "wan")
+
+
+def test_wan22_with_both_experts_follows_diffusers_until_the_switch():
+    """Steps before the boundary on the high-noise expert, then the low-noise one, then, from the switch, the
+    small model in both slots: against the pipeline swapping the models itself."""
+    from sr_plugin.tiny import tiny_wan
+
+    pipe, small = tiny_wan()
+    low_noise, _ = tiny_wan(seed=7)
+    b, k = 3, 6
+    ratio = boundary_at(pipe, b)
+
+    def swap(p, i, t, kwargs):
+        if i == k - 1:
+            p.transformer_2 = small
+            p.transformer = small
+        return kwargs
+
+    reference_pipe = wan22(pipe, low_noise.transformer, ratio)
+    reference = run(reference_pipe, "wan", output_type="pt", callback_on_step_end=swap, guidance_scale_2=3.0)
+    two = wan22(pipe, low_noise.transformer, ratio)
+    log = CallLog(large=two.transformer, low=low_noise.transformer, small=small)
+    handle = sr_plugin.apply(two, small, switch_step=k)
+    out = run(two, "wan", output_type="pt", guidance_scale_2=3.0)
+    log.close()
+    assert torch.equal(out, reference)
+    assert log.calls == ["large"] * 2 * b + ["low"] * 2 * (k - b) + ["small"] * 2 * (STEPS - k)
+    assert handle.switch_step == k
+
+
 # --------------------------------------------------------------------------- CogVideoX latent-space mapping
 class SeenThrough(CogVideoXTransformer3DModel):
     """The large CogVideoX model as a model trained on another latent scale and noise schedule would behave.
