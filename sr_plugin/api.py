@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Mapping
 from typing import Any
 
@@ -141,6 +142,10 @@ def apply(
     handoff = adapter.make_handoff(pipe, small_transformer, **options_given)
     if not isinstance(offload_large, bool):
         raise TypeError(f"offload_large must be True or False, got {offload_large!r}")
+    if offload_large and large.device.type != "cuda":
+        warnings.warn(f"offload_large=True does nothing while the large transformer is on {large.device.type}: it "
+                      "moves weights off a CUDA device only (it starts working once the pipeline is moved to CUDA)",
+                      stacklevel=2)
     if small_device is not None:
         small_device = _check_device(small_device)
 

@@ -39,7 +39,8 @@ def test_offload_large_is_a_no_op_off_the_gpu_and_checks_its_argument(pair, fami
     assert torch.equal(run(pipe, family), expected)
     handle.remove()
     assert "check_inputs" not in vars(pipe)
-    handle = sr_plugin.apply(pipe, small, switch_step=3, offload_large=True)
+    with pytest.warns(UserWarning, match="offload_large=True does nothing while the large transformer is on cpu"):
+        handle = sr_plugin.apply(pipe, small, switch_step=3, offload_large=True)
     assert handle.router.offloader is not None and not handle.router.offloader.offloaded
     run(pipe, family)
     assert next(pipe.transformer.parameters()).device.type == "cpu"
