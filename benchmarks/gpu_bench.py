@@ -32,7 +32,7 @@ import torch
 
 import sr_plugin
 from sr_plugin import PABConfig, TeaCacheConfig
-from sr_plugin.accel.teacache import TeaCacheState, resolve_coefficients
+from sr_plugin.accel.teacache import IDENTITY_COEFFICIENTS, TeaCacheState, resolve_coefficients
 from sr_plugin.adapters import adapter_for
 
 #: Published full-size configs (diffusers classes; other fields at the class defaults).
@@ -204,7 +204,7 @@ def calibrate_teacache(env: Env, model: Any, role: str, steps: int, target_skip:
     scheduler = env.pipe.scheduler
     scheduler.set_timesteps(steps, device=env.embeds[0].device)
     config = TeaCacheConfig(0.0)
-    coefficients = resolve_coefficients(config, env.adapter, model, role) if not env.tiny else (1.0, 0.0)
+    coefficients = resolve_coefficients(config, env.adapter, model, role) if not env.tiny else IDENTITY_COEFFICIENTS
     with torch.no_grad():
         inputs = [env.adapter.teacache_modulated_input(model, t.expand(1).to(env.embeds[0].device), env.embeds[0],
                                                        False) for t in scheduler.timesteps[first_step:]]
@@ -233,7 +233,7 @@ def teacache_config(env: Env, steps: int, k: int | None, target_skip: float, cal
         thresholds["small"], calibration["small_predicted_skip"] = calibrate_teacache(env, env.small, "small", steps,
                                                                                       target_skip, first_step=k)
     calibration.update({f"{r}_threshold": t for r, t in thresholds.items()})
-    coefficients = {"large": (1.0, 0.0), "small": (1.0, 0.0)} if env.tiny else None
+    coefficients = "identity" if env.tiny else None
     return TeaCacheConfig(thresholds, coefficients)
 
 

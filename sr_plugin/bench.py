@@ -22,8 +22,8 @@ from .bench_configs import ACCELERATION_NAMES, BENCH_STEPS, CONFIGS  # noqa: E40
 #: Fixed switch step of the SR rows, so that every SR row switches at the same place.
 SWITCH_STEP = 3
 #: TeaCache with the identity polynomial and thresholds that skip about half of the calls on the tiny models.
-TEACACHE = {"wan": TeaCacheConfig(1.5, {"large": (1.0, 0.0), "small": (1.0, 0.0)}),
-            "cogvideox": TeaCacheConfig(1.2, {"large": (1.0, 0.0), "small": (1.0, 0.0)})}
+TEACACHE = {"wan": TeaCacheConfig(1.5, "identity"),
+            "cogvideox": TeaCacheConfig(1.2, "identity")}
 #: PAB reusing every other self- and cross-attention call over the whole schedule.
 PAB = PABConfig(2, 2, (0, 1000))
 FBCACHE = 0.1

@@ -181,7 +181,7 @@ def generate(prompt: str, out: str, large: str | None = None, small: str | None 
         if teacache is not None or pab or compile or fbcache is not None:
             coefficients = None  # published (real checkpoints) or shipped beside the weights (trained families)
             if source == "tiny":  # random weights fit no coefficients: the identity polynomial
-                coefficients = {"large": (1.0, 0.0), "small": (1.0, 0.0)}
+                coefficients = "identity"
             accel = accelerate(pipe, teacache=None if teacache is None else TeaCacheConfig(teacache, coefficients),
                                pab=pab, compile=compile, fbcache=fbcache)
     except (ValueError, TypeError) as err:

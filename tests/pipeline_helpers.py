@@ -18,7 +18,7 @@ STEPS = 10
 #: TeaCache with the identity polynomial (the rescaled distance is the relative L1 change itself) and
 #: thresholds that give a mix of computed and skipped calls on the tiny models, whose time embeddings
 #: change by 0.3 to 1.3 from step to step.
-LINEAR = {"large": (1.0, 0.0), "small": (1.0, 0.0)}
+LINEAR = "identity"
 MIX = {"wan": 1.5, "cogvideox": 1.2}
 
 

@@ -48,7 +48,7 @@ ATTACH_STEPS = [(accel_module, "apply_teacache"), (accel_module, "apply_cfg_pab"
 @pytest.mark.parametrize("step", APPLY_STEPS + ATTACH_STEPS, ids=lambda s: s[1])
 def test_a_failed_apply_leaves_everything_as_it_was(monkeypatch, family, step):
     pipe, small = tiny_pair(family)
-    sr_plugin.accelerate(pipe, teacache=TeaCacheConfig(0.0, {"large": (1.0, 0.0), "small": (1.0, 0.0)}),
+    sr_plugin.accelerate(pipe, teacache=TeaCacheConfig(0.0, "identity"),
                          pab=PABConfig(1, 1, (0, 1000)))
     expected_output = run(pipe, family)
     before = snapshot(pipe, pipe.transformer, small)
@@ -82,7 +82,7 @@ def test_a_failed_accelerate_leaves_everything_as_it_was(monkeypatch, step, with
 
     monkeypatch.setattr(*step, fail_on_second_model)
     with pytest.raises(Injected):
-        sr_plugin.accelerate(pipe, teacache=TeaCacheConfig(0.5, {"large": (1.0, 0.0), "small": (1.0, 0.0)}),
+        sr_plugin.accelerate(pipe, teacache=TeaCacheConfig(0.5, "identity"),
                              pab=PABConfig(2, 2, (0, 1000)), compile={"backend": "eager"})
     monkeypatch.undo()
     assert snapshot(pipe, pipe.transformer, small) == before
@@ -101,7 +101,7 @@ def test_a_small_model_that_is_not_loaded_is_refused_before_anything_changes():
 def test_models_carrying_another_pipelines_accelerations_are_refused():
     """TeaCache and PAB keep their state on the model: a model two accelerated pipelines share would mix their
     states, so the second pipeline is refused, unchanged, with a message that says what to do."""
-    tea = TeaCacheConfig(0.1, {"large": (1.0, 0.0), "small": (1.0, 0.0)})
+    tea = TeaCacheConfig(0.1, "identity")
     pipe_a, small = tiny_pair("wan")
     pipe_b, _ = tiny_pair("wan")
     pipe_b.transformer = pipe_a.transformer  # two pipelines sharing one large model
@@ -126,7 +126,7 @@ def test_a_pipeline_sharing_an_accelerated_model_runs_it_plainly():
     pipe_b, _ = tiny_pair("wan")
     pipe_b.transformer = pipe_a.transformer
     expected = run(pipe_b, "wan")
-    sr_plugin.accelerate(pipe_a, teacache=TeaCacheConfig(1.5, {"large": (1.0, 0.0), "small": (1.0, 0.0)}),
+    sr_plugin.accelerate(pipe_a, teacache=TeaCacheConfig(1.5, "identity"),
                          pab=PABConfig(2, 2, (0, 1000)))
 
     def interrupt(p, i, t, kwargs):

@@ -24,7 +24,7 @@ from sr_plugin.tiny import TINY_CALL, tiny_pair
 
 STEPS = 4
 OPS = int(os.environ.get("SR_SEQUENCE_OPS", "200"))
-LINEAR = {"large": (1.0, 0.0), "small": (1.0, 0.0)}
+LINEAR = "identity"
 SWITCHES = [("switch_step", 2), ("switch_step", 0), ("delta", 0.3)]
 ACCELS = {"teacache": {"teacache": TeaCacheConfig(1.5, LINEAR)}, "pab": {"pab": PABConfig(2, 2, (0, 1000))},
           "fbcache": {"fbcache": 0.3}}

@@ -117,7 +117,6 @@ class ToyAdapter(FamilyAdapter):
     transformer_class_name = "ToyTransformer"
     pair_fields = ("in_channels", "text_dim")
     cfg_branches = ("cond", "uncond")
-    teacache_coefficients = {"identity": (1.0, 0.0)}
 
     def pipeline_classes(self) -> tuple[type, ...]:
         return (ToyPipeline,)

@@ -41,7 +41,7 @@ class TeaCacheConfig:
     """``threshold``: skip while the accumulated rescaled change stays below it (0 disables skipping); one
     number, or ``{"large": ..., "small": ...}`` (the two models' distances have different scales).
     ``coefficients``: None (a calibration shipped beside the model's weights, else the published set matching
-    the model's config), a preset name, five numbers,
+    the model's config), a preset name ("identity" for any family), five numbers,
     or a mapping ``{"large": ..., "small": ...}`` of those. ``ret_steps``: Wan's "ret steps" variant."""
 
     threshold: float | Mapping[str, float]
@@ -61,6 +61,11 @@ class TeaCacheConfig:
             raise ValueError(f"TeaCache thresholds given per model have no entry for the {role} transformer")
         return float(self.threshold[role])
 
+
+#: The identity polynomial, by name for every family: the rescaled distance is the relative L1 change itself
+#: (for models no coefficients were fitted to, such as random tiny ones).
+IDENTITY = "identity"
+IDENTITY_COEFFICIENTS: tuple[float, ...] = (1.0, 0.0)
 
 #: Highest polynomial degree accepted (TeaCache publishes degree 4).
 MAX_DEGREE = 8
@@ -155,6 +160,8 @@ def resolve_coefficients(config: TeaCacheConfig, adapter: Any, model: torch.nn.M
                 f"{c.num_attention_heads}) matches no published TeaCache coefficients; pass coefficients= "
                 f"(one of {', '.join(adapter.teacache_coefficients)}, or five numbers)"
             )
+    if spec == IDENTITY:
+        return IDENTITY_COEFFICIENTS
     if isinstance(spec, str):
         if spec not in adapter.teacache_coefficients:
             raise ValueError(f"unknown TeaCache coefficients {spec!r} for {adapter.name}; known: "
