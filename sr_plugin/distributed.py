@@ -22,6 +22,8 @@ from typing import Any, Callable
 import torch
 from diffusers.hooks import HookRegistry
 
+from .patching import InstancePatches
+
 _FBC_LEADER = "fbc_leader_block_hook"  # diffusers.hooks.first_block_cache._FBC_LEADER_BLOCK_HOOK
 
 
@@ -120,10 +122,12 @@ def parallelize_like(large: torch.nn.Module, small: torch.nn.Module, family: str
             )
         from para_attn.context_parallel.diffusers_adapters import parallelize_transformer
 
-        saved = {name: ("forward" in vars(m), vars(m).get("forward")) for name, m in
-                 (("model", small), ("patch_embed", small.patch_embed))}
+        saved = InstancePatches()  # what para-attn overwrites on the instances, as it is now
+        for module in (small, small.patch_embed):
+            saved.record(module, "forward")
+        saved.record(small, "_is_parallelized")
         parallelize_transformer(small, mesh=mesh)
-        return lambda: _undo_para_attn(small, saved)
+        return saved.undo
     return None
 
 
@@ -138,14 +142,6 @@ def _undo_diffusers_cp(small: torch.nn.Module) -> None:
     small._parallel_config = None
 
 
-def _undo_para_attn(small: torch.nn.Module, saved: dict[str, tuple[bool, Any]]) -> None:
-    for name, module in (("model", small), ("patch_embed", small.patch_embed)):
-        had, forward = saved[name]
-        if had:
-            module.forward = forward
-        else:
-            vars(module).pop("forward", None)
-    vars(small).pop("_is_parallelized", None)
 
 
 def agree_first_block_cache(model: torch.nn.Module, blocks: Any, group: Any) -> None:

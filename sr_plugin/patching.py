@@ -19,6 +19,10 @@ class InstancePatches:
         self._saved.append((obj, name, obj.__dict__.get(name, _MISSING)))
         object.__setattr__(obj, name, value)
 
+    def record(self, obj: Any, name: str) -> None:
+        """Remember ``obj.name`` as it is now (or its absence), for `undo` after someone else changes it."""
+        self._saved.append((obj, name, obj.__dict__.get(name, _MISSING)))
+
     def undo(self) -> None:
         while self._saved:
             obj, name, old = self._saved.pop()

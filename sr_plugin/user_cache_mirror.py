@@ -21,7 +21,7 @@ from typing import Any, ContextManager
 
 import torch
 
-from .patching import drop_hook_residue
+from .patching import InstancePatches, drop_hook_residue
 
 _PARA_STATE_FIELDS = {"buffers", "incremental_name_counters", "executed_steps", "is_alter_cache", "taylorseer",
                       "alter_taylorseer"}
@@ -31,7 +31,8 @@ class UserCacheMirror:
     def __init__(self, small: torch.nn.Module) -> None:
         self.small = small
         self._enabled_fbc = False
-        self._para_patched: tuple[Any, ...] | None = None
+        #: para-attn's patch of the small model: what it replaced, undone exactly (its `_is_cached` and `forward`).
+        self._para_patched: InstancePatches | None = None
         self._para_parent: Any = None
         self._para_context: Any = None
         #: The small model's attention processors given the large model's backend, and that backend.
@@ -57,8 +58,11 @@ class UserCacheMirror:
         if getattr(large, "_is_cached", False) and not getattr(small, "_is_cached", False):
             from para_attn.first_block_cache.diffusers_adapters import apply_cache_on_transformer
 
-            self._para_patched = ("forward" in vars(small), vars(small).get("forward"))
+            saved = InstancePatches()
+            for name in ("forward", "_is_cached"):  # as they are now; para-attn then sets both on the instance
+                saved.record(small, name)
             apply_cache_on_transformer(small)
+            self._para_patched = saved
 
     def _sync_attention_backend(self, large: torch.nn.Module) -> None:
         backends = {p._attention_backend for p in _attention_processors(large)} - {None}
@@ -100,12 +104,7 @@ class UserCacheMirror:
             drop_hook_residue(small)
             self._enabled_fbc = False
         if self._para_patched is not None:
-            had_forward, forward = self._para_patched
-            if had_forward:
-                small.forward = forward
-            else:
-                vars(small).pop("forward", None)
-            vars(small).pop("_is_cached", None)
+            self._para_patched.undo()
             self._para_patched = None
         self._para_parent = self._para_context = None
 
