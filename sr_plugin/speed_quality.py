@@ -3,9 +3,9 @@
 Each row is one configuration of the same pipeline (switch, TeaCache, PAB, First Block Cache, compile, and
 their stacks), run on the same (prompt, seed) pairs. Per row: prompt and attribute accuracy from
 `sr_plugin.evaluate`, PSNR and SSIM against the large-only video of the same pair, the time ratio (median over
-pairs of the row's denoising time over large only's, the pair's own large-only run), TeaCache's skipped
-fraction, PAB's reused fraction and the mean switch step. Large only runs first and again last; the drift
-between the two is reported, since rows run one after another. `benchmarks/speed_quality.py` runs it.
+pairs of the row's denoising time over that of a large-only run of the same pair on a second, plain copy of
+the pipeline, run right before it: paired rounds, so that a machine's drift hits both alike), TeaCache's
+skipped fraction, PAB's reused fraction and the mean switch step. `benchmarks/speed_quality.py` runs it.
 """
 
 from __future__ import annotations
@@ -93,10 +93,11 @@ def _fraction(trace: list[dict[str, Any]], field: str, hit: Callable[[str], bool
 
 
 def run_config(pipe: Any, small: torch.nn.Module, extra: dict[str, Any], family: str, config: Config,
-               pairs: Sequence[tuple[str, int]], steps: int, reference: dict[tuple[str, int], tuple[np.ndarray, float]],
-               warmup_prompt: str | None = None) -> tuple[Row, list[tuple[np.ndarray, float]]]:
+               pairs: Sequence[tuple[str, int]], steps: int, reference: dict[tuple[str, int], np.ndarray],
+               warmup_prompt: str | None = None, plain: Any = None) -> tuple[Row, list[tuple[np.ndarray, float]]]:
     """Set ``config`` up, run every pair, take it down; returns the row and each pair's (video, seconds).
-    ``reference`` maps a pair to its large-only (video, seconds); empty for the large-only row itself."""
+    ``reference`` maps a pair to its large-only video (empty for the large-only row itself); ``plain``, a
+    second unpatched copy of the pipeline, times large only right before each of the row's runs."""
     sr = apply(pipe, small, **config.switch, **extra) if config.switch is not None else None
     accel = accelerate(pipe, **config.accel) if config.accel else None
     try:
@@ -104,13 +105,14 @@ def run_config(pipe: Any, small: torch.nn.Module, extra: dict[str, Any], family:
             generate_video(pipe, family, warmup_prompt, 0, steps)
         outputs, scores, fidelity, ratios, ks, traces = [], [], [], [], [], []
         for prompt, seed in pairs:
+            ref_seconds = generate_video(plain, family, prompt, seed, steps)[1] if plain is not None else None
             video, seconds, _ = generate_video(pipe, family, prompt, seed, steps)
             outputs.append((video, seconds))
             scores.append(evaluate.score_video(video, prompt))
-            if reference:
-                ref_video, ref_seconds = reference[(prompt, seed)]
-                fidelity.append(evaluate.fidelity(video, ref_video))
+            if ref_seconds is not None:
                 ratios.append(seconds / ref_seconds)
+            if reference:
+                fidelity.append(evaluate.fidelity(video, reference[(prompt, seed)]))
             if sr is not None and sr.switch_step is not None:
                 ks.append(sr.switch_step)
             if accel is not None:
