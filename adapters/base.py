@@ -111,6 +111,10 @@ class FamilyAdapter:
         low-noise expert ``transformer_2``): after the switch the small model stands in them too."""
         return ()
 
+    def check_prompt_embeds(self, small: torch.nn.Module, prompt_embeds: torch.Tensor) -> None:
+        """Raise if the small model cannot take this call's text embeddings (checked right after the pipeline
+        encodes the prompt, before its first step)."""
+
     def check_scheduler(self, scheduler: Any) -> None:
         """Raise if the x0 estimate cannot be read from this scheduler."""
 

@@ -223,6 +223,16 @@ class CogVideoXAdapter(FamilyAdapter):
                 )
         return CogVideoXHandoff(pipe, small, small_vae_scaling_factor, small_scheduler)
 
+    def check_prompt_embeds(self, small: torch.nn.Module, prompt_embeds: torch.Tensor) -> None:
+        # A sincos (2b-style) model's position table covers exactly max_text_seq_length text tokens.
+        c = small.config
+        if not c.use_rotary_positional_embeddings and prompt_embeds.shape[1] != c.max_text_seq_length:
+            raise ValueError(
+                f"this call's text embeddings have {prompt_embeds.shape[1]} tokens, but the small model "
+                f"(sincos positions) takes exactly max_text_seq_length={c.max_text_seq_length}: call the pipeline "
+                f"with max_sequence_length={c.max_text_seq_length}"
+            )
+
     teacache_coefficients = COGVIDEOX_TEACACHE_COEFFICIENTS
     block_layout = ("hidden_states", "encoder_hidden_states")  # the blocks update video and text tokens together
 

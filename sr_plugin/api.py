@@ -262,9 +262,19 @@ def _install(pipe: Any, small: torch.nn.Module, router: Router, patches: Instanc
             join_model_offload(pipe, small)
         return result
 
+    original_encode = getattr(pipe, "encode_prompt", None)
+
+    def encode_prompt(*args: Any, **kwargs: Any) -> Any:
+        out = original_encode(*args, **kwargs)  # (prompt_embeds, negative_prompt_embeds)
+        if router.small is not pipe.transformer and isinstance(out, tuple) and isinstance(out[0], torch.Tensor):
+            router.adapter.check_prompt_embeds(router.small, out[0])
+        return out
+
     tracker = CallTracker.of(pipe)
     tracker.add(router)
     rollback.add(lambda: tracker.discard(router))
+    if original_encode is not None:  # the family's text-length check, right after the prompt is encoded
+        patches.set(pipe, "encode_prompt", encode_prompt)
     tracker.track(small)
     rollback.add(lambda: tracker.untrack(small))
     patches.set(pipe, "to", to)

@@ -186,3 +186,22 @@ def test_a_scheduler_sr_plugin_cannot_use_is_refused_at_apply_and_a_refused_call
     with pytest.raises(ValueError, match="has order 2"):
         run(pipe, "wan")
     assert handle.switch_step is None and handle.trace == [] and handle.switch.step is None
+
+
+def test_a_text_length_the_sincos_small_model_cannot_take_is_refused_before_the_first_step():
+    """It used to run the large steps, then die at the switch on a tensor-size mismatch."""
+    from pipeline_helpers import CallLog, run
+
+    pipe, small = tiny_pair("cogvideox")
+    assert not small.config.use_rotary_positional_embeddings
+    handle = sr_plugin.apply(pipe, small, switch_step=3)
+    log = CallLog(large=pipe.transformer, small=small)
+    with pytest.raises(ValueError, match="takes exactly max_text_seq_length=226: call the pipeline with "
+                                         "max_sequence_length=226"):
+        run(pipe, "cogvideox", max_sequence_length=24)
+    assert log.calls == []
+    run(pipe, "cogvideox")  # the length it takes: runs and switches
+    log.close()
+    assert handle.switch_step == 3
+    handle.remove()
+    assert "encode_prompt" not in vars(pipe)
