@@ -181,6 +181,10 @@ class CallTracker:
                 self.cache_log.append({})
             self.cache_log[self.step][(role, branch)] = "computed" if computed else "skipped"
 
+    def cache_at(self, step: int) -> dict[tuple[str, str], str]:
+        """The caching hooks' decisions at one step, per (role, branch): "computed" or "skipped"."""
+        return self.cache_log[step] if step < len(self.cache_log) else {}
+
     def log_attention(self, role: str, branch: str, computed: bool) -> None:
         if self.active and self.step < len(self.timesteps):
             while len(self.attention_log) <= self.step:

@@ -113,21 +113,19 @@ def sweep_switch(pipe: Any, small: Any, prompts: Sequence[str], *,
         handle = apply(pipe, small, **{kind: value}, **apply_kwargs)
         handle.remove()
     _run(pipe, prompts[0], seed, num_inference_steps, call_kwargs)  # one-off first-call costs, untimed
-    large: list[tuple[np.ndarray, float]] = [_run(pipe, p, seed + i, num_inference_steps, call_kwargs)
-                                             for i, p in enumerate(prompts)]
     rows = []
     for kind, value in settings:
         ratios, psnrs, ssims, ks, right = [], [], [], [], []
         for i, prompt in enumerate(prompts):
             # Paired rounds: large only again right before the setting, so that drift hits both alike.
-            reference_seconds = _run(pipe, prompt, seed + i, num_inference_steps, call_kwargs)[1]
+            reference_video, reference_seconds = _run(pipe, prompt, seed + i, num_inference_steps, call_kwargs)
             handle = apply(pipe, small, **{kind: value}, **apply_kwargs)
             try:
                 video, seconds = _run(pipe, prompt, seed + i, num_inference_steps, call_kwargs)
                 k = handle.switch_step
             finally:
                 handle.remove()
-            psnr, ssim = fidelity(video, large[i][0])
+            psnr, ssim = fidelity(video, reference_video)
             ratios.append(seconds / reference_seconds)
             psnrs.append(min(psnr, 100.0))  # identical videos (never switched) have infinite PSNR
             ssims.append(ssim)

@@ -185,8 +185,7 @@ class Router:
         records = []
         for j in range(len(d)):
             model = "small" if self.switch_step is not None and j >= self.switch_step else "large"
-            log = calls.cache_log[j] if j < len(calls.cache_log) else {}
-            cache = {branch: what for (role, branch), what in log.items() if role == model}
+            cache = {branch: what for (role, branch), what in calls.cache_at(j).items() if role == model}
             attention = {branch: what for (role, branch), what in calls.attention_at(j).items() if role == model}
             records.append(StepRecord(index=j, timestep=calls.timesteps[j], model=model, d=d[j], s=s[j], cache=cache,
                                       attention=attention))

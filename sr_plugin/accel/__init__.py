@@ -138,7 +138,7 @@ class Accelerations:
     def end(self, calls: CallTracker) -> None:
         self.trace = [
             {"index": j, "timestep": calls.timesteps[j],
-             "cache": {f"{role}/{branch}": what for (role, branch), what in _log_at(calls.cache_log, j).items()},
+             "cache": {f"{role}/{branch}": what for (role, branch), what in calls.cache_at(j).items()},
              "attention": {f"{role}/{branch}": what for (role, branch), what in calls.attention_at(j).items()}}
             for j in range(len(calls.timesteps))
         ]
@@ -233,10 +233,6 @@ _OWNER_ATTR = "_sr_plugin_accelerated_by"
 
 def _accelerated_by(model: torch.nn.Module) -> "Accelerations | None":
     return model.__dict__.get(_OWNER_ATTR)
-
-
-def _log_at(log: list[dict], step: int) -> dict:
-    return log[step] if step < len(log) else {}
 
 
 def _pab_config(pab: bool | PABConfig) -> PABConfig | None:
