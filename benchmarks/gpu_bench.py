@@ -242,8 +242,8 @@ def block_passes(accel: Any, env: Env) -> dict[str, int]:
     layers = {"large": env.pipe.transformer.config.num_layers, "small": env.small.config.num_layers}
     counts = {"computed": 0, "skipped": 0}
     for step in accel.trace:
-        for key, what in step["cache"].items():
-            counts[what] += layers[key.split("/")[0]]
+        for what in step.cache.values():
+            counts[what] += layers[step.model]
     return counts
 
 
@@ -297,7 +297,7 @@ def run_config(env: Env, name: str, steps: int, k: int, args: argparse.Namespace
             passes = block_passes(accel, env)
             rec["block_passes"] = passes
             rec["teacache_skipped_fraction"] = passes["skipped"] / max(1, passes["computed"] + passes["skipped"])
-            calls = [w for s in accel.trace for w in s["cache"].values()]
+            calls = [w for s in accel.trace for w in s.cache.values()]
             rec["teacache_skipped_calls"] = calls.count("skipped") / len(calls)
         if sr:
             rec["switch_step"] = handles[0].switch_step

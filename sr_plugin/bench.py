@@ -55,7 +55,7 @@ def configure(family: str, config: str) -> tuple[Any, Any, Any]:
 
 
 def skipped_fraction(accel: Any) -> float | None:
-    decisions = [v for step in (accel.trace if accel is not None else []) for v in step["cache"].values()]
+    decisions = [v for step in (accel.trace if accel is not None else []) for v in step.cache.values()]
     return decisions.count("skipped") / len(decisions) if decisions else None
 
 

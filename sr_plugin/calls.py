@@ -25,6 +25,7 @@ import torch
 
 from .distributed import agree_first_block_cache, cp_group, keep_context_parallel_outermost, make_agree
 from .patching import InstancePatches
+from .trace import StepRecord
 
 
 class CallListener(Protocol):
@@ -74,6 +75,10 @@ class CallTracker:
         self.active = False
         self.timesteps: list[float] = []
         self.step = 0
+        #: The role whose model runs the steps from now on ("large" until the switch says "small").
+        self.running = "large"
+        #: Per step of the current/last call: the role that ran it.
+        self.ran: list[str] = []
         #: Per step of the current/last call: {(role, branch): "computed" | "skipped"} from caching hooks.
         self.cache_log: list[dict[tuple[str, str], str]] = []
         #: Per step: {(role, branch): [attention modules computed, attention modules called]} from PAB hooks.
@@ -198,6 +203,18 @@ class CallTracker:
         log = self.attention_log[step] if step < len(self.attention_log) else {}
         return {key: attention_summary(*counts) for key, counts in log.items()}
 
+    def records(self, d: list[float | None] | None = None, s: list[float | None] | None = None) -> list[StepRecord]:
+        """The last call as one `StepRecord` per step (the one trace type of both handles): which role ran it,
+        and that model's cache and attention decisions by branch. ``d``/``s`` are the switch's metric, if any."""
+        out = []
+        for j, role in enumerate(self.ran):
+            out.append(StepRecord(
+                index=j, timestep=self.timesteps[j], model=role,
+                d=d[j] if d is not None and j < len(d) else None, s=s[j] if s is not None and j < len(s) else None,
+                cache={b: what for (r, b), what in self.cache_at(j).items() if r == role},
+                attention={b: what for (r, b), what in self.attention_at(j).items() if r == role}))
+        return out
+
     # ------------------------------------------------------------------ one call
     def begin(self, bar: Any) -> None:
         if self.active:
@@ -208,6 +225,8 @@ class CallTracker:
         if group is not self.group:
             self.group, self.agree = group, make_agree(group)
         self.step = 0
+        self.running = "large"
+        self.ran = []
         self.cache_log = []
         self.attention_log = []
         self.bar = bar
@@ -279,6 +298,7 @@ class CallTracker:
             out = original(*args, **kwargs)
             bound = signature.bind(*args, **kwargs).arguments
             if self.step < len(self.timesteps):
+                self.ran.append(self.running)
                 for listener in list(self.listeners):
                     listener.after_step(self, bound["model_output"], bound["sample"])
             self.step += 1

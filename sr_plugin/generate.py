@@ -223,7 +223,7 @@ def generate(prompt: str, out: str, large: str | None = None, small: str | None 
         "rule": {"fixed_switch_step": switch_step} if switch_step is not None else {
             "delta": delta if delta is not None else DEFAULT_DELTA},
         "switch_step": handle.switch_step, "switch": handle.switch.as_dict() if handle.switch else None,
-        "trace": trace, "accelerations": accel.trace if accel else None,
+        "trace": trace, "accelerations": [r.as_dict() for r in accel.trace] if accel else None,
     }
     trace_path = out_path.with_suffix(".trace.json")
     trace_path.write_text(json.dumps(record, indent=2))

@@ -149,6 +149,7 @@ class Router:
             HandoffHook(self.handoff, self.small_device, self.small_call_contexts), self.hook_name
         )
         self._hooked = self.small
+        calls.running = "small"
         self._patches.set(self.pipe, "transformer", self.small)
         for slot in self.adapter.expert_slots(self.pipe):  # e.g. Wan2.2's low-noise expert: the small one renders
             self._patches.set(self.pipe, slot, self.small)
@@ -182,11 +183,5 @@ class Router:
         reason = self.policy.switch_reason if self.switch_step is not None else None
         self.switch = SwitchRecord(self.switch_step, reason, sched.min_step, sched.max_step, sched.delta,
                                    sched.num_steps)
-        records = []
-        for j in range(len(d)):
-            model = "small" if self.switch_step is not None and j >= self.switch_step else "large"
-            cache = {branch: what for (role, branch), what in calls.cache_at(j).items() if role == model}
-            attention = {branch: what for (role, branch), what in calls.attention_at(j).items() if role == model}
-            records.append(StepRecord(index=j, timestep=calls.timesteps[j], model=model, d=d[j], s=s[j], cache=cache,
-                                      attention=attention))
+        records = calls.records(d, s)
         self.trace = records

@@ -22,6 +22,7 @@ from . import evaluate
 from .accel import PABConfig, accelerate
 from .api import apply
 from .quality import generate_video
+from .trace import StepRecord
 
 #: Switch settings swept: deltas a decade around SRDiffusion's 0.01 (None: the default), and fixed steps.
 DELTAS: tuple[float, ...] = (0.003, 0.01, 0.03, 0.1)
@@ -87,8 +88,8 @@ class Row:
         return {**asdict(self), "speedup": self.speedup}
 
 
-def _fraction(trace: list[dict[str, Any]], field: str, hit: Callable[[str], bool]) -> float | None:
-    values = [v for step in trace for v in step.get(field, {}).values()]
+def _fraction(trace: list[StepRecord], field: str, hit: Callable[[str], bool]) -> float | None:
+    values = [v for step in trace for v in getattr(step, field).values()]
     return sum(map(hit, values)) / len(values) if values else None
 
 

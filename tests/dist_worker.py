@@ -70,7 +70,7 @@ def main(scenario: str, out_dir: str) -> None:
         accel = sr_plugin.accelerate(pipe, fbcache=0.095)
     out = run(pipe, family)
     torch.save({"out": out, "switch_step": handle.switch_step, "trace": [r.as_dict() for r in handle.trace],
-                "accel": accel.trace if accel else None, "tail_calls": tail.calls, "local_d": local_d},
+                "accel": [r.as_dict() for r in accel.trace] if accel else None, "tail_calls": tail.calls, "local_d": local_d},
                os.path.join(out_dir, f"rank{rank}.pt"))
     if parallel:
         torch.distributed.barrier()

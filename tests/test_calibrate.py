@@ -74,8 +74,8 @@ def test_calibrated_coefficients_reproduce_teacache_decisions_with_the_switch():
                 expected[(step, role, branch)] = "computed" if compute else "skipped"
     seen = {}
     for record in accel.trace:
-        for branch, (key, what) in enumerate(record["cache"].items()):
-            seen[(record["index"], key.split("/")[0], branch)] = what
+        for branch, what in enumerate(record.cache.values()):
+            seen[(record.index, record.model, branch)] = what
     assert seen == expected
     assert set(expected.values()) == {"computed", "skipped"}
 

@@ -48,7 +48,7 @@ def test_every_acceleration_works_without_the_switch(pair, family):
     handle = sr_plugin.accelerate(pipe, **stack(family))
     out = run(pipe, family)
     assert not torch.equal(out, baseline)  # it did skip work
-    assert {v for step in handle.trace for v in step["cache"].values()} == {"computed", "skipped"}
+    assert {v for step in handle.trace for v in step.cache.values()} == {"computed", "skipped"}
     handle.remove()
     assert torch.equal(run(pipe, family), baseline)
 

@@ -69,7 +69,7 @@ def test_threshold_zero_reproduces_the_baseline_exactly(pair, family, switch):
     expected = run(pipe, family)
     handle = sr_plugin.accelerate(pipe, teacache=TeaCacheConfig(0.0, COEFFS[family]))
     assert torch.equal(run(pipe, family), expected)
-    assert all(set(step["cache"].values()) == {"computed"} for step in handle.trace)
+    assert all(set(step.cache.values()) == {"computed"} for step in handle.trace)
 
 
 def capture_block_io(model, family):
@@ -96,7 +96,7 @@ def test_skipped_call_reuses_its_own_branch_residual(pair, family):
     for h in hooks:
         h.remove()
     branches = ["cond", "uncond"] if family == "wan" else ["cond_uncond"]
-    decisions = [step["cache"][f"large/{b}"] for step in handle.trace for b in branches]
+    decisions = [step.cache[b] for step in handle.trace for b in branches if step.model == "large"]
     assert len(calls) == len(decisions) and "skipped" in decisions and decisions.count("computed") > 2
     if family == "cogvideox":
         return  # CogVideoX's norm_final sees text and video tokens; its hidden residual is checked via Wan
@@ -125,7 +125,7 @@ def test_decisions_follow_the_rule_on_the_real_modulated_inputs():
     for j, x in enumerate(temb):
         expected.append("computed" if state.decide(x, j, 12, MIX["cogvideox"], (1.0, 0.0), 1) else "skipped")
         state.residuals = {"hidden_states": torch.zeros(1)}
-    assert [s["cache"]["large/cond_uncond"] for s in handle.trace] == expected
+    assert [(s.model, s.cache["cond_uncond"]) for s in handle.trace] == [("large", e) for e in expected]
     assert "skipped" in expected
 
 
@@ -166,7 +166,7 @@ def test_no_state_carries_over_from_one_call_to_the_next(pair, family):
     fresh = accelerated(fresh_pipe, fresh_small)
     assert torch.equal(first, second) and trace1 == trace2
     assert torch.equal(run(fresh_pipe, family), first) and fresh.trace == trace1
-    assert any("skipped" in step["cache"].values() for step in trace1)
+    assert any("skipped" in step.cache.values() for step in trace1)
 
 
 @pytest.mark.parametrize("teacache,match", [
@@ -250,7 +250,8 @@ def test_a_skipped_pass_returns_both_streams_plus_their_cached_residuals():
     run(pipe, "cogvideox")
     for h in handles:
         h.remove()
-    decisions = [step["cache"]["large/cond_uncond"] for step in accel.trace]
+    assert {step.model for step in accel.trace} == {"large"}
+    decisions = [step.cache["cond_uncond"] for step in accel.trace]
     assert "skipped" in decisions and "computed" in decisions[1:]
     pairs = [(seen[i], seen[i + 1]) for i in range(0, len(seen), 2)]
     assert len(pairs) == len(decisions)

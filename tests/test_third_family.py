@@ -193,7 +193,8 @@ def test_teacache_skips_both_lists_and_returns_each_stream_in_each_layout(toy):
     pipe(**call)
     for h in hooks:
         h.remove()
-    decisions = [(r["cache"].get("large/cond"), r["cache"].get("large/uncond")) for r in accel.trace[:5]]
+    assert [r.model for r in accel.trace[:5]] == ["large"] * 5
+    decisions = [(r.cache.get("cond"), r.cache.get("uncond")) for r in accel.trace[:5]]
     flat = [d for pair in decisions for d in pair]
     assert "skipped" in flat and "computed" in flat[2:]
     residual: dict[str, dict[str, torch.Tensor]] = {}
@@ -204,7 +205,7 @@ def test_teacache_skips_both_lists_and_returns_each_stream_in_each_layout(toy):
         else:  # the single blocks' layout: text first
             assert torch.equal(text_out, inputs["encoder_hidden_states"] + residual[branch]["encoder_hidden_states"])
             assert torch.equal(video_out, inputs["hidden_states"] + residual[branch]["hidden_states"])
-    assert any(r["cache"].get("small/cond") == "skipped" for r in accel.trace[5:])
+    assert any(r.model == "small" and r.cache.get("cond") == "skipped" for r in accel.trace[5:])
 
 
 def test_pab_reuses_per_branch_and_shows_in_the_trace(toy):

@@ -127,3 +127,19 @@ def test_adaptive_switch_before_the_clamp_says_delta():
     k = handle.switch_step
     assert handle.switch.reason == "delta" and k < handle.switch.max_switch_step
     assert 0 < trace[k - 1].s < 0.01
+
+
+def test_both_handles_give_one_record_type_that_agrees_step_for_step(pair, family):
+    """`accel.trace` is the switch's `StepRecord`s without the metric: same model, cache and attention per step."""
+    from pipeline_helpers import LINEAR, MIX
+
+    pipe, small = pair
+    sr = sr_plugin.apply(pipe, small, switch_step=4)
+    accel = sr_plugin.accelerate(pipe, teacache=sr_plugin.TeaCacheConfig(MIX[family], LINEAR))
+    run(pipe, family)
+    assert all(isinstance(r, sr_plugin.StepRecord) for r in accel.trace)
+    assert [(r.index, r.timestep, r.model, r.cache, r.attention) for r in accel.trace] == \
+        [(r.index, r.timestep, r.model, r.cache, r.attention) for r in sr.trace]
+    assert [r.model for r in accel.trace] == ["large"] * 4 + ["small"] * (STEPS - 4)
+    assert all(r.d is None and r.s is None for r in accel.trace)
+    assert {v for r in accel.trace if r.model == "small" for v in r.cache.values()} == {"computed", "skipped"}

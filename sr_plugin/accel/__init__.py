@@ -17,6 +17,7 @@ import torch
 from ..adapters import FamilyAdapter, adapter_for
 from ..calls import CallTracker, models_in_play
 from ..patching import InstancePatches, drop_hook_residue
+from ..trace import StepRecord
 from .calibrate import TeaCacheCalibration, calibrate_teacache, fit_rescale
 from .compile import DEFAULT_OPTIONS, check_compilable, compile_blocks
 from .pab import PABConfig, apply_cfg_pab, remove_cfg_pab
@@ -42,7 +43,7 @@ class Accelerations:
         self._compiled: dict[str, InstancePatches] = {}
         #: Per step of the last call: {"index", "timestep", "cache": {"<role>/<branch>": "computed"|"skipped"},
         #: "attention": {"<role>/<branch>": PAB's "computed" | "reused" | "reused k of n"}}.
-        self.trace: list[dict[str, Any]] = []
+        self.trace: list[StepRecord] = []
 
     # ------------------------------------------------------------------ per model
     def check(self, model: torch.nn.Module, role: str) -> None:
@@ -136,12 +137,7 @@ class Accelerations:
         pass
 
     def end(self, calls: CallTracker) -> None:
-        self.trace = [
-            {"index": j, "timestep": calls.timesteps[j],
-             "cache": {f"{role}/{branch}": what for (role, branch), what in calls.cache_at(j).items()},
-             "attention": {f"{role}/{branch}": what for (role, branch), what in calls.attention_at(j).items()}}
-            for j in range(len(calls.timesteps))
-        ]
+        self.trace = calls.records()
 
 
 class AccelHandle:
@@ -152,8 +148,10 @@ class AccelHandle:
         self.removed = False
 
     @property
-    def trace(self) -> list[dict[str, Any]]:
-        """Per step of the last call: which model/branch computed or skipped its blocks (TeaCache)."""
+    def trace(self) -> list[StepRecord]:
+        """Per step of the last call, the same records as the switch's `handle.trace` (without its metric):
+        which model ran the step, and per branch whether its blocks were computed or skipped (TeaCache, First
+        Block Cache) and its attention computed or reused (PAB)."""
         return list(self._accel.trace)
 
     def remove(self) -> None:
