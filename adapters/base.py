@@ -169,6 +169,34 @@ class FamilyAdapter:
         """The published coefficient set for this model's config, or None if it matches none."""
         return None
 
+    # ------------------------------------------------------------------ facts the tools read from the registry
+    #: Why para-attn's context-parallel adapter for this family cannot be used, or None if it can.
+    para_attn_refusal: str | None = None
+    #: Call arguments of the built-in tiny pipeline (`build_tiny`): small enough for CPU tests.
+    tiny_call: dict[str, Any] = {}
+    #: A TeaCache threshold (identity coefficients) that skips some calls on the tiny pair's random weights,
+    #: for the CPU benchmark matrix.
+    tiny_teacache_threshold: float = 1.0
+    #: The published pair at full size, for the GPU benchmark: ``{"large": config kwargs, "small": ...,
+    #: "call": pipeline call arguments, "text": (tokens, width) of the prompt embeddings}``.
+    published_sizes: dict[str, Any] = {}
+    #: Denoising steps the GPU benchmark runs per configuration on this family.
+    bench_steps: int = 10
+
+    def build_tiny(self, seed: int = 0) -> tuple[Any, torch.nn.Module]:
+        """``(pipe, small)``: a real pipeline of this family with a tiny random "large" transformer, and a
+        tinier small one, built in code in eval mode (no download). Used by the tests and the CPU benchmarks."""
+        raise NotImplementedError(f"the {self.name} family has no built-in tiny pipeline")
+
+    def bare_pipeline(self, transformer: torch.nn.Module, device: Any) -> Any:
+        """A pipeline around ``transformer`` with the family's published scheduler and no text encoder (the GPU
+        benchmark passes prompt embeddings and keeps latents)."""
+        raise NotImplementedError(f"the {self.name} family has no bare pipeline for the GPU benchmark")
+
+    def latent_shape(self, model: torch.nn.Module, call: dict[str, Any]) -> tuple[int, ...]:
+        """The latents' shape for one video of ``call``'s height, width and frames."""
+        raise NotImplementedError
+
     #: Names of the family-only hand-off options (`apply(..., family_options={...})`); none by default.
     option_names: tuple[str, ...] = ()
 

@@ -33,28 +33,18 @@ import torch
 import sr_plugin
 from sr_plugin import PABConfig, TeaCacheConfig
 from sr_plugin.accel.teacache import IDENTITY_COEFFICIENTS, TeaCacheState, resolve_coefficients
-from sr_plugin.adapters import adapter_for
+from sr_plugin.adapters import adapter_for, registered_families
+from sr_plugin.adapters import family as registered_family
+from sr_plugin.seeded import run_seeded
 
-#: Published full-size configs (diffusers classes; other fields at the class defaults).
-FULL = {
-    "wan": {
-        "large": dict(num_layers=40, num_attention_heads=40, attention_head_dim=128, ffn_dim=13824, text_dim=4096,
-                      in_channels=16, out_channels=16, patch_size=(1, 2, 2)),
-        "small": dict(num_layers=30, num_attention_heads=12, attention_head_dim=128, ffn_dim=8960, text_dim=4096,
-                      in_channels=16, out_channels=16, patch_size=(1, 2, 2)),
-        "call": dict(height=480, width=832, num_frames=81, guidance_scale=5.0),
-        "text": (512, 4096),
-    },
-    "cogvideox": {
-        "large": dict(num_layers=42, num_attention_heads=48, attention_head_dim=64, use_rotary_positional_embeddings=True,
-                      text_embed_dim=4096, sample_frames=49, sample_height=60, sample_width=90, patch_size=2),
-        "small": dict(num_layers=30, num_attention_heads=30, attention_head_dim=64,
-                      use_rotary_positional_embeddings=False, text_embed_dim=4096, sample_frames=49, sample_height=60,
-                      sample_width=90, patch_size=2),
-        "call": dict(height=480, width=720, num_frames=49, guidance_scale=6.0),
-        "text": (226, 4096),
-    },
-}
+#: The families and their published full-size configs come from the registry
+#: (`FamilyAdapter.published_sizes`, `bare_pipeline`, `latent_shape`, `bench_steps`).
+FAMILY_KEYS = tuple(a.key for a in registered_families() if a.published_sizes)
+
+
+def published(family: str) -> dict[str, Any]:
+    return registered_family(family).published_sizes
+
 
 #: Left out on real sizes: "sr-never" on Wan would be a whole extra large-only run (its overhead is measured on
 #: CogVideoX and per step on Wan's latents); offloading matters for Wan 14B's 28.6 GB, not for CogVideoX-5b.
@@ -77,13 +67,9 @@ def log(*args: Any) -> None:
 # ----------------------------------------------------------------------------------------------- building
 def build_full(family: str, device: torch.device) -> tuple[Any, Any, Any]:
     """(pipe, small, prompt embeddings) with full-size random bf16 transformers built on ``device``."""
-    from diffusers import (AutoencoderKLCogVideoX, CogVideoXPipeline, CogVideoXTransformer3DModel,
-                           UniPCMultistepScheduler, WanPipeline, WanTransformer3DModel)
-
-    from sr_plugin.tiny import cogvideox_scheduler
-
-    spec = FULL[family]
-    cls = WanTransformer3DModel if family == "wan" else CogVideoXTransformer3DModel
+    adapter = registered_family(family)
+    spec = adapter.published_sizes
+    cls = adapter.transformer_class()
     default = torch.get_default_dtype()
     torch.set_default_dtype(torch.bfloat16)
     try:
@@ -93,15 +79,7 @@ def build_full(family: str, device: torch.device) -> tuple[Any, Any, Any]:
             small = cls(**spec["small"]).eval().requires_grad_(False)
     finally:
         torch.set_default_dtype(default)
-    if family == "wan":
-        scheduler = UniPCMultistepScheduler(prediction_type="flow_prediction", use_flow_sigmas=True, flow_shift=3.0)
-        pipe = WanPipeline(tokenizer=None, text_encoder=None, vae=None, transformer=large, scheduler=scheduler)
-    else:
-        # A tiny VAE only for its config (scaling factor 0.7 as 5b's, 8x spatial); decoding is skipped.
-        vae = AutoencoderKLCogVideoX(block_out_channels=(8, 8, 8, 8), latent_channels=16, layers_per_block=1,
-                                     norm_num_groups=2, scaling_factor=0.7).to(device)
-        pipe = CogVideoXPipeline(tokenizer=None, text_encoder=None, vae=vae, transformer=large,
-                                 scheduler=cogvideox_scheduler(1.0))
+    pipe = adapter.bare_pipeline(large, device)
     pipe.set_progress_bar_config(disable=True)
     return pipe, small, _embeddings(spec["text"], torch.bfloat16, device)
 
@@ -115,9 +93,9 @@ def build_tiny(family: str) -> tuple[Any, Any, Any]:
     from sr_plugin.tiny import tiny_pair
 
     pipe, small = tiny_pair(family)
-    dim = pipe.transformer.config.text_dim if family == "wan" else pipe.transformer.config.text_embed_dim
-    seq = 512 if family == "wan" else 226
-    return pipe, small, _embeddings((seq, dim), torch.float32, "cpu")
+    text = registered_family(family).published_sizes["text"][0]  # the published text length, at the tiny width
+    width = pipe.text_encoder.config.d_model
+    return pipe, small, _embeddings((text, width), torch.float32, "cpu")
 
 
 def build_loaded(family: str, large: str, small: str, device: torch.device) -> tuple[Any, Any, Any]:
@@ -129,7 +107,7 @@ def build_loaded(family: str, large: str, small: str, device: torch.device) -> t
     pipe.to(device)
     small_model.to(device).eval()
     pipe.set_progress_bar_config(disable=True)
-    return pipe, small_model, _embeddings(FULL[family]["text"], torch.bfloat16, device)
+    return pipe, small_model, _embeddings(published(family)["text"], torch.bfloat16, device)
 
 
 # ----------------------------------------------------------------------------------------------- running
@@ -159,9 +137,8 @@ class Run:
             torch.cuda.reset_peak_memory_stats()
         env.sync()
         start = time.perf_counter()
-        out = pipe(prompt_embeds=env.embeds[0], negative_prompt_embeds=env.embeds[1], num_inference_steps=self.steps,
-                   output_type="latent", generator=torch.Generator(env.gen_device).manual_seed(0),
-                   callback_on_step_end=on_step, **env.call).frames
+        out = run_seeded(pipe, None, 0, prompt_embeds=env.embeds[0], negative_prompt_embeds=env.embeds[1],
+                         num_inference_steps=self.steps, callback_on_step_end=on_step, **env.call)
         env.sync()
         wall = time.perf_counter() - start
         step_times = [b - a for a, b in zip([start] + marks[:-1], marks)]
@@ -183,7 +160,7 @@ class Env:
         self.gen_device = "cuda" if self.cuda else "cpu"
         from sr_plugin.tiny import TINY_CALL
 
-        self.call = dict(TINY_CALL[family]) if tiny else dict(FULL[family]["call"])
+        self.call = dict(TINY_CALL[family]) if tiny else dict(published(family)["call"])
         self.adapter = adapter_for(pipe)
 
     def sync(self) -> None:
@@ -357,13 +334,7 @@ def plugin_step_cost(env: Env, repeats: int = 50) -> dict[str, float]:
     pipe = env.pipe
     scheduler = pipe.scheduler
     scheduler.set_timesteps(10, device=env.embeds[0].device)
-    c = pipe.transformer.config
-    if env.family == "wan":
-        f, h, w = (env.call["num_frames"] - 1) // 4 + 1, env.call["height"] // 8, env.call["width"] // 8
-        shape = (1, c.in_channels, f, h, w)
-    else:
-        f, h, w = (env.call["num_frames"] - 1) // 4 + 1, env.call["height"] // 8, env.call["width"] // 8
-        shape = (1, f, c.in_channels, h, w)
+    shape = env.adapter.latent_shape(pipe.transformer, env.call)
     device = env.embeds[0].device
     x, v, prev = (torch.randn(shape, device=device) for _ in range(3))
     t = float(scheduler.timesteps[3])
@@ -405,10 +376,11 @@ def table(results: dict[str, Any]) -> str:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--tiny", action="store_true", help="the built-in tiny pair on the CPU (a smoke run)")
-    parser.add_argument("--families", nargs="+", choices=list(FULL), default=list(FULL))
+    parser.add_argument("--families", nargs="+", choices=FAMILY_KEYS, default=list(FAMILY_KEYS))
     parser.add_argument("--configs", nargs="+", choices=CONFIGS, default=CONFIGS)
     parser.add_argument("--steps", type=int, nargs="+", default=None,
-                        help="steps per family, in --families order (default: 6 for Wan, 10 for CogVideoX)")
+                        help="steps per family, in --families order (default: each family's bench_steps: 6 for Wan, "
+                             "10 for CogVideoX)")
     parser.add_argument("--switch-step", type=int, default=2)
     parser.add_argument("--teacache-skip", type=float, default=0.5, help="target fraction of skipped calls")
     parser.add_argument("--budget-s", type=float, default=440, help="start no configuration after this many seconds")
@@ -448,7 +420,7 @@ def main(argv: list[str] | None = None) -> int:
 
     envs: dict[str, Env] = {}
     for family in args.families:  # both families stay resident (about 46 GB of bf16 weights on an H200)
-        steps = steps_by_family.get(family, 6 if family == "wan" else 10)
+        steps = steps_by_family.get(family, registered_family(family).bench_steps)
         fam: dict[str, Any] = {"steps": steps, "switch_step": args.switch_step, "configs": {}}
         results["families"][family] = fam
         log(f"== {family}: building ({results['weights']}) ...")
@@ -467,8 +439,10 @@ def main(argv: list[str] | None = None) -> int:
         warm.remove()
         log(f"   built in {fam['build_s']:.1f} s; plugin per-step work {fam['plugin_step_cost']['per_step_ms']:.3f} ms")
         save()
-    for family, name in PRIORITY:
-        if family not in envs or name not in args.configs or (not args.tiny and name in FAMILY_SKIPS[family]):
+    # the planned order first, then any other registered family's configurations in the CONFIGS order
+    order = PRIORITY + [(f, c) for f in envs for c in CONFIGS if (f, c) not in PRIORITY]
+    for family, name in order:
+        if family not in envs or name not in args.configs or (not args.tiny and name in FAMILY_SKIPS.get(family, ())):
             continue
         fam = results["families"][family]
         if time.perf_counter() - start > args.budget_s:

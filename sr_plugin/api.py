@@ -160,7 +160,7 @@ def apply(
         if small_device is not None:
             rollback.add(_move_back(small_transformer))
             small_transformer.to(small_device)
-        undo_parallel = parallelize_like(large, small_transformer, adapter.name)  # collective, on every rank
+        undo_parallel = parallelize_like(large, small_transformer, adapter.para_attn_refusal)  # collective, on every rank
         if undo_parallel is not None:
             rollback.add(undo_parallel)
         router = Router(pipe, small_transformer, adapter, handoff, options, small_device=small_device)

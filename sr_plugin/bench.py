@@ -16,31 +16,37 @@ import torch
 
 from .accel import PABConfig, TeaCacheConfig, accelerate
 from .api import apply
-from .tiny import FAMILIES, TINY_CALL, tiny_pair
+from .adapters import family as registered_family
+from .seeded import run_seeded
+from .tiny import TINY_CALL, tiny_families, tiny_pair
 
 from .bench_configs import ACCELERATION_NAMES, BENCH_STEPS, CONFIGS  # noqa: E402,F401 (re-exported)
 #: Fixed switch step of the SR rows, so that every SR row switches at the same place.
 SWITCH_STEP = 3
-#: TeaCache with the identity polynomial and thresholds that skip about half of the calls on the tiny models.
-TEACACHE = {"wan": TeaCacheConfig(1.5, "identity"),
-            "cogvideox": TeaCacheConfig(1.2, "identity")}
+
+
+def teacache(family: str) -> TeaCacheConfig:
+    """TeaCache with the identity polynomial and the family's tiny threshold (about half the calls skipped on
+    the tiny models' random weights; `FamilyAdapter.tiny_teacache_threshold`)."""
+    return TeaCacheConfig(registered_family(family).tiny_teacache_threshold, "identity")
+
+
 #: PAB reusing every other self- and cross-attention call over the whole schedule.
 PAB = PABConfig(2, 2, (0, 1000))
 FBCACHE = 0.1
 
 ACCELERATIONS: dict[str, Callable[[str], dict[str, Any]]] = {
-    "teacache": lambda f: {"teacache": TEACACHE[f]},
+    "teacache": lambda f: {"teacache": teacache(f)},
     "pab": lambda f: {"pab": PAB},
     "fbcache": lambda f: {"fbcache": FBCACHE},
     "compile": lambda f: {"compile": True},
-    "all": lambda f: {"teacache": TEACACHE[f], "pab": PAB, "compile": True},  # FBCache excludes TeaCache
+    "all": lambda f: {"teacache": teacache(f), "pab": PAB, "compile": True},  # FBCache excludes TeaCache
 }
 assert tuple(ACCELERATIONS) == ACCELERATION_NAMES, "bench_configs.ACCELERATION_NAMES must list ACCELERATIONS"
 
 
 def call(pipe: Any, family: str, steps: int = BENCH_STEPS) -> Any:
-    return pipe(**TINY_CALL[family], prompt="a red fox runs across a snowy field", num_inference_steps=steps,
-                output_type="latent", generator=torch.Generator().manual_seed(0)).frames
+    return run_seeded(pipe, "a red fox runs across a snowy field", 0, num_inference_steps=steps, **TINY_CALL[family])
 
 
 def configure(family: str, config: str) -> tuple[Any, Any, Any]:
@@ -98,7 +104,12 @@ def run_matrix(families: list[str] | None = None, configs: list[str] | None = No
     torch.set_num_threads(1)  # on a small shared CPU, thread scheduling noise swamps the differences
     try:
         out(f"{'family':<10} {'configuration':<14} {'median ms':>10} {'unpatched ms':>13} {'speed-up':>9}  notes")
-        for family in families or list(FAMILIES):
+        known = tiny_families()
+        unknown = [f for f in families or () if f not in known]
+        if unknown:
+            raise ValueError(f"unknown family {unknown[0]!r} for the tiny benchmark; families with a tiny pipeline: "
+                             f"{', '.join(known)}")
+        for family in families or list(known):
             for config in configs or CONFIGS:
                 pipe, sr, accel = configure(family, config)
                 figures = interleaved(pipe, family, steps, rounds)

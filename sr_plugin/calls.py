@@ -17,13 +17,13 @@ and leave (``check_model`` before anything changes, ``model_joined``, ``model_le
 from __future__ import annotations
 
 import functools
-import inspect
 import sys
 from typing import Any, Callable, Protocol
 
 import torch
 
 from .distributed import agree_first_block_cache, cp_group, keep_context_parallel_outermost, make_agree
+from .arguments import binder
 from .patching import InstancePatches
 from .trace import StepRecord
 
@@ -288,15 +288,14 @@ class CallTracker:
         original = scheduler.step
         # Arguments are read by the scheduler class's own parameter names, which is how pipelines call it
         # (an earlier instance-level wrapper may show another signature).
-        cls_signature = inspect.signature(type(scheduler).step)
-        signature = cls_signature.replace(parameters=list(cls_signature.parameters.values())[1:])
+        bind = binder(type(scheduler), "step")
 
         # functools.wraps keeps `__wrapped__`, so inspect.signature(scheduler.step) still shows the original
         # parameters: pipelines pass `generator`/`eta` only if the signature names them.
         @functools.wraps(original)
         def step(*args: Any, **kwargs: Any) -> Any:
             out = original(*args, **kwargs)
-            bound = signature.bind(*args, **kwargs).arguments
+            bound = bind(args, kwargs)
             if self.step < len(self.timesteps):
                 self.ran.append(self.running)
                 for listener in list(self.listeners):

@@ -10,8 +10,8 @@ ranks then run different models or skip different blocks, and the next collectiv
   decision a single process would take.
 
 Supported: diffusers' own context parallelism (`enable_parallelism(config=ContextParallelConfig(...))`, Wan)
-and para-attn's (`parallelize_pipe`, CogVideoX). para-attn's Wan adapter is refused: it fails on diffusers
->= 0.35 (RoPE returns a tuple there).
+and para-attn's (`parallelize_pipe`, CogVideoX). A family whose para-attn adapter is broken says so in its
+adapter (`para_attn_refusal`: Wan's fails on diffusers >= 0.35, RoPE returns a tuple there).
 """
 
 from __future__ import annotations
@@ -88,15 +88,14 @@ def make_agree(group: Any) -> Callable[[torch.Tensor], torch.Tensor]:
     return agree
 
 
-def parallelize_like(large: torch.nn.Module, small: torch.nn.Module, family: str) -> Callable[[], None] | None:
+def parallelize_like(large: torch.nn.Module, small: torch.nn.Module,
+                     para_attn_refusal: str | None = None) -> Callable[[], None] | None:
     """Give ``small`` the context parallelism ``large`` has, on the same mesh. Returns an undo (None if
-    nothing was done); raises a clear error for combinations known to be broken or that cannot be matched.
+    nothing was done); raises a clear error for combinations known to be broken or that cannot be matched
+    (``para_attn_refusal``: the family's reason para-attn cannot be used, from its adapter).
     Collective: every rank must call it (as every rank calls `sr_plugin.apply`)."""
-    if family == "Wan" and para_attn_parallelized(large):
-        raise ValueError(
-            "para-attn's Wan context-parallel adapter fails on diffusers >= 0.35 (RoPE returns a tuple); use "
-            "diffusers' own: pipe.transformer.enable_parallelism(config=ContextParallelConfig(ulysses_degree=N))"
-        )
+    if para_attn_refusal is not None and para_attn_parallelized(large):
+        raise ValueError(para_attn_refusal)
     cp = diffusers_cp_config(large)
     if cp is not None:
         if getattr(large._parallel_config, "tensor_parallel_config", None) is not None:
@@ -122,8 +121,8 @@ def parallelize_like(large: torch.nn.Module, small: torch.nn.Module, family: str
             )
         from para_attn.context_parallel.diffusers_adapters import parallelize_transformer
 
-        saved = InstancePatches()  # what para-attn overwrites on the instances, as it is now
-        for module in (small, small.patch_embed):
+        saved = InstancePatches()  # what para-attn may overwrite on the instances (forwards), as it is now
+        for module in small.modules():
             saved.record(module, "forward")
         saved.record(small, "_is_parallelized")
         parallelize_transformer(small, mesh=mesh)

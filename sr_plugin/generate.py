@@ -12,6 +12,7 @@ import torch
 from .accel import TeaCacheConfig, accelerate
 from .adapters import adapter_for
 from .api import apply
+from .seeded import run_seeded
 from .policy import DEFAULT_DELTA
 from . import task, trained
 from .trained import first_line as _first_line
@@ -30,6 +31,13 @@ def load_models(large: str | None, small: str | None, family: str | None,
         raise UserError("give both --large and --small, or neither (for the trained family shipped in the package)")
     if tiny and large is not None:
         raise UserError("--tiny runs the built-in random pair: not together with --large/--small")
+    if family is not None:
+        from .adapters import family as registered_family
+
+        try:
+            registered_family(family)
+        except ValueError as err:
+            raise UserError(str(err)) from err
     if tiny:
         family = family or "wan"
         pipe, small_model = tiny_pair(family)
@@ -197,13 +205,11 @@ def generate(prompt: str, out: str, large: str | None = None, small: str | None 
         call["negative_prompt"] = negative_prompt
     if guidance_scale is not None:
         call["guidance_scale"] = guidance_scale
-    device = "cuda" if torch.cuda.is_available() and source == "pretrained" else "cpu"
     from .quality import loop_timer
 
     with loop_timer(pipe) as loops:
         start = time.perf_counter()
-        video = pipe(prompt=prompt, output_type="np", generator=torch.Generator(device).manual_seed(seed),
-                     **call).frames[0]
+        video = run_seeded(pipe, prompt, seed, output_type="np", **call)[0]
         seconds = time.perf_counter() - start
     denoise_seconds = loops[-1] if loops else None
 

@@ -7,13 +7,13 @@ hooks on the small model (TeaCache, First Block Cache, ...) see the inputs the s
 from __future__ import annotations
 
 import contextlib
-import inspect
 from typing import Any, Callable, ContextManager
 
 import torch
 from diffusers.hooks import ModelHook
 
 from .adapters import Handoff
+from .arguments import binder
 
 #: Inputs that carry activations: cast to the small model's dtype. Timesteps keep their precision.
 ACTIVATION_INPUTS = ("hidden_states", "encoder_hidden_states")
@@ -47,15 +47,15 @@ class HandoffHook(ModelHook):
         self.device = device
         #: Factories of context managers entered around every call of the small model.
         self.contexts = contexts if contexts is not None else []
-        self._param_names: list[str] = []
+        self._bind: Any = None
 
     def initialize_hook(self, module: torch.nn.Module) -> torch.nn.Module:
-        self._param_names = list(inspect.signature(type(module).forward).parameters)[1:]
+        self._bind = binder(type(module))
         return module
 
     def new_forward(self, module: torch.nn.Module, *args: Any, **kwargs: Any) -> Any:
         if args:
-            kwargs = {**dict(zip(self._param_names, args)), **kwargs}
+            kwargs = self._bind(args, kwargs)
         x = kwargs["hidden_states"]
         back_device, back_dtype = x.device, x.dtype
         kwargs, state = self.handoff.map_inputs(kwargs)

@@ -19,6 +19,7 @@ import torch
 
 from . import evaluate, task, trained
 from .api import apply
+from .seeded import run_seeded
 
 MODES: tuple[str, ...] = ("large", "sr", "small")
 
@@ -98,8 +99,7 @@ def timed_run(pipe: Any, prompt: str, seed: int, steps: int, **call: Any) -> tup
     """One video ([F, H, W, 3] in [0, 1]), its denoising seconds and its total seconds."""
     with loop_timer(pipe) as loops:
         start = time.perf_counter()
-        frames = pipe(prompt=prompt, num_inference_steps=steps, output_type="np",
-                      generator=torch.Generator().manual_seed(seed), **call).frames[0]
+        frames = run_seeded(pipe, prompt, seed, output_type="np", num_inference_steps=steps, **call)[0]
         total = time.perf_counter() - start
     return np.asarray(frames, dtype=np.float32), loops[-1], total
 

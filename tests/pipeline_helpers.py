@@ -11,6 +11,7 @@ from typing import Any
 import torch
 
 from sr_plugin.patching import InstancePatches
+from sr_plugin.seeded import run_seeded
 from sr_plugin.tiny import FAMILIES, TINY_CALL, tiny_pair
 
 PROMPT = "a red car drives through a snowy city at night"
@@ -24,10 +25,9 @@ MIX = {"wan": 1.5, "cogvideox": 1.2}
 
 def run(pipe: Any, family: str, steps: int = STEPS, seed: int = 0, output_type: str = "latent", **kwargs: Any):
     """One call of the real pipeline with a fixed seed; returns the frames (latents by default)."""
-    args = dict(TINY_CALL[family], prompt=PROMPT, num_inference_steps=steps, output_type=output_type,
-                generator=torch.Generator().manual_seed(seed))
+    args = dict(TINY_CALL[family], num_inference_steps=steps)
     args.update(kwargs)
-    return pipe(**args).frames
+    return run_seeded(pipe, args.pop("prompt", PROMPT), seed, output_type=output_type, **args)
 
 
 class CallLog:

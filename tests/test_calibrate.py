@@ -7,12 +7,12 @@ import math
 
 import numpy as np
 import pytest
-import torch
 from pipeline_helpers import CallLog
 
 import sr_plugin
 from sr_plugin.accel import TeaCacheCalibration, calibrate_teacache, fit_rescale
 from sr_plugin.accel.teacache import rescale
+from sr_plugin.seeded import run_seeded
 from sr_plugin.tiny import TINY_CALL, tiny_pair
 
 KNOWN = (3.0, -2.0, 0.5, 1.5, -0.01)
@@ -56,8 +56,7 @@ def test_calibrated_coefficients_reproduce_teacache_decisions_with_the_switch():
                 for k, seq in calibration.sequences.items() for x in seq[1:] if k.startswith("0/")]
     threshold = 1.5 * float(np.median(rescaled))
     accel = sr_plugin.accelerate(pipe, teacache=calibration.config(threshold))
-    pipe(prompt="a red fox", num_inference_steps=steps, output_type="latent",
-         generator=torch.Generator().manual_seed(0), **call)
+    run_seeded(pipe, "a red fox", 0, num_inference_steps=steps, **call)
     expected = {}
     for role, first_step in (("large", 0), ("small", 5)):
         for branch in (0, 1):

@@ -65,7 +65,7 @@ def test_help_is_complete():
     (["generate", "--out", "x.mp4"], "--prompt"),
     (["generate", "--prompt", "a purple fox moving left", "--out", "x.mp4"], "The vocabulary is: a, moving, and"),
     (["generate", "--prompt", "a red square moving left and a blue circle moving up", "--out", "x.mp4",
-      "--family", "hunyuan"], "invalid choice"),
+      "--family", "hunyuan"], "unknown family 'hunyuan'; known: wan, cogvideox"),
     (["generate", "--prompt", "a red square moving left and a blue circle moving up", "--out", "no/dir/x.mp4"],
      "does not exist"),
     (["demo", "--out", "no/dir/demo.gif"], "does not exist"),
@@ -76,6 +76,7 @@ def test_help_is_complete():
     (["calibrate-delta", "--min-ssim", "0"], "in (0, 1]"),
     (["calibrate-delta", "--max-time-ratio", "0.5", "--deltas", "1.5"], "open interval"),
     (["bench", "--configs", "turbo"], "invalid choice"),
+    (["bench", "--family", "hunyuan"], "unknown family 'hunyuan' for the tiny benchmark"),
 ])
 def test_bad_arguments_get_a_clear_message_and_a_nonzero_exit(tmp_path, args, message):
     result = subprocess.run([*CLI, *args], capture_output=True, text=True, timeout=120, cwd=tmp_path,

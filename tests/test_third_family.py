@@ -140,14 +140,20 @@ class ToyAdapter(FamilyAdapter):
     def teacache_input(self, model, ret_steps):
         return ("block_arg", "temb")
 
+    tiny_call = {"num_inference_steps": STEPS}
+
+    def build_tiny(self, seed=0):
+        torch.manual_seed(seed)
+        large, small = ToyTransformer().eval(), ToyTransformer(num_dual=1, num_single=1).eval()
+        pipe = ToyPipeline(large, FlowMatchEulerDiscreteScheduler(shift=3.0))
+        pipe.set_progress_bar_config(disable=True)
+        return pipe, small
+
 
 @pytest.fixture
 def toy():
     register_family(ToyAdapter)
-    torch.manual_seed(0)
-    large, small = ToyTransformer().eval(), ToyTransformer(num_dual=1, num_single=1).eval()
-    pipe = ToyPipeline(large, FlowMatchEulerDiscreteScheduler(shift=3.0))
-    pipe.set_progress_bar_config(disable=True)
+    pipe, small = ToyAdapter().build_tiny(0)
     text = torch.randn(1, 5, TEXT_DIM, generator=torch.Generator().manual_seed(1))
     yield pipe, small, {"prompt_embeds": text, "negative_prompt_embeds": torch.zeros_like(text)}
     unregister_family("toy")
@@ -159,6 +165,21 @@ def test_the_family_is_known_only_while_registered(toy):
     unregister_family("toy")
     with pytest.raises(TypeError, match="does not support ToyPipeline"):
         sr_plugin.apply(pipe, small)
+
+
+def test_the_tools_find_its_tiny_pipeline_in_the_registry(toy):
+    """The tiny builders and the benchmarks' family list come from the registry: no list elsewhere to edit."""
+    from sr_plugin import bench, tiny
+
+    assert tiny.tiny_families()[-1] == "toy" and tiny.TINY_CALL["toy"] == {"num_inference_steps": STEPS}
+    pipe, small = tiny.tiny_pair("toy", seed=0)
+    assert isinstance(pipe, ToyPipeline) and len(small.dual_blocks) == 1
+    assert torch.equal(pipe.transformer.proj_out.weight, toy[0].transformer.proj_out.weight)  # seeded
+    assert bench.teacache("toy").threshold == ToyAdapter.tiny_teacache_threshold
+    unregister_family("toy")
+    assert "toy" not in tiny.tiny_families()
+    with pytest.raises(ValueError, match="unknown family 'toy'"):
+        tiny.tiny_pair("toy")
 
 
 def test_fixed_switch_equals_the_pipeline_choosing_the_model_itself(toy):

@@ -22,6 +22,7 @@ from diffusers.hooks import HookRegistry, ModelHook
 from ..adapters import adapter_for
 from ..calls import models_in_play
 from ..patching import drop_hook_residue
+from ..seeded import run_seeded
 from .teacache import (MAX_DEGREE, RET_WARMUP_STEPS, WARMUP_STEPS, TeaCacheConfig, _binder,
                        check_coefficients)
 
@@ -197,13 +198,11 @@ def calibrate_teacache(pipe: Any, prompts: Sequence[str], *, num_inference_steps
             HookRegistry.check_if_exists_or_initialize(target).register_hook(input_hook, name)
             HookRegistry.check_if_exists_or_initialize(model).register_hook(_ModelHook(recorders[role]), name)
             registered += [target, model]
-        device = "cuda" if pipe.transformer.device.type == "cuda" else "cpu"
         for i, prompt in enumerate(prompts):
             for recorder in recorders.values():
                 recorder.new_call(i)
             with torch.no_grad():
-                pipe(prompt=prompt, num_inference_steps=num_inference_steps, output_type="latent",
-                     generator=torch.Generator(device).manual_seed(seed + i), **call_kwargs)
+                run_seeded(pipe, prompt, seed + i, num_inference_steps=num_inference_steps, **call_kwargs)
     finally:
         for module in registered:
             registry = HookRegistry.check_if_exists_or_initialize(module)

@@ -12,7 +12,6 @@ tracker, never from counting calls. A threshold of 0 never skips.
 
 from __future__ import annotations
 
-import inspect
 import json
 import math
 import os
@@ -25,6 +24,7 @@ import torch
 from diffusers.hooks import HookRegistry, ModelHook
 from diffusers.hooks.hooks import BaseState, StateManager
 
+from ..arguments import binder
 from ..calls import CallTracker
 
 #: Steps always computed at the start: the first step, or the first 5 in the published "ret steps" mode.
@@ -224,12 +224,7 @@ class _ModelTeaCache:
 
 
 def _binder(block: torch.nn.Module):
-    params = list(inspect.signature(type(block).forward).parameters)[1:]
-
-    def bind(args: tuple, kwargs: dict) -> dict[str, Any]:
-        return {**dict(zip(params, args)), **kwargs}
-
-    return bind
+    return binder(type(block))
 
 
 class _InputCaptureHook(ModelHook):
