@@ -1,8 +1,10 @@
 """Seeded random sequences of apply / accelerate / remove / calls (plain, interrupted, with a failing callback,
-with a refused scheduler) and refused applies (an unloaded small model) on pipelines "a" and "b" sharing their
-small model, and "c", a plain pipeline sharing a's large model. After every call the
-output must equal, bit for bit, a freshly built pipeline put in the same state; a failing sequence is shrunk
-and printed.
+with a refused scheduler, with another pipeline's call in flight inside it) and refused set-ups (an unloaded
+small model, accelerations of two pipelines on one shared model, First Block Cache on a one-block small model)
+on pipelines "a" and "b" sharing their small model, "c" sharing a's large model, and "d" on its own models,
+whose user turns diffusers' First Block Cache on and off on its transformer. After every call the output must
+equal, bit for bit, a freshly built pipeline put in the same state; a failing sequence is shrunk and printed.
+Half the seeds run Wan, half CogVideoX (whose hand-off maps latents, so a doubled mapping shows).
 
     SR_SEQUENCE_OPS=5000 python -m pytest tests/test_random_sequences.py   # a nightly-size run
 """
@@ -16,10 +18,11 @@ from typing import Any
 
 import pytest
 import torch
-from diffusers import FlowMatchHeunDiscreteScheduler
+from diffusers import FirstBlockCacheConfig, FlowMatchHeunDiscreteScheduler, HeunDiscreteScheduler
 
 import sr_plugin
 from sr_plugin import PABConfig, TeaCacheConfig
+from sr_plugin.seeded import run_seeded
 from sr_plugin.tiny import TINY_CALL, tiny_pair
 
 STEPS = 4
@@ -28,76 +31,91 @@ LINEAR = "identity"
 SWITCHES = [("switch_step", 2), ("switch_step", 0), ("delta", 0.3)]
 ACCELS = {"teacache": {"teacache": TeaCacheConfig(1.5, LINEAR)}, "pab": {"pab": PABConfig(2, 2, (0, 1000))},
           "fbcache": {"fbcache": 0.3}}
+#: The threshold of the First Block Cache "d"'s user enables on its own transformer (skips some blocks).
+USER_FBC = 0.3
 
 
 class Stop(RuntimeError):
     pass
 
 
-def call(pipe: Any, kind: str = "plain") -> torch.Tensor:
+def call(pipe: Any, kind: str = "plain", family: str = "wan", inner: Any = None) -> torch.Tensor:
+    """One call; ``inner`` (a function) runs inside it, at its step 1, as another pipeline's call in flight."""
     def callback(p, i, t, kwargs):
         if kind == "interrupted" and i == 1:
             p._interrupt = True
         if kind == "failing" and i == 1:
             raise Stop("the callback failed")
+        if inner is not None and i == 1:
+            inner()
         return kwargs
 
     pipe._interrupt = False
-    return pipe(**TINY_CALL["wan"], prompt="a red fox", num_inference_steps=STEPS, output_type="latent",
-                generator=torch.Generator().manual_seed(0), callback_on_step_end=callback).frames
+    return run_seeded(pipe, "a red fox", 0, num_inference_steps=STEPS, callback_on_step_end=callback,
+                      **TINY_CALL[family])
 
 
 @dataclass
 class State:
     switch: tuple[str, Any] | None = None
     accel: str | None = None
+    user_fbc: bool = False  # diffusers' First Block Cache enabled by the user on the pipeline's transformer
 
 
 @dataclass
 class World:
     """The pipelines under test ("a", and "b" sharing a's small model) with their handles and expected state."""
 
+    family: str = "wan"
     pipes: dict[str, Any] = field(default_factory=dict)
     small: Any = None
+    small_d: Any = None
     state: dict[str, State] = field(default_factory=dict)
     sr: dict[str, Any] = field(default_factory=dict)
     accel: dict[str, Any] = field(default_factory=dict)
 
 
-def build_world() -> World:
-    world = World()
-    world.pipes["a"], world.small = tiny_pair("wan")
-    world.pipes["b"], _ = tiny_pair("wan", seed=1)
-    world.pipes["c"], _ = tiny_pair("wan")
+def build_world(family: str = "wan") -> World:
+    world = World(family=family)
+    world.pipes["a"], world.small = tiny_pair(family)
+    world.pipes["b"], _ = tiny_pair(family, seed=1)
+    world.pipes["c"], _ = tiny_pair(family)
     world.pipes["c"].transformer = world.pipes["a"].transformer  # same weights as its own: a fresh "c" matches
-    world.state = {"a": State(), "b": State(), "c": State()}
+    world.pipes["d"], world.small_d = tiny_pair(family, seed=2)
+    world.state = {name: State() for name in "abcd"}
     return world
 
 
 _reference_cache: dict[tuple, torch.Tensor] = {}
 
 
-def reference(name: str, state: State, kind: str) -> torch.Tensor:
+def reference(family: str, name: str, state: State, kind: str) -> torch.Tensor:
     """A fresh pipeline (and small model) in ``state``, called once: what the pipeline under test must give."""
-    key = (name, state.switch, state.accel, kind)
+    key = (family, name, state.switch, state.accel, state.user_fbc, kind)
     if key not in _reference_cache:
-        pipe, _ = tiny_pair("wan", seed=1 if name == "b" else 0)
-        _, small = tiny_pair("wan")
+        seed = {"b": 1, "d": 2}.get(name, 0)
+        pipe, small = tiny_pair(family, seed=seed)
+        if name != "d":
+            _, small = tiny_pair(family)
+        if state.user_fbc:
+            pipe.transformer.enable_cache(FirstBlockCacheConfig(threshold=USER_FBC))
         if state.switch is not None:
             sr_plugin.apply(pipe, small, **{state.switch[0]: state.switch[1]})
         if state.accel is not None:
             sr_plugin.accelerate(pipe, **ACCELS[state.accel])
-        _reference_cache[key] = call(pipe, kind)
+        _reference_cache[key] = call(pipe, kind, family)
     return _reference_cache[key]
 
 
 def random_ops(rng: random.Random, n: int) -> list[tuple]:
     ops = []
     for _ in range(n):
-        name = rng.choice("aaabbcc")  # c (sharing a's large model) calls often, after a's calls of every kind
-        kinds = ["call", "call", "interrupted"] if name == "c" else [
-            "apply", "remove", "accelerate", "remove_accel", "call", "call", "call", "interrupted", "failing",
-            "bad_scheduler", "apply_unloaded"]
+        name = rng.choice("aaabbccd")  # c (sharing a's large model) calls often, after a's calls of every kind
+        kinds = {
+            "c": ["call", "call", "interrupted", "accelerate", "remove_accel"],
+            "d": ["apply", "remove", "call", "call", "interrupted", "user_fbc_on", "user_fbc_off"],
+        }.get(name, ["apply", "remove", "accelerate", "remove_accel", "call", "call", "call", "interrupted",
+                     "failing", "bad_scheduler", "apply_unloaded", "one_block_fbcache", "nested"])
         kind = rng.choice(kinds)
         accel = rng.choice(["teacache", "teacache", "pab", "fbcache"])
         arg = rng.choice(SWITCHES) if kind == "apply" else accel if kind == "accelerate" else None
@@ -105,33 +123,57 @@ def random_ops(rng: random.Random, n: int) -> list[tuple]:
     return ops
 
 
-def run_ops(ops: list[tuple]) -> str | None:
+def _check_call(world: World, name: str, kind: str, out: torch.Tensor) -> str | None:
+    expected = reference(world.family, name, world.state[name], kind)
+    if torch.equal(out, expected):
+        return None
+    return f"{name} {kind}: output differs from a fresh pipeline by {(out - expected).abs().max().item():.3g}"
+
+
+def run_ops(ops: list[tuple], family: str = "wan") -> str | None:
     """Run ``ops``; None if every call matched its reference, else what went wrong at which operation."""
-    world = build_world()
+    world = build_world(family)
     for i, (name, kind, arg) in enumerate(ops):
         pipe, state = world.pipes[name], world.state[name]
-        other = world.state["b" if name == "a" else "a"]  # (c never applies nor accelerates)
+        other = world.state["b" if name == "a" else "a"]  # the pipeline sharing the small model (a and b)
+        # the pipeline sharing the large model (a and c): accelerations of two pipelines on one model are refused
+        large_peer = world.state.get({"a": "c", "c": "a"}.get(name, ""), State())
+        small_id = world.small_d if name == "d" else world.small
         try:
             if kind == "apply":
                 if state.switch is not None:
                     with pytest.raises(RuntimeError, match="already called"):
-                        sr_plugin.apply(pipe, world.small, **{arg[0]: arg[1]})
-                elif other.switch is not None and (state.accel or other.accel):
-                    continue  # the shared small model would carry accelerations of two pipelines: refused
+                        sr_plugin.apply(pipe, small_id, **{arg[0]: arg[1]})
+                elif other.switch is not None and other.accel is not None and state.accel is not None and name in "ab":
+                    # this pipeline's accelerations would land on the shared small model, which carries the other's
+                    with pytest.raises(ValueError, match="small transformer already carries sr_plugin accelerations"):
+                        sr_plugin.apply(pipe, small_id, **{arg[0]: arg[1]})
                 else:
-                    world.sr[name] = sr_plugin.apply(pipe, world.small, **{arg[0]: arg[1]})
+                    world.sr[name] = sr_plugin.apply(pipe, small_id, **{arg[0]: arg[1]})
                     state.switch = arg
             elif kind == "apply_unloaded":
-                unloaded = tiny_pair("wan")[1].to("meta")
+                unloaded = tiny_pair(family)[1].to("meta")
                 error = RuntimeError if state.switch is not None else ValueError
                 with pytest.raises(error, match="already called|not loaded"):
                     sr_plugin.apply(pipe, unloaded, switch_step=1)
+            elif kind == "one_block_fbcache":
+                if state.switch is not None or state.accel is not None or large_peer.accel is not None:
+                    continue
+                handle = sr_plugin.apply(pipe, one_block_small(family), switch_step=1)
+                try:
+                    with pytest.raises(ValueError, match="First Block Cache needs at least two transformer blocks"):
+                        sr_plugin.accelerate(pipe, fbcache=0.3)
+                finally:
+                    handle.remove()
             elif kind == "remove" and state.switch is not None:
                 world.sr.pop(name).remove()
                 state.switch = None
             elif kind == "accelerate":
                 if state.accel is not None:
                     with pytest.raises(RuntimeError, match="already called"):
+                        sr_plugin.accelerate(pipe, **ACCELS[arg])
+                elif large_peer.accel is not None:
+                    with pytest.raises(ValueError, match="large transformer already carries sr_plugin accelerations"):
                         sr_plugin.accelerate(pipe, **ACCELS[arg])
                 elif state.switch is not None and other.switch is not None and other.accel is not None:
                     with pytest.raises(ValueError, match="already carries sr_plugin accelerations"):
@@ -144,50 +186,85 @@ def run_ops(ops: list[tuple]) -> str | None:
             elif kind == "remove_accel" and state.accel is not None:
                 world.accel.pop(name).remove()
                 state.accel = None
+            elif kind == "user_fbc_on" and not state.user_fbc:
+                pipe.transformer.enable_cache(FirstBlockCacheConfig(threshold=USER_FBC))
+                state.user_fbc = True
+            elif kind == "user_fbc_off" and state.user_fbc:
+                pipe.transformer.disable_cache()
+                state.user_fbc = False
             elif kind in ("call", "interrupted"):
-                if name == "c" and world.state["a"].accel == "fbcache":
+                if large_peer.accel == "fbcache":
                     continue  # known limit: diffusers' own First Block Cache acts for every pipeline using the model
-                out = call(pipe, "plain" if kind == "call" else "interrupted")
-                if not torch.equal(out, reference(name, state, kind)):
-                    diff = (out - reference(name, state, kind)).abs().max().item()
-                    return f"op {i} ({name} {kind}): output differs from a fresh pipeline by {diff:.3g}"
+                out = call(pipe, "plain" if kind == "call" else "interrupted", family)
+                wrong = _check_call(world, name, kind, out)
+                if wrong is not None:
+                    return f"op {i} ({wrong})"
+            elif kind == "nested":  # b's call runs inside a's (or a's inside b's), both in flight together
+                inner_name = "b" if name == "a" else "a"
+                inner_pipe, inner_state = world.pipes[inner_name], world.state[inner_name]
+                if world.state["c"].accel == "fbcache":
+                    continue  # (the known First Block Cache limit above: c's cache acts on a's calls too)
+                inner_out: list[torch.Tensor] = []
+                if state.switch is not None and inner_state.switch is not None:  # the shared small model is busy
+                    with pytest.raises(RuntimeError, match="small transformer is in use by a call of another"):
+                        call(pipe, "plain", family, inner=lambda: inner_out.append(call(inner_pipe, "plain", family)))
+                    continue
+                out = call(pipe, "plain", family, inner=lambda: inner_out.append(call(inner_pipe, "plain", family)))
+                for who, got in ((inner_name, inner_out[0]), (name, out)):
+                    wrong = _check_call(world, who, "call", got)
+                    if wrong is not None:
+                        return f"op {i} (nested: {wrong})"
             elif kind == "failing":
                 with pytest.raises(Stop):
-                    call(pipe, "failing")
+                    call(pipe, "failing", family)
             elif kind == "bad_scheduler":
                 original = pipe.scheduler
-                pipe.scheduler = FlowMatchHeunDiscreteScheduler(shift=3.0)
+                pipe.scheduler = (FlowMatchHeunDiscreteScheduler(shift=3.0) if family == "wan"
+                                  else HeunDiscreteScheduler(prediction_type="v_prediction"))
                 try:
                     if state.switch is not None:
                         with pytest.raises(ValueError, match="order 2"):
-                            call(pipe)
+                            call(pipe, "plain", family)
+                        handle = world.sr[name]  # a refused call reports no steps, not the last call's
+                        if handle.switch_step is not None or handle.trace:
+                            return f"op {i} ({name} {kind}): the handle still describes the call before"
                 finally:
                     pipe.scheduler = original
-        except Exception as err:  # noqa: BLE001 (an unexpected error is a finding, reported with its op)
+        except (Exception, pytest.fail.Exception) as err:  # noqa: BLE001 (an unexpected error or a missing refusal is a finding)
             return f"op {i} ({name} {kind} {arg}): {type(err).__name__}: {str(err).splitlines()[0][:200]}"
     return None
 
 
-def shrink(ops: list[tuple]) -> list[tuple]:
+def one_block_small(family: str) -> Any:
+    """A small model of the family with one block (First Block Cache needs two)."""
+    from sr_plugin.adapters.cogvideox import tiny_cogvideox_transformer
+    from sr_plugin.adapters.wan import tiny_wan_transformer
+
+    if family == "wan":
+        return tiny_wan_transformer(num_layers=1, num_heads=2, seed=5)
+    return tiny_cogvideox_transformer(num_layers=1, num_heads=2, rotary=False, seed=5)
+
+
+def shrink(ops: list[tuple], family: str = "wan") -> list[tuple]:
     """Drop operations one at a time while the sequence still fails (a greedy delta-debugging pass)."""
     changed = True
     while changed:
         changed = False
         for i in range(len(ops)):
             candidate = ops[:i] + ops[i + 1:]
-            if run_ops(candidate) is not None:
+            if run_ops(candidate, family) is not None:
                 ops, changed = candidate, True
                 break
     return ops
 
 
-@pytest.mark.parametrize("seed", [0, 1, 2, 3])
-def test_random_sequences_match_fresh_pipelines(seed):
+@pytest.mark.parametrize("family,seed", [("wan", 0), ("wan", 1), ("cogvideox", 2), ("cogvideox", 3)])
+def test_random_sequences_match_fresh_pipelines(family, seed):
     ops = random_ops(random.Random(seed), OPS // 4)
-    failure = run_ops(ops)
+    failure = run_ops(ops, family)
     if failure is not None:
-        small = shrink(ops) if os.environ.get("SR_SEQUENCE_SHRINK", "1") == "1" else ops
-        pytest.fail(f"{failure}\nshrunk to {len(small)} operations: {small}\nwhich gives: {run_ops(small)}")
+        small = shrink(ops, family) if os.environ.get("SR_SEQUENCE_SHRINK", "1") == "1" else ops
+        pytest.fail(f"{failure}\nshrunk to {len(small)} operations: {small}\nwhich gives: {run_ops(small, family)}")
 
 
 #: Sequences that found bugs (kept whatever the random generator draws): a shared large model after an
