@@ -41,8 +41,7 @@ class Accelerations:
         self.tracker: CallTracker | None = None  # set by `install`, once every check has passed
         self.models: dict[str, torch.nn.Module] = {}
         self._compiled: dict[str, InstancePatches] = {}
-        #: Per step of the last call: {"index", "timestep", "cache": {"<role>/<branch>": "computed"|"skipped"},
-        #: "attention": {"<role>/<branch>": PAB's "computed" | "reused" | "reused k of n"}}.
+        #: Per step of the last call, as the tracker records it (`CallTracker.records`).
         self.trace: list[StepRecord] = []
 
     # ------------------------------------------------------------------ per model
@@ -103,9 +102,6 @@ class Accelerations:
         if model is None:
             return
         self.tracker.untrack(model)
-        if self.fbcache is not None and len(self.adapter.blocks(model)) < 2:
-            raise ValueError(f"First Block Cache needs at least two transformer blocks (the first decides, the rest "
-                             f"are cached); the {role} transformer has {len(self.adapter.blocks(model))}")
         if self.fbcache is not None and getattr(model, "_cache_config", None) is not None:
             model.disable_cache()
         if self.pab is not None:
