@@ -96,6 +96,17 @@ def interleaved(pipe: Any, family: str, steps: int, rounds: int,
             "paired_ratio": statistics.median(t / r for t, r in zip(times, ref_times))}
 
 
+#: Measured on the 2-core CI machine: the whole default matrix (11 configurations, 10 rounds, BENCH_STEPS
+#: steps) takes about 3 minutes per family; the estimate scales from there.
+MINUTES_PER_DEFAULT_FAMILY = 3.0
+
+
+def estimated_minutes(families: int, configs: int, steps: int, rounds: int) -> float:
+    """How long `run_matrix` should take on a 2-core CPU (printed before it starts)."""
+    return (MINUTES_PER_DEFAULT_FAMILY * families * configs / len(CONFIGS) * (rounds + 2) / 12
+            * steps / BENCH_STEPS)
+
+
 def run_matrix(families: list[str] | None = None, configs: list[str] | None = None, steps: int = BENCH_STEPS,
                rounds: int = 10, out: Callable[[str], Any] = print) -> list[dict[str, Any]]:
     """Run the matrix and print one row per configuration as it finishes; returns the rows."""
@@ -103,13 +114,18 @@ def run_matrix(families: list[str] | None = None, configs: list[str] | None = No
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # on a small shared CPU, thread scheduling noise swamps the differences
     try:
-        out(f"{'family':<10} {'configuration':<14} {'median ms':>10} {'unpatched ms':>13} {'speed-up':>9}  notes")
         known = tiny_families()
         unknown = [f for f in families or () if f not in known]
         if unknown:
             raise ValueError(f"unknown family {unknown[0]!r} for the tiny benchmark; families with a tiny pipeline: "
                              f"{', '.join(known)}")
-        for family in families or list(known):
+        chosen = families or list(known)
+        minutes = estimated_minutes(len(chosen), len(configs or CONFIGS), steps, rounds)
+        out(f"sr-plugin bench: {len(chosen)} famil{'y' if len(chosen) == 1 else 'ies'} x "
+            f"{len(configs or CONFIGS)} configurations x ({rounds} + 2 warm-up) paired rounds of {steps} steps: "
+            f"about {minutes:.0f} minute{'' if round(minutes) == 1 else 's'} on a 2-core CPU")
+        out(f"{'family':<10} {'configuration':<14} {'median ms':>10} {'unpatched ms':>13} {'speed-up':>9}  notes")
+        for family in chosen:
             for config in configs or CONFIGS:
                 pipe, sr, accel = configure(family, config)
                 figures = interleaved(pipe, family, steps, rounds)

@@ -35,6 +35,16 @@ _fraction = _checked(float, lambda v: 0 < v <= 1, "in (0, 1]")
 _held_out_count = _checked(int, lambda v: 1 <= v <= 64, "between 1 and 64 (the held-out set)")
 
 
+class _DefaultsShown(argparse.HelpFormatter):
+    """--help shows each option's default, unless its help already says it or there is none to show."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        if (action.option_strings and "default" not in text and not any(action.default is v for v in (None, False, argparse.SUPPRESS))):
+            text += " (default: %(default)s)"
+        return text
+
+
 def _switch_options(parser: argparse.ArgumentParser) -> None:
     group = parser.add_mutually_exclusive_group()
     group.add_argument("--delta", type=_delta, default=None, help="adaptive switching threshold in (0, 1) "
@@ -51,7 +61,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"sr-plugin {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="{demo,generate,bench,calibrate-delta}")
 
-    demo = sub.add_parser("demo", help="the trained families on held-out prompts: large only | SR | small only, "
+    demo = sub.add_parser("demo", formatter_class=_DefaultsShown, help="the trained families on held-out prompts: large only | SR | small only, "
                           "scored and timed, with a side-by-side GIF (CPU, about a minute)",
                           description="Runs the trained model families shipped in the package (sr_plugin/trained/) "
                                       "on held-out prompts of their task, under large only, SR and small only; "
@@ -66,7 +76,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--out", default="sr-plugin-demo.gif", help="the GIF to write (default sr-plugin-demo.gif)")
     demo.add_argument("--json", default=None, metavar="PATH", help="also write every run's scores and times")
 
-    gen = sub.add_parser("generate", help="generate a video with the switch; writes the video, its trace (JSON) "
+    gen = sub.add_parser("generate", formatter_class=_DefaultsShown, help="generate a video with the switch; writes the video, its trace (JSON) "
                          "and a plot (PNG)",
                          description="Generate one video with the switch. Without --large/--small, the trained "
                                      "family shipped in the package runs (--family, default wan; the prompt must "
@@ -101,12 +111,19 @@ def build_parser() -> argparse.ArgumentParser:
                      help="also run diffusers' First Block Cache (not with --teacache)")
     gen.add_argument("--pab", action="store_true", help="also run CFG-aware Pyramid Attention Broadcast")
     gen.add_argument("--compile", action="store_true", help="also compile both transformers' blocks")
-    gen.add_argument("--seed", type=int, default=0)
-    gen.add_argument("--height", type=_positive_int, default=None)
-    gen.add_argument("--width", type=_positive_int, default=None)
-    gen.add_argument("--frames", type=_positive_int, default=None)
+    gen.add_argument("--seed", type=int, default=0, help="seed of the initial noise (a CPU generator: the same "
+                     "noise on every device)")
+    gen.add_argument("--dtype", choices=("float32", "bfloat16", "float16"), default=None,
+                     help="the weights' dtype (default: bfloat16 for --large/--small on CUDA, else float32)")
+    gen.add_argument("--device", default=None, help="where the models run, e.g. cpu, cuda, cuda:1 (default: cuda "
+                     "for --large/--small when there is one, else cpu)")
+    gen.add_argument("--height", type=_positive_int, default=None, help="video height in pixels (default: the "
+                     "pipeline's, or the trained family's own)")
+    gen.add_argument("--width", type=_positive_int, default=None, help="video width in pixels (default: as "
+                     "--height)")
+    gen.add_argument("--frames", type=_positive_int, default=None, help="number of frames (default: as --height)")
 
-    bench = sub.add_parser("bench", help="run the CPU benchmark matrix on the tiny pair and print its table "
+    bench = sub.add_parser("bench", formatter_class=_DefaultsShown, help="run the CPU benchmark matrix on the tiny pair and print its table "
                            "(about 3 minutes per family with the defaults on a 2-core CPU)",
                            description="Each configuration against the unpatched tiny pipeline, interleaved round "
                                        "by round; the speed-up is the median of the paired per-round ratios.")
@@ -116,9 +133,10 @@ def build_parser() -> argparse.ArgumentParser:
                        "...) or all (default)")
     bench.add_argument("--configs", nargs="+", choices=CONFIGS, default=None, metavar="CONFIG",
                        help=f"configurations to run (default: all of {', '.join(CONFIGS)})")
-    bench.add_argument("--steps", type=_positive_int, default=BENCH_STEPS)
-    bench.add_argument("--rounds", type=_positive_int, default=10)
-    cal = sub.add_parser("calibrate-delta", help="sweep delta and fixed switch steps on a trained family and pick "
+    bench.add_argument("--steps", type=_positive_int, default=BENCH_STEPS, help="denoising steps per run")
+    bench.add_argument("--rounds", type=_positive_int, default=10, help="timed rounds per configuration, each "
+                       "paired with a round of the unpatched pipeline (after two warm-up rounds)")
+    cal = sub.add_parser("calibrate-delta", formatter_class=_DefaultsShown, help="sweep delta and fixed switch steps on a trained family and pick "
                          "the setting that meets a target",
                          description="Runs large only and every setting on training prompts of the family's task "
                                      "(disjoint from the held-out set), prints the sweep (time ratio, PSNR, SSIM, "
@@ -151,7 +169,7 @@ def main(argv: list[str] | None = None) -> int:
                      args.frames, tiny=args.tiny, negative_prompt=args.negative_prompt,
                      guidance_scale=args.guidance_scale, fps=args.fps, fbcache=args.fbcache,
                      min_switch_step=args.min_switch_step, max_switch_step=args.max_switch_step,
-                     local_files_only=args.local_files_only)
+                     local_files_only=args.local_files_only, dtype=args.dtype, device=args.device)
         elif args.command == "calibrate-delta":
             from .calibrate_cli import run_calibrate_delta
 

@@ -23,10 +23,53 @@ class UserError(Exception):
     """A problem the user can fix, reported as one sentence without a stack trace."""
 
 
+#: ``--dtype`` names.
+DTYPES = {"float32": "float32", "bfloat16": "bfloat16", "float16": "float16"}
+
+
+def placement(dtype: str | None, device: str | None) -> tuple[Any, Any]:
+    """``--dtype`` and ``--device`` as torch objects (None: the default for the weights' source), checked before
+    anything loads."""
+    torch_dtype = None
+    if dtype is not None:
+        if dtype not in DTYPES:
+            raise UserError(f"--dtype must be one of {', '.join(DTYPES)}, got {dtype!r}")
+        torch_dtype = getattr(torch, DTYPES[dtype])
+    torch_device = None
+    if device is not None:
+        try:
+            torch_device = torch.device(device)
+        except (RuntimeError, TypeError):
+            raise UserError(f"--device {device!r} is not a device (e.g. cpu, cuda, cuda:1)") from None
+        if torch_device.type == "cuda" and (not torch.cuda.is_available()
+                                            or (torch_device.index or 0) >= torch.cuda.device_count()):
+            raise UserError(f"--device {device}: this machine has {torch.cuda.device_count()} CUDA device(s)")
+        if torch_device.type == "meta":
+            raise UserError("--device meta holds no weights; give a real device")
+    return torch_dtype, torch_device
+
+
 def load_models(large: str | None, small: str | None, family: str | None,
-                tiny: bool = False, local_files_only: bool = False) -> tuple[Any, Any, str, str, dict[str, Any]]:
+                tiny: bool = False, local_files_only: bool = False, dtype: Any = None,
+                device: Any = None) -> tuple[Any, Any, str, str, dict[str, Any]]:
     """(pipe, small transformer, family, source, apply options) from model ids or paths, the trained family
-    shipped in the package (source "trained"), or the random tiny pair (source "tiny")."""
+    shipped in the package (source "trained"), or the random tiny pair (source "tiny"). ``dtype``/``device``:
+    where the weights go (defaults: pretrained models in bfloat16 on CUDA when there is one, else float32 on the
+    CPU; the tiny and trained pairs in float32 on the CPU)."""
+    pipe, small_model, family, source, extra = _load(large, small, family, tiny, local_files_only, dtype)
+    if device is None and source == "pretrained" and torch.cuda.is_available():
+        device = torch.device("cuda")
+    if dtype is not None and source != "pretrained":
+        pipe.to(dtype=dtype)
+        small_model.to(dtype=dtype)
+    if device is not None:
+        pipe.to(device)
+        small_model.to(device)
+    return pipe, small_model, family, source, extra
+
+
+def _load(large: str | None, small: str | None, family: str | None, tiny: bool, local_files_only: bool,
+          dtype: Any) -> tuple[Any, Any, str, str, dict[str, Any]]:
     if (large is None) != (small is None):
         raise UserError("give both --large and --small, or neither (for the trained family shipped in the package)")
     if tiny and large is not None:
@@ -52,7 +95,8 @@ def load_models(large: str | None, small: str | None, family: str | None,
     from diffusers import DiffusionPipeline
 
     check_local_pair(large, small, family)  # before the (long) loading of the large model
-    dtype = torch.bfloat16 if torch.cuda.is_available() else torch.float32
+    if dtype is None:
+        dtype = torch.bfloat16 if torch.cuda.is_available() else torch.float32
     try:
         pipe = DiffusionPipeline.from_pretrained(large, dtype=dtype, local_files_only=local_files_only)
     except Exception as err:  # hub errors, missing files, validation errors: all the same to the user
@@ -71,8 +115,6 @@ def load_models(large: str | None, small: str | None, family: str | None,
     except Exception as err:
         raise UserError(f"cannot load the small transformer {small!r} (its 'transformer' subfolder): it is neither "
                         f"local nor reachable on the Hugging Face Hub ({_first_line(err)})") from err
-    if torch.cuda.is_available():
-        pipe.to("cuda")
     return pipe, small_model.eval(), found, "pretrained", {}
 
 
@@ -163,7 +205,7 @@ def generate(prompt: str, out: str, large: str | None = None, small: str | None 
              say: Any = print, tiny: bool = False, negative_prompt: str | None = None,
              guidance_scale: float | None = None, fps: int | None = None, fbcache: float | None = None,
              min_switch_step: int | None = None, max_switch_step: int | None = None,
-             local_files_only: bool = False) -> dict[str, str]:
+             local_files_only: bool = False, dtype: str | None = None, device: str | None = None) -> dict[str, str]:
     """Generate one video; returns the paths written (video, trace JSON, plot PNG)."""
     out_path = pathlib.Path(out)
     if out_path.suffix.lower() != ".mp4":
@@ -175,7 +217,9 @@ def generate(prompt: str, out: str, large: str | None = None, small: str | None 
             task.parse(prompt)  # before loading anything
         except ValueError as err:
             raise UserError(f"{err}. (The trained families know only their task; --tiny takes any prompt.)") from err
-    pipe, small_model, family, source, extra = load_models(large, small, family, tiny, local_files_only)
+    torch_dtype, torch_device = placement(dtype, device)
+    pipe, small_model, family, source, extra = load_models(large, small, family, tiny, local_files_only,
+                                                           torch_dtype, torch_device)
     if source == "tiny":
         say(f"sr-plugin: --tiny: using the built-in tiny {family} pair, whose weights are "
             "RANDOM (the video will be noise; it shows the mechanics only)")

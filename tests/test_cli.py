@@ -76,6 +76,9 @@ def test_help_is_complete():
     (["calibrate-delta", "--min-ssim", "0"], "in (0, 1]"),
     (["calibrate-delta", "--max-time-ratio", "0.5", "--deltas", "1.5"], "open interval"),
     (["bench", "--configs", "turbo"], "invalid choice"),
+    (["generate", "--prompt", "x", "--out", "x.mp4", "--tiny", "--device", "cuda:7"], "--device cuda:7: this machine has"),
+    (["generate", "--prompt", "x", "--out", "x.mp4", "--tiny", "--device", "gpu0"], "is not a device"),
+    (["generate", "--prompt", "x", "--out", "x.mp4", "--tiny", "--dtype", "int8"], "invalid choice"),
     (["bench", "--family", "hunyuan"], "unknown family 'hunyuan' for the tiny benchmark"),
 ])
 def test_bad_arguments_get_a_clear_message_and_a_nonzero_exit(tmp_path, args, message):
@@ -210,3 +213,13 @@ def test_a_pair_of_two_families_is_refused_before_loading(tmp_path):
         check_local_pair(str(cog), str(cog), "wan")
     with pytest.raises(UserError, match="has no transformer config"):
         check_local_pair(str(wan), str(tmp_path), None)
+
+
+def test_help_shows_the_defaults():
+    result = cli("generate", "--help")
+    assert result.returncode == 0
+    text = " ".join(result.stdout.split())
+    assert "--seed SEED seed of the initial noise" in text and "(default: 0)" in text
+    assert "(default: None)" not in text and "(default: False)" not in text
+    bench = " ".join(cli("bench", "--help").stdout.split())
+    assert "(default: 10)" in bench and "paired with a round of the unpatched pipeline" in bench
