@@ -9,6 +9,7 @@ from typing import Any
 import torch
 
 from .adapters import adapter_for
+from .cache_dit_mirror import check_cache_dit
 from .calls import CallTracker, check_scheduler_order
 from .distributed import parallelize_like
 from .offload_large import LargeOffloader
@@ -135,6 +136,8 @@ def apply(
         raise TypeError(f"small_transformer must be a torch.nn.Module, got {type(small_transformer).__name__}")
     adapter.check_pipeline(pipe)
     adapter.check_pair(large, small_transformer)
+    if small_transformer is not large:
+        check_cache_dit(large, small_transformer, adapter.block_lists(small_transformer))
     adapter.check_scheduler(pipe.scheduler)  # checked again at every call (the scheduler may be swapped)
     check_scheduler_order(pipe.scheduler)
     options_given = _family_options(adapter, family_options, small_vae_scaling_factor=small_vae_scaling_factor,

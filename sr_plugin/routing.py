@@ -48,7 +48,7 @@ class Router:
         self.options = options
         self.small_device = small_device
         #: Caches the user enabled on the large model, mirrored onto the small one with their own state.
-        self.mirror = UserCacheMirror(small)
+        self.mirror = UserCacheMirror(small, adapter.block_lists(small))
         #: Factories of context managers entered around every call of the small model.
         self.small_call_contexts: list[Callable[[], Any]] = [self.mirror.small_call_context]
         #: With offload_large: moves the large model's weights off the GPU after the switch.
@@ -154,6 +154,7 @@ class Router:
         for slot in self.adapter.expert_slots(self.pipe):  # e.g. Wan2.2's low-noise expert: the small one renders
             self._patches.set(self.pipe, slot, self.small)
         if self.large is not self.small:
+            self.mirror.at_switch(len(self._d), calls.num_steps)  # the first step the small model runs
             _reset_caches(self.large)  # it will not run again in this call: free its cached residuals/attention
         if self.offloader is not None and not model_offload_active(self.pipe):
             self.offloader.offload()  # queued behind the large model's last step; returns at once

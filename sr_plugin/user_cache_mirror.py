@@ -7,6 +7,8 @@
   against, and reuse, the large model's residuals. The small model is patched the same way and runs inside
   a context of its own (same settings, fresh buffers) for each call.
 
+- cache-dit's DBCache / TaylorSeer (``cache_dit.enable_cache(pipe, ...)``): see `cache_dit_mirror`.
+
 - diffusers' attention backend set on the large model (``set_attention_backend``): the small model's attention
   processors that have none of their own get the same one; `undo` sets them back to none.
 
@@ -21,6 +23,7 @@ from typing import Any, ContextManager
 
 import torch
 
+from .cache_dit_mirror import CacheDitMirror, cache_dit_config
 from .patching import InstancePatches, drop_hook_residue
 
 _PARA_STATE_FIELDS = {"buffers", "incremental_name_counters", "executed_steps", "is_alter_cache", "taylorseer",
@@ -28,8 +31,10 @@ _PARA_STATE_FIELDS = {"buffers", "incremental_name_counters", "executed_steps", 
 
 
 class UserCacheMirror:
-    def __init__(self, small: torch.nn.Module) -> None:
+    def __init__(self, small: torch.nn.Module, block_lists: list[Any] | None = None) -> None:
         self.small = small
+        #: cache-dit on the large model, given to the small one with a context of its own.
+        self.cache_dit = CacheDitMirror(small, block_lists or [])
         self._enabled_fbc = False
         #: para-attn's patch of the small model: what it replaced, undone exactly (its `_is_cached` and `forward`).
         self._para_patched: InstancePatches | None = None
@@ -44,6 +49,7 @@ class UserCacheMirror:
         if large is small:
             return
         self._sync_attention_backend(large)
+        self.cache_dit.sync(large)
         from diffusers import FirstBlockCacheConfig
 
         config = getattr(large, "_cache_config", None)
@@ -55,7 +61,8 @@ class UserCacheMirror:
         if fbc is not None and getattr(small, "_cache_config", None) is None:
             small.enable_cache(dataclasses.replace(fbc))
             self._enabled_fbc = True
-        if getattr(large, "_is_cached", False) and not getattr(small, "_is_cached", False):
+        if (getattr(large, "_is_cached", False) and not getattr(small, "_is_cached", False)
+                and cache_dit_config(large) is None):  # para-attn's First Block Cache (cache-dit sets the flag too)
             from para_attn.first_block_cache.diffusers_adapters import apply_cache_on_transformer
 
             saved = InstancePatches()
@@ -78,6 +85,10 @@ class UserCacheMirror:
                     processor._attention_backend = backend
                     self._backend_set.append(processor)
 
+    def at_switch(self, step: int, num_steps: int) -> None:
+        """The small model takes over at ``step``: caches that count steps start afresh there."""
+        self.cache_dit.at_switch(step, num_steps)
+
     def small_call_context(self) -> ContextManager:
         """Entered around each small-model call: para-attn's context of the small model for this call."""
         if self._para_patched is None:
@@ -96,6 +107,7 @@ class UserCacheMirror:
 
     def undo(self) -> None:
         small = self.small
+        self.cache_dit.undo()
         for processor in self._backend_set:
             processor._attention_backend = None
         self._backend_set, self._backend = [], None

@@ -15,6 +15,7 @@ from typing import Any
 import torch
 
 from ..adapters import FamilyAdapter, adapter_for
+from ..cache_dit_mirror import cache_dit_config
 from ..calls import CallTracker, models_in_play
 from ..patching import InstancePatches, drop_hook_residue
 from ..trace import StepRecord
@@ -60,6 +61,10 @@ class Accelerations:
         if self.fbcache is not None and len(self.adapter.blocks(model)) < 2:
             raise ValueError(f"First Block Cache needs at least two transformer blocks (the first decides, the rest "
                              f"are cached); the {role} transformer has {len(self.adapter.blocks(model))}")
+        if (self.teacache is not None or self.fbcache is not None) and cache_dit_config(model) is not None:
+            raise ValueError(f"cache-dit already caches the {role} transformer's blocks; "
+                             f"{'TeaCache' if self.teacache is not None else 'First Block Cache'} would cache them "
+                             "a second time: choose one (cache_dit.disable_cache(pipe), or drop it here)")
         if self.fbcache is not None and getattr(model, "_cache_config", None) is not None:
             raise ValueError(f"the {role} transformer already has a diffusers cache enabled "
                              f"({type(model._cache_config).__name__}); disable it or drop fbcache=")
