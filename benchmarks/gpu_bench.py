@@ -12,6 +12,14 @@ ideal, peak GPU memory, and TeaCache's computed versus skipped block passes. Wit
 decisions mean nothing, so its threshold is calibrated to skip a known fraction of the calls
 (--teacache-skip), and that fraction is reported beside the speed-up.
 
+The rest of the stack (issue 11): "sr+flash" and "sr+cudnn" set diffusers' attention backend on the large model
+(the small one uses it through the switch; the rows record the small model's backends); "wan22-both" runs
+Wan2.2 T2V A14B's shape (the 14B-sized high-noise expert plus a second 14B-sized low-noise expert,
+boundary_ratio 0.875) and "wan22-sr" the high-noise expert alone with the 1.3B rendering from the boundary at
+the latest (speed-up and ideal against "wan22-both"; peak memory shows the expert saved); "float8" and
+"sr+float8" quantize both transformers with torchao's float8 dynamic config (int8 weight-only on the CPU smoke
+run) and run last, since quantization is in place.
+
 Each configuration is isolated (a failure is recorded, the run goes on), the JSON is rewritten after each
 one, and configurations that would start after --budget-s seconds are skipped (recorded as such).
 """
@@ -48,16 +56,25 @@ def published(family: str) -> dict[str, Any]:
 
 #: Left out on real sizes: "sr-never" on Wan would be a whole extra large-only run (its overhead is measured on
 #: CogVideoX and per step on Wan's latents); offloading matters for Wan 14B's 28.6 GB, not for CogVideoX-5b.
-FAMILY_SKIPS = {"wan": {"sr-never"}, "cogvideox": {"sr+offload"}}
+FAMILY_SKIPS = {"wan": {"sr-never"}, "cogvideox": {"sr+offload", "wan22-both", "wan22-sr"}}
+#: Configurations that change the models for good (torchao quantizes in place): they run after all others.
+LAST = ("float8", "sr+float8")
 
 CONFIGS = ["large", "sr", "compile", "sr+compile", "teacache", "sr+teacache", "pab", "sr+all", "sr-never",
-           "sr+offload"]
+           "sr+offload", "sr+flash", "sr+cudnn", "wan22-both", "wan22-sr", "float8", "sr+float8"]
+#: Attention backends of the "sr+<name>" rows: set on the large model, mirrored to the small one. The tiny CPU
+#: run uses CPU backends in their place (the mechanism is the same; the kernels are not).
+BACKENDS = {"sr+flash": ("flash", "_native_math"), "sr+cudnn": ("_native_cudnn", "native")}
+#: Wan2.2 T2V A14B's boundary: steps with t >= 0.875 * 1000 go to the high-noise expert.
+WAN22_BOUNDARY = 0.875
 #: The order of the runs, most important first, in case the time budget runs out.
 PRIORITY = [("wan", "large"), ("wan", "sr"), ("cogvideox", "large"), ("cogvideox", "sr"), ("wan", "compile"),
             ("wan", "sr+compile"), ("cogvideox", "compile"), ("cogvideox", "sr+compile"), ("cogvideox", "sr-never"),
             ("wan", "sr+offload"), ("wan", "teacache"), ("wan", "sr+teacache"), ("cogvideox", "teacache"),
             ("cogvideox", "sr+teacache"), ("cogvideox", "pab"), ("cogvideox", "sr+all"), ("wan", "sr-never"),
-            ("cogvideox", "sr+offload"), ("wan", "pab"), ("wan", "sr+all")]
+            ("cogvideox", "sr+offload"), ("wan", "pab"), ("wan", "sr+all"), ("wan", "wan22-both"), ("wan", "wan22-sr"),
+            ("wan", "sr+flash"), ("wan", "sr+cudnn"), ("cogvideox", "sr+flash"), ("cogvideox", "sr+cudnn"),
+            ("wan", "float8"), ("wan", "sr+float8"), ("cogvideox", "float8"), ("cogvideox", "sr+float8")]
 
 
 def log(*args: Any) -> None:
@@ -224,7 +241,99 @@ def block_passes(accel: Any, env: Env) -> dict[str, int]:
     return counts
 
 
+def run_stack_config(env: Env, name: str, steps: int, k: int) -> dict[str, Any]:
+    """The rest of the stack (issue 11): attention backends, Wan2.2 A14B's experts, torchao float8."""
+    pipe, small = env.pipe, env.small
+    rec: dict[str, Any] = {"config": name}
+    undo: list[Any] = []
+    try:
+        if name in BACKENDS:
+            backend = BACKENDS[name][1 if env.tiny else 0]
+            rec["backend"] = backend
+            pipe.transformer.set_attention_backend(backend)
+            undo.append(pipe.transformer.reset_attention_backend)
+            handle = sr_plugin.apply(pipe, small, switch_step=k)
+            undo.append(handle.remove)
+            rec.update(Run(env, steps)(pipe))
+            rec["small_backends"] = sorted({str(getattr(m.processor, "_attention_backend", None))
+                                            for m in small.modules() if hasattr(m, "processor")})
+            rec["switch_step"] = handle.switch_step
+        elif name in ("wan22-both", "wan22-sr"):
+            expert = wan22_low_noise_expert(env)
+            from diffusers import WanPipeline
+
+            two = WanPipeline(tokenizer=None, text_encoder=None, vae=None, transformer=pipe.transformer,
+                              transformer_2=expert if name == "wan22-both" else None, scheduler=pipe.scheduler,
+                              boundary_ratio=WAN22_BOUNDARY)
+            two.set_progress_bar_config(disable=True)
+            if name == "wan22-sr":  # the high-noise expert sketches; the 1.3B renders from the boundary at the latest
+                handle = sr_plugin.apply(two, small)
+                undo.append(handle.remove)
+            rec.update(Run(env, steps)(two))
+            if name == "wan22-sr":
+                rec["switch_step"], rec["switch_reason"] = handle.switch_step, handle.switch.reason
+        elif name in LAST:
+            rec["quantization"] = quantize_both(env)
+            if name == "sr+float8":
+                handle = sr_plugin.apply(pipe, small, switch_step=k)
+                undo.append(handle.remove)
+            rec.update(Run(env, steps)(pipe))
+            if name == "sr+float8":
+                rec["switch_step"] = handle.switch_step
+    except Exception as err:  # recorded; the run goes on with the next configuration
+        rec["error"] = f"{type(err).__name__}: {err}"
+        rec["traceback"] = traceback.format_exc()[-3000:]
+    finally:
+        for step in reversed(undo):
+            try:
+                step()
+            except Exception as err:
+                rec.setdefault("error", f"undo failed: {err}")
+        if env.cuda:
+            torch.cuda.empty_cache()
+    return rec
+
+
+def wan22_low_noise_expert(env: Env) -> Any:
+    """A second transformer of the large model's size (Wan2.2 A14B's experts are each Wan2.1-14B-sized), built
+    once and kept for the two Wan2.2 rows."""
+    if getattr(env, "low_expert", None) is None:
+        config = dict(env.pipe.transformer.config)
+        cls = type(env.pipe.transformer)
+        default = torch.get_default_dtype()
+        torch.set_default_dtype(env.pipe.transformer.dtype)
+        try:
+            with torch.device(env.pipe.transformer.device):
+                torch.manual_seed(1)
+                env.low_expert = cls.from_config(config).eval().requires_grad_(False)
+        finally:
+            torch.set_default_dtype(default)
+    return env.low_expert
+
+
+def quantize_both(env: Env) -> str:
+    """Quantize both transformers in place, once: float8 dynamic activations and weights on a GPU, int8
+    weight-only on the CPU (torchao's float8 kernels need CUDA)."""
+    if getattr(env, "quantized", None) is None:
+        from torchao.quantization import quantize_
+
+        if env.cuda:
+            from torchao.quantization import Float8DynamicActivationFloat8WeightConfig
+
+            config, env.quantized = Float8DynamicActivationFloat8WeightConfig(), "float8 dynamic (torchao)"
+        else:
+            from torchao.quantization import Int8WeightOnlyConfig
+
+            config, env.quantized = Int8WeightOnlyConfig(), "int8 weight-only (torchao; float8 needs CUDA)"
+        env.low_expert = None  # frees the Wan2.2 expert's memory
+        for model in (env.pipe.transformer, env.small):
+            quantize_(model, config)
+    return env.quantized
+
+
 def run_config(env: Env, name: str, steps: int, k: int, args: argparse.Namespace, results: dict) -> dict[str, Any]:
+    if name in BACKENDS or name.startswith("wan22") or name in LAST:
+        return run_stack_config(env, name, steps, k)
     pipe, small = env.pipe, env.small
     handles: list[Any] = []
     rec: dict[str, Any] = {"config": name}
@@ -296,8 +405,12 @@ def summarize(family_results: dict[str, dict], steps: int, k: int) -> dict[str, 
     """Speed-ups over large-only, and the ideal SR speed-up from the per-step times measured."""
     large, compiled = family_results.get("large", {}), family_results.get("compile", {})
     summary: dict[str, Any] = {}
+    k_fixed = k
+    #: Rows measured against another row than large only: the same models quantized, Wan2.2's two experts.
+    own_base = {"sr+float8": "float8", "wan22-sr": "wan22-both"}
 
     def ideal(large_rec: dict, sr_rec: dict) -> tuple[float | None, float | None]:
+        k = sr_rec.get("switch_step") or k_fixed
         t_large = steady(large_rec.get("step_s", []), 1)
         t_small = steady(sr_rec.get("step_s", []), k + 1)
         if not t_large or not t_small:
@@ -311,10 +424,12 @@ def summarize(family_results: dict[str, dict], steps: int, k: int) -> dict[str, 
         base = compiled if "compile" in name and name != "compile" else large
         if "all" in name:
             base = compiled if "wall_s" in compiled else large
+        if name in own_base:
+            base = family_results.get(own_base[name], {})
         if base and "wall_s" in base:
             rec["speedup"] = base["wall_s"] / rec["wall_s"]
-            rec["speedup_over"] = "compile" if base is compiled else "large"
-    for sr_name, base_name in (("sr", "large"), ("sr+compile", "compile")):
+            rec["speedup_over"] = own_base.get(name, "compile" if base is compiled else "large")
+    for sr_name, base_name in (("sr", "large"), ("sr+compile", "compile"), *own_base.items()):
         sr_rec, base = family_results.get(sr_name, {}), family_results.get(base_name, {})
         r, ideal_speedup = ideal(base, sr_rec)
         if ideal_speedup and "speedup" in sr_rec:
@@ -442,6 +557,8 @@ def main(argv: list[str] | None = None) -> int:
     # the planned order first, then any other registered family's configurations in the CONFIGS order
     order = PRIORITY + [(f, c) for f in envs for c in CONFIGS if (f, c) not in PRIORITY]
     for family, name in order:
+        if name.startswith("wan22") and family != "wan":
+            continue  # Wan2.2's experts are Wan models
         if family not in envs or name not in args.configs or (not args.tiny and name in FAMILY_SKIPS.get(family, ())):
             continue
         fam = results["families"][family]

@@ -72,7 +72,8 @@ def test_gpu_benchmark_script_runs_end_to_end_on_cpu_with_tiny(tmp_path: pathlib
     for family, fam in data["families"].items():
         configs = fam["configs"]
         assert set(configs) == {"large", "sr", "compile", "sr+compile", "teacache", "sr+teacache", "pab", "sr+all",
-                                "sr-never", "sr+offload"}
+                                "sr-never", "sr+offload", "sr+flash", "sr+cudnn", "float8", "sr+float8"} | (
+                                    {"wan22-both", "wan22-sr"} if family == "wan" else set())
         assert all("error" not in rec and rec["wall_s"] > 0 for rec in configs.values())
         assert configs["sr"]["switch_step"] == 2 and configs["sr-never"]["switch_step"] is None
         assert configs["sr+offload"]["output_equals_sr"] is True
@@ -80,6 +81,11 @@ def test_gpu_benchmark_script_runs_end_to_end_on_cpu_with_tiny(tmp_path: pathlib
         passes = configs["sr+teacache"]["block_passes"]
         assert passes["computed"] > 0 and passes["skipped"] > 0
         assert {"r", "ideal", "measured", "measured_over_ideal"} <= set(fam["summary"]["sr"])
+        assert configs["sr+float8"]["quantization"].startswith("int8 weight-only") and "sr+float8" in fam["summary"]
+        if family == "wan":  # (diffusers 0.42's CogVideoX processors take no attention backend)
+            assert configs["sr+flash"]["small_backends"] == ["AttentionBackendName._NATIVE_MATH"]
+            assert configs["wan22-sr"]["switch_reason"] == "max_switch_step"  # the boundary, without the 2nd expert
+            assert "wan22-sr" in fam["summary"]
     assert "meas/ideal" in result.stdout  # the table at the end
 
 
