@@ -129,6 +129,7 @@ class Router:
                 self._unhook(self._hooked)
         finally:
             self._hooked = None
+            self.mirror.end_call()
             self._write_trace(calls)
 
     def _check_small_free(self) -> None:

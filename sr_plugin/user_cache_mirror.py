@@ -1,7 +1,8 @@
 """Caches the user enabled directly on the large transformer, given to the small one with its own state.
 
 - diffusers' First Block Cache (``transformer.enable_cache(FirstBlockCacheConfig(...))``): the small model
-  gets the same configuration; its hooks keep their own per-branch state.
+  gets the same configuration for the length of each call (its hooks keep their own per-branch state), so a
+  small model shared with another pipeline never carries this pipeline's cache into that one's calls.
 - para-attn's First Block Cache (``apply_cache_on_pipe``): it patches only ``pipe.transformer`` and keeps its
   buffers in one context per pipeline call, by name: a small model running inside that context would compare
   against, and reuse, the large model's residuals. The small model is patched the same way and runs inside
@@ -84,6 +85,14 @@ class UserCacheMirror:
                 if processor._attention_backend is None:  # the user's own choice for the small model stays
                     processor._attention_backend = backend
                     self._backend_set.append(processor)
+
+    def end_call(self) -> None:
+        """End of a call: the mirrored First Block Cache comes off the small model (put on again at the next
+        call's start), so that another pipeline sharing the small model never runs with this one's cache."""
+        if self._enabled_fbc:
+            self.small.disable_cache()
+            drop_hook_residue(self.small)
+            self._enabled_fbc = False
 
     def at_switch(self, step: int, num_steps: int) -> None:
         """The small model takes over at ``step``: caches that count steps start afresh there."""

@@ -33,12 +33,20 @@ def test_cache_enabled_by_hand_on_the_large_model_is_given_to_the_small_one(pair
     else:
         handle = sr_plugin.apply(pipe, small, switch_step=4)
         pipe.transformer.enable_cache(FirstBlockCacheConfig(threshold=0.2))
-    out = run(pipe, family)
-    assert isinstance(small._cache_config, FirstBlockCacheConfig) and small._cache_config.threshold == 0.2
-    assert small._cache_config is not pipe.transformer._cache_config
+    seen = []
+
+    def look(p, i, t, kwargs):  # the small model runs from step 4: its cache, seen during the call
+        if i == 5:
+            seen.append(small._cache_config)
+        return kwargs
+
+    out = run(pipe, family, callback_on_step_end=look)
+    assert isinstance(seen[0], FirstBlockCacheConfig) and seen[0].threshold == 0.2
+    assert seen[0] is not pipe.transformer._cache_config
+    assert small._cache_config is None  # off between calls (a pipeline sharing the small model is unaffected)
     assert torch.equal(run(pipe, family), out)  # no state carried from one call to the next
     handle.remove()
-    assert small._cache_config is None  # the mirrored cache goes with the switch
+    assert small._cache_config is None
 
 
 @pytest.fixture
@@ -84,3 +92,20 @@ def test_para_attn_small_model_runs_in_its_own_cache_context(para_attn_pipe):
     log.close()
     # blocks past the first ran: the large model's first step (cond, uncond), the small model's first step
     assert log.calls == ["large", "large", "small", "small"]
+
+
+def test_a_mirrored_cache_does_not_reach_another_pipeline_sharing_the_small_model(family):
+    """Pipeline b's user enabled First Block Cache; pipeline a, sharing the small model, has none: a's calls
+    equal a fresh a's, before and after b's."""
+    from sr_plugin.tiny import tiny_pair
+
+    fresh, fresh_small = tiny_pair(family)
+    sr_plugin.apply(fresh, fresh_small, switch_step=2)
+    expected = run(fresh, family)
+    a, small = tiny_pair(family)
+    b, _ = tiny_pair(family, seed=1)
+    sr_plugin.apply(a, small, switch_step=2)
+    sr_plugin.apply(b, small, switch_step=2)
+    b.transformer.enable_cache(FirstBlockCacheConfig(threshold=0.3))
+    run(b, family)
+    assert torch.equal(run(a, family), expected)
