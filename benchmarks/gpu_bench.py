@@ -241,6 +241,20 @@ def block_passes(accel: Any, env: Env) -> dict[str, int]:
     return counts
 
 
+def record_error(rec: dict[str, Any], err: Exception) -> None:
+    rec["error"] = f"{type(err).__name__}: {err}"
+    rec["traceback"] = traceback.format_exc()[-3000:]
+
+
+def undo_all(undo: list[Any], rec: dict[str, Any]) -> None:
+    """Run every undo, last first, even after a failure (recorded, the first one kept)."""
+    for step in reversed(undo):
+        try:
+            step()
+        except Exception as err:
+            rec.setdefault("error", f"undo failed: {err}")
+
+
 def run_stack_config(env: Env, name: str, steps: int, k: int) -> dict[str, Any]:
     """The rest of the stack (issue 11): attention backends, Wan2.2 A14B's experts, torchao float8."""
     pipe, small = env.pipe, env.small
@@ -281,14 +295,9 @@ def run_stack_config(env: Env, name: str, steps: int, k: int) -> dict[str, Any]:
             if name == "sr+float8":
                 rec["switch_step"] = handle.switch_step
     except Exception as err:  # recorded; the run goes on with the next configuration
-        rec["error"] = f"{type(err).__name__}: {err}"
-        rec["traceback"] = traceback.format_exc()[-3000:]
+        record_error(rec, err)
     finally:
-        for step in reversed(undo):
-            try:
-                step()
-            except Exception as err:
-                rec.setdefault("error", f"undo failed: {err}")
+        undo_all(undo, rec)
         if env.cuda:
             torch.cuda.empty_cache()
     return rec
@@ -388,14 +397,9 @@ def run_config(env: Env, name: str, steps: int, k: int, args: argparse.Namespace
         if sr:
             rec["switch_step"] = handles[0].switch_step
     except Exception as err:  # recorded; the run goes on with the next configuration
-        rec["error"] = f"{type(err).__name__}: {err}"
-        rec["traceback"] = traceback.format_exc()[-3000:]
+        record_error(rec, err)
     finally:
-        for h in reversed(handles):
-            try:
-                h.remove()
-            except Exception as err:
-                rec.setdefault("error", f"remove failed: {err}")
+        undo_all([h.remove for h in handles], rec)
         if env.cuda:
             torch.cuda.empty_cache()
     return rec
