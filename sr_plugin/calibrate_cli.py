@@ -1,4 +1,5 @@
-"""`sr-plugin calibrate-delta` on a trained family: sweep on training prompts, pick for a target."""
+"""`sr-plugin calibrate-delta` on a trained family: sweep on training prompts, pick for a target, and optionally
+rerun the pick on held-out prompts to see the promise kept."""
 
 from __future__ import annotations
 
@@ -6,14 +7,23 @@ import random
 from typing import Any
 
 from . import evaluate, task, trained
-from .delta_calibration import calibrate_delta
+from .delta_calibration import calibrate_delta, check_promise
 
 #: Training prompts are drawn with this seed (the held-out set stays for checking the pick).
 PROMPT_SEED = 7
 
 
 def run_calibrate_delta(family: str, prompts: int, steps: int, deltas: list[float], switch_steps: list[int],
-                        min_ssim: float | None, max_time_ratio: float | None, say: Any = print) -> Any:
+                        min_ssim: float | None, max_time_ratio: float | None, say: Any = print,
+                        check_prompts: int = 0, threads: int | None = None) -> tuple[Any, Any, Any]:
+    """The sweep, the pick and (with ``check_prompts``) the pick's rerun on held-out prompts: ``(picked, sweep,
+    check or None)``."""
+    if check_prompts < 0 or check_prompts > task.HELD_OUT_SIZE:
+        raise ValueError(f"--check-prompts must be between 0 and {task.HELD_OUT_SIZE} (the held-out prompts)")
+    if threads is not None:
+        import torch
+
+        torch.set_num_threads(threads)
     pipe, small, extra = trained.load(family)
     chosen = random.Random(PROMPT_SEED).sample(task.training_prompts(), prompts)
     call = dict(trained.CALL, guidance_scale=trained.GUIDANCE[family])
@@ -24,4 +34,10 @@ def run_calibrate_delta(family: str, prompts: int, steps: int, deltas: list[floa
         scorer=lambda video, prompt: evaluate.score_video(video, prompt).right, say=say, **call)
     say(sweep.table())
     say(f"picked: {picked.setting} (speed-up {picked.speedup:.2f}x, SSIM {picked.ssim:.4f})")
-    return picked
+    check = None
+    if check_prompts:
+        held_out = [p for p, _ in task.held_out()[:check_prompts]]
+        check = check_promise(pipe, small, picked, held_out, num_inference_steps=steps, apply_kwargs=extra, **call)
+        say(f"rerun on {check_prompts} held-out prompts: {check.measured_speedup:.2f}x measured against "
+            f"{check.promised_speedup:.2f}x promised ({check.relative_error:+.1%})")
+    return picked, sweep, check

@@ -141,12 +141,15 @@ def build_parser() -> argparse.ArgumentParser:
                          description="Runs large only and every setting on training prompts of the family's task "
                                      "(disjoint from the held-out set), prints the sweep (time ratio, PSNR, SSIM, "
                                      "accuracy) and the setting picked: the largest speed-up keeping --min-ssim, "
-                                     "or the best SSIM within --max-time-ratio.")
+                                     "or the best SSIM within --max-time-ratio. With --check-prompts, the picked "
+                                     "setting is rerun on that many held-out prompts and its measured speed-up set "
+                                     "against the promised one.")
     cal.add_argument("--family", choices=FAMILIES, default="wan")
     cal.add_argument("--prompts", type=_positive_int, default=8, help="training prompts to sweep on (default 8)")
     cal.add_argument("--steps", type=_positive_int, default=50)
     cal.add_argument("--deltas", type=_delta, nargs="*", default=[0.001, 0.003, 0.01, 0.03, 0.1])
     cal.add_argument("--switch-steps", type=_step, nargs="*", default=[])
+    cal.add_argument("--check-prompts", type=int, default=0, help="held-out prompts to rerun the pick on (0: none)")
     target = cal.add_mutually_exclusive_group(required=True)
     target.add_argument("--min-ssim", type=_fraction, help="mean SSIM against large only to keep, in (0, 1]")
     target.add_argument("--max-time-ratio", type=_fraction, help="SR time / large-only time not to exceed, in (0, 1]")
@@ -174,7 +177,7 @@ def main(argv: list[str] | None = None) -> int:
             from .calibrate_cli import run_calibrate_delta
 
             run_calibrate_delta(args.family, args.prompts, args.steps, args.deltas, args.switch_steps, args.min_ssim,
-                                args.max_time_ratio)
+                                args.max_time_ratio, check_prompts=args.check_prompts)
         elif args.command == "bench":
             from .bench import run_matrix
 

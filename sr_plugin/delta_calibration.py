@@ -1,6 +1,12 @@
 """Which delta to pick: sweep the switch (adaptive deltas and fixed steps) on your pipeline and prompts, measure
 each setting's speed-up and its fidelity to large only, and pick the setting that meets a target.
 
+A setting's time ratio is what its switch steps cost: ``(k + rho (N - k)) / N`` per prompt, averaged, with
+``rho`` (a small step's time over a large one's) fitted once from every paired run of the sweep. Each single
+paired measurement on a busy machine is off by several percent; the switch steps are not, and one ``rho`` from
+dozens of runs is steady, so the promise holds when the setting is rerun on other prompts (the measured ratio
+of each row is kept beside it as ``measured_time_ratio``).
+
 Targets are fractions in (0, 1]: ``min_ssim`` (the mean SSIM against the large-only video that must be kept:
 the largest speed-up among the settings that keep it) or ``max_time_ratio`` (SR time / large-only time that
 must not be exceeded: the best SSIM among the settings that fit). A target no setting meets is an error that
@@ -26,8 +32,9 @@ DEFAULT_DELTAS: tuple[float, ...] = (0.001, 0.003, 0.01, 0.03, 0.1)
 
 @dataclass(frozen=True)
 class SweepRow:
-    """One setting, over the prompt set: time ratio (median of per-prompt SR / large-only denoising time),
-    mean PSNR and SSIM against large only, mean switch step, and the scorer's accuracy if one was given."""
+    """One setting, over the prompt set: time ratio (SR / large-only denoising time, from the switch steps and
+    the sweep's fitted step-time ratio), mean PSNR and SSIM against large only, mean switch step, the scorer's
+    accuracy if one was given, and the measured time ratio (total SR time over total paired large-only time)."""
 
     setting: str
     delta: float | None
@@ -37,6 +44,7 @@ class SweepRow:
     psnr: float
     ssim: float
     accuracy: float | None = None
+    measured_time_ratio: float | None = None
 
     @property
     def speedup(self) -> float:
@@ -53,9 +61,29 @@ def _check_target(name: str, value: float | None) -> None:
         raise ValueError(f"{name} must be a number in (0, 1], got {value!r}")
 
 
+def fit_step_ratio(switch_steps: Sequence[int], time_ratios: Sequence[float], num_steps: int) -> float | None:
+    """``rho``, a small step's time over a large one's, from paired runs: a run switching at ``k`` of ``N`` takes
+    ``(k + rho (N - k)) / N`` of the large-only time, so each run gives ``rho = (ratio N - k) / (N - k)``; the
+    median over the runs keeps one disturbed measurement from moving it. None without a run that switched."""
+    if len(switch_steps) != len(time_ratios):
+        raise ValueError("one time ratio per switch step")
+    estimates = [(ratio * num_steps - k) / (num_steps - k)
+                 for k, ratio in zip(switch_steps, time_ratios) if 0 <= k < num_steps]
+    return statistics.median(estimates) if estimates else None
+
+
+def modelled_time_ratio(switch_steps: Sequence[int], num_steps: int, step_ratio: float) -> float:
+    """The time of runs switching at ``switch_steps`` (``num_steps``: never) over as many large-only runs."""
+    if not switch_steps:
+        raise ValueError("no runs to model")
+    return statistics.mean((k + step_ratio * (num_steps - k)) / num_steps for k in switch_steps)
+
+
 @dataclass
 class DeltaCalibration:
     rows: list[SweepRow]
+    #: The fitted small-step / large-step time ratio (None for a sweep built by hand).
+    step_ratio: float | None = None
 
     def pick(self, *, min_ssim: float | None = None, max_time_ratio: float | None = None) -> SweepRow:
         """The largest speed-up keeping ``min_ssim``, or the best SSIM within ``max_time_ratio`` (one of them)."""
@@ -80,13 +108,16 @@ class DeltaCalibration:
         return max(fits, key=lambda r: (r.ssim, r.speedup))
 
     def table(self) -> str:
-        lines = ["| setting | mean switch step | time ratio | speed-up | PSNR (dB) | SSIM | accuracy |",
-                 "|---|---|---|---|---|---|---|"]
+        lines = ["| setting | mean switch step | time ratio | speed-up | measured | PSNR (dB) | SSIM | accuracy |",
+                 "|---|---|---|---|---|---|---|---|"]
         for r in self.rows:
             k = "-" if r.mean_switch_step is None else f"{r.mean_switch_step:.1f}"
             acc = "-" if r.accuracy is None else f"{r.accuracy:.1f}%"
-            lines.append(f"| {r.setting} | {k} | {r.time_ratio:.3f} | {r.speedup:.2f}x | {r.psnr:.2f} | "
+            measured = "-" if r.measured_time_ratio is None else f"{1 / r.measured_time_ratio:.2f}x"
+            lines.append(f"| {r.setting} | {k} | {r.time_ratio:.3f} | {r.speedup:.2f}x | {measured} | {r.psnr:.2f} | "
                          f"{r.ssim:.4f} | {acc} |")
+        if self.step_ratio is not None:
+            lines.append(f"\nfitted small / large step time: {self.step_ratio:.3f} (time ratio = (k + that x (N - k)) / N)")
         return "\n".join(lines)
 
 
@@ -101,8 +132,9 @@ def sweep_switch(pipe: Any, small: Any, prompts: Sequence[str], *,
                  scorer: Callable[[np.ndarray, str], bool] | None = None, say: Any = None,
                  **call_kwargs: Any) -> DeltaCalibration:
     """Every delta and fixed switch step on every prompt (seeds ``seed``, ``seed + 1``, ...), each against the
-    large-only run of the same prompt and seed (its video for fidelity; for time, a large-only run right before
-    the setting's, in paired rounds). ``scorer(video, prompt) -> bool`` adds an accuracy column."""
+    large-only run of the same prompt and seed (its video for fidelity; for time, a large-only run next to the
+    setting's, in paired rounds whose order alternates so that neither side always runs first). ``scorer(video,
+    prompt) -> bool`` adds an accuracy column."""
     if isinstance(prompts, str) or not prompts:
         raise ValueError("prompts must be a non-empty list of strings")
     settings = [("delta", float(d)) for d in deltas] + [("switch_step", int(k)) for k in switch_steps]
@@ -112,36 +144,78 @@ def sweep_switch(pipe: Any, small: Any, prompts: Sequence[str], *,
     for kind, value in settings:  # every setting is checked before any generation
         handle = apply(pipe, small, **{kind: value}, **apply_kwargs)
         handle.remove()
-    _run(pipe, prompts[0], seed, num_inference_steps, call_kwargs)  # one-off first-call costs, untimed
-    rows = []
+    n = num_inference_steps
+    _run(pipe, prompts[0], seed, n, call_kwargs)  # one-off first-call costs, untimed
+    measured = []
     for kind, value in settings:
-        ratios, psnrs, ssims, ks, right = [], [], [], [], []
+        times, psnrs, ssims, ks, right = [], [], [], [], []
         for i, prompt in enumerate(prompts):
-            # Paired rounds: large only again right before the setting, so that drift hits both alike.
-            reference_video, reference_seconds = _run(pipe, prompt, seed + i, num_inference_steps, call_kwargs)
-            handle = apply(pipe, small, **{kind: value}, **apply_kwargs)
-            try:
-                video, seconds = _run(pipe, prompt, seed + i, num_inference_steps, call_kwargs)
-                k = handle.switch_step
-            finally:
-                handle.remove()
+            runs = {}
+            for side in (("large", "sr") if i % 2 == 0 else ("sr", "large")):
+                handle = apply(pipe, small, **{kind: value}, **apply_kwargs) if side == "sr" else None
+                try:
+                    runs[side] = _run(pipe, prompt, seed + i, n, call_kwargs)
+                    if handle is not None:
+                        ks.append(n if handle.switch_step is None else handle.switch_step)
+                finally:
+                    if handle is not None:
+                        handle.remove()
+            (video, seconds), (reference_video, reference_seconds) = runs["sr"], runs["large"]
             psnr, ssim = fidelity(video, reference_video)
-            ratios.append(seconds / reference_seconds)
+            times.append((seconds, reference_seconds))
             psnrs.append(min(psnr, 100.0))  # identical videos (never switched) have infinite PSNR
             ssims.append(ssim)
-            if k is not None:
-                ks.append(k)
             if scorer is not None:
                 right.append(bool(scorer(video, prompt)))
-        name = f"delta={value}" if kind == "delta" else f"k={value}"
-        rows.append(SweepRow(name, value if kind == "delta" else None, value if kind == "switch_step" else None,
-                             statistics.mean(ks) if ks else None, statistics.median(ratios),
-                             statistics.mean(psnrs), statistics.mean(ssims),
-                             100.0 * sum(right) / len(right) if right else None))
+        measured.append((kind, value, ks, times, psnrs, ssims, right))
         if say is not None:
-            say(f"{name}: switch {rows[-1].mean_switch_step}, time ratio {rows[-1].time_ratio:.3f}, "
-                f"SSIM {rows[-1].ssim:.4f}")
-    return DeltaCalibration(rows)
+            ratio = sum(t for t, _ in times) / sum(t for _, t in times)
+            say(f"{_name(kind, value)}: mean switch step {statistics.mean(ks):.1f}, measured time ratio {ratio:.3f}")
+    step_ratio = fit_step_ratio([k for m in measured for k in m[2]],
+                                [t / r for m in measured for t, r in m[3]], n)
+    rows = []
+    for kind, value, ks, times, psnrs, ssims, right in measured:
+        ratio = sum(t for t, _ in times) / sum(t for _, t in times)
+        switched = [k for k in ks if k < n]
+        rows.append(SweepRow(_name(kind, value), value if kind == "delta" else None,
+                             value if kind == "switch_step" else None,
+                             statistics.mean(switched) if switched else None,
+                             ratio if step_ratio is None else modelled_time_ratio(ks, n, step_ratio),
+                             statistics.mean(psnrs), statistics.mean(ssims),
+                             100.0 * sum(right) / len(right) if right else None, ratio))
+    return DeltaCalibration(rows, step_ratio)
+
+
+def _name(kind: str, value: float) -> str:
+    return f"delta={value}" if kind == "delta" else f"k={value}"
+
+
+@dataclass(frozen=True)
+class PromiseCheck:
+    """A picked setting rerun on other prompts: the speed-up the calibration promised, the one measured."""
+
+    setting: str
+    promised_speedup: float
+    measured_speedup: float
+    promised_mean_switch_step: float | None
+    measured_mean_switch_step: float | None
+
+    @property
+    def relative_error(self) -> float:
+        return self.measured_speedup / self.promised_speedup - 1.0
+
+    def as_dict(self) -> dict[str, Any]:
+        return {**asdict(self), "relative_error": self.relative_error}
+
+
+def check_promise(pipe: Any, small: Any, picked: SweepRow, prompts: Sequence[str], **sweep_kwargs: Any) -> PromiseCheck:
+    """Rerun the picked setting on ``prompts`` (disjoint from the calibration's) and measure its speed-up in paired
+    rounds, the plain wall-clock way: does the calibration keep its promise?"""
+    setting = {"deltas": (picked.delta,), "switch_steps": ()} if picked.delta is not None else \
+        {"deltas": (), "switch_steps": (picked.switch_step,)}
+    row = sweep_switch(pipe, small, prompts, **setting, **sweep_kwargs).rows[0]
+    return PromiseCheck(picked.setting, picked.speedup, 1.0 / row.measured_time_ratio, picked.mean_switch_step,
+                        row.mean_switch_step)
 
 
 def calibrate_delta(pipe: Any, small: Any, prompts: Sequence[str], *, min_ssim: float | None = None,

@@ -72,3 +72,53 @@ def test_sweep_on_a_tiny_pipeline_knows_its_extremes():
     assert small_only.mean_switch_step == 0 and k3.mean_switch_step == 3
     assert small_only.ssim < k3.ssim < 1.0
     assert sweep.pick(min_ssim=1.0).setting == "k=6"
+
+
+def test_the_step_time_ratio_is_fitted_from_paired_runs_and_one_outlier_does_not_move_it():
+    from sr_plugin.delta_calibration import fit_step_ratio, modelled_time_ratio
+
+    n, rho = 50, 0.4
+    ks = [0, 10, 20, 30, 40, 10]
+    ratios = [(k + rho * (n - k)) / n for k in ks]
+    ratios[-1] *= 1.5  # one run disturbed by the machine
+    assert fit_step_ratio(ks, ratios, n) == pytest.approx(rho)
+    assert fit_step_ratio([n, n], [1.0, 1.1], n) is None  # nothing switched: nothing to fit
+    assert modelled_time_ratio([10, 30, n], n, 0.5) == pytest.approx(((10 + 20) + (30 + 10) + 50) / 150)
+    with pytest.raises(ValueError, match="one time ratio per switch step"):
+        fit_step_ratio([1, 2], [0.5], n)
+
+
+def test_paired_rounds_alternate_so_a_first_run_penalty_does_not_bias_the_promise(monkeypatch):
+    """Synthetic clock: a small step costs a quarter of a large one and whichever run of a pair goes first pays
+    10% more. With the order alternating, the fitted ratio and the promise stay right, and the rerun of the
+    picked setting on other prompts measures what was promised."""
+    import sr_plugin
+    from sr_plugin import delta_calibration
+
+    n, rho, real = 6, 0.25, delta_calibration.timed_run
+    position = []
+
+    def synthetic(pipe, prompt, seed, steps, **call):
+        video, _, total = real(pipe, prompt, seed, steps, **call)
+        handle = sr_plugin.handle_of(pipe)
+        k = steps if handle is None or handle.switch_step is None else handle.switch_step
+        first = len(position) % 2 == 1  # position counts runs after the untimed warm-up run
+        position.append(first)
+        return video, (k + rho * (steps - k)) / steps * (1.1 if first else 1.0), total
+
+    monkeypatch.setattr(delta_calibration, "timed_run", synthetic)
+    pipe, small = tiny_pair("wan")
+    sweep = sweep_switch(pipe, small, ["a fox", "a boat"], deltas=(), switch_steps=(0, 2, 4),
+                         num_inference_steps=n, **TINY_CALL["wan"])
+    assert sweep.step_ratio == pytest.approx(rho, abs=0.01)
+    for row in sweep.rows:
+        k = row.switch_step
+        assert row.measured_time_ratio == pytest.approx((k + rho * (n - k)) / n)
+        assert row.time_ratio == pytest.approx((k + rho * (n - k)) / n, abs=0.01)
+    picked = sweep.pick(max_time_ratio=0.6)
+    assert picked.setting == "k=2"
+    position.clear()
+    check = delta_calibration.check_promise(pipe, small, picked, ["a cat", "a tree"], num_inference_steps=n,
+                                            **TINY_CALL["wan"])
+    assert check.setting == "k=2" and check.measured_mean_switch_step == 2
+    assert abs(check.relative_error) < 0.01
