@@ -47,7 +47,8 @@ def log(msg: str) -> None:
     print(f"[{time.strftime('%H:%M:%S')}] {msg}", flush=True)
 
 
-def run_family(family: str, n_pairs: int, steps: int, calibration_prompts: int = CALIBRATION_PROMPTS) -> dict:
+def run_family(family: str, n_pairs: int, steps: int, calibration_prompts: int = CALIBRATION_PROMPTS,
+               only: list[str] | None = None) -> dict:
     pipe, small, extra = trained.load(family)
     plain, _, _ = trained.load(family)  # the paired large-only reference, never patched
     pairs = task.held_out()[:n_pairs]
@@ -56,6 +57,11 @@ def run_family(family: str, n_pairs: int, steps: int, calibration_prompts: int =
         generate_video(p, family, warm, 0, steps)
     rows, reference = [], {}
     configs = sq.configs()
+    if only:  # a subset of the rows; large only always runs first (every other row's fidelity reference)
+        unknown = sorted(set(only) - {c.name for c in configs})
+        if unknown:
+            raise SystemExit(f"unknown rows {unknown}; the rows are: {', '.join(c.name for c in configs)}")
+        configs = [c for c in configs if c.kind == "large" or c.name in only]
     start = time.time()
     for i, config in enumerate(configs):
         row, outputs = sq.run_config(pipe, small, extra, family, config, pairs, steps, reference,
@@ -72,6 +78,11 @@ def run_family(family: str, n_pairs: int, steps: int, calibration_prompts: int =
     best = {name: sq.fastest_within(rows, kinds, large) for name, kinds in
             (("stacked", ("sr+teacache+pab", "sr+all")), ("sr", ("sr", "sr fixed")), ("teacache", ("teacache",)))}
 
+    result = {"family": family, "pairs": n_pairs, "steps": steps, "rows": [r.as_dict() for r in rows],
+              "large_only_paired_ratio": drift,
+              "within_tolerance": {k: (None if v is None else v.as_dict()) for k, v in best.items()}, "_rows": rows}
+    if only:
+        return result
     prompts = random.Random(CALIBRATION_SEED).sample(task.training_prompts(), calibration_prompts)
     call = dict(trained.CALL, guidance_scale=trained.GUIDANCE[family])
     picked, sweep = calibrate_delta(
@@ -83,10 +94,7 @@ def run_family(family: str, n_pairs: int, steps: int, calibration_prompts: int =
              "calibration_rows": [r.as_dict() for r in sweep.rows]}
     log(f"{family}: delta calibration picked {picked.setting}, promised {picked.speedup:.2f}x, rerun on the "
         f"held-out prompts {rerun.measured_speedup:.2f}x ({rerun.relative_error:+.1%})")
-    return {"family": family, "pairs": n_pairs, "steps": steps, "rows": [r.as_dict() for r in rows],
-            "large_only_paired_ratio": drift,
-            "within_tolerance": {k: (None if v is None else v.as_dict()) for k, v in best.items()},
-            "delta_calibration_check": check, "_rows": rows}
+    return {**result, "delta_calibration_check": check}
 
 
 def main() -> None:
@@ -98,6 +106,9 @@ def main() -> None:
                         help="training prompts for the delta calibration check")
     parser.add_argument("--out", type=pathlib.Path, default=ROOT / "benchmarks" / "results")
     parser.add_argument("--plot", type=pathlib.Path, default=ROOT / "docs" / "speed_quality.png")
+    parser.add_argument("--rows", type=lambda v: [r.strip() for r in v.split(",") if r.strip()], default=None,
+                        help="comma-separated row names to run (with large only; no calibration check, no plot): "
+                             "results go to speed_quality_<family>_rows_cpu_<date>.*")
     args = parser.parse_args()
     torch.set_num_threads(1)
     torch.manual_seed(0)
@@ -106,19 +117,20 @@ def main() -> None:
     date = datetime.date.today().isoformat()
     results = {}
     for family in args.family or list(trained.FAMILY_NAMES):
-        result = run_family(family, args.prompts, args.steps, args.calibration_prompts)
+        result = run_family(family, args.prompts, args.steps, args.calibration_prompts, args.rows)
         rows = result.pop("_rows")
         results[family] = rows
         table = sq.format_rows(rows)
-        (args.out / f"speed_quality_{family}_cpu_{date}.json").write_text(json.dumps({"environment": env, **result},
-                                                                                     indent=1))
-        (args.out / f"speed_quality_{family}_cpu_{date}.md").write_text(table + "\n")
+        stem = f"speed_quality_{family}{'_rows' if args.rows else ''}_cpu_{date}"
+        (args.out / f"{stem}.json").write_text(json.dumps({"environment": env, **result}, indent=1))
+        (args.out / f"{stem}.md").write_text(table + "\n")
         print(table)
         for key, row in result["within_tolerance"].items():
             found = "none" if row is None else f"{row['name']} at {row['speedup']:.2f}x"
             print(f"fastest {key} row within {sq.TOLERANCE_POINTS:g} points of large only: {found}")
-    sq.plot_pareto(results, args.plot)
-    log(f"wrote {args.plot}")
+    if not args.rows:
+        sq.plot_pareto(results, args.plot)
+        log(f"wrote {args.plot}")
 
 
 if __name__ == "__main__":

@@ -26,7 +26,12 @@ from .trace import StepRecord
 
 #: Switch settings swept: deltas a decade around SRDiffusion's 0.01 (None: the default), and fixed steps.
 DELTAS: tuple[float, ...] = (0.003, 0.01, 0.03, 0.1)
-SWITCH_STEPS: tuple[int, ...] = (10, 20, 30)
+SWITCH_STEPS: tuple[int, ...] = (10, 20, 30, 40)
+#: Fixed switch steps of the stacked rows besides the default delta: a late switch leaves the large model the
+#: steps where these weak models still decide attributes, and TeaCache then buys the speed back.
+STACKED_SWITCH_STEPS: tuple[int, ...] = (30, 40)
+#: TeaCache thresholds of those late-switch stacked rows.
+STACKED_THRESHOLDS: tuple[float, ...] = (0.1, 0.2)
 #: TeaCache thresholds swept, in units of the calibrated (shipped) polynomial's accumulated output change.
 TEACACHE_THRESHOLDS: tuple[float, ...] = (0.02, 0.05, 0.1, 0.2)
 #: diffusers' First Block Cache threshold of today's matrix.
@@ -61,6 +66,8 @@ def configs(deltas: Sequence[float] = DELTAS, switch_steps: Sequence[int] = SWIT
              Config("sr+compile", "sr+compile", sr, {"compile": True})]
     rows += [Config(f"sr+teacache {t}+pab", "sr+teacache+pab", sr, {"teacache": t, "pab": PABConfig()})
              for t in thresholds]
+    rows += [Config(f"sr k={k}+teacache {t}+pab", "sr+teacache+pab", {"switch_step": k},
+                    {"teacache": t, "pab": PABConfig()}) for k in STACKED_SWITCH_STEPS for t in STACKED_THRESHOLDS]
     rows += [Config(f"sr+teacache {t}+pab+compile", "sr+all", sr, {"teacache": t, "pab": PABConfig(), "compile": True})
              for t in thresholds[:1]]
     return rows

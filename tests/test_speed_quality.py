@@ -16,6 +16,7 @@ def test_rows_cover_the_matrix_and_the_sweeps():
         assert expected in names
     assert all(f"sr delta={d}" in names for d in sq.DELTAS) and all(f"sr k={k}" in names for k in sq.SWITCH_STEPS)
     assert all(f"teacache {t}" in names and f"sr+teacache {t}+pab" in names for t in sq.TEACACHE_THRESHOLDS)
+    assert all(f"sr k={k}+teacache {t}+pab" in names for k in sq.STACKED_SWITCH_STEPS for t in sq.STACKED_THRESHOLDS)
     assert len(set(names)) == len(names)
 
 
