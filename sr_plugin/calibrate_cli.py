@@ -38,6 +38,8 @@ def run_calibrate_delta(family: str, prompts: int, steps: int, deltas: list[floa
     if check_prompts:
         held_out = [p for p, _ in task.held_out()[:check_prompts]]
         check = check_promise(pipe, small, picked, held_out, num_inference_steps=steps, apply_kwargs=extra, **call)
+        spread = "" if not check.promised_relative_se else f" ± {check.promised_relative_se:.1%}"
         say(f"rerun on {check_prompts} held-out prompts: {check.measured_speedup:.2f}x measured against "
-            f"{check.promised_speedup:.2f}x promised ({check.relative_error:+.1%})")
+            f"{check.promised_speedup:.2f}x{spread} promised ({check.relative_error:+.1%}); mean switch step "
+            f"{check.measured_mean_switch_step} against {check.promised_mean_switch_step}")
     return picked, sweep, check

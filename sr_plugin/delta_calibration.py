@@ -34,7 +34,9 @@ DEFAULT_DELTAS: tuple[float, ...] = (0.001, 0.003, 0.01, 0.03, 0.1)
 class SweepRow:
     """One setting, over the prompt set: time ratio (SR / large-only denoising time, from the switch steps and
     the sweep's fitted step-time ratio), mean PSNR and SSIM against large only, mean switch step, the scorer's
-    accuracy if one was given, and the measured time ratio (total SR time over total paired large-only time)."""
+    accuracy if one was given, the measured time ratio (total SR time over total paired large-only time), and
+    the standard error of the time ratio over the prompts: an adaptive delta switches at a different step per
+    prompt, so another prompt set moves its time by about that much (zero for a fixed switch step)."""
 
     setting: str
     delta: float | None
@@ -45,6 +47,7 @@ class SweepRow:
     ssim: float
     accuracy: float | None = None
     measured_time_ratio: float | None = None
+    time_ratio_se: float | None = None
 
     @property
     def speedup(self) -> float:
@@ -114,7 +117,8 @@ class DeltaCalibration:
             k = "-" if r.mean_switch_step is None else f"{r.mean_switch_step:.1f}"
             acc = "-" if r.accuracy is None else f"{r.accuracy:.1f}%"
             measured = "-" if r.measured_time_ratio is None else f"{1 / r.measured_time_ratio:.2f}x"
-            lines.append(f"| {r.setting} | {k} | {r.time_ratio:.3f} | {r.speedup:.2f}x | {measured} | {r.psnr:.2f} | "
+            se = "" if not r.time_ratio_se else f" ± {r.time_ratio_se:.3f}"
+            lines.append(f"| {r.setting} | {k} | {r.time_ratio:.3f}{se} | {r.speedup:.2f}x | {measured} | {r.psnr:.2f} | "
                          f"{r.ssim:.4f} | {acc} |")
         if self.step_ratio is not None:
             lines.append(f"\nfitted small / large step time: {self.step_ratio:.3f} (time ratio = (k + that x (N - k)) / N)")
@@ -182,8 +186,14 @@ def sweep_switch(pipe: Any, small: Any, prompts: Sequence[str], *,
                              statistics.mean(switched) if switched else None,
                              ratio if step_ratio is None else modelled_time_ratio(ks, n, step_ratio),
                              statistics.mean(psnrs), statistics.mean(ssims),
-                             100.0 * sum(right) / len(right) if right else None, ratio))
+                             100.0 * sum(right) / len(right) if right else None, ratio,
+                             None if step_ratio is None else _standard_error(
+                                 [modelled_time_ratio([k], n, step_ratio) for k in ks])))
     return DeltaCalibration(rows, step_ratio)
+
+
+def _standard_error(values: Sequence[float]) -> float:
+    return statistics.stdev(values) / len(values) ** 0.5 if len(values) > 1 else 0.0
 
 
 def _name(kind: str, value: float) -> str:
@@ -199,6 +209,8 @@ class PromiseCheck:
     measured_speedup: float
     promised_mean_switch_step: float | None
     measured_mean_switch_step: float | None
+    #: The promise's standard error as a fraction of it (from the calibration prompts' spread of switch steps).
+    promised_relative_se: float | None = None
 
     @property
     def relative_error(self) -> float:
@@ -214,8 +226,9 @@ def check_promise(pipe: Any, small: Any, picked: SweepRow, prompts: Sequence[str
     setting = {"deltas": (picked.delta,), "switch_steps": ()} if picked.delta is not None else \
         {"deltas": (), "switch_steps": (picked.switch_step,)}
     row = sweep_switch(pipe, small, prompts, **setting, **sweep_kwargs).rows[0]
+    se = None if picked.time_ratio_se is None else picked.time_ratio_se / picked.time_ratio
     return PromiseCheck(picked.setting, picked.speedup, 1.0 / row.measured_time_ratio, picked.mean_switch_step,
-                        row.mean_switch_step)
+                        row.mean_switch_step, se)
 
 
 def calibrate_delta(pipe: Any, small: Any, prompts: Sequence[str], *, min_ssim: float | None = None,

@@ -115,10 +115,22 @@ def test_paired_rounds_alternate_so_a_first_run_penalty_does_not_bias_the_promis
         k = row.switch_step
         assert row.measured_time_ratio == pytest.approx((k + rho * (n - k)) / n)
         assert row.time_ratio == pytest.approx((k + rho * (n - k)) / n, abs=0.01)
+        assert row.time_ratio_se == 0.0  # a fixed step switches at the same step on every prompt
     picked = sweep.pick(max_time_ratio=0.6)
     assert picked.setting == "k=2"
     position.clear()
     check = delta_calibration.check_promise(pipe, small, picked, ["a cat", "a tree"], num_inference_steps=n,
                                             **TINY_CALL["wan"])
     assert check.setting == "k=2" and check.measured_mean_switch_step == 2
-    assert abs(check.relative_error) < 0.01
+    assert abs(check.relative_error) < 0.01 and check.promised_relative_se == 0.0
+
+
+def test_an_adaptive_switch_promises_with_the_spread_of_its_switch_steps():
+    from sr_plugin.delta_calibration import _standard_error, modelled_time_ratio
+
+    ks, n, rho = [10, 14, 18, 22], 50, 0.4
+    per_prompt = [modelled_time_ratio([k], n, rho) for k in ks]
+    assert modelled_time_ratio(ks, n, rho) == pytest.approx(sum(per_prompt) / 4)
+    # (1 - rho) / n per step of spread: the standard deviation of ks is 5.164, over sqrt(4)
+    assert _standard_error(per_prompt) == pytest.approx(5.163977 * 0.6 / 50 / 2, rel=1e-5)
+    assert _standard_error([0.5]) == 0.0
