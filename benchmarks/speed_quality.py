@@ -2,6 +2,8 @@
 
     python benchmarks/speed_quality.py                      # both families, 16 held-out pairs, 50 steps
     python benchmarks/speed_quality.py --family wan --prompts 4    # a quick look
+    python benchmarks/speed_quality.py --prompts 12 --rows "sr k=40,sr k=30+teacache 0.2+pab"   # some rows
+    python benchmarks/speed_quality.py --replot 2026-11-27         # redraw the plot from saved results
 
 Writes ``benchmarks/results/speed_quality_<family>_cpu_<date>.json`` per family, a markdown table beside it,
 and the Pareto plot ``docs/speed_quality.png``. Besides the rows (see `sr_plugin.speed_quality`):
@@ -16,6 +18,7 @@ One thread, as the quality runner: on a small shared CPU, thread scheduling nois
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import datetime
 import json
 import os
@@ -109,7 +112,13 @@ def main() -> None:
     parser.add_argument("--rows", type=lambda v: [r.strip() for r in v.split(",") if r.strip()], default=None,
                         help="comma-separated row names to run (with large only; no calibration check, no plot): "
                              "results go to speed_quality_<family>_rows_cpu_<date>.*")
+    parser.add_argument("--replot", metavar="DATE", default=None,
+                        help="only redraw the plot from that date's results: the full run's rows, then any --rows "
+                             "run's rows not in it")
     args = parser.parse_args()
+    if args.replot:
+        replot(args.out, args.replot, args.family or list(trained.FAMILY_NAMES), args.plot)
+        return
     torch.set_num_threads(1)
     torch.manual_seed(0)
     env = {"torch": torch.__version__, "diffusers": diffusers.__version__, "threads": 1,
@@ -131,6 +140,23 @@ def main() -> None:
     if not args.rows:
         sq.plot_pareto(results, args.plot)
         log(f"wrote {args.plot}")
+
+
+def replot(folder: pathlib.Path, date: str, families: list[str], plot: pathlib.Path) -> None:
+    fields = [f.name for f in dataclasses.fields(sq.Row)]
+    results = {}
+    for family in families:
+        rows: dict[str, sq.Row] = {}
+        for stem in (f"speed_quality_{family}_cpu_{date}", f"speed_quality_{family}_rows_cpu_{date}"):
+            path = folder / f"{stem}.json"
+            if path.exists():
+                for r in json.loads(path.read_text())["rows"]:
+                    rows.setdefault(r["name"], sq.Row(**{k: r[k] for k in fields}))
+        if not rows:
+            raise SystemExit(f"no results for {family} on {date} in {folder}")
+        results[family] = list(rows.values())
+    sq.plot_pareto(results, plot)
+    log(f"wrote {plot}")
 
 
 if __name__ == "__main__":

@@ -31,7 +31,7 @@ SWITCH_STEPS: tuple[int, ...] = (10, 20, 30, 40)
 #: steps where these weak models still decide attributes, and TeaCache then buys the speed back.
 STACKED_SWITCH_STEPS: tuple[int, ...] = (30, 40)
 #: TeaCache thresholds of those late-switch stacked rows.
-STACKED_THRESHOLDS: tuple[float, ...] = (0.1, 0.2)
+STACKED_THRESHOLDS: tuple[float, ...] = (0.05, 0.1, 0.2)
 #: TeaCache thresholds swept, in units of the calibrated (shipped) polynomial's accumulated output change.
 TEACACHE_THRESHOLDS: tuple[float, ...] = (0.02, 0.05, 0.1, 0.2)
 #: diffusers' First Block Cache threshold of today's matrix.
