@@ -48,13 +48,14 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=50)
     parser.add_argument("--out", type=pathlib.Path, default=ROOT / "benchmarks" / "results")
     args = parser.parse_args()
+    torch.set_num_threads(1)
     env = {"torch": torch.__version__, "diffusers": diffusers.__version__, "threads": 1,
            "machine": platform.machine(), "processor": platform.processor(), "cpus": os.cpu_count()}
     for family in args.family or list(trained.FAMILY_NAMES):
         start = time.time()
         picked, sweep, check = run_calibrate_delta(
             family, args.prompts, args.steps, list(sq.DELTAS), list(sq.SWITCH_STEPS), None, TARGET_TIME_RATIO,
-            say=log, check_prompts=args.check_prompts, threads=1)
+            say=log, check_prompts=args.check_prompts)
         result = {"environment": env, "family": family, "steps": args.steps, "calibration_prompts": args.prompts,
                   "check_prompts": args.check_prompts, "target_time_ratio": TARGET_TIME_RATIO,
                   "step_ratio": sweep.step_ratio, "rows": [r.as_dict() for r in sweep.rows],

@@ -6,12 +6,9 @@
     python benchmarks/speed_quality.py --replot 2026-11-27         # redraw the plot from saved results
 
 Writes ``benchmarks/results/speed_quality_<family>_cpu_<date>.json`` per family, a markdown table beside it,
-and the Pareto plot ``docs/speed_quality.png``. Besides the rows (see `sr_plugin.speed_quality`):
-  - the stacked rows against SR alone and TeaCache alone, each the fastest within 3 attribute-accuracy points of
-    large only;
-  - a delta calibration check: `calibrate_delta` on training prompts (disjoint from the held-out set) picks a
-    setting for a target time ratio; `check_promise` reruns it on the held-out pairs' prompts and sets the
-    measured speed-up against the promised one (as `benchmarks/delta_check.py` does on its own).
+and the Pareto plot ``docs/speed_quality.png``. Besides the rows (see `sr_plugin.speed_quality`), the stacked
+rows against SR alone and TeaCache alone, each the fastest within 3 attribute-accuracy points of large only.
+The delta calibration's check is `benchmarks/delta_check.py`.
 One thread, as the quality runner: on a small shared CPU, thread scheduling noise swamps the differences.
 """
 
@@ -24,7 +21,6 @@ import json
 import os
 import pathlib
 import platform
-import random
 import sys
 import time
 
@@ -37,21 +33,13 @@ import diffusers  # noqa: E402
 
 from sr_plugin import task, trained  # noqa: E402
 from sr_plugin import speed_quality as sq  # noqa: E402
-from sr_plugin.delta_calibration import calibrate_delta, check_promise  # noqa: E402
 from sr_plugin.quality import generate_video  # noqa: E402
-
-#: The delta calibration's target: the best SSIM among settings at most this fraction of large only's time.
-TARGET_TIME_RATIO = 0.6
-CALIBRATION_PROMPTS = 8
-CALIBRATION_SEED = 5
-
 
 def log(msg: str) -> None:
     print(f"[{time.strftime('%H:%M:%S')}] {msg}", flush=True)
 
 
-def run_family(family: str, n_pairs: int, steps: int, calibration_prompts: int = CALIBRATION_PROMPTS,
-               only: list[str] | None = None) -> dict:
+def run_family(family: str, n_pairs: int, steps: int, only: list[str] | None = None) -> dict:
     pipe, small, extra = trained.load(family)
     plain, _, _ = trained.load(family)  # the paired large-only reference, never patched
     pairs = task.held_out()[:n_pairs]
@@ -80,24 +68,9 @@ def run_family(family: str, n_pairs: int, steps: int, calibration_prompts: int =
     large = rows[0].attribute_accuracy
     best = {name: sq.fastest_within(rows, kinds, large) for name, kinds in
             (("stacked", ("sr+teacache+pab", "sr+all")), ("sr", ("sr", "sr fixed")), ("teacache", ("teacache",)))}
-
-    result = {"family": family, "pairs": n_pairs, "steps": steps, "rows": [r.as_dict() for r in rows],
-              "large_only_paired_ratio": drift,
-              "within_tolerance": {k: (None if v is None else v.as_dict()) for k, v in best.items()}, "_rows": rows}
-    if only:
-        return result
-    prompts = random.Random(CALIBRATION_SEED).sample(task.training_prompts(), calibration_prompts)
-    call = dict(trained.CALL, guidance_scale=trained.GUIDANCE[family])
-    picked, sweep = calibrate_delta(
-        pipe, small, prompts, max_time_ratio=TARGET_TIME_RATIO, deltas=sq.DELTAS, switch_steps=sq.SWITCH_STEPS,
-        num_inference_steps=steps, apply_kwargs=extra, **call)
-    rerun = check_promise(pipe, small, picked, [p for p, _ in pairs], num_inference_steps=steps, apply_kwargs=extra,
-                          **call)
-    check = {"target_time_ratio": TARGET_TIME_RATIO, **rerun.as_dict(), "step_ratio": sweep.step_ratio,
-             "calibration_rows": [r.as_dict() for r in sweep.rows]}
-    log(f"{family}: delta calibration picked {picked.setting}, promised {picked.speedup:.2f}x, rerun on the "
-        f"held-out prompts {rerun.measured_speedup:.2f}x ({rerun.relative_error:+.1%})")
-    return {**result, "delta_calibration_check": check}
+    return {"family": family, "pairs": n_pairs, "steps": steps, "rows": [r.as_dict() for r in rows],
+            "large_only_paired_ratio": drift,
+            "within_tolerance": {k: (None if v is None else v.as_dict()) for k, v in best.items()}, "_rows": rows}
 
 
 def main() -> None:
@@ -105,12 +78,10 @@ def main() -> None:
     parser.add_argument("--family", choices=trained.FAMILY_NAMES, action="append")
     parser.add_argument("--prompts", type=int, default=16, help="held-out (prompt, seed) pairs")
     parser.add_argument("--steps", type=int, default=50)
-    parser.add_argument("--calibration-prompts", type=int, default=CALIBRATION_PROMPTS,
-                        help="training prompts for the delta calibration check")
     parser.add_argument("--out", type=pathlib.Path, default=ROOT / "benchmarks" / "results")
     parser.add_argument("--plot", type=pathlib.Path, default=ROOT / "docs" / "speed_quality.png")
     parser.add_argument("--rows", type=lambda v: [r.strip() for r in v.split(",") if r.strip()], default=None,
-                        help="comma-separated row names to run (with large only; no calibration check, no plot): "
+                        help="comma-separated row names to run (with large only; no plot): "
                              "results go to speed_quality_<family>_rows_cpu_<date>.*")
     parser.add_argument("--replot", metavar="DATE", default=None,
                         help="only redraw the plot from that date's results: the full run's rows, then any --rows "
@@ -126,7 +97,7 @@ def main() -> None:
     date = datetime.date.today().isoformat()
     results = {}
     for family in args.family or list(trained.FAMILY_NAMES):
-        result = run_family(family, args.prompts, args.steps, args.calibration_prompts, args.rows)
+        result = run_family(family, args.prompts, args.steps, args.rows)
         rows = result.pop("_rows")
         results[family] = rows
         table = sq.format_rows(rows)

@@ -15,15 +15,11 @@ PROMPT_SEED = 7
 
 def run_calibrate_delta(family: str, prompts: int, steps: int, deltas: list[float], switch_steps: list[int],
                         min_ssim: float | None, max_time_ratio: float | None, say: Any = print,
-                        check_prompts: int = 0, threads: int | None = None) -> tuple[Any, Any, Any]:
+                        check_prompts: int = 0) -> tuple[Any, Any, Any]:
     """The sweep, the pick and (with ``check_prompts``) the pick's rerun on held-out prompts: ``(picked, sweep,
     check or None)``."""
     if check_prompts < 0 or check_prompts > task.HELD_OUT_SIZE:
         raise ValueError(f"--check-prompts must be between 0 and {task.HELD_OUT_SIZE} (the held-out prompts)")
-    if threads is not None:
-        import torch
-
-        torch.set_num_threads(threads)
     pipe, small, extra = trained.load(family)
     chosen = random.Random(PROMPT_SEED).sample(task.training_prompts(), prompts)
     call = dict(trained.CALL, guidance_scale=trained.GUIDANCE[family])

@@ -33,6 +33,7 @@ _delta = _checked(float, lambda v: 0 < v < 1, "in the open interval (0, 1)")
 _threshold = _checked(float, lambda v: v >= 0, ">= 0")
 _fraction = _checked(float, lambda v: 0 < v <= 1, "in (0, 1]")
 _held_out_count = _checked(int, lambda v: 1 <= v <= 64, "between 1 and 64 (the held-out set)")
+_held_out_or_none = _checked(int, lambda v: 0 <= v <= 64, "between 0 and 64 (the held-out set)")
 
 
 class _DefaultsShown(argparse.HelpFormatter):
@@ -149,7 +150,7 @@ def build_parser() -> argparse.ArgumentParser:
     cal.add_argument("--steps", type=_positive_int, default=50)
     cal.add_argument("--deltas", type=_delta, nargs="*", default=[0.001, 0.003, 0.01, 0.03, 0.1])
     cal.add_argument("--switch-steps", type=_step, nargs="*", default=[])
-    cal.add_argument("--check-prompts", type=int, default=0, help="held-out prompts to rerun the pick on (0: none)")
+    cal.add_argument("--check-prompts", type=_held_out_or_none, default=0, help="held-out prompts to rerun the pick on (0: none)")
     target = cal.add_mutually_exclusive_group(required=True)
     target.add_argument("--min-ssim", type=_fraction, help="mean SSIM against large only to keep, in (0, 1]")
     target.add_argument("--max-time-ratio", type=_fraction, help="SR time / large-only time not to exceed, in (0, 1]")

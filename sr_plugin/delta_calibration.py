@@ -171,24 +171,23 @@ def sweep_switch(pipe: Any, small: Any, prompts: Sequence[str], *,
             ssims.append(ssim)
             if scorer is not None:
                 right.append(bool(scorer(video, prompt)))
-        measured.append((kind, value, ks, times, psnrs, ssims, right))
+        ratio = sum(t for t, _ in times) / sum(r for _, r in times)
+        measured.append((kind, value, ks, times, ratio, psnrs, ssims, right))
         if say is not None:
-            ratio = sum(t for t, _ in times) / sum(t for _, t in times)
             say(f"{_name(kind, value)}: mean switch step {statistics.mean(ks):.1f}, measured time ratio {ratio:.3f}")
     step_ratio = fit_step_ratio([k for m in measured for k in m[2]],
                                 [t / r for m in measured for t, r in m[3]], n)
     rows = []
-    for kind, value, ks, times, psnrs, ssims, right in measured:
-        ratio = sum(t for t, _ in times) / sum(t for _, t in times)
+    for kind, value, ks, _, ratio, psnrs, ssims, right in measured:
         switched = [k for k in ks if k < n]
+        per_prompt = None if step_ratio is None else [modelled_time_ratio([k], n, step_ratio) for k in ks]
         rows.append(SweepRow(_name(kind, value), value if kind == "delta" else None,
                              value if kind == "switch_step" else None,
                              statistics.mean(switched) if switched else None,
-                             ratio if step_ratio is None else modelled_time_ratio(ks, n, step_ratio),
+                             ratio if per_prompt is None else statistics.mean(per_prompt),
                              statistics.mean(psnrs), statistics.mean(ssims),
                              100.0 * sum(right) / len(right) if right else None, ratio,
-                             None if step_ratio is None else _standard_error(
-                                 [modelled_time_ratio([k], n, step_ratio) for k in ks])))
+                             None if per_prompt is None else _standard_error(per_prompt)))
     return DeltaCalibration(rows, step_ratio)
 
 

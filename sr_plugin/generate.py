@@ -23,8 +23,8 @@ class UserError(Exception):
     """A problem the user can fix, reported as one sentence without a stack trace."""
 
 
-#: ``--dtype`` names.
-DTYPES = {"float32": "float32", "bfloat16": "bfloat16", "float16": "float16"}
+#: ``--dtype`` names (torch's own).
+DTYPES = ("float32", "bfloat16", "float16")
 
 
 def placement(dtype: str | None, device: str | None) -> tuple[Any, Any]:
@@ -34,7 +34,7 @@ def placement(dtype: str | None, device: str | None) -> tuple[Any, Any]:
     if dtype is not None:
         if dtype not in DTYPES:
             raise UserError(f"--dtype must be one of {', '.join(DTYPES)}, got {dtype!r}")
-        torch_dtype = getattr(torch, DTYPES[dtype])
+        torch_dtype = getattr(torch, dtype)
     torch_device = None
     if device is not None:
         try:

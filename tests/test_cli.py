@@ -75,6 +75,7 @@ def test_help_is_complete():
     (["calibrate-delta"], "one of the arguments --min-ssim --max-time-ratio is required"),
     (["calibrate-delta", "--min-ssim", "0"], "in (0, 1]"),
     (["calibrate-delta", "--max-time-ratio", "0.5", "--deltas", "1.5"], "open interval"),
+    (["calibrate-delta", "--max-time-ratio", "0.5", "--check-prompts", "65"], "between 0 and 64"),
     (["bench", "--configs", "turbo"], "invalid choice"),
     (["generate", "--prompt", "x", "--out", "x.mp4", "--tiny", "--device", "cuda:7"], "--device cuda:7: this machine has"),
     (["generate", "--prompt", "x", "--out", "x.mp4", "--tiny", "--device", "gpu0"], "is not a device"),
