@@ -5,14 +5,15 @@ Each family has a ``large`` and a ``small`` folder under ``sr_plugin/trained/<fa
 published hub repositories (a whole pipeline folder each: ``model_index.json``, ``scheduler``, ``text_encoder``,
 ``tokenizer``, ``transformer``, ``vae``), trained on the task of `sr_plugin.task` by ``train/train_family.py``:
 
-- Wan: one VAE (`AutoencoderKLWan`), one frozen random UMT5 encoder and one flow-matching schedule (flow
+- Wan: one VAE (`AutoencoderKLWan`), one frozen UMT5 encoder and one flow-matching schedule (flow
   shift 3.0) for both transformers, as Wan2.1 14B and 1.3B share them.
-- CogVideoX: one VAE (`AutoencoderKLCogVideoX`) and one frozen random T5 encoder, but the pair differs the way
+- CogVideoX: one VAE (`AutoencoderKLCogVideoX`) and one frozen T5 encoder, but the pair differs the way
   5b and 2b do: the large one is rotary and trained on latents scaled by 0.7 with ``snr_shift_scale`` 1.0, the
   small one has sincos position embeddings and was trained on latents scaled by 1.15258426 with
   ``snr_shift_scale`` 3.0 (its folder's VAE config and scheduler say so), so the hand-off maps latent spaces.
 
-The text encoders are random and frozen (never trained) behind a word-level tokenizer of the task's vocabulary.
+The text encoders are frozen and hand-set (`sr_plugin.task_encoder`: each colour token carries its object's shape
+and direction, as a pretrained encoder would) behind a word-level tokenizer of the task's vocabulary.
 """
 
 from __future__ import annotations
@@ -79,15 +80,12 @@ def word_tokenizer() -> Any:
                                    model_max_length=MAX_SEQUENCE_LENGTH)
 
 
-def text_encoder(family: str, seed: int = 0) -> torch.nn.Module:
-    """A small random T5 (CogVideoX) or UMT5 (Wan) encoder; frozen, no dropout."""
-    from transformers import T5Config, T5EncoderModel, UMT5Config, UMT5EncoderModel
+def text_encoder(family: str) -> torch.nn.Module:
+    """The frozen text encoder both roles share: a hand-set UMT5 (Wan) or T5 (CogVideoX) that carries which
+    shape and direction belong to which colour (`sr_plugin.task_encoder`)."""
+    from . import task_encoder
 
-    config_cls, model_cls = (UMT5Config, UMT5EncoderModel) if family == "wan" else (T5Config, T5EncoderModel)
-    torch.manual_seed(seed)
-    return model_cls(config_cls(vocab_size=len(task.VOCABULARY) + 3, d_model=TEXT_DIM, d_kv=8, d_ff=64,
-                                num_layers=2, num_heads=4, relative_attention_num_buckets=8,
-                                dropout_rate=0.0)).eval().requires_grad_(False)
+    return task_encoder.build(family)
 
 
 def vae(family: str) -> torch.nn.Module:

@@ -13,6 +13,15 @@ Stages (each reads the previous one's output from --work, default train/runs/<fa
 
 Everything is seeded (--seed); the held-out scenes of `sr_plugin.task.held_out()` never appear in training.
 CFG works because 10% of the training samples get the empty prompt's embedding.
+
+Warm start and resumption (the recipe of the shipped weights, README "Trained families"):
+  --from-shipped   the vae stage copies the shipped VAE (latent statistics kept) and the large/small stages
+                   start from the shipped transformers instead of random weights
+  --resume         continue from train/checkpoints/<family>/<role>.pt (weights, EMA, optimizer, step,
+                   generator), saved every --save-every steps and committed, so that a run survives the machine;
+                   --steps is the total to reach
+  --eval-every N   score the EMA weights on the first --eval-pairs held-out pairs at --eval-steps steps every N
+                   steps: one line per evaluation in <work>/<role>/curve.csv (the learning curve)
 """
 
 from __future__ import annotations
@@ -49,14 +58,21 @@ def render_batch(rng: np.random.Generator, prompts: list[str], n: int) -> tuple[
     return torch.from_numpy(videos).permute(0, 4, 1, 2, 3) * 2 - 1, chosen
 
 
-def lr_at(step: int, total: int, peak: float, warmup: int = 100) -> float:
+def lr_at(step: int, total: int, peak: float, warmup: int = 100, schedule: str = "cosine") -> float:
     if step < warmup:
         return peak * (step + 1) / warmup
+    if schedule == "constant":  # a run that can be extended across sessions without changing its past
+        return peak
     return peak * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * (step - warmup) / max(total - warmup, 1))))
 
 
 # ---------------------------------------------------------------------------------------------------- VAE
 def stage_vae(args: argparse.Namespace, work: pathlib.Path) -> None:
+    if args.from_shipped:  # the shipped VAE as it is: its latent statistics stay those the shipped models know
+        model = type(trained.vae(args.family)).from_pretrained(trained.folder(args.family, "large") / "vae")
+        model.eval().save_pretrained(work / "vae")
+        log(f"copied the shipped {args.family} VAE to {work / 'vae'}")
+        return
     torch.manual_seed(args.seed)
     rng = np.random.default_rng(args.seed)
     model = trained.vae(args.family)
@@ -124,7 +140,7 @@ def decode_unclamped(model, z: torch.Tensor) -> torch.Tensor:
 def stage_encode(args: argparse.Namespace, work: pathlib.Path) -> None:
     vae_cls = type(trained.vae(args.family))
     vae = vae_cls.from_pretrained(work / "vae").eval()
-    encoder = trained.text_encoder(args.family, seed=args.seed)
+    encoder = trained.text_encoder(args.family)
     rng = np.random.default_rng(args.seed + 1)
     prompts = task.training_prompts()
     latents, names = [], []
@@ -136,13 +152,13 @@ def stage_encode(args: argparse.Namespace, work: pathlib.Path) -> None:
         if i % 1024 == 0:
             log(f"encoded {i}/{args.videos} videos ({time.time() - start:.0f} s)")
     raw = torch.cat(latents)  # [N, C, F, h, w]
-    if args.family == "wan":  # Wan normalizes latents per channel with the VAE config's mean and std
+    if args.family == "wan" and not args.from_shipped:  # Wan normalizes latents per channel (VAE config)
         mean = raw.mean(dim=(0, 2, 3, 4))
         std = raw.std(dim=(0, 2, 3, 4))
         vae.register_to_config(latents_mean=mean.tolist(), latents_std=std.tolist())
         vae.save_pretrained(work / "vae")
         log(f"latents mean {mean.numpy().round(3)} std {std.numpy().round(3)}")
-    else:
+    elif args.family == "cogvideox":
         log(f"raw latent std {raw.std().item():.3f} (large model sees x0.7, small x1.1526)")
     pipe = trained.build_pipeline(args.family, "large", trained.transformer(args.family, "small"), vae, encoder)
     unique = sorted(set(prompts)) + [""]
@@ -206,22 +222,37 @@ def stage_transformer(args: argparse.Namespace, work: pathlib.Path, role: str) -
     data = torch.load(work / "data.pt")
     vae = type(trained.vae(args.family)).from_pretrained(work / "vae")
     model = trained.transformer(args.family, role, seed=args.seed + (12 if role == "large" else 22))
-    if args.resume:  # continue from this stage's last saved (EMA) weights
+    checkpoint_path = args.checkpoints / args.family / f"{role}.pt"
+    checkpoint_path.parent.mkdir(parents=True, exist_ok=True)
+    checkpoint = torch.load(checkpoint_path) if args.resume and checkpoint_path.is_file() else None
+    if checkpoint is None and args.resume and (work / role / "transformer").is_dir():  # an older run's EMA weights
         model = type(model).from_pretrained(work / role / "transformer")
+    elif checkpoint is None and args.from_shipped:
+        model = type(model).from_pretrained(trained.folder(args.family, role) / "transformer")
+        log(f"{role}: warm start from the shipped weights")
     model.train()
-    pipe = trained.build_pipeline(args.family, role, model, vae, trained.text_encoder(args.family, seed=args.seed))
+    pipe = trained.build_pipeline(args.family, role, model, vae, trained.text_encoder(args.family))
     objective = Objective(args.family, role, pipe)
     x_all = objective.model_latents(data["latents"], vae)
     log(f"{role}: {sum(p.numel() for p in model.parameters()) / 1e6:.3f} M parameters; model latents std "
         f"{x_all.std().item():.3f}")
     ema = [p.detach().clone() for p in model.parameters()]
     opt = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=0.01)
+    first = 0
+    if checkpoint is not None:
+        model.load_state_dict(checkpoint["model"])
+        for e, saved in zip(ema, checkpoint["ema"]):
+            e.copy_(saved)
+        opt.load_state_dict(checkpoint["optimizer"])
+        gen.set_state(checkpoint["generator"])
+        first = checkpoint["step"]
+        log(f"{role}: resumed at step {first} from {checkpoint_path}")
     steps = args.steps
     start = time.time()
     running = None
-    for step in range(steps):
+    for step in range(first, steps):
         for group in opt.param_groups:
-            group["lr"] = lr_at(step, steps, args.lr)
+            group["lr"] = lr_at(step, steps, args.lr, schedule=args.schedule)
         idx = torch.randint(0, x_all.shape[0], (args.batch,), generator=gen)
         prompt_ids = data["prompt_ids"][idx]
         drop = torch.rand(args.batch, generator=gen) < COND_DROPOUT
@@ -236,13 +267,46 @@ def stage_transformer(args: argparse.Namespace, work: pathlib.Path, role: str) -
             for e, p in zip(ema, model.parameters()):
                 e.lerp_(p.detach(), 1 - decay)
         running = loss.item() if running is None else 0.98 * running + 0.02 * loss.item()
+        done = step + 1 - first
         if step % 100 == 0 or step == steps - 1:
-            rate = (time.time() - start) / (step + 1)
+            rate = (time.time() - start) / done
             log(f"{role} step {step}/{steps} loss {running:.4f} lr {opt.param_groups[0]['lr']:.2e} "
                 f"({rate:.2f} s/step, {rate * (steps - step - 1) / 60:.1f} min left)")
         if (step + 1) % args.save_every == 0 or step == steps - 1:
             _save_ema(model, ema, work / role / "transformer")
+            torch.save({"model": model.state_dict(), "ema": ema, "optimizer": opt.state_dict(),
+                        "generator": gen.get_state(), "step": step + 1}, checkpoint_path)
+        if args.eval_every and ((step + 1) % args.eval_every == 0 or step == steps - 1):
+            evaluate_checkpoint(args, work, role, step + 1, running, (time.time() - start) / done)
     log(f"{role} done in {(time.time() - start) / 60:.1f} min")
+
+
+@torch.no_grad()
+def evaluate_checkpoint(args: argparse.Namespace, work: pathlib.Path, role: str, step: int, loss: float | None,
+                        seconds_per_step: float) -> None:
+    """The learning curve: the saved EMA weights on the first held-out pairs, appended to curve.csv."""
+    from sr_plugin import evaluate, quality
+
+    vae = type(trained.vae(args.family)).from_pretrained(work / "vae").eval()
+    model = type(trained.transformer(args.family, role)).from_pretrained(work / role / "transformer").eval()
+    pipe = trained.build_pipeline(args.family, role, model, vae, trained.text_encoder(args.family))
+    pairs = task.held_out()[: args.eval_pairs]
+    scores = [evaluate.score_video(quality.generate_video(pipe, args.family, p, s, args.eval_steps)[0], p)
+              for p, s in pairs]
+    summary = evaluate.summarize(scores)
+    curve = work / role / "curve.csv"
+    if not curve.is_file():
+        curve.write_text("step,loss,prompt_accuracy,attribute_accuracy,colour,shape,direction,pairs,"
+                         "sampling_steps,seconds_per_step\n")
+    per = {k: sum(getattr(o, k) for sc in scores for o in sc.objects) / (2 * len(scores)) * 100
+           for k in ("colour", "shape", "direction")}
+    with curve.open("a") as f:
+        f.write(f"{step},{loss if loss is not None else float('nan'):.4f},{summary['prompt_accuracy']:.1f},"
+                f"{summary['attribute_accuracy']:.1f},{per['colour']:.1f},{per['shape']:.1f},"
+                f"{per['direction']:.1f},{len(pairs)},{args.eval_steps},{seconds_per_step:.3f}\n")
+    log(f"{role} step {step} on {len(pairs)} held-out pairs: prompts {summary['prompt_accuracy']:.1f}%, "
+        f"attributes {summary['attribute_accuracy']:.1f}% (colour {per['colour']:.0f} / shape {per['shape']:.0f} "
+        f"/ direction {per['direction']:.0f})")
 
 
 def _save_ema(model, ema, path: pathlib.Path) -> None:
@@ -260,7 +324,7 @@ def _save_ema(model, ema, path: pathlib.Path) -> None:
 # ------------------------------------------------------------------------------------------------- export
 def stage_export(args: argparse.Namespace, work: pathlib.Path) -> None:
     vae = type(trained.vae(args.family)).from_pretrained(work / "vae").eval()
-    encoder = trained.text_encoder(args.family, seed=args.seed)
+    encoder = trained.text_encoder(args.family)
     cls = type(trained.transformer(args.family, "small"))
     for role in trained.ROLES:
         model = cls.from_pretrained(work / role / "transformer").eval()
@@ -287,7 +351,17 @@ def main() -> None:
     parser.add_argument("--lr", type=float, default=1e-3)
     parser.add_argument("--ema", type=float, default=0.998)
     parser.add_argument("--save-every", type=int, default=500)
-    parser.add_argument("--resume", action="store_true", help="large/small: continue from the saved weights")
+    parser.add_argument("--resume", action="store_true",
+                        help="large/small: continue from the checkpoint in --checkpoints (or the saved weights)")
+    parser.add_argument("--checkpoints", type=pathlib.Path, default=ROOT / "train" / "checkpoints",
+                        help="where <family>/<role>.pt checkpoints are written and resumed from")
+    parser.add_argument("--from-shipped", action="store_true",
+                        help="start from the shipped VAE and transformers instead of training from scratch")
+    parser.add_argument("--schedule", choices=("cosine", "constant"), default="cosine",
+                        help="learning rate after the 100 warm-up steps")
+    parser.add_argument("--eval-every", type=int, default=0, help="learning-curve evaluation period (0: none)")
+    parser.add_argument("--eval-pairs", type=int, default=24)
+    parser.add_argument("--eval-steps", type=int, default=20)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     work = args.work or ROOT / "train" / "runs" / args.family
