@@ -34,25 +34,28 @@ class SRHandle:
         self._patches = patches
         self._undo_parallel = undo_parallel
         self.removed = False
+        #: After `remove`: the last call's (trace, switch_step, switch), kept without the models.
+        self._last: tuple[list[StepRecord], int | None, SwitchRecord | None] | None = None
 
     @property
     def trace(self) -> list[StepRecord]:
         """Per step of the last call: index, timestep, model ("large"/"small"), d and s."""
-        return list(self._router.trace)
+        return list(self._last[0] if self._last is not None else self._router.trace)
 
     @property
     def switch_step(self) -> int | None:
         """The first step the small model ran in the last call (None: it never ran)."""
-        return self._router.switch_step
+        return self._last[1] if self._last is not None else self._router.switch_step
 
     @property
     def switch(self) -> SwitchRecord | None:
         """Why the last call switched where it did: its effective min/max switch steps and the reason
         ("delta", "max_switch_step", "fixed"; None if it never switched). None before the first call."""
-        return self._router.switch
+        return self._last[2] if self._last is not None else self._router.switch
 
     @property
-    def router(self) -> Router:
+    def router(self) -> Router | None:
+        """The switch's router (None after `remove`)."""
         return self._router
 
     def remove(self) -> None:
@@ -72,6 +75,13 @@ class SRHandle:
         if self._undo_parallel is not None:
             self._undo_parallel()
         leave_model_offload(self.pipe, self.small)
+        # Nothing of sr_plugin holds the small model once removed (its memory is the user's to free): the handle
+        # keeps the last call's report, not the router and the models behind it.
+        self._last = (list(self._router.trace), self._router.switch_step, self._router.switch)
+        self._router = None
+        self._patches = InstancePatches()
+        self._undo_parallel = None
+        self.small = None
         self.removed = True
 
     def __repr__(self) -> str:
@@ -134,10 +144,13 @@ def apply(
         raise ValueError(f"this {type(pipe).__name__} has no transformer to sketch with")
     if not isinstance(small_transformer, torch.nn.Module):
         raise TypeError(f"small_transformer must be a torch.nn.Module, got {type(small_transformer).__name__}")
+    if small_transformer is large:
+        raise ValueError("small_transformer is the pipeline's own transformer (pipe.transformer, the large model): "
+                         "the switch would hand every step to the model that already runs it. Give a smaller "
+                         "transformer of the same family (a copy of the large one works too, for testing)")
     adapter.check_pipeline(pipe)
     adapter.check_pair(large, small_transformer)
-    if small_transformer is not large:
-        check_cache_dit(large, small_transformer, adapter.block_lists(small_transformer))
+    check_cache_dit(large, small_transformer, adapter.block_lists(small_transformer))
     adapter.check_scheduler(pipe.scheduler)  # checked again at every call (the scheduler may be swapped)
     check_scheduler_order(pipe.scheduler)
     options_given = _family_options(adapter, family_options, small_vae_scaling_factor=small_vae_scaling_factor,
@@ -153,7 +166,7 @@ def apply(
         small_device = _check_device(small_device)
 
     existing = CallTracker.existing(pipe)
-    if existing is not None and small_transformer is not large:
+    if existing is not None:
         existing.check_join("small", small_transformer)  # e.g. accelerations that cannot go on it
 
     _check_loaded(small_transformer)
@@ -170,11 +183,10 @@ def apply(
         patches = InstancePatches()
         rollback.add(patches.undo)
         _install(pipe, small_transformer, router, patches, rollback)
-        if small_transformer is not large:
-            tracker = CallTracker.of(pipe)
-            tracker.join("small", small_transformer)  # the accelerations attach theirs
-            rollback.add(lambda: tracker.leave("small"))
-        if offload_large and small_transformer is not large:
+        tracker = CallTracker.of(pipe)
+        tracker.join("small", small_transformer)  # the accelerations attach theirs
+        rollback.add(lambda: tracker.leave("small"))
+        if offload_large:
             router.offloader = LargeOffloader(large)
             rollback.add(router.offloader.release)
             _restore_early(pipe, router, patches)

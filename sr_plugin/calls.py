@@ -90,6 +90,8 @@ class CallTracker:
         self._tracked: dict[int, list[Any]] = {}
         #: Models in play besides pipe.transformer ("large"), by role: the switch's small model is "small".
         self.roles: dict[str, torch.nn.Module] = {}
+        self._in_play: list[torch.nn.Module] = []
+        self.bar: Any = None
         self._install = InstancePatches()
         self._call = InstancePatches()
         original = pipe.progress_bar
@@ -270,9 +272,10 @@ class CallTracker:
 
     def _finish(self, listeners: list[CallListener]) -> None:
         self.active = False
+        in_play, self._in_play, self.bar = self._in_play, [], None  # hold no model between calls
         try:
             self._call.undo()
-            for model in self._in_play:  # their tensors can be large (PAB: one attention output per module)
+            for model in in_play:  # their tensors can be large (PAB: one attention output per module)
                 _reset_caches(model)
         finally:
             errors = []
