@@ -200,6 +200,11 @@ class FamilyAdapter:
     #: Names of the family-only hand-off options (`apply(..., family_options={...})`); none by default.
     option_names: tuple[str, ...] = ()
 
+    def size_multiple(self, vae_config: dict[str, Any], transformer_config: dict[str, Any]) -> int | None:
+        """What height and width must be a multiple of for this family's pipeline and these models, read from
+        their configs before anything loads (None: not known, the pipeline checks at call time)."""
+        return None
+
     def make_handoff(self, pipe: Any, small: torch.nn.Module, **options: Any) -> Handoff:
         """Build the mapping used while the small model runs. Unknown options are an error."""
         if any(v is not None for v in options.values()):

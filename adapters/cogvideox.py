@@ -201,6 +201,11 @@ class CogVideoXAdapter(FamilyAdapter):
         if getattr(pipe, "vae", None) is None:
             raise ValueError("this CogVideoXPipeline has no vae: its scaling_factor defines the latent space")
 
+    def size_multiple(self, vae_config: dict[str, Any], transformer_config: dict[str, Any]) -> int | None:
+        # CogVideoXPipeline.check_inputs wants multiples of 8; the latent must split into whole patches.
+        spatial = 2 ** (len(vae_config.get("block_out_channels", (128, 256, 256, 512))) - 1)
+        return math.lcm(8, spatial * transformer_config.get("patch_size", 2))
+
     def check_scheduler(self, scheduler: Any) -> None:
         if not hasattr(scheduler, "alphas_cumprod") or scheduler.config.get("prediction_type") != "v_prediction":
             raise ValueError(

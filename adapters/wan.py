@@ -7,6 +7,7 @@ transformer calls per step ("cond" then "uncond" cache contexts); the core switc
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import torch
@@ -79,6 +80,11 @@ class WanAdapter(FamilyAdapter):
 
     def expert_slots(self, pipe: Any) -> tuple[str, ...]:
         return ("transformer_2",) if self._boundary(pipe) is not None else ()
+
+    def size_multiple(self, vae_config: dict[str, Any], transformer_config: dict[str, Any]) -> int | None:
+        # WanPipeline.check_inputs wants multiples of 16; the latent must split into whole patches.
+        spatial = vae_config.get("scale_factor_spatial", 8) * tuple(transformer_config.get("patch_size", (1, 2, 2)))[1]
+        return math.lcm(16, spatial)
 
     def check_scheduler(self, scheduler: Any) -> None:
         flow = scheduler.config.get("prediction_type") == "flow_prediction" or "FlowMatch" in type(scheduler).__name__

@@ -107,6 +107,13 @@ def estimated_minutes(families: int, configs: int, steps: int, rounds: int) -> f
             * steps / BENCH_STEPS)
 
 
+def about_minutes(minutes: float) -> str:
+    """"under a minute", "about 1 minute", "about 4 minutes"."""
+    if minutes < 0.75:
+        return "under a minute"
+    return f"about {minutes:.0f} minute{'' if round(minutes) == 1 else 's'}"
+
+
 def run_matrix(families: list[str] | None = None, configs: list[str] | None = None, steps: int = BENCH_STEPS,
                rounds: int = 10, out: Callable[[str], Any] = print) -> list[dict[str, Any]]:
     """Run the matrix and print one row per configuration as it finishes; returns the rows."""
@@ -123,7 +130,7 @@ def run_matrix(families: list[str] | None = None, configs: list[str] | None = No
         minutes = estimated_minutes(len(chosen), len(configs or CONFIGS), steps, rounds)
         out(f"sr-plugin bench: {len(chosen)} famil{'y' if len(chosen) == 1 else 'ies'} x "
             f"{len(configs or CONFIGS)} configurations x ({rounds} + 2 warm-up) paired rounds of {steps} steps: "
-            f"about {minutes:.0f} minute{'' if round(minutes) == 1 else 's'} on a 2-core CPU")
+            f"{about_minutes(minutes)} on a 2-core CPU")
         out(f"{'family':<10} {'configuration':<14} {'median ms':>10} {'unpatched ms':>13} {'speed-up':>9}  notes")
         for family in chosen:
             for config in configs or CONFIGS:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 import sys
 from typing import Any
@@ -13,6 +14,31 @@ from . import __version__
 #: `demo` and `calibrate-delta` run: written out here so that parsing arguments and --help import neither torch
 #: nor diffusers. `generate` and `bench` take any registered family, checked against the registry when they run.
 FAMILIES = ("wan", "cogvideox")
+#: The families registered when the command line runs (the adapters shipped in the package; checked against the
+#: registry by a test): `generate --family` is checked against them at parse time.
+REGISTERED_FAMILIES = ("wan", "cogvideox")
+#: calibrate-delta fits a small step's time over a large one's from its paired runs (median of the per-run
+#: estimates): fewer than this many runs (prompts x settings) and one disturbed run moves the fit. Single paired
+#: runs on a shared 2-core VM move by about 10%; with 8 the median holds (README, "Speed against quality").
+MIN_CALIBRATION_RUNS = 8
+#: Log lines of libraries below sr-plugin that say nothing to its users: torchao's CUDA kernels that a CPU
+#: build of torch cannot load, and the deprecation notes its import triggers in torch and diffusers.
+_QUIET_LOGGERS = ("torchao", "torch.utils._pytree", "diffusers.quantizers.torchao.torchao_quantizer")
+
+
+#: The subcommands' parsers (filled by `build_parser`), whose `error` reports a failed parse-time check.
+_SUBPARSERS: dict[str, argparse.ArgumentParser] = {}
+
+
+class _Parser(argparse.ArgumentParser):
+    """A bad argument: argparse's short usage line ("usage: sr-plugin generate [options]") and one line naming
+    the problem, not the whole usage block."""
+
+    def format_usage(self) -> str:
+        return super().format_usage() if self.prog == "sr-plugin" else f"usage: {self.prog} [options]\n"
+
+    def error(self, message: str) -> Any:
+        self.exit(2, f"{self.format_usage()}{self.prog}: error: {message} (see {self.prog} --help)\n")
 
 
 def _checked(kind: type, ok: Any, rule: str) -> Any:
@@ -55,12 +81,13 @@ def _switch_options(parser: argparse.ArgumentParser) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="sr-plugin",
         description="Sketch-rendering cooperation (SRDiffusion) for diffusers' Wan2.1 and CogVideoX pipelines: "
                     "the large transformer sketches the early steps, a small one renders the rest.")
     parser.add_argument("--version", action="version", version=f"sr-plugin {__version__}")
-    sub = parser.add_subparsers(dest="command", required=True, metavar="{demo,generate,bench,calibrate-delta}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="{demo,generate,bench,calibrate-delta}",
+                                parser_class=_Parser)
 
     demo = sub.add_parser("demo", formatter_class=_DefaultsShown, help="the trained families on held-out prompts: large only | SR | small only, "
                           "scored and timed, with a side-by-side GIF (CPU, about a minute)",
@@ -84,7 +111,8 @@ def build_parser() -> argparse.ArgumentParser:
                                      "use its task's words, e.g. 'a red square moving left and a blue circle "
                                      "moving up'); --tiny runs the random-weight tiny pair instead. Writes OUT, "
                                      "OUT with .trace.json (per-step trace) and OUT with .switch.png (plot of d and s).")
-    gen.add_argument("--prompt", required=True)
+    gen.add_argument("--prompt", required=True, help="what the video shows (for the trained families: their "
+                     "task's words, e.g. 'a red square moving left and a blue circle moving up')")
     gen.add_argument("--out", required=True, help="the video file to write (.mp4)")
     gen.add_argument("--large", metavar="ID_OR_PATH", help="the large pipeline (hub id or local folder), e.g. "
                      "Wan-AI/Wan2.1-T2V-14B-Diffusers")
@@ -119,10 +147,14 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--device", default=None, help="where the models run, e.g. cpu, cuda, cuda:1 (default: cuda "
                      "for --large/--small when there is one, else cpu)")
     gen.add_argument("--height", type=_positive_int, default=None, help="video height in pixels (default: the "
-                     "pipeline's, or the trained family's own)")
-    gen.add_argument("--width", type=_positive_int, default=None, help="video width in pixels (default: as "
-                     "--height)")
-    gen.add_argument("--frames", type=_positive_int, default=None, help="number of frames (default: as --height)")
+                     "model folder's call_defaults.json, else the pipeline's)")
+    gen.add_argument("--width", type=_positive_int, default=None, help="video width in pixels (default: the "
+                     "model folder's call_defaults.json, else the pipeline's)")
+    gen.add_argument("--frames", type=_positive_int, default=None, help="number of frames (default: the model "
+                     "folder's call_defaults.json, else the pipeline's)")
+    gen.add_argument("--max-sequence-length", type=_positive_int, default=None, metavar="TOKENS",
+                     help="text tokens per prompt (default: the model folder's call_defaults.json, else the "
+                     "pipeline's)")
 
     bench = sub.add_parser("bench", formatter_class=_DefaultsShown, help="run the CPU benchmark matrix on the tiny pair and print its table "
                            "(about 3 minutes per family with the defaults on a 2-core CPU)",
@@ -145,11 +177,15 @@ def build_parser() -> argparse.ArgumentParser:
                                      "or the best SSIM within --max-time-ratio. With --check-prompts, the picked "
                                      "setting is rerun on that many held-out prompts and its measured speed-up set "
                                      "against the promised one.")
+    _SUBPARSERS.update(demo=demo, generate=gen, bench=bench)
+    _SUBPARSERS["calibrate-delta"] = cal
     cal.add_argument("--family", choices=FAMILIES, default="wan")
     cal.add_argument("--prompts", type=_positive_int, default=8, help="training prompts to sweep on (default 8)")
-    cal.add_argument("--steps", type=_positive_int, default=50)
-    cal.add_argument("--deltas", type=_delta, nargs="*", default=[0.001, 0.003, 0.01, 0.03, 0.1])
-    cal.add_argument("--switch-steps", type=_step, nargs="*", default=[])
+    cal.add_argument("--steps", type=_positive_int, default=50, help="denoising steps of every run")
+    cal.add_argument("--deltas", type=_delta, nargs="*", default=[0.001, 0.003, 0.01, 0.03, 0.1],
+                     help="adaptive thresholds to sweep, each in (0, 1)")
+    cal.add_argument("--switch-steps", type=_step, nargs="*", default=[], metavar="K",
+                     help="fixed switch steps to sweep beside the deltas")
     cal.add_argument("--check-prompts", type=_held_out_or_none, default=0, help="held-out prompts to rerun the pick on (0: none)")
     target = cal.add_mutually_exclusive_group(required=True)
     target.add_argument("--min-ssim", type=_fraction, help="mean SSIM against large only to keep, in (0, 1]")
@@ -157,9 +193,54 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+def _check_before_running(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    """The checks that need no model, at parse time: a problem is the short usage line and one line naming it,
+    before anything heavy is imported or loaded."""
+    from .outputs import UserError, check_output
+
     try:
+        if args.command == "generate":
+            from .generate_checks import check_arguments
+
+            check_arguments(args.prompt, args.out, args.large, args.tiny, args.family, REGISTERED_FAMILIES,
+                            args.teacache, args.fbcache, args.min_switch_step, args.max_switch_step)
+        elif args.command == "demo":
+            check_output(args.out, (".gif",))
+            if args.json is not None:
+                check_output(args.json, (".json",))
+        elif args.command == "calibrate-delta":
+            runs = args.prompts * (len(args.deltas) + len(args.switch_steps))
+            if runs < MIN_CALIBRATION_RUNS:
+                raise UserError(f"{args.prompts} prompt{'' if args.prompts == 1 else 's'} x "
+                                f"{len(args.deltas) + len(args.switch_steps)} settings give {runs} paired runs: the "
+                                f"step-time fit needs at least {MIN_CALIBRATION_RUNS} (give more --prompts)")
+    except (UserError, ValueError) as err:
+        _SUBPARSERS[args.command].error(str(err))
+
+
+def _quiet_libraries() -> None:
+    """sr-plugin shows its own progress: the libraries' loading bars and import chatter stay out."""
+    for name in _QUIET_LOGGERS:
+        logging.getLogger(name).setLevel(logging.ERROR)
+
+
+def _quiet_loading_bars() -> None:
+    import diffusers.utils.logging
+    import transformers.utils.logging
+
+    diffusers.utils.logging.disable_progress_bar()
+    transformers.utils.logging.disable_progress_bar()
+    diffusers.utils.logging.set_verbosity_error()
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    _check_before_running(parser, args)
+    _quiet_libraries()
+    try:
+        if args.command != "bench":
+            _quiet_loading_bars()
         if args.command == "demo":
             from .demo import run_demo
 
@@ -173,7 +254,8 @@ def main(argv: list[str] | None = None) -> int:
                      args.frames, tiny=args.tiny, negative_prompt=args.negative_prompt,
                      guidance_scale=args.guidance_scale, fps=args.fps, fbcache=args.fbcache,
                      min_switch_step=args.min_switch_step, max_switch_step=args.max_switch_step,
-                     local_files_only=args.local_files_only, dtype=args.dtype, device=args.device)
+                     local_files_only=args.local_files_only, dtype=args.dtype, device=args.device,
+                     max_sequence_length=args.max_sequence_length)
         elif args.command == "calibrate-delta":
             from .calibrate_cli import run_calibrate_delta
 
@@ -184,8 +266,11 @@ def main(argv: list[str] | None = None) -> int:
 
             run_matrix(None if args.family == "all" else [args.family], args.configs, args.steps, args.rounds)
     except Exception as err:
-        from .generate import UserError
+        from .outputs import OutputError, UserError
 
+        if isinstance(err, OutputError):
+            print(f"sr-plugin: {err}", file=sys.stderr)
+            return 1
         if isinstance(err, (UserError, ValueError, TypeError)):
             print(f"sr-plugin: {err}", file=sys.stderr)
             return 2

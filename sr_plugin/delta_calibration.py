@@ -75,6 +75,29 @@ def fit_step_ratio(switch_steps: Sequence[int], time_ratios: Sequence[float], nu
     return statistics.median(estimates) if estimates else None
 
 
+#: Largest spread of the per-run step-ratio estimates (interquartile range over the median) that a quiet
+#: machine gives: on the 2-core VM the runs of one sweep agree within about 0.2 of their median.
+STEP_RATIO_MAX_SPREAD = 0.5
+
+
+def step_ratio_doubt(switch_steps: Sequence[int], time_ratios: Sequence[float], num_steps: int) -> str | None:
+    """Why the fitted step ratio cannot be trusted (a small step no cheaper than a large one, or none at all, or
+    paired runs that disagree more than a quiet machine's do), or None."""
+    estimates = sorted((ratio * num_steps - k) / (num_steps - k)
+                       for k, ratio in zip(switch_steps, time_ratios) if 0 <= k < num_steps)
+    if not estimates:
+        return None
+    rho = statistics.median(estimates)
+    if not 0 < rho < 1:
+        return f"the fitted small / large step time {rho:.3f} is outside (0, 1), which no pair of models gives"
+    if len(estimates) >= 4:
+        q1, _, q3 = statistics.quantiles(estimates, n=4)
+        if (q3 - q1) / rho > STEP_RATIO_MAX_SPREAD:
+            return (f"the paired runs disagree: their step-time estimates spread over {q1:.3f}..{q3:.3f} around "
+                    f"{rho:.3f}")
+    return None
+
+
 def modelled_time_ratio(switch_steps: Sequence[int], num_steps: int, step_ratio: float) -> float:
     """The time of runs switching at ``switch_steps`` (``num_steps``: never) over as many large-only runs."""
     if not switch_steps:
@@ -87,6 +110,8 @@ class DeltaCalibration:
     rows: list[SweepRow]
     #: The fitted small-step / large-step time ratio (None for a sweep built by hand).
     step_ratio: float | None = None
+    #: Why `step_ratio` cannot be trusted (the machine was busy), or None.
+    step_ratio_doubt: str | None = None
 
     def pick(self, *, min_ssim: float | None = None, max_time_ratio: float | None = None) -> SweepRow:
         """The largest speed-up keeping ``min_ssim``, or the best SSIM within ``max_time_ratio`` (one of them)."""
@@ -188,7 +213,8 @@ def sweep_switch(pipe: Any, small: Any, prompts: Sequence[str], *,
                              statistics.mean(psnrs), statistics.mean(ssims),
                              100.0 * sum(right) / len(right) if right else None, ratio,
                              None if per_prompt is None else _standard_error(per_prompt)))
-    return DeltaCalibration(rows, step_ratio)
+    doubt = step_ratio_doubt([k for m in measured for k in m[2]], [t / r for m in measured for t, r in m[3]], n)
+    return DeltaCalibration(rows, step_ratio, doubt)
 
 
 def _standard_error(values: Sequence[float]) -> float:

@@ -14,13 +14,13 @@ from .adapters import adapter_for
 from .api import apply
 from .seeded import run_seeded
 from .policy import DEFAULT_DELTA
-from . import task, trained
+from . import call_defaults, task, trained
+from .generate_checks import check_arguments
+from .outputs import OutputError, UserError, write_checked
 from .trained import first_line as _first_line
 from .tiny import TINY_CALL, tiny_pair
 
-
-class UserError(Exception):
-    """A problem the user can fix, reported as one sentence without a stack trace."""
+__all__ = ["OutputError", "UserError", "generate", "check_arguments"]
 
 
 #: ``--dtype`` names (torch's own).
@@ -59,7 +59,7 @@ def load_models(large: str | None, small: str | None, family: str | None,
     pipe, small_model, family, source, extra = _load(large, small, family, tiny, local_files_only, dtype)
     if device is None and source == "pretrained" and torch.cuda.is_available():
         device = torch.device("cuda")
-    if dtype is not None and source != "pretrained":
+    if dtype is not None and source == "tiny":  # built in code: no loader to give the dtype to
         pipe.to(dtype=dtype)
         small_model.to(dtype=dtype)
     if device is not None:
@@ -88,13 +88,18 @@ def _load(large: str | None, small: str | None, family: str | None, tiny: bool, 
     if large is None:
         family = family or "wan"
         try:
-            pipe, small_model, extra = trained.load(family)
+            pipe, small_model, extra = trained.load(family, dtype if dtype is not None else torch.float32)
         except trained.TrainedFamilyError as err:
             raise UserError(str(err)) from err
         return pipe, small_model, family, "trained", extra
     from diffusers import DiffusionPipeline
 
     check_local_pair(large, small, family)  # before the (long) loading of the large model
+    for flag, name in (("--large", large), ("--small", small)):
+        if not pathlib.Path(name).is_dir() and (local_files_only or _looks_like_a_path(name)):
+            what = "the large model" if flag == "--large" else "the small transformer"
+            hub = " (and --local-files-only keeps sr-plugin off the Hugging Face Hub)" if local_files_only else ""
+            raise UserError(f"cannot load {what} {name!r}: there is no such folder{hub}")
     if dtype is None:
         dtype = torch.bfloat16 if torch.cuda.is_available() else torch.float32
     try:
@@ -116,6 +121,19 @@ def _load(large: str | None, small: str | None, family: str | None, tiny: bool, 
         raise UserError(f"cannot load the small transformer {small!r} (its 'transformer' subfolder): it is neither "
                         f"local nor reachable on the Hugging Face Hub ({_first_line(err)})") from err
     return pipe, small_model.eval(), found, "pretrained", {}
+
+
+def _looks_like_a_path(name: str) -> bool:
+    """A hub id is "owner/name": anything absolute, relative to here or home, or deeper, is meant as a folder."""
+    return name.startswith(("/", ".", "~")) or name.count("/") > 1 or "\\" in name
+
+
+def _config(path: pathlib.Path) -> dict[str, Any]:
+    try:
+        value = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
+    return value if isinstance(value, dict) else {}
 
 
 def _class_name(config: pathlib.Path) -> str | None:
@@ -188,6 +206,12 @@ def plot_trace(trace: list[dict[str, Any]], delta: float | None, switch_step: in
 
 def describe_switch(switch: Any) -> str:
     """One phrase: where the call switched and why, with the bounds that applied."""
+    if switch is not None and switch.step is None and switch.delta is None:  # a fixed switch at or beyond N
+        return (f"did not switch (the fixed switch step {switch.min_switch_step} is not below the "
+                f"{switch.num_steps} steps: large only)")
+    if switch is not None and switch.step is None and switch.min_switch_step >= switch.num_steps:
+        return (f"did not switch (the earliest switch step, {switch.min_switch_step}, is not below the "
+                f"{switch.num_steps} steps: large only)")
     if switch is None or switch.step is None:
         bounds = "" if switch is None else f" (bounds {switch.min_switch_step}..{switch.max_switch_step})"
         return f"did not switch{bounds}"
@@ -198,6 +222,20 @@ def describe_switch(switch: Any) -> str:
     return f"switched before step {switch.step} of {switch.num_steps} ({why}{bounds})"
 
 
+def _check_size(family: str | None, folder: pathlib.Path | None, height: int | None, width: int | None) -> None:
+    """A height or width the family's pipeline and models cannot take, from the folder's configs (no loading)."""
+    if folder is None or family is None or (height is None and width is None):
+        return
+    from .adapters import family as registered_family
+
+    multiple = registered_family(family).size_multiple(_config(folder / "vae" / "config.json"),
+                                                       _config(folder / "transformer" / "config.json"))
+    for flag, value in (("--height", height), ("--width", width)):
+        if multiple and value is not None and value % multiple:
+            raise UserError(f"{flag} {value}: this {family} pipeline takes multiples of {multiple} "
+                            f"(e.g. {max(multiple, value // multiple * multiple)})")
+
+
 def generate(prompt: str, out: str, large: str | None = None, small: str | None = None, family: str | None = None,
              delta: float | None = None, switch_step: int | None = None, steps: int | None = None,
              teacache: float | None = None, pab: bool = False, compile: bool = False, seed: int = 0,
@@ -205,19 +243,36 @@ def generate(prompt: str, out: str, large: str | None = None, small: str | None 
              say: Any = print, tiny: bool = False, negative_prompt: str | None = None,
              guidance_scale: float | None = None, fps: int | None = None, fbcache: float | None = None,
              min_switch_step: int | None = None, max_switch_step: int | None = None,
-             local_files_only: bool = False, dtype: str | None = None, device: str | None = None) -> dict[str, str]:
-    """Generate one video; returns the paths written (video, trace JSON, plot PNG)."""
-    out_path = pathlib.Path(out)
-    if out_path.suffix.lower() != ".mp4":
-        raise UserError(f"--out must name an .mp4 file, got {out!r}")
-    if not out_path.parent.exists():
-        raise UserError(f"the folder of --out does not exist: {str(out_path.parent)!r}")
-    if large is None and not tiny:
-        try:
-            task.parse(prompt)  # before loading anything
-        except ValueError as err:
-            raise UserError(f"{err}. (The trained families know only their task; --tiny takes any prompt.)") from err
+             local_files_only: bool = False, dtype: str | None = None, device: str | None = None,
+             max_sequence_length: int | None = None) -> dict[str, str]:
+    """Generate one video; returns the paths written (video, trace JSON, plot PNG). Without call arguments, a
+    model folder's ``call_defaults.json`` (`sr_plugin.call_defaults`) says the size, frames, text length,
+    guidance and fps it was made for."""
+    from .adapters import family_keys
+
+    out_path = check_arguments(prompt, out, large, tiny, family, family_keys(), teacache, fbcache,
+                               min_switch_step, max_switch_step)
     torch_dtype, torch_device = placement(dtype, device)
+    folder = None  # the large model's folder, where its configs and call defaults are read before loading
+    if tiny:
+        pass
+    elif large is None:
+        folder = trained.folder(family or "wan", "large")
+    elif pathlib.Path(large).is_dir():
+        folder = pathlib.Path(large)
+    try:
+        defaults = call_defaults.read(folder) if folder is not None else {}
+    except ValueError as err:
+        raise UserError(str(err)) from None
+    size_family = family or ("wan" if large is None and not tiny else None)
+    if size_family is None and folder is not None:
+        from .adapters import registered_families
+
+        pipeline_class = _class_name(folder / "model_index.json")
+        size_family = next((a.key for a in registered_families() if pipeline_class in a.pipeline_class_names), None)
+    _check_size(size_family, folder, height if height is not None else defaults.get("height"),
+                width if width is not None else defaults.get("width"))
+    say("sr-plugin: loading the models ...")
     pipe, small_model, family, source, extra = load_models(large, small, family, tiny, local_files_only,
                                                            torch_dtype, torch_device)
     if source == "tiny":
@@ -240,9 +295,9 @@ def generate(prompt: str, out: str, large: str | None = None, small: str | None 
         raise UserError(str(err)) from err
     pipe.set_progress_bar_config(disable=False, desc="denoising")
     call: dict[str, Any] = dict(TINY_CALL[family]) if source == "tiny" else {}
-    if source == "trained":
-        call.update(trained.CALL, guidance_scale=trained.GUIDANCE[family])
-    call.update({k: v for k, v in (("height", height), ("width", width), ("num_frames", frames)) if v is not None})
+    call.update({k: v for k, v in defaults.items() if k != "fps"})
+    call.update({k: v for k, v in (("height", height), ("width", width), ("num_frames", frames),
+                                   ("max_sequence_length", max_sequence_length)) if v is not None})
     if steps is not None:
         call["num_inference_steps"] = steps
     if negative_prompt is not None:
@@ -261,26 +316,27 @@ def generate(prompt: str, out: str, large: str | None = None, small: str | None 
 
     from .adapters import family as registered_family
 
-    export_to_video(list(video), str(out_path), fps=fps if fps is not None else trained.FPS[family]
-                    if source == "trained" else registered_family(family).fps)
+    if fps is None:
+        fps = defaults.get("fps", registered_family(family).fps)
+    write_checked(out_path, lambda: export_to_video(list(video), str(out_path), fps=fps))
     trace = [r.as_dict() for r in handle.trace]
     record = {
         "prompt": prompt, "family": family,
         "weights": {"tiny": "random (built-in tiny pair)", "trained": f"trained family sr_plugin/trained/{family}",
                     "pretrained": {"large": large, "small": small}}[source],
         "num_inference_steps": len(trace), "seed": seed, "seconds": seconds,
-        "denoising_seconds": denoise_seconds,
+        "denoising_seconds": denoise_seconds, "call": {k: v for k, v in call.items() if k != "negative_prompt"},
         "rule": {"fixed_switch_step": switch_step} if switch_step is not None else {
             "delta": delta if delta is not None else DEFAULT_DELTA},
         "switch_step": handle.switch_step, "switch": handle.switch.as_dict() if handle.switch else None,
         "trace": trace, "accelerations": [r.as_dict() for r in accel.trace] if accel else None,
     }
     trace_path = out_path.with_suffix(".trace.json")
-    trace_path.write_text(json.dumps(record, indent=2))
+    write_checked(trace_path, lambda: trace_path.write_text(json.dumps(record, indent=2)))
     plot_path = out_path.with_suffix(".switch.png")
     why = describe_switch(handle.switch)
-    plot_trace(trace, None if switch_step is not None else record["rule"]["delta"], handle.switch_step, plot_path,
-               f"{family}: {why}")
+    write_checked(plot_path, lambda: plot_trace(trace, None if switch_step is not None else record["rule"]["delta"],
+                                                handle.switch_step, plot_path, f"{family}: {why}"))
     loop = f"denoising {len(trace)} step{'s' if len(trace) != 1 else ''} took {denoise_seconds:.2f} s" \
         if denoise_seconds is not None else f"{len(trace)} step{'s' if len(trace) != 1 else ''}"
     say(f"sr-plugin: {loop}, the whole call {seconds:.2f} s (text encoding and decoding included), {why}; wrote "

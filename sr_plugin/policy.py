@@ -79,8 +79,8 @@ class SwitchOptions:
                                     ("max_switch_step", max_switch_step)) if v is not None]
             if given:
                 raise ValueError(
-                    f"switch_step={switch_step} is a fixed switch; {', '.join(given)} only apply to the "
-                    "adaptive switch. Pass one or the other."
+                    f"switch_step={switch_step} is a fixed switch; {' and '.join(given)} "
+                    f"{'applies' if len(given) == 1 else 'apply'} only to the adaptive switch. Pass one or the other."
                 )
             return cls(switch_step=switch_step)
         if delta is None:

@@ -43,6 +43,14 @@ FPS: dict[str, int] = {"wan": 8, "cogvideox": 8}
 #: 2b-like small model's.
 COGVIDEOX_SPACE: dict[str, tuple[float, float]] = {"large": (0.7, 1.0), "small": (1.15258426, 3.0)}
 
+
+
+def call_defaults(family: str) -> dict[str, Any]:
+    """What each folder of the family says it was made for (`sr_plugin.call_defaults`: its
+    ``call_defaults.json``): the call geometry, the guidance scale and the frames per second."""
+    return {**CALL, "guidance_scale": GUIDANCE[check_family(family)], "fps": FPS[family]}
+
+
 LATENT_CHANNELS = 8
 TEXT_DIM = 32
 #: Transformer sizes: (layers, heads); head dim 16. Chosen so that a large step costs over 3x a small one on

@@ -38,7 +38,7 @@ import torch
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from sr_plugin import task, trained  # noqa: E402
+from sr_plugin import call_defaults, task, trained  # noqa: E402
 
 COND_DROPOUT = 0.1
 LATENT_NOISE = 0.1
@@ -331,6 +331,7 @@ def stage_export(args: argparse.Namespace, work: pathlib.Path) -> None:
         pipe = trained.build_pipeline(args.family, role, model, vae, encoder)
         out = trained.folder(args.family, role)
         pipe.save_pretrained(out, safe_serialization=True)
+        call_defaults.write(out, trained.call_defaults(args.family))  # what generate --large/--small reads
         log(f"wrote {out}")
 
 
