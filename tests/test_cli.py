@@ -184,7 +184,9 @@ def test_generate_flags_reach_the_run(monkeypatch):
 
     seen = {}
     monkeypatch.setattr(sr_plugin.generate, "generate", lambda *a, **kw: seen.update(args=a, kwargs=kw))
-    assert cli.main(["generate", "--prompt", "p", "--out", "x.mp4", "--negative-prompt", "blurry",
+    # a prompt of the trained family's task: the vocabulary is checked at parse time, before `generate` runs
+    assert cli.main(["generate", "--prompt", "a red square moving left and a blue circle moving up", "--out", "x.mp4",
+                     "--negative-prompt", "blurry",
                      "--guidance-scale", "4.5", "--fps", "12", "--fbcache", "0.2", "--min-switch-step", "4",
                      "--max-switch-step", "9"]) == 0
     assert {k: seen["kwargs"][k] for k in ("negative_prompt", "guidance_scale", "fps", "fbcache", "min_switch_step",

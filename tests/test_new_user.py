@@ -16,19 +16,53 @@ from sr_plugin import call_defaults, trained
 PROMPT = "a red square moving left and a blue circle moving up"
 
 
-@pytest.mark.parametrize("family", trained.FAMILY_NAMES)
-def test_the_shipped_folders_run_through_large_and_small(tmp_path: pathlib.Path, family):
-    """The folders say what they were made for (call_defaults.json): size, frames and text length."""
-    out = tmp_path / "v.mp4"
-    result = cli("generate", "--prompt", PROMPT, "--large", str(trained.folder(family, "large")),
-                 "--small", str(trained.folder(family, "small")), "--steps", "2", "--out", str(out))
-    assert result.returncode == 0, result.stderr[-2000:]
+def main(*argv: str) -> tuple[int, str, str]:
+    """The command line in this process (its heavy imports are paid once for the whole file)."""
+    import contextlib
+    import io
+
+    from sr_plugin import cli as cli_module
+
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        try:
+            code = cli_module.main(list(argv))
+        except SystemExit as exit_:
+            code = exit_.code
+    return code, out.getvalue(), err.getvalue()
+
+
+def check_shipped_video(out: pathlib.Path, family: str) -> None:
     import imageio.v3 as iio
 
     assert iio.imread(out).shape[:3] == (9, 32, 32)
     record = json.loads(out.with_suffix(".trace.json").read_text())
     assert record["call"]["max_sequence_length"] == 16 and record["call"]["guidance_scale"] == \
         trained.GUIDANCE[family]
+
+
+def test_the_shipped_cogvideox_folders_run_through_large_and_small(tmp_path: pathlib.Path):
+    """The folders say what they were made for (call_defaults.json): size, frames and text length."""
+    out = tmp_path / "v.mp4"
+    code, _, err = main("generate", "--prompt", PROMPT, "--large", str(trained.folder("cogvideox", "large")),
+                        "--small", str(trained.folder("cogvideox", "small")), "--steps", "2", "--out", str(out))
+    assert code == 0, err[-2000:]
+    check_shipped_video(out, "cogvideox")
+
+
+def test_the_shipped_wan_folders_run_in_bfloat16_showing_only_sr_plugins_progress(tmp_path: pathlib.Path):
+    """A fresh process, as a user runs it: no library loading bars, no torchao import chatter, no dtype
+    warnings (the weights load in their dtype)."""
+    out = tmp_path / "v.mp4"
+    result = cli("generate", "--prompt", PROMPT, "--large", str(trained.folder("wan", "large")),
+                 "--small", str(trained.folder("wan", "small")), "--steps", "2", "--out", str(out),
+                 "--dtype", "bfloat16")
+    assert result.returncode == 0, result.stderr[-2000:]
+    check_shipped_video(out, "wan")
+    text = result.stdout + result.stderr
+    for noise in ("Loading pipeline components", "Loading weights", "torchao", "torch_dtype", "_C_mxfp8"):
+        assert noise not in text, noise
+    assert "sr-plugin: loading the models" in result.stdout
 
 
 def test_every_shipped_folder_carries_the_call_it_was_trained_for():
@@ -79,9 +113,8 @@ def test_a_video_the_writer_did_not_write_is_an_error_not_a_success(tmp_path, mo
 ])
 def test_an_output_that_cannot_be_written_is_refused_before_anything_runs(tmp_path, make_out, message):
     out = make_out(tmp_path)
-    result = cli("generate", "--prompt", PROMPT, "--out", str(out), "--steps", "2")
-    assert result.returncode == 2 and message in result.stderr and "wrote" not in result.stdout
-    assert "Traceback" not in result.stderr
+    code, stdout, stderr = main("generate", "--prompt", PROMPT, "--out", str(out), "--steps", "2")
+    assert code == 2 and message in stderr and "wrote" not in stdout and "Traceback" not in stderr
 
 
 def test_checks_that_need_no_model_run_at_parse_time_without_heavy_imports():
@@ -120,27 +153,17 @@ assert 'torch' not in sys.modules and 'diffusers' not in sys.modules, 'imported'
 @pytest.mark.parametrize("family,multiple", [("wan", 16), ("cogvideox", 8)])
 def test_a_bad_height_is_refused_before_loading(family, multiple):
     """WanPipeline wants multiples of 16; the trained CogVideoX models (VAE 4x, patch 2) multiples of 8."""
-    result = cli("generate", "--prompt", PROMPT, "--out", "x.mp4", "--height", "36", "--family", family)
-    assert result.returncode == 2
-    assert f"--height 36: this {family} pipeline takes multiples of {multiple}" in result.stderr
-    assert "loading the models" not in result.stdout
+    code, stdout, stderr = main("generate", "--prompt", PROMPT, "--out", "x.mp4", "--height", "36",
+                                "--family", family)
+    assert code == 2 and f"--height 36: this {family} pipeline takes multiples of {multiple}" in stderr
+    assert "loading the models" not in stdout
 
 
 def test_local_files_only_names_the_missing_folder(tmp_path):
-    result = cli("generate", "--prompt", PROMPT, "--out", str(tmp_path / "x.mp4"), "--large", str(tmp_path / "nope"),
-                 "--small", str(tmp_path / "nope2"), "--local-files-only")
-    assert result.returncode == 2 and "there is no such folder" in result.stderr
-    assert "Hugging Face Hub (" not in result.stderr  # not "nor reachable on the Hub"
-
-
-def test_the_cli_shows_its_own_progress_not_the_libraries(tmp_path):
-    result = cli("generate", "--prompt", PROMPT, "--out", str(tmp_path / "x.mp4"), "--steps", "2",
-                 "--dtype", "bfloat16")
-    assert result.returncode == 0, result.stderr[-2000:]
-    text = result.stdout + result.stderr
-    for noise in ("Loading pipeline components", "Loading weights", "torchao", "torch_dtype", "_C_mxfp8"):
-        assert noise not in text, noise
-    assert "sr-plugin: loading the models" in result.stdout
+    code, _, stderr = main("generate", "--prompt", PROMPT, "--out", str(tmp_path / "x.mp4"), "--large",
+                           str(tmp_path / "nope"), "--small", str(tmp_path / "nope2"), "--local-files-only")
+    assert code == 2 and "there is no such folder" in stderr
+    assert "Hugging Face Hub (" not in stderr  # not "nor reachable on the Hub"
 
 
 def test_wording():
