@@ -14,7 +14,7 @@ from .adapters import adapter_for
 from .api import apply
 from .seeded import run_seeded
 from .policy import DEFAULT_DELTA
-from . import call_defaults, task, trained
+from . import call_defaults, trained
 from .generate_checks import check_arguments
 from .outputs import OutputError, UserError, write_checked
 from .trained import first_line as _first_line

@@ -140,8 +140,10 @@ def cap_schedule(schedule: SwitchSchedule, latest: int, why: str) -> SwitchSched
                           min(schedule.max_step, latest), fixed=False)
 
 
-def second_differences(d: list[float | None]) -> list[float | None]:
-    """``s_j = d_{j-1} - d_j`` wherever both are defined (None elsewhere)."""
+def decreases(d: list[float | None]) -> list[float | None]:
+    """``s_j = d_{j-1} - d_j``, how much the relative change ``d`` shrank from one step to the next, wherever
+    both are defined (None elsewhere): a first difference of ``d``, negated. Since ``d`` is itself the first
+    difference of x0 (relative), ``s`` is the rule's second-order term."""
     return [
         None if j == 0 or d[j - 1] is None or d[j] is None else d[j - 1] - d[j] for j in range(len(d))
     ]

@@ -21,7 +21,7 @@ from .handoff_hook import HandoffHook
 from .metric import relative_change
 from .offload import model_offload_active
 from .patching import InstancePatches, drop_hook_residue_at
-from .policy import SwitchOptions, SwitchPolicy, cap_schedule, second_differences
+from .policy import SwitchOptions, SwitchPolicy, cap_schedule, decreases
 from .trace import StepRecord, SwitchRecord
 
 
@@ -178,7 +178,7 @@ class Router:
         present = [v for v in self._d if v is not None]
         values = iter(torch.stack(present).tolist() if present else [])  # one host read for the whole call
         d = [None if v is None else next(values) for v in self._d]
-        s = second_differences(d)
+        s = decreases(d)
         switch = self.policy.switch_step
         self.switch_step = switch if switch is not None and switch < len(d) else None
         sched = self.policy.schedule

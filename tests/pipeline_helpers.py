@@ -12,7 +12,7 @@ import torch
 
 from sr_plugin.patching import InstancePatches
 from sr_plugin.seeded import run_seeded
-from sr_plugin.tiny import FAMILIES, TINY_CALL, tiny_pair
+from sr_plugin.tiny import TINY_CALL
 
 PROMPT = "a red car drives through a snowy city at night"
 STEPS = 10

@@ -12,18 +12,6 @@ from diffusers import FirstBlockCacheConfig
 import sr_plugin
 
 
-@pytest.mark.parametrize("switch", [None, 4])
-def test_threshold_zero_reproduces_the_baseline_exactly(pair, family, switch):
-    pipe, small = pair
-    if switch is not None:
-        sr_plugin.apply(pipe, small, switch_step=switch)
-    expected = run(pipe, family)
-    sr_plugin.accelerate(pipe, fbcache=0.0)
-    assert torch.equal(run(pipe, family), expected)
-    if switch is not None:
-        assert isinstance(small._cache_config, FirstBlockCacheConfig)
-
-
 @pytest.mark.parametrize("order", ["cache-then-apply", "apply-then-cache"])
 def test_cache_enabled_by_hand_on_the_large_model_is_given_to_the_small_one(pair, family, order):
     pipe, small = pair

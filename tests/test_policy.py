@@ -8,7 +8,7 @@ import pathlib
 import pytest
 
 import sr_plugin.policy as policy_module
-from sr_plugin.policy import SwitchOptions, SwitchPolicy, second_differences
+from sr_plugin.policy import SwitchOptions, SwitchPolicy, decreases
 
 
 def run_policy(options: SwitchOptions, d: list[float | None], num_steps: int) -> tuple[int | None, list[bool]]:
@@ -124,9 +124,9 @@ def test_observations_must_come_in_order():
         policy.observe(2, 0.1)
 
 
-def test_second_differences():
-    assert second_differences([None, 0.5, 0.3, None, 0.1]) == [None, None, pytest.approx(0.2), None, None]
-    assert second_differences([]) == []
+def test_decreases_of_the_relative_change():
+    assert decreases([None, 0.5, 0.3, None, 0.1]) == [None, None, pytest.approx(0.2), None, None]
+    assert decreases([]) == []
 
 
 def test_policy_module_imports_neither_torch_nor_diffusers():
