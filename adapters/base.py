@@ -124,6 +124,12 @@ class FamilyAdapter:
         """The denoised estimate x0 after ``step_index`` from the guided model output."""
         raise NotImplementedError
 
+    def noise_level(self, scheduler: Any, step_index: int) -> tuple[str, float] | None:
+        """The noise level at the start of ``step_index`` of the last call, by the family's own measure (flow
+        matching: ("sigma", sigma); v-prediction: ("abar", alphas_cumprod)): where a switch fell, in the
+        terms the schedule is written in. None if the family does not say."""
+        return None
+
     # ------------------------------------------------------------------ what the accelerations need
     #: What the blocks return, by argument name: ``("hidden_states",)`` for a tensor, or a tuple's layout
     #: such as ``("hidden_states", "encoder_hidden_states")``. Per block list with `block_layouts`.

@@ -220,6 +220,9 @@ class CogVideoXAdapter(FamilyAdapter):
         abar = float(scheduler.alphas_cumprod[int(round(timestep))])
         return math.sqrt(abar) * sample.float() - math.sqrt(1.0 - abar) * model_output.float()
 
+    def noise_level(self, scheduler: Any, step_index: int) -> tuple[str, float] | None:
+        return "abar", float(scheduler.alphas_cumprod[int(scheduler.timesteps[step_index])])
+
     def make_handoff(
         self,
         pipe: Any,

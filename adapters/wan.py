@@ -103,6 +103,9 @@ class WanAdapter(FamilyAdapter):
         sigma = float(scheduler.sigmas[step_index])
         return sample.float() - sigma * model_output.float()
 
+    def noise_level(self, scheduler: Any, step_index: int) -> tuple[str, float] | None:
+        return "sigma", float(scheduler.sigmas[step_index])
+
     teacache_coefficients = WAN_TEACACHE_COEFFICIENTS
 
     def blocks(self, model: torch.nn.Module) -> torch.nn.ModuleList:

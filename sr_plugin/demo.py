@@ -80,8 +80,9 @@ IDEAL_TOLERANCE = 0.15
 
 
 def implausible_timing(result: FamilyResult) -> str | None:
-    """A warning when the measured times contradict each other (SR faster than small only, or well above the
-    ideal the same runs' step times allow, or a large step cheaper than a small one): the machine was busy."""
+    """A warning when the measured times contradict each other (SR faster than small only or slower than large
+    only, well above the ideal the same runs' step times allow, or a large step cheaper than a small one): the
+    machine was busy."""
     sr, small = result.summaries.get("sr"), result.summaries.get("small")
     if sr is None or small is None:
         return None
@@ -90,6 +91,8 @@ def implausible_timing(result: FamilyResult) -> str | None:
         problems.append(f"a large step measured cheaper than a small one (r = {result.step_ratio:.2f})")
     if sr.speedup > small.speedup:
         problems.append(f"SR measured faster ({sr.speedup:.2f}x) than small only ({small.speedup:.2f}x)")
+    if sr.speedup < 1 - IDEAL_TOLERANCE:
+        problems.append(f"SR measured slower ({sr.speedup:.2f}x) than large only, though its small steps cost less")
     if sr.ideal_speedup is not None and sr.speedup > sr.ideal_speedup * (1 + IDEAL_TOLERANCE):
         problems.append(f"SR measured at {sr.speedup:.2f}x, above the {sr.ideal_speedup:.2f}x its switch steps "
                         "allow")
@@ -116,6 +119,7 @@ def results_json(results: list[FamilyResult]) -> dict[str, Any]:
             "runs": [{"prompt": x.prompt, "seed": x.seed, "mode": x.mode, "right": x.score.right,
                       "attributes_right": x.score.attributes[0], "psnr": x.psnr, "ssim": x.ssim,
                       "denoise_s": x.denoise_s, "total_s": x.total_s, "switch_step": x.switch_step,
+                      "switch_noise": x.switch_noise,
                       "score": x.score.as_dict()} for x in r.runs],
         } for r in results],
     }

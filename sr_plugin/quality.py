@@ -36,6 +36,8 @@ class Run:
     score: evaluate.VideoScore
     psnr: float | None = None
     ssim: float | None = None
+    #: The noise level where the small model took over (("sigma", 0.82) for Wan, ("abar", 0.12) for CogVideoX).
+    switch_noise: tuple[str, float] | None = None
 
 
 @dataclass
@@ -49,6 +51,8 @@ class ModeSummary:
     speedup: float
     ideal_speedup: float | None
     mean_switch_step: float | None
+    #: The mean noise level at the switch, by the family's measure: ("sigma", 0.82) or ("abar", 0.12).
+    mean_switch_noise: tuple[str, float] | None = None
 
     def as_dict(self) -> dict[str, Any]:
         return dict(self.__dict__)
@@ -123,10 +127,16 @@ def run_modes(pipe: Any, small: torch.nn.Module, extra: dict[str, Any], family: 
         try:
             video, denoise, total = generate_video(pipe, family, prompt, seed, steps)
             switch = handle.switch_step if handle is not None else None
+            noise = None
+            if switch is not None:
+                from .adapters import adapter_for
+
+                noise = adapter_for(pipe).noise_level(pipe.scheduler, switch)
         finally:
             if handle is not None:
                 handle.remove()
-        runs[mode] = Run(prompt, seed, mode, video, denoise, total, switch, evaluate.score_video(video, prompt))
+        runs[mode] = Run(prompt, seed, mode, video, denoise, total, switch, evaluate.score_video(video, prompt),
+                         switch_noise=noise)
     if "large" in runs:
         for mode, run in runs.items():
             if mode != "large":
@@ -149,8 +159,10 @@ def evaluate_family(family: str, pairs: list[tuple[str, int]], steps: int = 50, 
         result.runs.extend(runs.values())
         if say is not None:
             marks = "  ".join(f"{m} {'right' if r.score.right else 'WRONG'}" for m, r in runs.items())
+            noise = runs["sr"].switch_noise
+            level = f" ({noise[0]} {noise[1]:.2f})" if noise is not None else ""
             say(f"[{family} {i + 1}/{len(pairs)}] {prompt} (seed {seed}): {marks}, switch at "
-                f"{runs['sr'].switch_step}")
+                f"{runs['sr'].switch_step}{level}")
     summarize_result(result)
     return result
 
@@ -173,20 +185,26 @@ def summarize_result(result: FamilyResult) -> None:
             None if mode == "large" else statistics.mean(r.psnr for r in runs),
             None if mode == "large" else statistics.mean(r.ssim for r in runs),
             statistics.mean(r.denoise_s for r in runs), statistics.median(speedups), ideal,
-            statistics.mean(ks) if ks else None)
+            statistics.mean(ks) if ks else None, _mean_noise([r.switch_noise for r in runs if mode == "sr"]))
+
+
+def _mean_noise(levels: list[tuple[str, float] | None]) -> tuple[str, float] | None:
+    known = [level for level in levels if level is not None]
+    return (known[0][0], statistics.mean(v for _, v in known)) if known else None
 
 
 def format_table(results: list[FamilyResult]) -> str:
     """A markdown table: one row per family and mode."""
     lines = ["| family | mode | prompt accuracy | attribute accuracy | PSNR vs large (dB) | SSIM vs large | "
-             "denoising s/video | speed-up (ideal) | mean switch step |",
+             "denoising s/video | speed-up (ideal) | mean switch step (noise level) |",
              "|---|---|---|---|---|---|---|---|---|"]
     for res in results:
         for mode in MODES:
             s = res.summaries[mode]
             fmt = lambda v, spec: "-" if v is None else format(v, spec)  # noqa: E731
             ideal = f" ({s.ideal_speedup:.2f})" if s.ideal_speedup is not None else ""
+            noise = "" if s.mean_switch_noise is None else f" ({s.mean_switch_noise[0]} {s.mean_switch_noise[1]:.2f})"
             lines.append(f"| {res.family} | {mode} | {s.prompt_accuracy:.1f}% | {s.attribute_accuracy:.1f}% | "
                          f"{fmt(s.psnr, '.2f')} | {fmt(s.ssim, '.3f')} | {s.denoise_s:.2f} | "
-                         f"{s.speedup:.2f}x{ideal} | {fmt(s.mean_switch_step, '.1f')} |")
+                         f"{s.speedup:.2f}x{ideal} | {fmt(s.mean_switch_step, '.1f')}{noise} |")
     return "\n".join(lines)
