@@ -21,13 +21,11 @@ import json
 import os
 import pathlib
 import platform
-import sys
 import time
 
 import torch
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
 
 import diffusers  # noqa: E402
 

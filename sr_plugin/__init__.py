@@ -14,10 +14,6 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
-from ._layout import use_checkout_adapters
-
-use_checkout_adapters()
-
 __version__ = "0.1.0"
 
 #: Public names and the module each lives in: imported on first use, so that `sr-plugin --help` and other

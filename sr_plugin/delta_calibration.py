@@ -23,8 +23,8 @@ from typing import Any
 import numpy as np
 
 from .api import apply
-from .evaluate import fidelity
-from .quality import timed_run
+from .fidelity import fidelity
+from .timing import timed_run
 
 #: Deltas swept by default: a decade on either side of SRDiffusion's 0.01.
 DEFAULT_DELTAS: tuple[float, ...] = (0.001, 0.003, 0.01, 0.03, 0.1)

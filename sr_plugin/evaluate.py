@@ -22,6 +22,7 @@ from typing import Any
 import numpy as np
 
 from . import task
+from .fidelity import as_video_array, fidelity  # noqa: F401  (fidelity: part of the evaluator's API)
 
 #: A pixel is part of an object when its brightest channel exceeds this (the background is black).
 OBJECT_LEVEL = 0.35
@@ -73,20 +74,6 @@ class VideoScore:
             {"colour": o.spec.colour, "shape": o.spec.shape, "direction": o.spec.direction,
              "colour_ok": o.colour, "shape_ok": o.shape, "direction_ok": o.direction,
              "seen_shape": o.seen_shape, "seen_direction": o.seen_direction} for o in self.objects]}
-
-
-def as_video_array(video: Any) -> np.ndarray:
-    """[F, H, W, 3] float in [0, 1] from a numpy array, a torch tensor, or a list of PIL images/arrays."""
-    if isinstance(video, list):
-        video = np.stack([np.asarray(f) for f in video])
-    if hasattr(video, "detach"):
-        video = video.detach().cpu().numpy()
-    video = np.asarray(video)
-    if video.dtype == np.uint8:
-        video = video.astype(np.float32) / 255.0
-    if video.ndim != 4 or video.shape[-1] != 3:
-        raise ValueError(f"expected a video of shape [frames, height, width, 3], got {tuple(video.shape)}")
-    return video.astype(np.float32)
 
 
 def hue_labels(frame: np.ndarray) -> np.ndarray:
@@ -157,19 +144,6 @@ def score_video(video: Any, prompt: str) -> VideoScore:
         score.objects.append(ObjectScore(obj, colour_ok, shape == obj.shape, direction == obj.direction,
                                          shape, direction))
     return score
-
-
-def fidelity(video: Any, reference: Any) -> tuple[float, float]:
-    """(PSNR in dB, SSIM) of ``video`` against ``reference`` (scikit-image; SSIM averaged over frames)."""
-    from skimage.metrics import peak_signal_noise_ratio, structural_similarity
-
-    a, b = as_video_array(video), as_video_array(reference)
-    if a.shape != b.shape:
-        raise ValueError(f"the two videos differ in shape: {a.shape} and {b.shape}")
-    psnr = float(peak_signal_noise_ratio(b, a, data_range=1.0)) if not np.array_equal(a, b) else float("inf")
-    ssim = float(np.mean([structural_similarity(b[i], a[i], data_range=1.0, channel_axis=-1)
-                          for i in range(a.shape[0])]))
-    return psnr, ssim
 
 
 def summarize(scores: list[VideoScore]) -> dict[str, float]:

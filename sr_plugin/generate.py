@@ -304,7 +304,7 @@ def generate(prompt: str, out: str, large: str | None = None, small: str | None 
         call["negative_prompt"] = negative_prompt
     if guidance_scale is not None:
         call["guidance_scale"] = guidance_scale
-    from .quality import loop_timer
+    from .timing import loop_timer
 
     with loop_timer(pipe) as loops:
         start = time.perf_counter()

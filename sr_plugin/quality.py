@@ -8,18 +8,16 @@ SR / large time ratio can be set against the ideal ``N / (k + (N - k) / r)`` wit
 
 from __future__ import annotations
 
-import contextlib
 import statistics
-import time
 from dataclasses import dataclass, field
-from typing import Any, Iterator
+from typing import Any
 
 import numpy as np
 import torch
 
 from . import evaluate, task, trained
 from .api import apply
-from .seeded import run_seeded
+from .timing import timed_run
 
 MODES: tuple[str, ...] = ("large", "sr", "small")
 
@@ -66,46 +64,6 @@ class FamilyResult:
     runs: list[Run] = field(default_factory=list)
     summaries: dict[str, ModeSummary] = field(default_factory=dict)
     step_ratio: float | None = None
-
-
-@contextlib.contextmanager
-def loop_timer(pipe: Any) -> Iterator[list[float]]:
-    """Records the wall time of each denoising loop: the pipelines open ``progress_bar`` right before their
-    first step and close it after their last. Patches the instance for the duration of the block only."""
-    times: list[float] = []
-    had_own = "progress_bar" in pipe.__dict__
-    original = pipe.progress_bar
-
-    class Timed:
-        def __init__(self, bar: Any) -> None:
-            self.bar = bar
-
-        def __enter__(self) -> Any:
-            self.start = time.perf_counter()
-            return self.bar.__enter__()
-
-        def __exit__(self, *exc: Any) -> Any:
-            result = self.bar.__exit__(*exc)
-            times.append(time.perf_counter() - self.start)
-            return result
-
-    pipe.progress_bar = lambda *args, **kwargs: Timed(original(*args, **kwargs))
-    try:
-        yield times
-    finally:
-        if had_own:
-            pipe.progress_bar = original
-        else:
-            del pipe.progress_bar
-
-
-def timed_run(pipe: Any, prompt: str, seed: int, steps: int, **call: Any) -> tuple[np.ndarray, float, float]:
-    """One video ([F, H, W, 3] in [0, 1]), its denoising seconds and its total seconds."""
-    with loop_timer(pipe) as loops:
-        start = time.perf_counter()
-        frames = run_seeded(pipe, prompt, seed, output_type="np", num_inference_steps=steps, **call)[0]
-        total = time.perf_counter() - start
-    return np.asarray(frames, dtype=np.float32), loops[-1], total
 
 
 def generate_video(pipe: Any, family: str, prompt: str, seed: int, steps: int) -> tuple[np.ndarray, float, float]:

@@ -10,7 +10,9 @@ import sys
 
 import pytest
 
-CLI = [sys.executable, "-m", "sr_plugin"]
+#: The console script, as a user runs it: the installed package (`python -m sr_plugin` in a checkout would put
+#: the checkout's sr_plugin/ first on the path instead).
+CLI = [str(pathlib.Path(sys.executable).parent / "sr-plugin")]
 
 
 def cli(*args: str, env: dict[str, str] | None = None, timeout: int = 240) -> subprocess.CompletedProcess:
@@ -142,7 +144,8 @@ def test_help_and_argument_errors_import_neither_torch_nor_diffusers():
             "    with contextlib.suppress(SystemExit), contextlib.redirect_stdout(io.StringIO()), "
             "contextlib.redirect_stderr(io.StringIO()):\n        cli.main(argv)\n"
             "assert 'torch' not in sys.modules and 'diffusers' not in sys.modules, 'imported'\n")
-    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
+                            cwd=pathlib.Path(__file__).parent)  # the installed package, not a checkout's copy
     assert result.returncode == 0, result.stderr[-2000:]
     from sr_plugin import cli, trained
     from sr_plugin.bench import ACCELERATIONS

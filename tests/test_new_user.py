@@ -146,7 +146,8 @@ for name, argv in cases.items():
     assert 'error:' in lines[1], lines
 assert 'torch' not in sys.modules and 'diffusers' not in sys.modules, 'imported'
 """
-    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
+                            cwd=pathlib.Path(__file__).parent)  # the installed package, not a checkout's copy
     assert result.returncode == 0, result.stderr[-3000:]
 
 

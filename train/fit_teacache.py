@@ -14,12 +14,10 @@ from __future__ import annotations
 import argparse
 import pathlib
 import random
-import sys
 
 import torch
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
 
 import sr_plugin  # noqa: E402
 from sr_plugin import task, trained  # noqa: E402

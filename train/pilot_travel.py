@@ -20,7 +20,6 @@ import numpy as np
 import torch
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "train"))
 
 from sr_plugin import evaluate, quality, task, trained  # noqa: E402

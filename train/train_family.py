@@ -29,14 +29,12 @@ from __future__ import annotations
 import argparse
 import math
 import pathlib
-import sys
 import time
 
 import numpy as np
 import torch
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
 
 from sr_plugin import call_defaults, task, trained  # noqa: E402
 

@@ -1,0 +1,52 @@
+"""Timing a pipeline's denoising loop apart from text encoding and decoding: what the calibrations and the
+quality runs measure."""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from typing import Any, Iterator
+
+import numpy as np
+
+from .seeded import run_seeded
+
+
+@contextlib.contextmanager
+def loop_timer(pipe: Any) -> Iterator[list[float]]:
+    """Records the wall time of each denoising loop: the pipelines open ``progress_bar`` right before their
+    first step and close it after their last. Patches the instance for the duration of the block only."""
+    times: list[float] = []
+    had_own = "progress_bar" in pipe.__dict__
+    original = pipe.progress_bar
+
+    class Timed:
+        def __init__(self, bar: Any) -> None:
+            self.bar = bar
+
+        def __enter__(self) -> Any:
+            self.start = time.perf_counter()
+            return self.bar.__enter__()
+
+        def __exit__(self, *exc: Any) -> Any:
+            result = self.bar.__exit__(*exc)
+            times.append(time.perf_counter() - self.start)
+            return result
+
+    pipe.progress_bar = lambda *args, **kwargs: Timed(original(*args, **kwargs))
+    try:
+        yield times
+    finally:
+        if had_own:
+            pipe.progress_bar = original
+        else:
+            del pipe.progress_bar
+
+
+def timed_run(pipe: Any, prompt: str, seed: int, steps: int, **call: Any) -> tuple[np.ndarray, float, float]:
+    """One video ([F, H, W, 3] in [0, 1]), its denoising seconds and its total seconds."""
+    with loop_timer(pipe) as loops:
+        start = time.perf_counter()
+        frames = run_seeded(pipe, prompt, seed, output_type="np", num_inference_steps=steps, **call)[0]
+        total = time.perf_counter() - start
+    return np.asarray(frames, dtype=np.float32), loops[-1], total
