@@ -284,7 +284,7 @@ class CogVideoXAdapter(FamilyAdapter):
         from diffusers import AutoencoderKLCogVideoX, CogVideoXPipeline
         from transformers import T5Config, T5EncoderModel
 
-        from ..tiny import eval_all, tiny_tokenizer
+        from ..lab.tiny import eval_all, tiny_tokenizer
 
         torch.manual_seed(seed)
         text_encoder = T5EncoderModel(T5Config(

@@ -135,7 +135,7 @@ class WanAdapter(FamilyAdapter):
         from diffusers import AutoencoderKLWan, WanPipeline
         from transformers import UMT5Config, UMT5EncoderModel
 
-        from ..tiny import eval_all, tiny_tokenizer
+        from ..lab.tiny import eval_all, tiny_tokenizer
 
         torch.manual_seed(seed)
         text_encoder = UMT5EncoderModel(UMT5Config(

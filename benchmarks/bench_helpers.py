@@ -1,4 +1,4 @@
-"""pytest-benchmark helpers on the tiny pipelines (CPU); the matrix and the method live in `sr_plugin.bench`.
+"""pytest-benchmark helpers on the tiny pipelines (CPU); the matrix and the method live in `sr_plugin.lab.bench`.
 (Not in conftest.py: see tests/pipeline_helpers.py.)"""
 
 from __future__ import annotations
@@ -7,7 +7,7 @@ from typing import Any
 
 import torch
 
-from sr_plugin.bench import BENCH_STEPS, interleaved
+from sr_plugin.lab.bench import BENCH_STEPS, interleaved
 
 ROUNDS = 25
 

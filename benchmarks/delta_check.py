@@ -3,7 +3,7 @@
     python benchmarks/delta_check.py                 # both families, 16 + 16 prompts, 50 steps (about 25 minutes)
     python benchmarks/delta_check.py --family wan --prompts 8 --check-prompts 8
 
-`sr_plugin.delta_calibration`: the sweep (the speed-quality benchmark's deltas and fixed steps) on training prompts
+`sr_plugin.switch.delta_calibration`: the sweep (the speed-quality benchmark's deltas and fixed steps) on training prompts
 picks the setting with the best SSIM within TARGET_TIME_RATIO of large only and promises its speed-up; the
 picked setting is then rerun on held-out prompts (disjoint: no held-out scene is ever a training prompt) and its
 speed-up measured plainly (total SR time over total paired large-only time). One torch thread; writes
@@ -26,9 +26,9 @@ ROOT = pathlib.Path(__file__).resolve().parents[1]
 
 import diffusers  # noqa: E402
 
-from sr_plugin import speed_quality as sq  # noqa: E402
-from sr_plugin import trained  # noqa: E402
-from sr_plugin.calibrate_cli import run_calibrate_delta  # noqa: E402
+from sr_plugin.lab import speed_quality as sq  # noqa: E402
+from sr_plugin.lab import trained  # noqa: E402
+from sr_plugin.cli.calibrate_delta import run_calibrate_delta  # noqa: E402
 
 #: The target: the best SSIM among settings that take at most this fraction of large only's time.
 TARGET_TIME_RATIO = 0.6

@@ -43,7 +43,7 @@ from sr_plugin import PABConfig, TeaCacheConfig
 from sr_plugin.accel.teacache import IDENTITY_COEFFICIENTS, TeaCacheState, resolve_coefficients
 from sr_plugin.adapters import adapter_for, registered_families
 from sr_plugin.adapters import family as registered_family
-from sr_plugin.seeded import run_seeded
+from sr_plugin.pipeline.seeded import run_seeded
 
 #: The families and their published full-size configs come from the registry
 #: (`FamilyAdapter.published_sizes`, `bare_pipeline`, `latent_shape`, `bench_steps`).
@@ -107,7 +107,7 @@ def _embeddings(shape: tuple[int, int], dtype: torch.dtype, device: Any) -> tupl
 
 
 def build_tiny(family: str) -> tuple[Any, Any, Any]:
-    from sr_plugin.tiny import tiny_pair
+    from sr_plugin.lab.tiny import tiny_pair
 
     pipe, small = tiny_pair(family)
     text = registered_family(family).published_sizes["text"][0]  # the published text length, at the tiny width
@@ -175,7 +175,7 @@ class Env:
         self.pipe, self.small, self.embeds, self.family, self.tiny = pipe, small, embeds, family, tiny
         self.cuda = device.type == "cuda"
         self.gen_device = "cuda" if self.cuda else "cpu"
-        from sr_plugin.tiny import TINY_CALL
+        from sr_plugin.lab.tiny import TINY_CALL
 
         self.call = dict(TINY_CALL[family]) if tiny else dict(published(family)["call"])
         self.adapter = adapter_for(pipe)
@@ -448,7 +448,7 @@ def summarize(family_results: dict[str, dict], steps: int, k: int) -> dict[str, 
 
 def plugin_step_cost(env: Env, repeats: int = 50) -> dict[str, float]:
     """The plugin's own per-step work on this family's real latent shape: x0, the metric, one host read."""
-    from sr_plugin.metric import relative_change
+    from sr_plugin.switch.metric import relative_change
 
     pipe = env.pipe
     scheduler = pipe.scheduler

@@ -6,7 +6,7 @@
     python benchmarks/speed_quality.py --replot 2026-11-27         # redraw the plot from saved results
 
 Writes ``benchmarks/results/speed_quality_<family>_cpu_<date>.json`` per family, a markdown table beside it,
-and the Pareto plot ``docs/speed_quality.png``. Besides the rows (see `sr_plugin.speed_quality`), the stacked
+and the Pareto plot ``docs/speed_quality.png``. Besides the rows (see `sr_plugin.lab.speed_quality`), the stacked
 rows against SR alone and TeaCache alone, each the fastest within 3 attribute-accuracy points of large only.
 The delta calibration's check is `benchmarks/delta_check.py`.
 One thread, as the quality runner: on a small shared CPU, thread scheduling noise swamps the differences.
@@ -29,9 +29,9 @@ ROOT = pathlib.Path(__file__).resolve().parents[1]
 
 import diffusers  # noqa: E402
 
-from sr_plugin import task, trained  # noqa: E402
-from sr_plugin import speed_quality as sq  # noqa: E402
-from sr_plugin.quality import generate_video  # noqa: E402
+from sr_plugin.lab import task, trained  # noqa: E402
+from sr_plugin.lab import speed_quality as sq  # noqa: E402
+from sr_plugin.lab.quality import generate_video  # noqa: E402
 
 def log(msg: str) -> None:
     print(f"[{time.strftime('%H:%M:%S')}] {msg}", flush=True)

@@ -1,13 +1,13 @@
 """The acceleration matrix on the tiny pipelines (CPU): {baseline, SR, TeaCache, PAB, FBCache, compile,
-SR+each, SR+all}, each against the unpatched pipeline (see `sr_plugin.bench` for the method)."""
+SR+each, SR+all}, each against the unpatched pipeline (see `sr_plugin.lab.bench` for the method)."""
 
 from __future__ import annotations
 
 import pytest
 from bench_helpers import measure
 
-from sr_plugin.bench import CONFIGS, configure, skipped_fraction
-from sr_plugin.tiny import FAMILIES
+from sr_plugin.lab.bench import CONFIGS, configure, skipped_fraction
+from sr_plugin.lab.tiny import FAMILIES
 
 
 @pytest.mark.parametrize("config", CONFIGS)

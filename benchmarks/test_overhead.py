@@ -7,8 +7,8 @@ import pytest
 from bench_helpers import measure
 
 import sr_plugin
-from sr_plugin.bench import BENCH_STEPS
-from sr_plugin.tiny import FAMILIES, tiny_pair
+from sr_plugin.lab.bench import BENCH_STEPS
+from sr_plugin.lab.tiny import FAMILIES, tiny_pair
 
 CONFIGS = {
     "baseline": None,

@@ -21,8 +21,8 @@ __version__ = "0.1.0"
 _EXPORTS = {
     "AccelHandle": ".accel", "PABConfig": ".accel", "TeaCacheCalibration": ".accel", "TeaCacheConfig": ".accel",
     "accelerate": ".accel", "calibrate_teacache": ".accel",
-    "SRHandle": ".api", "apply": ".api", "handle_of": ".api",
-    "DEFAULT_DELTA": ".policy", "StepRecord": ".trace", "SwitchRecord": ".trace",
+    "SRHandle": ".switch.api", "apply": ".switch.api", "handle_of": ".switch.api",
+    "DEFAULT_DELTA": ".switch.policy", "StepRecord": ".pipeline.trace", "SwitchRecord": ".pipeline.trace",
 }
 
 __all__ = [*_EXPORTS, "__version__"]

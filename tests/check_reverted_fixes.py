@@ -16,10 +16,10 @@ import time
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 REVERTS = {
- "1-meta": [("sr_plugin/api.py", "    _check_loaded(small_transformer)\n", ""),
-            ("sr_plugin/api.py", "    except BaseException:\n        rollback.run()\n        raise\n    return handle", "    except BaseException:\n        raise\n    return handle")],
- "1-hooked": [("sr_plugin/api.py", '        existing.check_join("small", small_transformer)', '        pass'),
-              ("sr_plugin/api.py", "    except BaseException:\n        rollback.run()\n        raise\n    return handle", "    except BaseException:\n        raise\n    return handle"),
+ "1-meta": [("sr_plugin/switch/api.py", "    _check_loaded(small_transformer)\n", ""),
+            ("sr_plugin/switch/api.py", "    except BaseException:\n        rollback.run()\n        raise\n    return handle", "    except BaseException:\n        raise\n    return handle")],
+ "1-hooked": [("sr_plugin/switch/api.py", '        existing.check_join("small", small_transformer)', '        pass'),
+              ("sr_plugin/switch/api.py", "    except BaseException:\n        rollback.run()\n        raise\n    return handle", "    except BaseException:\n        raise\n    return handle"),
               ("sr_plugin/accel/__init__.py", "        owner = _accelerated_by(model)\n        if owner is not None and owner is not self:", "        owner = _accelerated_by(model)\n        if False:")],
  "2-shared": [("sr_plugin/accel/__init__.py", "        owner = _accelerated_by(model)\n        if owner is not None and owner is not self:", "        owner = _accelerated_by(model)\n        if False:"),
               ("sr_plugin/accel/__init__.py", "    except BaseException:\n        handle.remove()  # all or nothing", "    except BaseException:\n        pass  # all or nothing"),
@@ -29,11 +29,11 @@ REVERTS = {
                 ("sr_plugin/accel/__init__.py", "        except BaseException:\n            self.detach(role)\n            raise", "        except BaseException:\n            raise")],
  "3-teacache-shared": [("sr_plugin/accel/teacache.py", "        if not sh.tracker.active:  # a call of another pipeline", "        if False:  # a call of another pipeline"),
                        ("sr_plugin/accel/teacache.py", "        if self.shared.tracker.active:\n            self.shared.captured", "        if True:\n            self.shared.captured")],
- "4-fbc-mirror": [("sr_plugin/user_cache_mirror.py", "        if self._enabled_fbc and (fbc is None or small._cache_config != fbc):", "        if False:"),
-                  ("sr_plugin/routing.py", "            self.mirror.end_call()\n", "")],
- "5-in-flight": [("sr_plugin/routing.py", "        holder = vars(self.small).get(_IN_USE)\n", "        return\n        holder = vars(self.small).get(_IN_USE)\n")],
- "6-trace-after-refusal": [("sr_plugin/routing.py", "        self.trace, self.switch_step, self.switch = [], None, None  # a call refused here reports no steps\n", ""),
-                           ("sr_plugin/calls.py", "        try:\n            self._observe_steps(scheduler)", "        check_scheduler_order(scheduler)\n        try:\n            self._observe_steps(scheduler)")],
+ "4-fbc-mirror": [("sr_plugin/integrations/user_cache_mirror.py", "        if self._enabled_fbc and (fbc is None or small._cache_config != fbc):", "        if False:"),
+                  ("sr_plugin/switch/routing.py", "            self.mirror.end_call()\n", "")],
+ "5-in-flight": [("sr_plugin/switch/routing.py", "        holder = vars(self.small).get(_IN_USE)\n", "        return\n        holder = vars(self.small).get(_IN_USE)\n")],
+ "6-trace-after-refusal": [("sr_plugin/switch/routing.py", "        self.trace, self.switch_step, self.switch = [], None, None  # a call refused here reports no steps\n", ""),
+                           ("sr_plugin/pipeline/calls.py", "        try:\n            self._observe_steps(scheduler)", "        check_scheduler_order(scheduler)\n        try:\n            self._observe_steps(scheduler)")],
 }
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from sr_plugin.tiny import FAMILIES, tiny_pair
+from sr_plugin.lab.tiny import FAMILIES, tiny_pair
 
 
 @pytest.fixture(params=FAMILIES)

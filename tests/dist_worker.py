@@ -18,9 +18,9 @@ sys.path.insert(0, os.path.dirname(__file__))
 from pipeline_helpers import CallLog, LINEAR, MIX, run  # noqa: E402
 
 import sr_plugin  # noqa: E402
-import sr_plugin.routing  # noqa: E402
+import sr_plugin.switch.routing  # noqa: E402
 from sr_plugin import TeaCacheConfig  # noqa: E402
-from sr_plugin.tiny import tiny_pair  # noqa: E402
+from sr_plugin.lab.tiny import tiny_pair  # noqa: E402
 
 #: Every collective in these tests gives up after this long instead of hanging.
 COLLECTIVE_TIMEOUT = datetime.timedelta(seconds=60)
@@ -48,7 +48,7 @@ def main(scenario: str, out_dir: str) -> None:
         parallelize_pipe(pipe, mesh=init_context_parallel_mesh("cpu"))
 
     local_d: list[float] = []
-    original = sr_plugin.routing.relative_change
+    original = sr_plugin.switch.routing.relative_change
 
     def observed(x0, prev):  # records this rank's own view of the metric (perturbed on rank 1 if asked)
         d = original(x0, prev)
@@ -57,7 +57,7 @@ def main(scenario: str, out_dir: str) -> None:
         local_d.append(float(d))
         return d
 
-    sr_plugin.routing.relative_change = observed
+    sr_plugin.switch.routing.relative_change = observed
     handle = sr_plugin.apply(pipe, small)
     tail = CallLog(large=(pipe.transformer.blocks if family == "wan" else pipe.transformer.transformer_blocks)[1],
                    small=(small.blocks if family == "wan" else small.transformer_blocks)[1])

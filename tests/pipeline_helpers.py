@@ -1,4 +1,4 @@
-"""Shared test helpers: a deterministic runner of the tiny pipelines (sr_plugin.tiny), call logging.
+"""Shared test helpers: a deterministic runner of the tiny pipelines (sr_plugin.lab.tiny), call logging.
 
 A module of its own, not conftest.py: benchmarks/ has a conftest.py too, and `pytest tests benchmarks` must
 collect both (two modules named `conftest` cannot both be imported by name)."""
@@ -10,9 +10,9 @@ from typing import Any
 
 import torch
 
-from sr_plugin.patching import InstancePatches
-from sr_plugin.seeded import run_seeded
-from sr_plugin.tiny import TINY_CALL
+from sr_plugin.instance.patching import InstancePatches
+from sr_plugin.pipeline.seeded import run_seeded
+from sr_plugin.lab.tiny import TINY_CALL
 
 PROMPT = "a red car drives through a snowy city at night"
 STEPS = 10

@@ -9,10 +9,10 @@ from pipeline_helpers import run
 
 import sr_plugin
 import sr_plugin.accel as accel_module
-import sr_plugin.api as api_module
+import sr_plugin.switch.api as api_module
 from sr_plugin import PABConfig, TeaCacheConfig
-from sr_plugin.calls import CallTracker
-from sr_plugin.tiny import tiny_pair
+from sr_plugin.pipeline.calls import CallTracker
+from sr_plugin.lab.tiny import tiny_pair
 
 
 def snapshot(pipe, *models):
@@ -156,7 +156,7 @@ def test_a_mirrored_first_block_cache_is_taken_back_with_the_large_models():
 
 
 def test_first_block_cache_on_a_one_block_model_is_refused_before_anything_changes():
-    from sr_plugin.tiny import tiny_wan_transformer
+    from sr_plugin.lab.tiny import tiny_wan_transformer
 
     pipe, _ = tiny_pair("wan")
     one_block = tiny_wan_transformer(num_layers=1, num_heads=2, seed=5)

@@ -10,7 +10,7 @@ import torch
 from pipeline_helpers import STEPS, run
 
 import sr_plugin
-from sr_plugin.tiny import tiny_pair
+from sr_plugin.lab.tiny import tiny_pair
 
 cache_dit = pytest.importorskip("cache_dit")
 logging.getLogger("cache_dit").setLevel(logging.ERROR)

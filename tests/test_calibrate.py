@@ -12,8 +12,8 @@ from pipeline_helpers import CallLog
 import sr_plugin
 from sr_plugin.accel import TeaCacheCalibration, calibrate_teacache, fit_rescale
 from sr_plugin.accel.teacache import rescale
-from sr_plugin.seeded import run_seeded
-from sr_plugin.tiny import TINY_CALL, tiny_pair
+from sr_plugin.pipeline.seeded import run_seeded
+from sr_plugin.lab.tiny import TINY_CALL, tiny_pair
 
 KNOWN = (3.0, -2.0, 0.5, 1.5, -0.01)
 
@@ -129,7 +129,7 @@ def test_shipped_families_use_their_fitted_coefficients_by_default(family_name):
     each model gets its own fitted polynomial (they match no published preset)."""
     import json
 
-    from sr_plugin import trained
+    from sr_plugin.lab import trained
     from sr_plugin.accel import accelerations_of
     from sr_plugin.accel.teacache import CALIBRATION_FILE, resolve_coefficients
 
@@ -146,8 +146,7 @@ def test_shipped_families_use_their_fitted_coefficients_by_default(family_name):
 
 
 def test_a_calibration_beside_the_weights_serves_only_the_model_it_was_fitted_for(tmp_path):
-    from sr_plugin.accel.teacache import (CALIBRATION_FILE, TeaCacheConfig, resolve_coefficients,
-                                          save_beside_weights)
+    from sr_plugin.accel.teacache import CALIBRATION_FILE, TeaCacheConfig, resolve_coefficients, save_beside_weights
     from sr_plugin.adapters import adapter_for
 
     pipe, small = tiny_pair("wan")

@@ -14,7 +14,7 @@ import sr_plugin
 
 def fresh_run(family: str, steps: int = STEPS, **apply_kwargs):
     """Output and trace of a call on a freshly built, freshly patched pipeline."""
-    from sr_plugin.tiny import tiny_pair
+    from sr_plugin.lab.tiny import tiny_pair
 
     pipe, small = tiny_pair(family)
     handle = sr_plugin.apply(pipe, small, **apply_kwargs)
@@ -106,7 +106,7 @@ def test_callback_gets_the_right_arguments_and_can_edit_latents(pair, family):
     ("cogvideox", lambda s: CogVideoXDPMScheduler.from_config(s.config)),
 ])
 def test_replacing_the_scheduler_after_apply_works(family, scheduler_factory):
-    from sr_plugin.tiny import tiny_pair
+    from sr_plugin.lab.tiny import tiny_pair
 
     pipe, _ = tiny_pair(family)
     handle = sr_plugin.apply(pipe, pipe.transformer, switch_step=3)
@@ -135,7 +135,7 @@ def test_wrapped_step_keeps_the_scheduler_signature(pair, family):
 
 
 def test_a_scheduler_with_several_calls_per_step_is_refused_before_generation():
-    from sr_plugin.tiny import tiny_pair
+    from sr_plugin.lab.tiny import tiny_pair
 
     pipe, small = tiny_pair("wan")
     sr_plugin.apply(pipe, small)
@@ -173,8 +173,8 @@ def test_the_large_models_attention_backend_is_the_small_ones_unless_it_has_its_
     diffusers 0.42 do not take one). CPU backends: native and math."""
     from diffusers.models.attention_dispatch import AttentionBackendName
 
-    from sr_plugin.tiny import tiny_wan
-    from sr_plugin.user_cache_mirror import _attention_processors
+    from sr_plugin.lab.tiny import tiny_wan
+    from sr_plugin.integrations.user_cache_mirror import _attention_processors
 
     pipe, small = tiny_wan()
     if small_own is not None:

@@ -147,9 +147,10 @@ def test_help_and_argument_errors_import_neither_torch_nor_diffusers():
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
                             cwd=pathlib.Path(__file__).parent)  # the installed package, not a checkout's copy
     assert result.returncode == 0, result.stderr[-2000:]
-    from sr_plugin import cli, trained
-    from sr_plugin.bench import ACCELERATIONS
-    from sr_plugin.bench_configs import ACCELERATION_NAMES
+    from sr_plugin import cli
+    from sr_plugin.lab import trained
+    from sr_plugin.lab.bench import ACCELERATIONS
+    from sr_plugin.lab.bench_configs import ACCELERATION_NAMES
 
     assert cli.FAMILIES == trained.FAMILY_NAMES and tuple(ACCELERATIONS) == ACCELERATION_NAMES
 
@@ -164,13 +165,13 @@ def test_version(capsys):
 
 
 def test_an_error_inside_the_run_is_one_line_not_a_traceback(monkeypatch, capsys):
-    import sr_plugin.generate
+    import sr_plugin.cli.generate
     from sr_plugin import cli
 
     def broken(*args, **kwargs):
         raise RuntimeError("CUDA out of memory. Tried to allocate 2 GiB\nmore detail")
 
-    monkeypatch.setattr(sr_plugin.generate, "generate", broken)
+    monkeypatch.setattr(sr_plugin.cli.generate, "generate", broken)
     monkeypatch.delenv("SR_PLUGIN_TRACEBACK", raising=False)
     assert cli.main(["generate", "--tiny", "--prompt", "a fox", "--out", "x.mp4"]) == 1
     err = capsys.readouterr().err
@@ -182,11 +183,11 @@ def test_an_error_inside_the_run_is_one_line_not_a_traceback(monkeypatch, capsys
 
 
 def test_generate_flags_reach_the_run(monkeypatch):
-    import sr_plugin.generate
+    import sr_plugin.cli.generate
     from sr_plugin import cli
 
     seen = {}
-    monkeypatch.setattr(sr_plugin.generate, "generate", lambda *a, **kw: seen.update(args=a, kwargs=kw))
+    monkeypatch.setattr(sr_plugin.cli.generate, "generate", lambda *a, **kw: seen.update(args=a, kwargs=kw))
     # a prompt of the trained family's task: the vocabulary is checked at parse time, before `generate` runs
     assert cli.main(["generate", "--prompt", "a red square moving left and a blue circle moving up", "--out", "x.mp4",
                      "--negative-prompt", "blurry",
@@ -202,7 +203,7 @@ def test_a_pair_of_two_families_is_refused_before_loading(tmp_path):
     """Local folders: the families are read from their configs; nothing is loaded when they disagree."""
     import json as _json
 
-    from sr_plugin.generate import UserError, check_local_pair
+    from sr_plugin.cli.generate import UserError, check_local_pair
 
     wan, cog = tmp_path / "wan", tmp_path / "cog"
     for folder, pipeline, transformer in ((wan, "WanPipeline", "WanTransformer3DModel"),

@@ -9,7 +9,7 @@ from diffusers import FirstBlockCacheConfig, WanTransformer3DModel
 
 import sr_plugin
 from sr_plugin import PABConfig, TeaCacheConfig
-from sr_plugin.tiny import tiny_pair, tiny_wan
+from sr_plugin.lab.tiny import tiny_pair, tiny_wan
 
 
 def test_compiled_matches_eager(family):
@@ -61,7 +61,7 @@ def test_compile_on_a_model_that_cannot_be_compiled_is_refused():
 @pytest.mark.parametrize("value", [0, 1, "max", 0.0])
 def test_compile_takes_a_bool_none_or_options_only(value):
     from sr_plugin.accel import accelerations_of
-    from sr_plugin.tiny import tiny_wan
+    from sr_plugin.lab.tiny import tiny_wan
 
     pipe, _ = tiny_wan()
     with pytest.raises(TypeError, match="compile must be True, False, None or a dict"):

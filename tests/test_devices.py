@@ -52,7 +52,7 @@ def test_offload_large_is_a_no_op_off_the_gpu_and_checks_its_argument(pair, fami
 def test_para_attn_wan_context_parallelism_is_refused():
     """para-attn marks a parallelized transformer with `_is_parallelized`; its Wan adapter is broken on
     diffusers >= 0.35 (RoPE returns a tuple): refused with the call to use instead."""
-    from sr_plugin.tiny import tiny_wan
+    from sr_plugin.lab.tiny import tiny_wan
 
     pipe, small = tiny_wan()
     pipe.transformer._is_parallelized = True

@@ -15,7 +15,7 @@ import sys
 import pytest
 import torch
 
-from sr_plugin.policy import SwitchOptions, SwitchPolicy
+from sr_plugin.switch.policy import SwitchOptions, SwitchPolicy
 
 WORKER = pathlib.Path(__file__).with_name("dist_worker.py")
 PROCESS_LIMIT_S = 240

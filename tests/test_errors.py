@@ -7,7 +7,7 @@ import torch
 from diffusers import CogVideoXDDIMScheduler, WanPipeline
 
 import sr_plugin
-from sr_plugin.tiny import tiny_cogvideox, tiny_cogvideox_transformer, tiny_pair, tiny_wan, tiny_wan_transformer
+from sr_plugin.lab.tiny import tiny_cogvideox, tiny_cogvideox_transformer, tiny_pair, tiny_wan, tiny_wan_transformer
 
 
 def wan_small(**overrides):

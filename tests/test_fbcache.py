@@ -42,7 +42,7 @@ def para_attn_pipe(monkeypatch):
     """A tiny Wan pipeline and a small model of the large one's shape (a perturbed copy), so that a shared
     para-attn context *could* hand the large model's residual to the small one. para-attn wraps the pipeline
     class's __call__ once per class (later calls keep the first threshold): restored after each test."""
-    from sr_plugin.tiny import tiny_wan
+    from sr_plugin.lab.tiny import tiny_wan
 
     pipe, _ = tiny_wan()
     monkeypatch.setattr(type(pipe), "__call__", type(pipe).__call__)
@@ -85,7 +85,7 @@ def test_para_attn_small_model_runs_in_its_own_cache_context(para_attn_pipe):
 def test_a_mirrored_cache_does_not_reach_another_pipeline_sharing_the_small_model(family):
     """Pipeline b's user enabled First Block Cache; pipeline a, sharing the small model, has none: a's calls
     equal a fresh a's, before and after b's."""
-    from sr_plugin.tiny import tiny_pair
+    from sr_plugin.lab.tiny import tiny_pair
 
     fresh, fresh_small = tiny_pair(family)
     sr_plugin.apply(fresh, fresh_small, switch_step=2)

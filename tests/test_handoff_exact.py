@@ -11,7 +11,7 @@ from pipeline_helpers import STEPS, CallLog, run
 from diffusers import CogVideoXTransformer3DModel, WanPipeline
 
 import sr_plugin
-from sr_plugin.tiny import cogvideox_scheduler
+from sr_plugin.lab.tiny import cogvideox_scheduler
 
 
 @pytest.mark.parametrize("mode", [{"switch_step": 0}, {"switch_step": 4}, {"switch_step": STEPS}, {}])
@@ -37,7 +37,7 @@ def test_small_model_changes_the_output(pair, family):
 
 @pytest.mark.parametrize("k", [1, 4, 7])
 def test_wan_fixed_switch_equals_diffusers_two_expert_path(k):
-    from sr_plugin.tiny import tiny_wan
+    from sr_plugin.lab.tiny import tiny_wan
 
     pipe, small = tiny_wan()
     pipe.scheduler.set_timesteps(STEPS)
@@ -77,7 +77,7 @@ def test_wan22_without_its_low_noise_expert_equals_diffusers_with_the_small_mode
     """The oracle: the high-noise expert alone plus a fixed switch at the boundary is diffusers' own two-expert
     pipeline with transformer_2=small (guidance_scale_2 included); by default the switch comes at the
     boundary at the latest, and a fixed switch after it is refused."""
-    from sr_plugin.tiny import tiny_wan
+    from sr_plugin.lab.tiny import tiny_wan
 
     pipe, small = tiny_wan()
     b = 4
@@ -99,7 +99,7 @@ def test_wan22_without_its_low_noise_expert_equals_diffusers_with_the_small_mode
 def test_wan22_with_both_experts_follows_diffusers_until_the_switch():
     """Steps before the boundary on the high-noise expert, then the low-noise one, then, from the switch, the
     small model in both slots: against the pipeline swapping the models itself."""
-    from sr_plugin.tiny import tiny_wan
+    from sr_plugin.lab.tiny import tiny_wan
 
     pipe, small = tiny_wan()
     low_noise, _ = tiny_wan(seed=7)
@@ -170,7 +170,7 @@ def seen_through(pipe, small_scale: float, small_schedule) -> SeenThrough:
 
 @pytest.mark.parametrize("k", [0, 3, 6])
 def test_cogvideox_mapping_reproduces_the_large_model_through_another_space(k):
-    from sr_plugin.tiny import tiny_cogvideox
+    from sr_plugin.lab.tiny import tiny_cogvideox
 
     pipe, _ = tiny_cogvideox()
     large_only = run(pipe, "cogvideox")
@@ -194,7 +194,7 @@ def test_cogvideox_mapping_reproduces_the_large_model_through_another_space(k):
 
 def test_cogvideox_published_2b_defaults_for_a_sincos_small_model():
     """A 2b-style small model with a 5b-style large one gets the published 2b scale and SNR shift."""
-    from sr_plugin.tiny import tiny_cogvideox
+    from sr_plugin.lab.tiny import tiny_cogvideox
 
     pipe, small = tiny_cogvideox()
     handle = sr_plugin.apply(pipe, small, switch_step=2)
@@ -206,7 +206,7 @@ def test_cogvideox_published_2b_defaults_for_a_sincos_small_model():
 
 
 def test_cogvideox_small_model_gets_its_own_positional_input():
-    from sr_plugin.tiny import tiny_cogvideox, tiny_cogvideox_transformer
+    from sr_plugin.lab.tiny import tiny_cogvideox, tiny_cogvideox_transformer
 
     pipe, sincos_small = tiny_cogvideox()
     config = tiny_cogvideox_transformer(num_layers=1, num_heads=2, rotary=True, seed=7).config

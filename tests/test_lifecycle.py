@@ -41,7 +41,7 @@ def test_second_apply_is_a_clear_error_and_apply_after_remove_works(pair, family
 
 
 def test_pipelines_sharing_one_large_transformer_do_not_affect_each_other(family):
-    from sr_plugin.tiny import tiny_pair
+    from sr_plugin.lab.tiny import tiny_pair
 
     pipe_a, small = tiny_pair(family)
     pipe_b = type(pipe_a)(**pipe_a.components)  # shares every module, the large transformer included

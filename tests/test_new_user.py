@@ -11,7 +11,8 @@ import sys
 import pytest
 from test_cli import cli
 
-from sr_plugin import call_defaults, trained
+from sr_plugin.cli import call_defaults
+from sr_plugin.lab import trained
 
 PROMPT = "a red square moving left and a blue circle moving up"
 
@@ -81,11 +82,11 @@ def test_a_malformed_call_defaults_file_names_itself(tmp_path: pathlib.Path):
 
 
 def test_max_sequence_length_reaches_the_call(monkeypatch):
-    import sr_plugin.generate
+    import sr_plugin.cli.generate
     from sr_plugin import cli as cli_module
 
     seen = {}
-    monkeypatch.setattr(sr_plugin.generate, "generate", lambda *a, **kw: seen.update(kw))
+    monkeypatch.setattr(sr_plugin.cli.generate, "generate", lambda *a, **kw: seen.update(kw))
     assert cli_module.main(["generate", "--prompt", PROMPT, "--out", "x.mp4", "--max-sequence-length", "24"]) == 0
     assert seen["max_sequence_length"] == 24
 
@@ -170,9 +171,9 @@ def test_local_files_only_names_the_missing_folder(tmp_path):
 def test_wording():
     from types import SimpleNamespace
 
-    from sr_plugin.bench import about_minutes
-    from sr_plugin.generate import describe_switch
-    from sr_plugin.policy import SwitchOptions
+    from sr_plugin.lab.bench import about_minutes
+    from sr_plugin.cli.generate import describe_switch
+    from sr_plugin.switch.policy import SwitchOptions
 
     assert about_minutes(0.2) == "under a minute" and about_minutes(1.1) == "about 1 minute"
     fixed = SimpleNamespace(step=None, reason=None, min_switch_step=60, max_switch_step=60, delta=None, num_steps=50)
@@ -182,9 +183,9 @@ def test_wording():
 
 
 def test_timings_the_step_times_do_not_allow_are_called_unreliable():
-    from sr_plugin.delta_calibration import step_ratio_doubt
-    from sr_plugin.demo import implausible_timing
-    from sr_plugin.quality import FamilyResult, ModeSummary
+    from sr_plugin.switch.delta_calibration import step_ratio_doubt
+    from sr_plugin.cli.demo import implausible_timing
+    from sr_plugin.lab.quality import FamilyResult, ModeSummary
 
     def summary(mode, speedup, ideal=None):
         return ModeSummary(mode, 0, 0, None, None, 1.0, speedup, ideal, None)

@@ -9,7 +9,7 @@ from pipeline_helpers import run
 import sr_plugin
 from sr_plugin import PABConfig
 from sr_plugin.accel.pab import apply_cfg_pab
-from sr_plugin.tiny import tiny_wan
+from sr_plugin.lab.tiny import tiny_wan
 
 #: Skip every other call over the whole schedule, so reuse happens at most steps of a short tiny run.
 EVERY_OTHER = PABConfig(self_attention_skip_range=2, cross_attention_skip_range=2, timestep_range=(0, 1000))
@@ -100,7 +100,7 @@ def test_pab_decisions_appear_in_both_traces(pair, family):
 
 
 def test_pab_trace_counts_modules_when_they_disagree():
-    from sr_plugin.calls import attention_summary
+    from sr_plugin.pipeline.calls import attention_summary
 
     assert attention_summary(3, 3) == "computed"
     assert attention_summary(0, 3) == "reused"

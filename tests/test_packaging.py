@@ -57,7 +57,7 @@ def test_the_built_wheel_works_outside_the_checkout(tmp_path):
     site = tmp_path / "site"
     zipfile.ZipFile(wheel).extractall(site)
     env = {**__import__("os").environ, "PYTHONPATH": str(site)}
-    check = ("import sr_plugin, sr_plugin.adapters, pathlib; from sr_plugin import trained; "
+    check = ("import sr_plugin, sr_plugin.adapters, pathlib; from sr_plugin.lab import trained; "
              f"assert pathlib.Path(sr_plugin.__file__).is_relative_to({str(site)!r}), sr_plugin.__file__; "
              f"assert pathlib.Path(sr_plugin.adapters.__file__).is_relative_to({str(site)!r}); "
              "trained.load('wan'); trained.load('cogvideox'); print('ok')")

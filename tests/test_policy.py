@@ -7,8 +7,8 @@ import pathlib
 
 import pytest
 
-import sr_plugin.policy as policy_module
-from sr_plugin.policy import SwitchOptions, SwitchPolicy, decreases
+import sr_plugin.switch.policy as policy_module
+from sr_plugin.switch.policy import SwitchOptions, SwitchPolicy, decreases
 
 
 def run_policy(options: SwitchOptions, d: list[float | None], num_steps: int) -> tuple[int | None, list[bool]]:

@@ -25,8 +25,8 @@ from diffusers import FirstBlockCacheConfig, FlowMatchHeunDiscreteScheduler, Heu
 
 import sr_plugin
 from sr_plugin import PABConfig, TeaCacheConfig
-from sr_plugin.seeded import run_seeded
-from sr_plugin.tiny import TINY_CALL, tiny_pair
+from sr_plugin.pipeline.seeded import run_seeded
+from sr_plugin.lab.tiny import TINY_CALL, tiny_pair
 
 STEPS = 4
 OPS = int(os.environ.get("SR_SEQUENCE_OPS", "200"))

@@ -11,7 +11,7 @@ import pytest
 from pipeline_helpers import run
 
 import sr_plugin
-from sr_plugin.tiny import tiny_pair
+from sr_plugin.lab.tiny import tiny_pair
 
 
 def accelerations(pipe):

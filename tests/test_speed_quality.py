@@ -3,7 +3,7 @@ the "fastest within 3 points" pick answer as documented."""
 
 from __future__ import annotations
 
-from sr_plugin import speed_quality as sq
+from sr_plugin.lab import speed_quality as sq
 
 
 def row(name, kind, accuracy, speedup):

@@ -8,7 +8,7 @@ from pipeline_helpers import LINEAR, MIX, run
 
 import sr_plugin
 from sr_plugin import PABConfig, TeaCacheConfig
-from sr_plugin.tiny import tiny_pair
+from sr_plugin.lab.tiny import tiny_pair
 
 
 def stack(family):

@@ -8,7 +8,7 @@ import dataclasses
 import numpy as np
 import pytest
 
-from sr_plugin import evaluate, task
+from sr_plugin.lab import evaluate, task
 
 
 def test_ground_truth_scores_every_attribute_right():

@@ -7,7 +7,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from sr_plugin import task, trained
+from sr_plugin.lab import task, trained
 
 #: Token positions of the two colour words: "a <colour> <shape> moving <direction> and a <colour> ...".
 COLOUR_POSITIONS = (1, 7)

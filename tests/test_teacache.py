@@ -102,7 +102,7 @@ def test_skipped_call_reuses_its_own_branch_residual(pair, family):
 def test_decisions_follow_the_rule_on_the_real_modulated_inputs():
     """Replaying the published rule on the time embeddings CogVideoX's blocks really received gives the
     trace's decisions, step for step."""
-    from sr_plugin.tiny import tiny_cogvideox
+    from sr_plugin.lab.tiny import tiny_cogvideox
 
     pipe, _ = tiny_cogvideox()
     handle = sr_plugin.accelerate(pipe, teacache=TeaCacheConfig(MIX["cogvideox"], LINEAR))
@@ -139,7 +139,7 @@ def test_small_model_starts_with_empty_state_and_its_own_coefficients(pair, fami
 
 
 def test_no_state_carries_over_from_one_call_to_the_next(pair, family):
-    from sr_plugin.tiny import tiny_pair
+    from sr_plugin.lab.tiny import tiny_pair
 
     def accelerated(p, s):
         sr_plugin.apply(p, s)
@@ -165,7 +165,7 @@ def test_no_state_carries_over_from_one_call_to_the_next(pair, family):
     (TeaCacheConfig(0.1, "wan2.1-t2v-14b", ret_steps=True), "ret_steps"),
 ])
 def test_bad_teacache_input_is_a_clear_error_before_generation(teacache, match):
-    from sr_plugin.tiny import tiny_wan
+    from sr_plugin.lab.tiny import tiny_wan
 
     pipe, _ = tiny_wan()
     before = dict(vars(pipe))
@@ -177,7 +177,7 @@ def test_bad_teacache_input_is_a_clear_error_before_generation(teacache, match):
 
 
 def test_negative_threshold_and_other_bad_combinations():
-    from sr_plugin.tiny import tiny_cogvideox
+    from sr_plugin.lab.tiny import tiny_cogvideox
 
     with pytest.raises(ValueError, match=">= 0"):
         TeaCacheConfig(-0.1)
@@ -225,7 +225,7 @@ def test_a_skipped_pass_returns_both_streams_plus_their_cached_residuals():
     """CogVideoX's blocks return (video, text) states. A skipped pass must give the last block's caller each
     stream plus the residual the last computed pass left on it; diffusers 0.42 then drops the text stream,
     so only the blocks' own output can show a lost text residual."""
-    from sr_plugin.tiny import tiny_pair
+    from sr_plugin.lab.tiny import tiny_pair
 
     pipe, _ = tiny_pair("cogvideox")
     accel = sr_plugin.accelerate(pipe, teacache=TeaCacheConfig(MIX["cogvideox"], LINEAR))

@@ -169,7 +169,7 @@ def test_the_family_is_known_only_while_registered(toy):
 
 def test_the_tools_find_its_tiny_pipeline_in_the_registry(toy):
     """The tiny builders and the benchmarks' family list come from the registry: no list elsewhere to edit."""
-    from sr_plugin import bench, tiny
+    from sr_plugin.lab import bench, tiny
 
     assert tiny.tiny_families()[-1] == "toy" and tiny.TINY_CALL["toy"] == {"num_inference_steps": STEPS}
     pipe, small = tiny.tiny_pair("toy", seed=0)

@@ -9,7 +9,7 @@ from pipeline_helpers import run
 
 import sr_plugin
 from sr_plugin import PABConfig, TeaCacheConfig
-from sr_plugin.tiny import tiny_pair
+from sr_plugin.lab.tiny import tiny_pair
 
 torchao = pytest.importorskip("torchao")  # a test extra (pyproject): installed in CI
 from torchao.quantization import Int8WeightOnlyConfig, quantize_  # noqa: E402

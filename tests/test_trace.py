@@ -6,7 +6,7 @@ import pytest
 from pipeline_helpers import STEPS, CallLog, run
 
 import sr_plugin
-from sr_plugin.policy import SwitchOptions, SwitchPolicy
+from sr_plugin.switch.policy import SwitchOptions, SwitchPolicy
 
 
 def test_trace_fields_follow_the_definitions(pair, family):
@@ -64,7 +64,7 @@ def test_metric_is_computed_from_the_guided_output_the_scheduler_receives(family
 
     import torch
 
-    from sr_plugin.tiny import tiny_pair
+    from sr_plugin.lab.tiny import tiny_pair
 
     pipe, small = tiny_pair(family)
     seen = []
@@ -102,7 +102,7 @@ def test_metric_is_computed_from_the_guided_output_the_scheduler_receives(family
 @pytest.mark.parametrize("kwargs,reason", [({"switch_step": 4}, "fixed"), ({"delta": 1e-9}, "max_switch_step"),
                                            ({"switch_step": STEPS}, None)])
 def test_handle_reports_why_and_within_which_bounds_the_call_switched(kwargs, reason):
-    from sr_plugin.tiny import tiny_pair
+    from sr_plugin.lab.tiny import tiny_pair
 
     pipe, small = tiny_pair("wan")
     handle = sr_plugin.apply(pipe, small, **kwargs)
@@ -118,7 +118,7 @@ def test_handle_reports_why_and_within_which_bounds_the_call_switched(kwargs, re
 
 
 def test_adaptive_switch_before_the_clamp_says_delta():
-    from sr_plugin.tiny import tiny_pair
+    from sr_plugin.lab.tiny import tiny_pair
 
     pipe, small = tiny_pair("wan")  # its s after step 2 is 0.0031: the rule fires at min_switch_step 3
     handle = sr_plugin.apply(pipe, small)

@@ -10,8 +10,8 @@ import shutil
 import pytest
 import torch
 
-from sr_plugin import task, trained
-from sr_plugin.quality import run_modes
+from sr_plugin.lab import task, trained
+from sr_plugin.lab.quality import run_modes
 
 #: All shipped weights together stay under this (the issue's budget).
 MAX_WEIGHTS_BYTES = 40 * 2**20

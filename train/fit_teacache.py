@@ -20,7 +20,7 @@ import torch
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
 import sr_plugin  # noqa: E402
-from sr_plugin import task, trained  # noqa: E402
+from sr_plugin.lab import task, trained  # noqa: E402
 from sr_plugin.accel.teacache import save_beside_weights  # noqa: E402
 
 PROMPT_SEED = 11

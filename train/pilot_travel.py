@@ -1,5 +1,5 @@
 """Pilot: does a larger motion make direction learnable? Retrains one family's large transformer on the task with
-each object travelling ``--travel`` pixels instead of `sr_plugin.task.TRAVEL` (6), with the family's shipped VAE
+each object travelling ``--travel`` pixels instead of `sr_plugin.lab.task.TRAVEL` (6), with the family's shipped VAE
 and text encoder, and scores large only on the first held-out pairs (whose trajectories use the same travel).
 
     python train/pilot_travel.py --family cogvideox --travel 12 --steps 1000     # about 30 minutes, one thread
@@ -22,7 +22,7 @@ import torch
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "train"))
 
-from sr_plugin import evaluate, quality, task, trained  # noqa: E402
+from sr_plugin.lab import evaluate, quality, task, trained  # noqa: E402
 import train_family  # noqa: E402
 
 

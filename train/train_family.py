@@ -1,4 +1,4 @@
-"""Train a shipped model family on the task of `sr_plugin.task` and write its diffusers folders.
+"""Train a shipped model family on the task of `sr_plugin.lab.task` and write its diffusers folders.
 
     python train/train_family.py --family wan          # all stages; about 30 minutes on a 2-core CPU
     python train/train_family.py --family cogvideox
@@ -11,7 +11,7 @@ Stages (each reads the previous one's output from --work, default train/runs/<fa
   small     the small transformer, the same way (CogVideoX: its own scale and schedule, sincos positions)
   export    `save_pretrained` (safetensors) of both pipeline folders into sr_plugin/trained/<family>/
 
-Everything is seeded (--seed); the held-out scenes of `sr_plugin.task.held_out()` never appear in training.
+Everything is seeded (--seed); the held-out scenes of `sr_plugin.lab.task.held_out()` never appear in training.
 CFG works because 10% of the training samples get the empty prompt's embedding.
 
 Warm start and resumption (the recipe of the shipped weights, README "Trained families"):
@@ -36,7 +36,8 @@ import torch
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
-from sr_plugin import call_defaults, task, trained  # noqa: E402
+from sr_plugin.cli import call_defaults
+from sr_plugin.lab import task, trained  # noqa: E402
 
 COND_DROPOUT = 0.1
 LATENT_NOISE = 0.1
@@ -110,7 +111,7 @@ def stage_vae(args: argparse.Namespace, work: pathlib.Path) -> None:
 @torch.no_grad()
 def check_vae(model, family: str) -> None:
     """The evaluator on the VAE's reconstructions of the held-out videos: the ceiling a generator can reach."""
-    from sr_plugin import evaluate
+    from sr_plugin.lab import evaluate
 
     pairs = task.held_out()
     x = torch.from_numpy(np.stack([task.render(p, s) for p, s in pairs])).permute(0, 4, 1, 2, 3) * 2 - 1
@@ -283,7 +284,7 @@ def stage_transformer(args: argparse.Namespace, work: pathlib.Path, role: str) -
 def evaluate_checkpoint(args: argparse.Namespace, work: pathlib.Path, role: str, step: int, loss: float | None,
                         seconds_per_step: float) -> None:
     """The learning curve: the saved EMA weights on the first held-out pairs, appended to curve.csv."""
-    from sr_plugin import evaluate, quality
+    from sr_plugin.lab import evaluate, quality
 
     vae = type(trained.vae(args.family)).from_pretrained(work / "vae").eval()
     model = type(trained.transformer(args.family, role)).from_pretrained(work / role / "transformer").eval()

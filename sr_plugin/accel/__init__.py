@@ -15,10 +15,10 @@ from typing import Any
 import torch
 
 from ..adapters import FamilyAdapter, adapter_for
-from ..cache_dit_mirror import cache_dit_config
-from ..calls import CallTracker, models_in_play
-from ..patching import InstancePatches, drop_hook_residue
-from ..trace import StepRecord
+from ..integrations.cache_dit_mirror import cache_dit_config
+from ..pipeline.calls import CallTracker, models_in_play
+from ..instance.patching import InstancePatches, drop_hook_residue
+from ..pipeline.trace import StepRecord
 from .calibrate import TeaCacheCalibration, calibrate_teacache, fit_rescale
 from .compile import DEFAULT_OPTIONS, check_compilable, compile_blocks
 from .pab import PABConfig, apply_cfg_pab, remove_cfg_pab

@@ -20,11 +20,10 @@ import torch
 from diffusers.hooks import HookRegistry, ModelHook
 
 from ..adapters import adapter_for
-from ..calls import models_in_play
-from ..patching import drop_hook_residue
-from ..seeded import run_seeded
-from .teacache import (MAX_DEGREE, RET_WARMUP_STEPS, WARMUP_STEPS, TeaCacheConfig, _binder,
-                       check_coefficients)
+from ..pipeline.calls import models_in_play
+from ..instance.patching import drop_hook_residue
+from ..pipeline.seeded import run_seeded
+from .teacache import MAX_DEGREE, RET_WARMUP_STEPS, WARMUP_STEPS, TeaCacheConfig, _binder, check_coefficients
 
 #: TeaCache's published polynomials are of degree 4.
 DEFAULT_DEGREE = 4
@@ -171,7 +170,7 @@ def calibrate_teacache(pipe: Any, prompts: Sequence[str], *, num_inference_steps
     Refused, before any generation, when a caching acceleration is on (it would change what is measured),
     the prompt set is empty, or the degree is not an int from 1 to 8.
     """
-    from ..accel import accelerations_of
+    from . import accelerations_of
 
     check_degree(degree)
     if isinstance(prompts, str) or not prompts or not all(isinstance(p, str) for p in prompts):

@@ -13,7 +13,7 @@ from typing import Any
 
 import torch
 
-from ..patching import InstancePatches
+from ..instance.patching import InstancePatches
 
 #: Defaults: the issue's regional compile is fullgraph (one graph per block); static shapes, so that the
 #: large and the small model each get their own graph instead of one dynamic-shape graph after a recompile.

@@ -24,8 +24,8 @@ import torch
 from diffusers.hooks import HookRegistry, ModelHook
 from diffusers.hooks.hooks import BaseState, StateManager
 
-from ..arguments import binder
-from ..calls import CallTracker
+from ..instance.arguments import binder
+from ..pipeline.calls import CallTracker
 
 #: Steps always computed at the start: the first step, or the first 5 in the published "ret steps" mode.
 WARMUP_STEPS = 1

@@ -13,16 +13,16 @@ from typing import Any, Callable
 import torch
 from diffusers.hooks import HookRegistry
 
-from .user_cache_mirror import UserCacheMirror
-from .adapters import FamilyAdapter, Handoff
-from .calls import CallTracker, _reset_caches
-from .distributed import cp_group
+from ..integrations.user_cache_mirror import UserCacheMirror
+from ..adapters import FamilyAdapter, Handoff
+from ..pipeline.calls import CallTracker, _reset_caches
+from ..integrations.distributed import cp_group
 from .handoff_hook import HandoffHook
 from .metric import relative_change
-from .offload import model_offload_active
-from .patching import InstancePatches, drop_hook_residue_at
+from ..integrations.offload import model_offload_active
+from ..instance.patching import InstancePatches, drop_hook_residue_at
 from .policy import SwitchOptions, SwitchPolicy, cap_schedule, decreases
-from .trace import StepRecord, SwitchRecord
+from ..pipeline.trace import StepRecord, SwitchRecord
 
 
 #: Marks a small model while a call of the pipeline that holds it runs (see `Router._check_small_free`).

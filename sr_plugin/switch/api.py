@@ -8,16 +8,16 @@ from typing import Any
 
 import torch
 
-from .adapters import adapter_for
-from .cache_dit_mirror import check_cache_dit
-from .calls import CallTracker, check_scheduler_order
-from .distributed import parallelize_like
-from .offload_large import LargeOffloader
-from .offload import join_model_offload, leave_model_offload, model_offload_active, parse_to_args
-from .patching import InstancePatches, Rollback
+from ..adapters import adapter_for
+from ..integrations.cache_dit_mirror import check_cache_dit
+from ..pipeline.calls import CallTracker, check_scheduler_order
+from ..integrations.distributed import parallelize_like
+from ..integrations.offload_large import LargeOffloader
+from ..integrations.offload import join_model_offload, leave_model_offload, model_offload_active, parse_to_args
+from ..instance.patching import InstancePatches, Rollback
 from .policy import SwitchOptions
 from .routing import Router
-from .trace import StepRecord, SwitchRecord
+from ..pipeline.trace import StepRecord, SwitchRecord
 
 #: Attribute marking a patched pipeline instance; it points at the handle.
 HANDLE_ATTR = "_sr_plugin_handle"

@@ -22,7 +22,7 @@ from typing import Any, Callable
 import torch
 from diffusers.hooks import HookRegistry
 
-from .patching import InstancePatches
+from ..instance.patching import InstancePatches
 
 _FBC_LEADER = "fbc_leader_block_hook"  # diffusers.hooks.first_block_cache._FBC_LEADER_BLOCK_HOOK
 

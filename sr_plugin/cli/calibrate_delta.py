@@ -6,8 +6,8 @@ from __future__ import annotations
 import random
 from typing import Any
 
-from . import evaluate, task, trained
-from .delta_calibration import calibrate_delta, check_promise
+from ..lab import evaluate, task, trained
+from ..switch.delta_calibration import calibrate_delta, check_promise
 
 #: Training prompts are drawn with this seed (the held-out set stays for checking the pick).
 PROMPT_SEED = 7

@@ -3,7 +3,7 @@ load them the way hub checkpoints are loaded (``from_pretrained``).
 
 Each family has a ``large`` and a ``small`` folder under ``sr_plugin/trained/<family>/``, laid out like the
 published hub repositories (a whole pipeline folder each: ``model_index.json``, ``scheduler``, ``text_encoder``,
-``tokenizer``, ``transformer``, ``vae``), trained on the task of `sr_plugin.task` by ``train/train_family.py``:
+``tokenizer``, ``transformer``, ``vae``), trained on the task of `sr_plugin.lab.task` by ``train/train_family.py``:
 
 - Wan: one VAE (`AutoencoderKLWan`), one frozen UMT5 encoder and one flow-matching schedule (flow
   shift 3.0) for both transformers, as Wan2.1 14B and 1.3B share them.
@@ -12,7 +12,7 @@ published hub repositories (a whole pipeline folder each: ``model_index.json``, 
   small one has sincos position embeddings and was trained on latents scaled by 1.15258426 with
   ``snr_shift_scale`` 3.0 (its folder's VAE config and scheduler say so), so the hand-off maps latent spaces.
 
-The text encoders are frozen and hand-set (`sr_plugin.task_encoder`: each colour token carries its object's shape
+The text encoders are frozen and hand-set (`sr_plugin.lab.task_encoder`: each colour token carries its object's shape
 and direction, as a pretrained encoder would) behind a word-level tokenizer of the task's vocabulary.
 """
 
@@ -27,7 +27,8 @@ from . import task
 
 FAMILY_NAMES: tuple[str, ...] = ("wan", "cogvideox")
 ROLES: tuple[str, ...] = ("large", "small")
-ROOT = pathlib.Path(__file__).with_name("trained")
+#: The shipped folders: package data beside the rooms (sr_plugin/trained/<family>/<role>/).
+ROOT = pathlib.Path(__file__).parents[1] / "trained"
 
 #: Text tokens per prompt: a task prompt has 11 words plus the end token. The CogVideoX small model
 #: (sincos position embeddings) was built for exactly this many.
@@ -46,7 +47,7 @@ COGVIDEOX_SPACE: dict[str, tuple[float, float]] = {"large": (0.7, 1.0), "small":
 
 
 def call_defaults(family: str) -> dict[str, Any]:
-    """What each folder of the family says it was made for (`sr_plugin.call_defaults`: its
+    """What each folder of the family says it was made for (`sr_plugin.cli.call_defaults`: its
     ``call_defaults.json``): the call geometry, the guidance scale and the frames per second."""
     return {**CALL, "guidance_scale": GUIDANCE[check_family(family)], "fps": FPS[family]}
 
@@ -90,7 +91,7 @@ def word_tokenizer() -> Any:
 
 def text_encoder(family: str) -> torch.nn.Module:
     """The frozen text encoder both roles share: a hand-set UMT5 (Wan) or T5 (CogVideoX) that carries which
-    shape and direction belong to which colour (`sr_plugin.task_encoder`)."""
+    shape and direction belong to which colour (`sr_plugin.lab.task_encoder`)."""
     from . import task_encoder
 
     return task_encoder.build(family)
@@ -191,7 +192,7 @@ def load_folders(large: str | pathlib.Path, small: str | pathlib.Path,
     scheduler); every failure becomes one `TrainedFamilyError` naming the folder."""
     from diffusers import DiffusionPipeline
 
-    from .adapters import adapter_for
+    from ..adapters import adapter_for
 
     large, small = pathlib.Path(large), pathlib.Path(small)
     for path in (large, small):

@@ -22,9 +22,9 @@ from typing import Any, Callable, Protocol
 
 import torch
 
-from .distributed import agree_first_block_cache, cp_group, keep_context_parallel_outermost, make_agree
-from .arguments import binder
-from .patching import InstancePatches
+from ..integrations.distributed import agree_first_block_cache, cp_group, keep_context_parallel_outermost, make_agree
+from ..instance.arguments import binder
+from ..instance.patching import InstancePatches
 from .trace import StepRecord
 
 
@@ -249,7 +249,7 @@ class CallTracker:
     def _prepare_models(self) -> None:
         """Once per call, for every model in play (after the listeners, which may add caches): fresh cache
         state; under context parallelism, split/gather hooks outermost and First Block Cache deciding group-wide."""
-        from .adapters import adapter_for
+        from ..adapters import adapter_for
 
         blocks = adapter_for(self.pipe).blocks
         for model in self._in_play:

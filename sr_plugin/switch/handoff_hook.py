@@ -12,8 +12,8 @@ from typing import Any, Callable, ContextManager
 import torch
 from diffusers.hooks import ModelHook
 
-from .adapters import Handoff
-from .arguments import binder
+from ..adapters import Handoff
+from ..instance.arguments import binder
 
 #: Inputs that carry activations: cast to the small model's dtype. Timesteps keep their precision.
 ACTIVATION_INPUTS = ("hidden_states", "encoder_hidden_states")

@@ -1,6 +1,6 @@
 """Tiny pipelines built in code with random weights: no download, seconds on a CPU.
 
-Shared by the tests and the benchmarks (the demo runs the trained families of `sr_plugin.trained`). Each
+Shared by the tests and the benchmarks (the demo runs the trained families of `sr_plugin.lab.trained`). Each
 registered family builds its own (`FamilyAdapter.build_tiny`, in its adapter module); this module holds what
 they share (a tokenizer built with `tokenizers`) and looks families up in the registry. A builder returns
 ``(pipe, small_transformer)``: a real diffusers pipeline whose transformer is a tiny "large" model, and a tinier
@@ -16,15 +16,15 @@ from typing import Any
 
 import torch
 
-from .adapters import family, registered_families
-from .adapters.cogvideox import published_scheduler as cogvideox_scheduler  # noqa: F401  (kept import path)
-from .adapters.cogvideox import tiny_cogvideox_transformer  # noqa: F401
-from .adapters.wan import tiny_wan_transformer  # noqa: F401
+from ..adapters import family, registered_families
+from ..adapters.cogvideox import published_scheduler as cogvideox_scheduler  # noqa: F401  (kept import path)
+from ..adapters.cogvideox import tiny_cogvideox_transformer  # noqa: F401
+from ..adapters.wan import tiny_wan_transformer  # noqa: F401
 
 
 def tiny_families() -> tuple[str, ...]:
     """Keys of the registered families that build a tiny pipeline, in registration order."""
-    from .adapters import FamilyAdapter
+    from ..adapters import FamilyAdapter
 
     return tuple(a.key for a in registered_families() if type(a).build_tiny is not FamilyAdapter.build_tiny)
 

@@ -24,7 +24,7 @@ import numpy as np
 
 from .api import apply
 from .fidelity import fidelity
-from .timing import timed_run
+from ..pipeline.timing import timed_run
 
 #: Deltas swept by default: a decade on either side of SRDiffusion's 0.01.
 DEFAULT_DELTAS: tuple[float, ...] = (0.001, 0.003, 0.01, 0.03, 0.1)

@@ -13,9 +13,9 @@ from typing import Any
 
 import numpy as np
 
-from . import task, trained
+from ..lab import task, trained
 from .outputs import check_output, write_checked
-from .quality import MODES, FamilyResult, evaluate_family, format_table
+from ..lab.quality import MODES, FamilyResult, evaluate_family, format_table
 
 DEMO_PROMPTS = 6
 #: Pixels per video pixel in the GIF (the videos are 32 x 32).

@@ -1,4 +1,4 @@
-"""The names of the CPU benchmark matrix (`sr_plugin.bench`), kept light: the CLI's argument parser reads them
+"""The names of the CPU benchmark matrix (`sr_plugin.lab.bench`), kept light: the CLI's argument parser reads them
 without importing torch."""
 
 from __future__ import annotations

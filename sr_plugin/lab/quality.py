@@ -1,6 +1,6 @@
 """Quality and time of large only, SR and small only on a trained family, prompt by prompt.
 
-For each (prompt, seed) the three runs share the initial noise; each is scored by `sr_plugin.evaluate`, SR and
+For each (prompt, seed) the three runs share the initial noise; each is scored by `sr_plugin.lab.evaluate`, SR and
 small only are also compared with the large-only video (PSNR, SSIM), and the denoising loop is timed on its
 own (from the progress bar's opening to its closing: text encoding and decoding excluded), so that the measured
 SR / large time ratio can be set against the ideal ``N / (k + (N - k) / r)`` with ``r`` measured too.
@@ -16,8 +16,8 @@ import numpy as np
 import torch
 
 from . import evaluate, task, trained
-from .api import apply
-from .timing import timed_run
+from ..switch.api import apply
+from ..pipeline.timing import timed_run
 
 MODES: tuple[str, ...] = ("large", "sr", "small")
 
@@ -87,7 +87,7 @@ def run_modes(pipe: Any, small: torch.nn.Module, extra: dict[str, Any], family: 
             switch = handle.switch_step if handle is not None else None
             noise = None
             if switch is not None:
-                from .adapters import adapter_for
+                from ..adapters import adapter_for
 
                 noise = adapter_for(pipe).noise_level(pipe.scheduler, switch)
         finally:

@@ -1,4 +1,4 @@
-"""Scores a video of the task (`sr_plugin.task`): is each prompted attribute right, and how close is it to a
+"""Scores a video of the task (`sr_plugin.lab.task`): is each prompted attribute right, and how close is it to a
 reference video (PSNR and SSIM, from scikit-image).
 
 Per prompted object:
@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 
 from . import task
-from .fidelity import as_video_array, fidelity  # noqa: F401  (fidelity: part of the evaluator's API)
+from ..switch.fidelity import as_video_array, fidelity  # noqa: F401  (fidelity: part of the evaluator's API)
 
 #: A pixel is part of an object when its brightest channel exceeds this (the background is black).
 OBJECT_LEVEL = 0.35

@@ -8,15 +8,17 @@ import os
 import sys
 from typing import Any
 
-from . import __version__
+from .. import __version__
 
-#: The trained families shipped in the package (sr_plugin.trained.FAMILY_NAMES, checked by a test), which
+#: The trained families shipped in the package (sr_plugin.lab.trained.FAMILY_NAMES, checked by a test), which
 #: `demo` and `calibrate-delta` run: written out here so that parsing arguments and --help import neither torch
 #: nor diffusers. `generate` and `bench` take any registered family, checked against the registry when they run.
 FAMILIES = ("wan", "cogvideox")
 #: The families registered when the command line runs (the adapters shipped in the package; checked against the
 #: registry by a test): `generate --family` is checked against them at parse time.
 REGISTERED_FAMILIES = ("wan", "cogvideox")
+#: What the lab extra (pip install 'sr-plugin[lab]') brings, which the commands need and `apply` does not.
+LAB_MODULES = ("skimage", "imageio", "imageio_ffmpeg", "matplotlib", "PIL")
 #: calibrate-delta fits a small step's time over a large one's from its paired runs (median of the per-run
 #: estimates): fewer than this many runs (prompts x settings) and one disturbed run moves the fit. Single paired
 #: runs on a shared 2-core VM move by about 10%; with 8 the median holds (README, "Speed against quality").
@@ -160,7 +162,7 @@ def build_parser() -> argparse.ArgumentParser:
                            "(about 3 minutes per family with the defaults on a 2-core CPU)",
                            description="Each configuration against the unpatched tiny pipeline, interleaved round "
                                        "by round; the speed-up is the median of the paired per-round ratios.")
-    from .bench_configs import BENCH_STEPS, CONFIGS
+    from ..lab.bench_configs import BENCH_STEPS, CONFIGS
 
     bench.add_argument("--family", default="all", help="a registered family with a tiny pipeline (wan, cogvideox, "
                        "...) or all (default)")
@@ -257,17 +259,21 @@ def main(argv: list[str] | None = None) -> int:
                      local_files_only=args.local_files_only, dtype=args.dtype, device=args.device,
                      max_sequence_length=args.max_sequence_length)
         elif args.command == "calibrate-delta":
-            from .calibrate_cli import run_calibrate_delta
+            from .calibrate_delta import run_calibrate_delta
 
             run_calibrate_delta(args.family, args.prompts, args.steps, args.deltas, args.switch_steps, args.min_ssim,
                                 args.max_time_ratio, check_prompts=args.check_prompts)
         elif args.command == "bench":
-            from .bench import run_matrix
+            from ..lab.bench import run_matrix
 
             run_matrix(None if args.family == "all" else [args.family], args.configs, args.steps, args.rounds)
     except Exception as err:
         from .outputs import OutputError, UserError
 
+        if isinstance(err, ModuleNotFoundError) and (err.name or "").split(".")[0] in LAB_MODULES:
+            print(f"sr-plugin: this command needs the lab extra: pip install 'sr-plugin[lab]' (missing: {err.name})",
+                  file=sys.stderr)
+            return 1
         if isinstance(err, OutputError):
             print(f"sr-plugin: {err}", file=sys.stderr)
             return 1

@@ -14,10 +14,10 @@ from typing import Any, Callable
 
 import torch
 
-from .accel import PABConfig, TeaCacheConfig, accelerate
-from .api import apply
-from .adapters import family as registered_family
-from .seeded import run_seeded
+from ..accel import PABConfig, TeaCacheConfig, accelerate
+from ..switch.api import apply
+from ..adapters import family as registered_family
+from ..pipeline.seeded import run_seeded
 from .tiny import TINY_CALL, tiny_families, tiny_pair
 
 from .bench_configs import ACCELERATION_NAMES, BENCH_STEPS, CONFIGS  # noqa: E402,F401 (re-exported)

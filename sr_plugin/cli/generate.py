@@ -9,16 +9,17 @@ from typing import Any
 
 import torch
 
-from .accel import TeaCacheConfig, accelerate
-from .adapters import adapter_for
-from .api import apply
-from .seeded import run_seeded
-from .policy import DEFAULT_DELTA
-from . import call_defaults, trained
+from ..accel import TeaCacheConfig, accelerate
+from ..adapters import adapter_for
+from ..switch.api import apply
+from ..pipeline.seeded import run_seeded
+from ..switch.policy import DEFAULT_DELTA
+from . import call_defaults
+from ..lab import trained
 from .generate_checks import check_arguments
 from .outputs import OutputError, UserError, write_checked
-from .trained import first_line as _first_line
-from .tiny import TINY_CALL, tiny_pair
+from ..lab.trained import first_line as _first_line
+from ..lab.tiny import TINY_CALL, tiny_pair
 
 __all__ = ["OutputError", "UserError", "generate", "check_arguments"]
 
@@ -75,7 +76,7 @@ def _load(large: str | None, small: str | None, family: str | None, tiny: bool, 
     if tiny and large is not None:
         raise UserError("--tiny runs the built-in random pair: not together with --large/--small")
     if family is not None:
-        from .adapters import family as registered_family
+        from ..adapters import family as registered_family
 
         try:
             registered_family(family)
@@ -146,7 +147,7 @@ def _class_name(config: pathlib.Path) -> str | None:
 def check_local_pair(large: str, small: str, family: str | None) -> None:
     """For local folders, the families of --large, --small and --family agree, read from their configs before
     anything is loaded (a wrong pair otherwise fails deep inside diffusers with an unrelated message)."""
-    from .adapters import registered_families
+    from ..adapters import registered_families
 
     large_dir, small_dir = pathlib.Path(large), pathlib.Path(small)
     adapter = None
@@ -165,7 +166,7 @@ def check_local_pair(large: str, small: str, family: str | None) -> None:
             raise UserError(f"--small {small!r} has no transformer config (transformer/config.json or config.json)")
         expected = adapter.transformer_class_name if adapter is not None else None
         if family is not None and adapter is None:
-            from .adapters import family as registered
+            from ..adapters import family as registered
 
             expected = registered(family).transformer_class_name
         if expected is not None and small_class != expected:
@@ -226,7 +227,7 @@ def _check_size(family: str | None, folder: pathlib.Path | None, height: int | N
     """A height or width the family's pipeline and models cannot take, from the folder's configs (no loading)."""
     if folder is None or family is None or (height is None and width is None):
         return
-    from .adapters import family as registered_family
+    from ..adapters import family as registered_family
 
     multiple = registered_family(family).size_multiple(_config(folder / "vae" / "config.json"),
                                                        _config(folder / "transformer" / "config.json"))
@@ -246,9 +247,9 @@ def generate(prompt: str, out: str, large: str | None = None, small: str | None 
              local_files_only: bool = False, dtype: str | None = None, device: str | None = None,
              max_sequence_length: int | None = None) -> dict[str, str]:
     """Generate one video; returns the paths written (video, trace JSON, plot PNG). Without call arguments, a
-    model folder's ``call_defaults.json`` (`sr_plugin.call_defaults`) says the size, frames, text length,
+    model folder's ``call_defaults.json`` (`sr_plugin.cli.call_defaults`) says the size, frames, text length,
     guidance and fps it was made for."""
-    from .adapters import family_keys
+    from ..adapters import family_keys
 
     out_path = check_arguments(prompt, out, large, tiny, family, family_keys(), teacache, fbcache,
                                min_switch_step, max_switch_step)
@@ -266,7 +267,7 @@ def generate(prompt: str, out: str, large: str | None = None, small: str | None 
         raise UserError(str(err)) from None
     size_family = family or ("wan" if large is None and not tiny else None)
     if size_family is None and folder is not None:
-        from .adapters import registered_families
+        from ..adapters import registered_families
 
         pipeline_class = _class_name(folder / "model_index.json")
         size_family = next((a.key for a in registered_families() if pipeline_class in a.pipeline_class_names), None)
@@ -304,7 +305,7 @@ def generate(prompt: str, out: str, large: str | None = None, small: str | None 
         call["negative_prompt"] = negative_prompt
     if guidance_scale is not None:
         call["guidance_scale"] = guidance_scale
-    from .timing import loop_timer
+    from ..pipeline.timing import loop_timer
 
     with loop_timer(pipe) as loops:
         start = time.perf_counter()
@@ -314,7 +315,7 @@ def generate(prompt: str, out: str, large: str | None = None, small: str | None 
 
     from diffusers.utils import export_to_video
 
-    from .adapters import family as registered_family
+    from ..adapters import family as registered_family
 
     if fps is None:
         fps = defaults.get("fps", registered_family(family).fps)

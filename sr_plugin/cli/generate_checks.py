@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pathlib
 
-from . import task
+from ..lab import task
 from .outputs import UserError, check_output
 
 

@@ -25,7 +25,7 @@ from typing import Any, ContextManager
 import torch
 
 from .cache_dit_mirror import CacheDitMirror, cache_dit_config
-from .patching import InstancePatches, drop_hook_residue
+from ..instance.patching import InstancePatches, drop_hook_residue
 
 _PARA_STATE_FIELDS = {"buffers", "incremental_name_counters", "executed_steps", "is_alter_cache", "taylorseer",
                       "alter_taylorseer"}

@@ -5,7 +5,7 @@ A prompt names two objects, each with a colour, a shape and a motion direction:
 the prompt and a seed (the seed places the objects): 9 frames of 32 x 32 pixels, black background, the two
 objects (11 pixels across) gliding 6 pixels in their directions without touching. Getting a prompt right means binding each
 colour to its shape and its direction: the composition mistakes a small model makes (a swapped shape, a
-swapped or missing motion) are visible and countable (`sr_plugin.evaluate`).
+swapped or missing motion) are visible and countable (`sr_plugin.lab.evaluate`).
 
 A fixed held-out set of scenes (`held_out`) is never used in training: the training prompts exclude every
 prompt describing a held-out scene, in either object order.

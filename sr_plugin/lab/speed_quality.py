@@ -2,7 +2,7 @@
 
 Each row is one configuration of the same pipeline (switch, TeaCache, PAB, First Block Cache, compile, and
 their stacks), run on the same (prompt, seed) pairs. Per row: prompt and attribute accuracy from
-`sr_plugin.evaluate`, PSNR and SSIM against the large-only video of the same pair, the time ratio (median over
+`sr_plugin.lab.evaluate`, PSNR and SSIM against the large-only video of the same pair, the time ratio (median over
 pairs of the row's denoising time over that of a large-only run of the same pair on a second, plain copy of
 the pipeline, run right before it: paired rounds, so that a machine's drift hits both alike), TeaCache's
 skipped fraction, PAB's reused fraction and the mean switch step. `benchmarks/speed_quality.py` runs it.
@@ -19,10 +19,10 @@ import numpy as np
 import torch
 
 from . import evaluate
-from .accel import PABConfig, accelerate
-from .api import apply
+from ..accel import PABConfig, accelerate
+from ..switch.api import apply
 from .quality import generate_video
-from .trace import StepRecord
+from ..pipeline.trace import StepRecord
 
 #: Switch settings swept: deltas a decade around SRDiffusion's 0.01 (None: the default), and fixed steps.
 DELTAS: tuple[float, ...] = (0.003, 0.01, 0.03, 0.1)
