@@ -29,12 +29,32 @@ class Handoff:
 _REGISTRY: dict[str, "FamilyAdapter"] = {}
 
 
+#: What every family must write (the rest of `FamilyAdapter` has defaults): the switch reads x0 through
+#: `denoised`; the accelerations find the blocks (`blocks` or `block_lists`), the attention layers PAB may
+#: reuse and where TeaCache reads its input. (`teacache_modulated_input` is needed by TeaCache's calibration
+#: only, and says so when it is missing.)
+REQUIRED_METHODS: tuple[str, ...] = ("denoised", "attention_modules", "teacache_input")
+REQUIRED_ATTRIBUTES: tuple[str, ...] = ("name", "key", "pipeline_class_names", "transformer_class_name")
+
+
+def missing_members(cls: type["FamilyAdapter"]) -> list[str]:
+    """The required members ``cls`` does not write."""
+    missing = [name for name in REQUIRED_ATTRIBUTES if not getattr(cls, name, None)]
+    missing += [name for name in REQUIRED_METHODS if getattr(cls, name) is getattr(FamilyAdapter, name)]
+    if cls.blocks is FamilyAdapter.blocks and cls.block_lists is FamilyAdapter.block_lists:
+        missing.append("blocks or block_lists")
+    return missing
+
+
 def register_family(cls: type["FamilyAdapter"]) -> type["FamilyAdapter"]:
     """Class decorator: make a family known to `apply`, `accelerate`, the CLI and the tests. A family is its
-    adapter module; registering the same key again replaces the earlier adapter."""
+    adapter module; registering the same key again replaces the earlier adapter. A family that does not write
+    every required member is refused here, not at its first call."""
+    missing = missing_members(cls)
+    if missing:
+        raise TypeError(f"{cls.__name__} cannot be registered: it must define {', '.join(missing)} "
+                        "(see FamilyAdapter)")
     adapter = cls()
-    if not adapter.key or not adapter.name or not adapter.pipeline_class_names:
-        raise ValueError(f"{cls.__name__} must set key, name and pipeline_class_names to be registered")
     _REGISTRY[adapter.key] = adapter
     return cls
 
@@ -54,8 +74,6 @@ class FamilyAdapter:
     name: str = ""
     #: Lower-case key used on the command line and in the registry ("wan", "cogvideox").
     key: str = ""
-    #: Frames per second of the published models' videos (the CLI writes videos at this rate).
-    fps: int = 16
     #: The ``cache_context`` names of one step's transformer calls: ("cond", "uncond") for CFG as two calls,
     #: ("cond_uncond",) for one batched call. Traces and per-branch caches are keyed on these.
     cfg_branches: tuple[str, ...] = ("cond", "uncond")
@@ -175,41 +193,12 @@ class FamilyAdapter:
         """The published coefficient set for this model's config, or None if it matches none."""
         return None
 
-    # ------------------------------------------------------------------ facts the tools read from the registry
+    # ------------------------------------------------------------------ what the integrations read
     #: Why para-attn's context-parallel adapter for this family cannot be used, or None if it can.
     para_attn_refusal: str | None = None
-    #: Call arguments of the built-in tiny pipeline (`build_tiny`): small enough for CPU tests.
-    tiny_call: dict[str, Any] = {}
-    #: A TeaCache threshold (identity coefficients) that skips some calls on the tiny pair's random weights,
-    #: for the CPU benchmark matrix.
-    tiny_teacache_threshold: float = 1.0
-    #: The published pair at full size, for the GPU benchmark: ``{"large": config kwargs, "small": ...,
-    #: "call": pipeline call arguments, "text": (tokens, width) of the prompt embeddings}``.
-    published_sizes: dict[str, Any] = {}
-    #: Denoising steps the GPU benchmark runs per configuration on this family.
-    bench_steps: int = 10
-
-    def build_tiny(self, seed: int = 0) -> tuple[Any, torch.nn.Module]:
-        """``(pipe, small)``: a real pipeline of this family with a tiny random "large" transformer, and a
-        tinier small one, built in code in eval mode (no download). Used by the tests and the CPU benchmarks."""
-        raise NotImplementedError(f"the {self.name} family has no built-in tiny pipeline")
-
-    def bare_pipeline(self, transformer: torch.nn.Module, device: Any) -> Any:
-        """A pipeline around ``transformer`` with the family's published scheduler and no text encoder (the GPU
-        benchmark passes prompt embeddings and keeps latents)."""
-        raise NotImplementedError(f"the {self.name} family has no bare pipeline for the GPU benchmark")
-
-    def latent_shape(self, model: torch.nn.Module, call: dict[str, Any]) -> tuple[int, ...]:
-        """The latents' shape for one video of ``call``'s height, width and frames."""
-        raise NotImplementedError
 
     #: Names of the family-only hand-off options (`apply(..., family_options={...})`); none by default.
     option_names: tuple[str, ...] = ()
-
-    def size_multiple(self, vae_config: dict[str, Any], transformer_config: dict[str, Any]) -> int | None:
-        """What height and width must be a multiple of for this family's pipeline and these models, read from
-        their configs before anything loads (None: not known, the pipeline checks at call time)."""
-        return None
 
     def make_handoff(self, pipe: Any, small: torch.nn.Module, **options: Any) -> Handoff:
         """Build the mapping used while the small model runs. Unknown options are an error."""

@@ -175,7 +175,6 @@ class CogVideoXHandoff(Handoff):
 @register_family
 class CogVideoXAdapter(FamilyAdapter):
     key = "cogvideox"
-    fps = 8
     cfg_branches = ("cond_uncond",)
     step_ends_with_progress_update = True
     option_names = ("small_vae_scaling_factor", "small_scheduler")
@@ -183,28 +182,9 @@ class CogVideoXAdapter(FamilyAdapter):
     pipeline_class_names = ("CogVideoXPipeline",)
     transformer_class_name = "CogVideoXTransformer3DModel"
     pair_fields = ("in_channels", "out_channels", "patch_size", "patch_size_t", "text_embed_dim")
-    #: 9 frames -> 3 latent frames, 64 x 64 pixels.
-    tiny_call = {"height": 64, "width": 64, "num_frames": 9}
-    tiny_teacache_threshold = 1.2
-    published_sizes = {  # CogVideoX-5b and -2b (shared/reference.md section 1), 720 x 480, 49 frames
-        "large": dict(num_layers=42, num_attention_heads=48, attention_head_dim=64, use_rotary_positional_embeddings=True,
-                      text_embed_dim=4096, sample_frames=49, sample_height=60, sample_width=90, patch_size=2),
-        "small": dict(num_layers=30, num_attention_heads=30, attention_head_dim=64,
-                      use_rotary_positional_embeddings=False, text_embed_dim=4096, sample_frames=49, sample_height=60,
-                      sample_width=90, patch_size=2),
-        "call": dict(height=480, width=720, num_frames=49, guidance_scale=6.0),
-        "text": (226, 4096),
-    }
-    bench_steps = 10
-
     def check_pipeline(self, pipe: Any) -> None:
         if getattr(pipe, "vae", None) is None:
             raise ValueError("this CogVideoXPipeline has no vae: its scaling_factor defines the latent space")
-
-    def size_multiple(self, vae_config: dict[str, Any], transformer_config: dict[str, Any]) -> int | None:
-        # CogVideoXPipeline.check_inputs wants multiples of 8; the latent must split into whole patches.
-        spatial = 2 ** (len(vae_config.get("block_out_channels", (128, 256, 256, 512))) - 1)
-        return math.lcm(8, spatial * transformer_config.get("patch_size", 2))
 
     def check_scheduler(self, scheduler: Any) -> None:
         if not hasattr(scheduler, "alphas_cumprod") or scheduler.config.get("prediction_type") != "v_prediction":
@@ -255,7 +235,10 @@ class CogVideoXAdapter(FamilyAdapter):
             )
 
     teacache_coefficients = COGVIDEOX_TEACACHE_COEFFICIENTS
-    block_layout = ("hidden_states", "encoder_hidden_states")  # the blocks update video and text tokens together
+    # The blocks update video and text tokens together. diffusers records the same fact for its own blocks in a
+    # private registry (hooks._helpers.TransformerBlockRegistry); it is declared here because a family's blocks
+    # need not be in it (a test keeps the two in agreement for Wan's and CogVideoX's).
+    block_layout = ("hidden_states", "encoder_hidden_states")
 
     def blocks(self, model: torch.nn.Module) -> torch.nn.ModuleList:
         return model.transformer_blocks
@@ -277,45 +260,6 @@ class CogVideoXAdapter(FamilyAdapter):
         c = model.config
         return _COGVIDEOX_SIZES.get((c.num_layers, c.num_attention_heads, c.use_rotary_positional_embeddings))
 
-    # ------------------------------------------------------------------ built in code (tests, benchmarks)
-    def build_tiny(self, seed: int = 0) -> tuple[Any, torch.nn.Module]:
-        """CogVideoXPipeline shaped like 5b (rotary, VAE scale 0.7, SNR shift 1.0) with a 2b-like small model
-        (sincos). Both have at least two blocks (First Block Cache needs a first block and a tail)."""
-        from diffusers import AutoencoderKLCogVideoX, CogVideoXPipeline
-        from transformers import T5Config, T5EncoderModel
-
-        from ..lab.tiny import eval_all, tiny_tokenizer
-
-        torch.manual_seed(seed)
-        text_encoder = T5EncoderModel(T5Config(
-            vocab_size=128, d_model=32, d_kv=8, d_ff=64, num_layers=2, num_heads=4, relative_attention_num_buckets=8,
-        ))
-        torch.manual_seed(seed + 1)
-        vae = AutoencoderKLCogVideoX(block_out_channels=(8, 8, 8, 8), latent_channels=4, layers_per_block=1,
-                                     norm_num_groups=2, temporal_compression_ratio=4, scaling_factor=0.7)
-        large = tiny_cogvideox_transformer(num_layers=3, num_heads=4, rotary=True, seed=seed + 2)
-        small = tiny_cogvideox_transformer(num_layers=2, num_heads=2, rotary=False, seed=seed + 3)
-        eval_all(text_encoder, vae, large, small)
-        pipe = CogVideoXPipeline(tokenizer=tiny_tokenizer(), text_encoder=text_encoder, vae=vae, transformer=large,
-                                 scheduler=published_scheduler(1.0))
-        pipe.set_progress_bar_config(disable=True)
-        return pipe, small
-
-    def bare_pipeline(self, transformer: torch.nn.Module, device: Any) -> Any:
-        from diffusers import AutoencoderKLCogVideoX, CogVideoXPipeline
-
-        # A tiny VAE only for its config (5b's scaling factor 0.7, 8x spatial); decoding is skipped.
-        vae = AutoencoderKLCogVideoX(block_out_channels=(8, 8, 8, 8), latent_channels=transformer.config.in_channels,
-                                     layers_per_block=1, norm_num_groups=2, scaling_factor=0.7).to(device)
-        return CogVideoXPipeline(tokenizer=None, text_encoder=None, vae=vae, transformer=transformer,
-                                 scheduler=published_scheduler(1.0))
-
-    def latent_shape(self, model: torch.nn.Module, call: dict[str, Any]) -> tuple[int, ...]:
-        # CogVideoX's VAE: 4x in time (plus the first frame), 8x in space; latents are [B, F, C, H, W].
-        frames = (call["num_frames"] - 1) // 4 + 1
-        return (1, frames, model.config.in_channels, call["height"] // 8, call["width"] // 8)
-
-
 def published_scheduler(snr_shift_scale: float) -> Any:
     """CogVideoX's published DDIM scheduler config; 5b uses snr_shift_scale 1.0, 2b 3.0."""
     from diffusers import CogVideoXDDIMScheduler
@@ -325,15 +269,3 @@ def published_scheduler(snr_shift_scale: float) -> Any:
         prediction_type="v_prediction", rescale_betas_zero_snr=True, set_alpha_to_one=True,
         snr_shift_scale=snr_shift_scale, timestep_spacing="trailing",
     )
-
-
-def tiny_cogvideox_transformer(num_layers: int, num_heads: int, rotary: bool, seed: int) -> Any:
-    """A tiny `CogVideoXTransformer3DModel` with random weights (latent channels 4, text width 32)."""
-    from diffusers import CogVideoXTransformer3DModel
-
-    torch.manual_seed(seed)
-    return CogVideoXTransformer3DModel(
-        num_attention_heads=num_heads, attention_head_dim=16, in_channels=4, out_channels=4, time_embed_dim=16,
-        text_embed_dim=32, num_layers=num_layers, sample_width=8, sample_height=8, sample_frames=9, patch_size=2,
-        max_text_seq_length=226, use_rotary_positional_embeddings=rotary,
-    ).eval().requires_grad_(False)

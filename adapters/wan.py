@@ -7,7 +7,6 @@ transformer calls per step ("cond" then "uncond" cache contexts); the core switc
 
 from __future__ import annotations
 
-import math
 from typing import Any
 
 import torch
@@ -33,7 +32,6 @@ _WAN_SIZES = {(30, 12, 128): "wan2.1-t2v-1.3b", (40, 40, 128): "wan2.1-t2v-14b"}
 class WanAdapter(FamilyAdapter):
     name = "Wan"
     key = "wan"
-    fps = 16
     cfg_branches = ("cond", "uncond")
     step_ends_with_progress_update = True
     pipeline_class_names = ("WanPipeline",)
@@ -42,19 +40,6 @@ class WanAdapter(FamilyAdapter):
     para_attn_refusal = ("para-attn's Wan context-parallel adapter fails on diffusers >= 0.35 (RoPE returns a tuple); "
                          "use diffusers' own: pipe.transformer.enable_parallelism(config=ContextParallelConfig("
                          "ulysses_degree=N))")
-    #: 9 frames -> 3 latent frames, 64 x 64 pixels.
-    tiny_call = {"height": 64, "width": 64, "num_frames": 9}
-    tiny_teacache_threshold = 1.5
-    published_sizes = {  # Wan2.1 T2V 14B and 1.3B (shared/reference.md section 1), 480p
-        "large": dict(num_layers=40, num_attention_heads=40, attention_head_dim=128, ffn_dim=13824, text_dim=4096,
-                      in_channels=16, out_channels=16, patch_size=(1, 2, 2)),
-        "small": dict(num_layers=30, num_attention_heads=12, attention_head_dim=128, ffn_dim=8960, text_dim=4096,
-                      in_channels=16, out_channels=16, patch_size=(1, 2, 2)),
-        "call": dict(height=480, width=832, num_frames=81, guidance_scale=5.0),
-        "text": (512, 4096),
-    }
-    bench_steps = 6
-
     def check_pipeline(self, pipe: Any) -> None:
         # Wan2.2 T2V A14B: a high-noise expert (`transformer`) and a low-noise one (`transformer_2`), chosen by
         # `boundary_ratio`; the low-noise one may be left out (None) when the small model renders the rest.
@@ -80,11 +65,6 @@ class WanAdapter(FamilyAdapter):
 
     def expert_slots(self, pipe: Any) -> tuple[str, ...]:
         return ("transformer_2",) if self._boundary(pipe) is not None else ()
-
-    def size_multiple(self, vae_config: dict[str, Any], transformer_config: dict[str, Any]) -> int | None:
-        # WanPipeline.check_inputs wants multiples of 16; the latent must split into whole patches.
-        spatial = vae_config.get("scale_factor_spatial", 8) * tuple(transformer_config.get("patch_size", (1, 2, 2)))[1]
-        return math.lcm(16, spatial)
 
     def check_scheduler(self, scheduler: Any) -> None:
         flow = scheduler.config.get("prediction_type") == "flow_prediction" or "FlowMatch" in type(scheduler).__name__
@@ -129,55 +109,8 @@ class WanAdapter(FamilyAdapter):
         name = _WAN_SIZES.get((c.num_layers, c.num_attention_heads, c.attention_head_dim))
         return None if name is None else name + ("-ret" if ret_steps else "")
 
-    # ------------------------------------------------------------------ built in code (tests, benchmarks)
-    def build_tiny(self, seed: int = 0) -> tuple[Any, torch.nn.Module]:
-        """WanPipeline (UniPC flow-matching, flow shift 3.0 as published) with a 4-layer large, 2-layer small."""
-        from diffusers import AutoencoderKLWan, WanPipeline
-        from transformers import UMT5Config, UMT5EncoderModel
-
-        from ..lab.tiny import eval_all, tiny_tokenizer
-
-        torch.manual_seed(seed)
-        text_encoder = UMT5EncoderModel(UMT5Config(
-            vocab_size=128, d_model=32, d_kv=8, d_ff=64, num_layers=2, num_heads=4, relative_attention_num_buckets=8,
-        ))
-        torch.manual_seed(seed + 1)
-        vae = AutoencoderKLWan(base_dim=3, z_dim=16, dim_mult=[1, 1, 1, 1], num_res_blocks=1,
-                               temperal_downsample=[False, True, True])
-        large = tiny_wan_transformer(num_layers=4, num_heads=4, seed=seed + 2)
-        small = tiny_wan_transformer(num_layers=2, num_heads=2, seed=seed + 3)
-        eval_all(text_encoder, vae, large, small)
-        pipe = WanPipeline(tokenizer=tiny_tokenizer(), text_encoder=text_encoder, vae=vae, transformer=large,
-                           scheduler=published_scheduler())
-        pipe.set_progress_bar_config(disable=True)
-        return pipe, small
-
-    def bare_pipeline(self, transformer: torch.nn.Module, device: Any) -> Any:
-        from diffusers import WanPipeline
-
-        return WanPipeline(tokenizer=None, text_encoder=None, vae=None, transformer=transformer,
-                           scheduler=published_scheduler())
-
-    def latent_shape(self, model: torch.nn.Module, call: dict[str, Any]) -> tuple[int, ...]:
-        # Wan's VAE: 4x in time (plus the first frame), 8x in space; latents are [B, C, F, H, W].
-        frames = (call["num_frames"] - 1) // 4 + 1
-        return (1, model.config.in_channels, frames, call["height"] // 8, call["width"] // 8)
-
-
 def published_scheduler() -> Any:
     """The published 480p Wan2.1 T2V scheduler: UniPC on flow matching, flow shift 3.0."""
     from diffusers import UniPCMultistepScheduler
 
     return UniPCMultistepScheduler(prediction_type="flow_prediction", use_flow_sigmas=True, flow_shift=3.0)
-
-
-def tiny_wan_transformer(num_layers: int, num_heads: int, seed: int) -> Any:
-    """A tiny `WanTransformer3DModel` with random weights (latent channels 16, text width 32)."""
-    from diffusers import WanTransformer3DModel
-
-    torch.manual_seed(seed)
-    return WanTransformer3DModel(
-        patch_size=(1, 2, 2), num_attention_heads=num_heads, attention_head_dim=12, in_channels=16,
-        out_channels=16, text_dim=32, freq_dim=32, ffn_dim=2 * 12 * num_heads, num_layers=num_layers,
-        rope_max_seq_len=32,
-    ).eval().requires_grad_(False)

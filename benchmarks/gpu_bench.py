@@ -43,15 +43,16 @@ from sr_plugin import PABConfig, TeaCacheConfig
 from sr_plugin.accel.teacache import IDENTITY_COEFFICIENTS, TeaCacheState, resolve_coefficients
 from sr_plugin.adapters import adapter_for, registered_families
 from sr_plugin.adapters import family as registered_family
+from sr_plugin.lab.family_tools import tools_for
 from sr_plugin.pipeline.seeded import run_seeded
 
 #: The families and their published full-size configs come from the registry
-#: (`FamilyAdapter.published_sizes`, `bare_pipeline`, `latent_shape`, `bench_steps`).
-FAMILY_KEYS = tuple(a.key for a in registered_families() if a.published_sizes)
+#: (`FamilyTools.published_sizes`, `bare_pipeline`, `latent_shape`, `bench_steps`).
+FAMILY_KEYS = tuple(a.key for a in registered_families() if tools_for(a.key).published_sizes)
 
 
 def published(family: str) -> dict[str, Any]:
-    return registered_family(family).published_sizes
+    return tools_for(family).published_sizes
 
 
 #: Left out on real sizes: "sr-never" on Wan would be a whole extra large-only run (its overhead is measured on
@@ -84,8 +85,8 @@ def log(*args: Any) -> None:
 # ----------------------------------------------------------------------------------------------- building
 def build_full(family: str, device: torch.device) -> tuple[Any, Any, Any]:
     """(pipe, small, prompt embeddings) with full-size random bf16 transformers built on ``device``."""
-    adapter = registered_family(family)
-    spec = adapter.published_sizes
+    adapter, tools = registered_family(family), tools_for(family)
+    spec = tools.published_sizes
     cls = adapter.transformer_class()
     default = torch.get_default_dtype()
     torch.set_default_dtype(torch.bfloat16)
@@ -96,7 +97,7 @@ def build_full(family: str, device: torch.device) -> tuple[Any, Any, Any]:
             small = cls(**spec["small"]).eval().requires_grad_(False)
     finally:
         torch.set_default_dtype(default)
-    pipe = adapter.bare_pipeline(large, device)
+    pipe = tools.bare_pipeline(large, device)
     pipe.set_progress_bar_config(disable=True)
     return pipe, small, _embeddings(spec["text"], torch.bfloat16, device)
 
@@ -110,7 +111,7 @@ def build_tiny(family: str) -> tuple[Any, Any, Any]:
     from sr_plugin.lab.tiny import tiny_pair
 
     pipe, small = tiny_pair(family)
-    text = registered_family(family).published_sizes["text"][0]  # the published text length, at the tiny width
+    text = tools_for(family).published_sizes["text"][0]  # the published text length, at the tiny width
     width = pipe.text_encoder.config.d_model
     return pipe, small, _embeddings((text, width), torch.float32, "cpu")
 
@@ -453,7 +454,7 @@ def plugin_step_cost(env: Env, repeats: int = 50) -> dict[str, float]:
     pipe = env.pipe
     scheduler = pipe.scheduler
     scheduler.set_timesteps(10, device=env.embeds[0].device)
-    shape = env.adapter.latent_shape(pipe.transformer, env.call)
+    shape = tools_for(env.family).latent_shape(pipe.transformer, env.call)
     device = env.embeds[0].device
     x, v, prev = (torch.randn(shape, device=device) for _ in range(3))
     t = float(scheduler.timesteps[3])
@@ -539,7 +540,7 @@ def main(argv: list[str] | None = None) -> int:
 
     envs: dict[str, Env] = {}
     for family in args.families:  # both families stay resident (about 46 GB of bf16 weights on an H200)
-        steps = steps_by_family.get(family, registered_family(family).bench_steps)
+        steps = steps_by_family.get(family, tools_for(family).bench_steps)
         fam: dict[str, Any] = {"steps": steps, "switch_step": args.switch_step, "configs": {}}
         results["families"][family] = fam
         log(f"== {family}: building ({results['weights']}) ...")

@@ -18,6 +18,7 @@ from diffusers.models.modeling_utils import ModelMixin
 import sr_plugin
 from sr_plugin import PABConfig, TeaCacheConfig
 from sr_plugin.adapters import FamilyAdapter, register_family, unregister_family
+from sr_plugin.lab.family_tools import FamilyTools, register_tools, unregister_tools
 
 STEPS = 10
 TEXT_DIM = 16
@@ -110,7 +111,9 @@ class ToyPipeline(DiffusionPipeline):
 
 
 # ------------------------------------------------------------------------------------------ its adapter
-class ToyAdapter(FamilyAdapter):
+class ToyAdapter(FamilyAdapter, FamilyTools):
+    """The family's adapter and, for the tests' tiny pipeline, its tool description (one class, one file)."""
+
     name = "Toy"
     key = "toy"
     pipeline_class_names = ("ToyPipeline",)
@@ -153,10 +156,12 @@ class ToyAdapter(FamilyAdapter):
 @pytest.fixture
 def toy():
     register_family(ToyAdapter)
+    register_tools(ToyAdapter)
     pipe, small = ToyAdapter().build_tiny(0)
     text = torch.randn(1, 5, TEXT_DIM, generator=torch.Generator().manual_seed(1))
     yield pipe, small, {"prompt_embeds": text, "negative_prompt_embeds": torch.zeros_like(text)}
     unregister_family("toy")
+    unregister_tools("toy")
 
 
 def test_the_family_is_known_only_while_registered(toy):
@@ -241,3 +246,36 @@ def test_pab_reuses_per_branch_and_shows_in_the_trace(toy):
     for r in handle.trace:
         own = r.index if r.model == "large" else r.index - 4
         assert r.attention == {b: "computed" if own % 2 == 0 else "reused" for b in ("cond", "uncond")}
+
+
+def test_a_family_missing_a_required_member_is_refused_when_registered():
+    class HalfWritten(FamilyAdapter):
+        name, key = "Half", "half"
+        pipeline_class_names, transformer_class_name = ("ToyPipeline",), "ToyTransformer"
+
+        def denoised(self, scheduler, step_index, timestep, sample, model_output):
+            return sample
+
+    with pytest.raises(TypeError, match="HalfWritten cannot be registered: it must define attention_modules, "
+                                        "teacache_input, blocks or block_lists"):
+        register_family(HalfWritten)
+    assert "half" not in sr_plugin.adapters.family_keys()
+
+
+def test_the_block_layouts_agree_with_diffusers_own_block_registry():
+    """diffusers keeps the same fact for its own blocks in a private registry (hooks._helpers); the adapters
+    declare it because a third-party block is not in it. This keeps the two from drifting apart."""
+    from diffusers.hooks._helpers import TransformerBlockRegistry
+
+    from sr_plugin.lab.tiny import tiny_pair
+
+    for key in ("wan", "cogvideox"):
+        pipe, _ = tiny_pair(key)
+        adapter = sr_plugin.adapters.family(key)
+        for block, layout in adapter.blocks_with_layouts(pipe.transformer):
+            meta = TransformerBlockRegistry.get(type(block))
+            assert layout.index("hidden_states") == meta.return_hidden_states_index
+            if meta.return_encoder_hidden_states_index is None:
+                assert layout == ("hidden_states",)
+            else:
+                assert layout.index("encoder_hidden_states") == meta.return_encoder_hidden_states_index

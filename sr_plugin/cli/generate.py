@@ -229,7 +229,10 @@ def _check_size(family: str | None, folder: pathlib.Path | None, height: int | N
         return
     from ..adapters import family as registered_family
 
-    multiple = registered_family(family).size_multiple(_config(folder / "vae" / "config.json"),
+    from ..lab.family_tools import tools_for
+
+    registered_family(family)
+    multiple = tools_for(family).size_multiple(_config(folder / "vae" / "config.json"),
                                                        _config(folder / "transformer" / "config.json"))
     for flag, value in (("--height", height), ("--width", width)):
         if multiple and value is not None and value % multiple:
@@ -315,10 +318,11 @@ def generate(prompt: str, out: str, large: str | None = None, small: str | None 
 
     from diffusers.utils import export_to_video
 
-    from ..adapters import family as registered_family
 
     if fps is None:
-        fps = defaults.get("fps", registered_family(family).fps)
+        from ..lab.family_tools import tools_for
+
+        fps = defaults.get("fps", tools_for(family).fps)
     write_checked(out_path, lambda: export_to_video(list(video), str(out_path), fps=fps))
     trace = [r.as_dict() for r in handle.trace]
     record = {

@@ -17,6 +17,7 @@ import torch
 from ..accel import PABConfig, TeaCacheConfig, accelerate
 from ..switch.api import apply
 from ..adapters import family as registered_family
+from .family_tools import tools_for
 from ..pipeline.seeded import run_seeded
 from .tiny import TINY_CALL, tiny_families, tiny_pair
 
@@ -27,8 +28,9 @@ SWITCH_STEP = 3
 
 def teacache(family: str) -> TeaCacheConfig:
     """TeaCache with the identity polynomial and the family's tiny threshold (about half the calls skipped on
-    the tiny models' random weights; `FamilyAdapter.tiny_teacache_threshold`)."""
-    return TeaCacheConfig(registered_family(family).tiny_teacache_threshold, "identity")
+    the tiny models' random weights; `FamilyTools.tiny_teacache_threshold`)."""
+    registered_family(family)  # a clear error for an unknown family
+    return TeaCacheConfig(tools_for(family).tiny_teacache_threshold, "identity")
 
 
 #: PAB reusing every other self- and cross-attention call over the whole schedule.

@@ -1,8 +1,8 @@
 """Tiny pipelines built in code with random weights: no download, seconds on a CPU.
 
 Shared by the tests and the benchmarks (the demo runs the trained families of `sr_plugin.lab.trained`). Each
-registered family builds its own (`FamilyAdapter.build_tiny`, in its adapter module); this module holds what
-they share (a tokenizer built with `tokenizers`) and looks families up in the registry. A builder returns
+family's tool description builds its own (`FamilyTools.build_tiny`, `sr_plugin.lab.family_tools`); this module
+holds what they share (a tokenizer built with `tokenizers`) and looks families up in the registry. A builder returns
 ``(pipe, small_transformer)``: a real diffusers pipeline whose transformer is a tiny "large" model, and a tinier
 "small" model of the same family. Every module is in eval mode (T5's dropout would otherwise make two
 identical calls differ).
@@ -18,15 +18,12 @@ import torch
 
 from ..adapters import family, registered_families
 from ..adapters.cogvideox import published_scheduler as cogvideox_scheduler  # noqa: F401  (kept import path)
-from ..adapters.cogvideox import tiny_cogvideox_transformer  # noqa: F401
-from ..adapters.wan import tiny_wan_transformer  # noqa: F401
+from .family_tools import has_tiny, tiny_cogvideox_transformer, tiny_wan_transformer, tools_for  # noqa: F401
 
 
 def tiny_families() -> tuple[str, ...]:
     """Keys of the registered families that build a tiny pipeline, in registration order."""
-    from ..adapters import FamilyAdapter
-
-    return tuple(a.key for a in registered_families() if type(a).build_tiny is not FamilyAdapter.build_tiny)
+    return tuple(a.key for a in registered_families() if has_tiny(tools_for(a.key)))
 
 
 #: The families with a tiny pipeline when this module was imported (tests parametrize over these).
@@ -37,7 +34,8 @@ class _TinyCalls(Mapping):
     """``TINY_CALL[key]``: the call arguments of a family's tiny pipeline, read from the registry."""
 
     def __getitem__(self, key: str) -> dict[str, Any]:
-        return dict(family(key).tiny_call)
+        family(key)  # a clear error for an unknown family
+        return dict(tools_for(key).tiny_call)
 
     def __iter__(self) -> Iterator[str]:
         return iter(tiny_families())
@@ -70,8 +68,9 @@ def eval_all(*modules: torch.nn.Module) -> None:
 
 
 def tiny_pair(key: str, seed: int = 0) -> tuple[Any, Any]:
-    """``(pipe, small)`` for a registered family with a tiny pipeline (`FamilyAdapter.build_tiny`)."""
-    return family(key).build_tiny(seed)
+    """``(pipe, small)`` for a registered family with a tiny pipeline (`FamilyTools.build_tiny`)."""
+    family(key)  # a clear error for an unknown family
+    return tools_for(key).build_tiny(seed)
 
 
 def tiny_wan(seed: int = 0) -> tuple[Any, Any]:
