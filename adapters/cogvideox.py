@@ -14,11 +14,11 @@ Everything here is specific to CogVideoX (reference section 3):
 from __future__ import annotations
 
 import math
-from types import SimpleNamespace
 from typing import Any
 
 import torch
 
+from ..compat import cogvideox_rotary_embeddings
 from .base import FamilyAdapter, Handoff, register_family
 
 #: CogVideoX-2b's VAE ``scaling_factor`` (its vae/config.json): the scale its transformer was trained on.
@@ -141,15 +141,11 @@ class CogVideoXHandoff(Handoff):
             return None
         key = (tuple(hidden_states.shape), hidden_states.device)
         if self._rotary is None or self._rotary[0] != key:
-            from diffusers import CogVideoXPipeline
-
             # The pipeline's own computation, read from the small model's config instead of pipe.transformer.
-            view = SimpleNamespace(transformer=self.small, vae_scale_factor_spatial=self.vae_scale_factor_spatial)
             _, frames, _, h, w = hidden_states.shape
-            emb = CogVideoXPipeline._prepare_rotary_positional_embeddings(
-                view, h * self.vae_scale_factor_spatial, w * self.vae_scale_factor_spatial, frames,
-                hidden_states.device,
-            )
+            emb = cogvideox_rotary_embeddings(self.small, self.vae_scale_factor_spatial,
+                                              h * self.vae_scale_factor_spatial, w * self.vae_scale_factor_spatial,
+                                              frames, hidden_states.device)
             self._rotary = (key, emb)
         return self._rotary[1]
 

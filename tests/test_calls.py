@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import inspect
 
 import pytest
@@ -90,7 +91,7 @@ def test_callback_gets_the_right_arguments_and_can_edit_latents(pair, family):
 
     unpatched = run(pipe, family, callback_on_step_end=halve_at_step_4)
     unpatched_seen, seen[:] = list(seen), []
-    handle = sr_plugin.apply(pipe, pipe.transformer, switch_step=2)  # identity: outputs must match exactly
+    handle = sr_plugin.apply(pipe, copy.deepcopy(pipe.transformer), switch_step=2)  # identity: outputs must match exactly
     patched = run(pipe, family, callback_on_step_end=halve_at_step_4)
     assert torch.equal(patched, unpatched)
     assert seen == unpatched_seen
@@ -109,7 +110,7 @@ def test_replacing_the_scheduler_after_apply_works(family, scheduler_factory):
     from sr_plugin.lab.tiny import tiny_pair
 
     pipe, _ = tiny_pair(family)
-    handle = sr_plugin.apply(pipe, pipe.transformer, switch_step=3)
+    handle = sr_plugin.apply(pipe, copy.deepcopy(pipe.transformer), switch_step=3)
     pipe.scheduler = scheduler_factory(pipe.scheduler)
     patched = run(pipe, family)
     handle.remove()

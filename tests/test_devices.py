@@ -35,7 +35,7 @@ def test_small_device_gets_inputs_in_its_device_and_dtype_and_hands_back(pair, f
 def test_offload_large_is_a_no_op_off_the_gpu_and_checks_its_argument(pair, family):
     pipe, small = pair
     expected = run(pipe, family, output_type="latent")
-    handle = sr_plugin.apply(pipe, pipe.transformer, switch_step=3, offload_large=True)  # identity: exact
+    handle = sr_plugin.apply(pipe, copy.deepcopy(pipe.transformer), switch_step=3, offload_large=True)  # identity: exact
     assert torch.equal(run(pipe, family), expected)
     handle.remove()
     assert "check_inputs" not in vars(pipe)

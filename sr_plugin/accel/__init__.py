@@ -14,6 +14,7 @@ from typing import Any
 
 import torch
 
+from .. import compat
 from ..adapters import FamilyAdapter, adapter_for
 from ..integrations.cache_dit_mirror import cache_dit_config
 from ..pipeline.calls import CallTracker, models_in_play
@@ -65,9 +66,9 @@ class Accelerations:
             raise ValueError(f"cache-dit already caches the {role} transformer's blocks; "
                              f"{'TeaCache' if self.teacache is not None else 'First Block Cache'} would cache them "
                              "a second time: choose one (cache_dit.disable_cache(pipe), or drop it here)")
-        if self.fbcache is not None and getattr(model, "_cache_config", None) is not None:
+        if self.fbcache is not None and compat.cache_config(model) is not None:
             raise ValueError(f"the {role} transformer already has a diffusers cache enabled "
-                             f"({type(model._cache_config).__name__}); disable it or drop fbcache=")
+                             f"({type(compat.cache_config(model)).__name__}); disable it or drop fbcache=")
 
     def install(self) -> None:
         """Join the pipeline's call tracker (after every check passed: a failed check changes nothing)."""
@@ -107,7 +108,7 @@ class Accelerations:
         if model is None:
             return
         self.tracker.untrack(model)
-        if self.fbcache is not None and getattr(model, "_cache_config", None) is not None:
+        if self.fbcache is not None and compat.cache_config(model) is not None:
             model.disable_cache()
         if self.pab is not None:
             remove_cfg_pab(model)

@@ -19,6 +19,7 @@ import numpy as np
 import torch
 from diffusers.hooks import HookRegistry, ModelHook
 
+from .. import compat
 from ..adapters import adapter_for
 from ..pipeline.calls import models_in_play
 from ..instance.patching import drop_hook_residue
@@ -182,7 +183,7 @@ def calibrate_teacache(pipe: Any, prompts: Sequence[str], *, num_inference_steps
                          "sr_plugin.accelerate handle first (cached steps would be measured as unchanged)")
     models = models_in_play(pipe)  # with the switch applied, its small model too
     for role, model in models.items():
-        if getattr(model, "_cache_config", None) is not None:
+        if compat.cache_config(model) is not None:
             raise ValueError(f"the {role} transformer has a diffusers cache enabled: disable it to calibrate")
         adapter.teacache_input(model, ret_steps)  # raises for a mode the family has no input for
     warmup = RET_WARMUP_STEPS if ret_steps else WARMUP_STEPS

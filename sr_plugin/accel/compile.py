@@ -14,6 +14,7 @@ from typing import Any
 import torch
 
 from ..instance.patching import InstancePatches
+from .. import compat
 
 #: Defaults: the issue's regional compile is fullgraph (one graph per block); static shapes, so that the
 #: large and the small model each get their own graph instead of one dynamic-shape graph after a recompile.
@@ -27,7 +28,7 @@ def check_compilable(model: torch.nn.Module, blocks: Any, role: str) -> None:
     if not isinstance(blocks, torch.nn.ModuleList) or len(blocks) == 0:
         raise ValueError(f"the {role} {type(model).__name__} has no transformer blocks to compile")
     for i, block in enumerate(blocks):
-        if "forward" in vars(block) or getattr(block, "_diffusers_hook", None) and block._diffusers_hook.hooks:
+        if "forward" in vars(block) or compat.hook_registry(block) is not None and compat.hook_registry(block).hooks:
             raise ValueError(
                 f"block {i} of the {role} {type(model).__name__} is already wrapped (compiled, or hooked by a "
                 "cache): request compile in the same sr_plugin.accelerate call as the caches, or before them"

@@ -5,6 +5,8 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
+from .. import compat
+
 _MISSING = object()
 
 
@@ -61,9 +63,9 @@ def drop_hook_residue_at(module: Any, forward: bool = True, registry: bool = Tru
     bound = vars(module).get("forward")
     if forward and getattr(bound, "__func__", None) is type(module).forward and getattr(bound, "__self__", None) is module:
         del module.forward
-    hooks = vars(module).get("_diffusers_hook")
+    hooks = vars(module).get(compat.HOOK_REGISTRY_ATTR)
     if registry and hooks is not None and not hooks.hooks:
-        del module._diffusers_hook
+        delattr(module, compat.HOOK_REGISTRY_ATTR)
 
 
 def drop_hook_residue(root: Any) -> None:

@@ -18,12 +18,13 @@ from typing import Any
 
 import torch
 
+from .. import compat
+
 
 def cache_dit_config(model: torch.nn.Module) -> dict[str, Any] | None:
     """The configuration cache-dit caches ``model`` with (``cache_config`` and ``calibrator_config``), or None
     if cache-dit does not cache it."""
-    manager, names = vars(model).get("_context_manager"), vars(model).get("_context_names")
-    kwargs = vars(model).get("_context_kwargs")
+    manager, names, kwargs = compat.cache_dit_context(model)
     if manager is None or not names or kwargs is None or not type(manager).__module__.startswith("cache_dit"):
         return None
     return {k: kwargs[k] for k in ("cache_config", "calibrator_config") if kwargs.get(k) is not None}
@@ -33,7 +34,7 @@ def check_cache_dit(large: torch.nn.Module, small: torch.nn.Module, block_lists:
     """Raise, before anything changes, if the large model's cache-dit setup cannot carry over to ``small``."""
     if cache_dit_config(large) is None:
         return
-    contexts = len(vars(large)["_context_names"])
+    contexts = len(compat.cache_dit_context(large)[1])
     if contexts != 1 or len(block_lists) != 1:
         raise ValueError(f"cache-dit caches the large transformer with {contexts} block contexts and the small one "
                          f"has {len(block_lists)} block lists: sr_plugin gives the small model one context for one "

@@ -17,14 +17,14 @@ adapter (`para_attn_refusal`: Wan's fails on diffusers >= 0.35, RoPE returns a t
 from __future__ import annotations
 
 import dataclasses
+import weakref
 from typing import Any, Callable
 
 import torch
 from diffusers.hooks import HookRegistry
 
+from .. import compat
 from ..instance.patching import InstancePatches
-
-_FBC_LEADER = "fbc_leader_block_hook"  # diffusers.hooks.first_block_cache._FBC_LEADER_BLOCK_HOOK
 
 
 def _identity(value: torch.Tensor) -> torch.Tensor:
@@ -32,12 +32,11 @@ def _identity(value: torch.Tensor) -> torch.Tensor:
 
 
 def diffusers_cp_config(model: torch.nn.Module) -> Any:
-    config = getattr(model, "_parallel_config", None)
+    config = compat.parallel_config(model)
     return getattr(config, "context_parallel_config", None) if config is not None else None
 
 
-def para_attn_parallelized(model: torch.nn.Module) -> bool:
-    return bool(getattr(model, "_is_parallelized", False))
+para_attn_parallelized = compat.para_attn_parallelized
 
 
 def para_attn_mesh(model: torch.nn.Module) -> Any:
@@ -54,20 +53,24 @@ def para_attn_mesh(model: torch.nn.Module) -> Any:
     return None
 
 
+#: The process group of each para-attn mesh, flattened once; an entry goes with its mesh (a new mesh may reuse a
+#: freed one's id, and must not get its group).
 _GROUPS: dict[int, Any] = {}
 
 
 def cp_group(model: torch.nn.Module) -> Any:
     """The process group of the ranks that share ``model``'s work, or None if it is not context-parallel."""
     cp = diffusers_cp_config(model)
-    if cp is not None and cp._flattened_mesh is not None:
-        return cp._flattened_mesh.get_group()
+    if cp is not None and compat.cp_flattened_mesh(cp) is not None:
+        return compat.cp_flattened_mesh(cp).get_group()
     if para_attn_parallelized(model):
         mesh = para_attn_mesh(model)
         if mesh is None:
             raise ValueError("the transformer is parallelized by para-attn but its device mesh cannot be read")
         if id(mesh) not in _GROUPS:
-            _GROUPS[id(mesh)] = mesh._flatten("sr_plugin_cp").get_group() if mesh.ndim > 1 else mesh.get_group()
+            _GROUPS[id(mesh)] = compat.flatten_mesh(mesh, "sr_plugin_cp").get_group() if mesh.ndim > 1 \
+                else mesh.get_group()
+            weakref.finalize(mesh, _GROUPS.pop, id(mesh), None)
         return _GROUPS[id(mesh)]
     return None
 
@@ -98,17 +101,17 @@ def parallelize_like(large: torch.nn.Module, small: torch.nn.Module,
         raise ValueError(para_attn_refusal)
     cp = diffusers_cp_config(large)
     if cp is not None:
-        if getattr(large._parallel_config, "tensor_parallel_config", None) is not None:
+        if getattr(compat.parallel_config(large), "tensor_parallel_config", None) is not None:
             raise ValueError("tensor parallelism on the large transformer is not supported by sr_plugin")
         if diffusers_cp_config(small) is not None:
-            if diffusers_cp_config(small)._mesh is not cp._mesh:
+            if compat.cp_mesh(diffusers_cp_config(small)) is not compat.cp_mesh(cp):
                 raise ValueError("the small transformer is context-parallel on another mesh than the large one")
             return None
         from diffusers import ContextParallelConfig
 
         public = {f.name: getattr(cp, f.name) for f in dataclasses.fields(cp) if f.init and not f.name.startswith("_")}
-        small.enable_parallelism(config=ContextParallelConfig(**{**public, "mesh": cp._mesh}))
-        return lambda: _undo_diffusers_cp(small)
+        small.enable_parallelism(config=ContextParallelConfig(**{**public, "mesh": compat.cp_mesh(cp)}))
+        return lambda: compat.remove_context_parallel(small)
     if para_attn_parallelized(large):
         if para_attn_parallelized(small):
             return None
@@ -124,31 +127,18 @@ def parallelize_like(large: torch.nn.Module, small: torch.nn.Module,
         saved = InstancePatches()  # what para-attn may overwrite on the instances (forwards), as it is now
         for module in small.modules():
             saved.record(module, "forward")
-        saved.record(small, "_is_parallelized")
+        saved.record(small, compat.PARA_ATTN_PARALLELIZED)
         parallelize_transformer(small, mesh=mesh)
         return saved.undo
     return None
-
-
-def _undo_diffusers_cp(small: torch.nn.Module) -> None:
-    from diffusers.hooks.context_parallel import remove_context_parallel
-
-    remove_context_parallel(small, small._cp_plan)
-    for module in small.modules():
-        processor = getattr(module, "processor", None)
-        if processor is not None and hasattr(processor, "_parallel_config"):
-            processor._parallel_config = None
-    small._parallel_config = None
-
-
 
 
 def agree_first_block_cache(model: torch.nn.Module, blocks: Any, group: Any) -> None:
     """Make diffusers' First Block Cache on ``model`` decide from group-wide means (idempotent)."""
     if group is None or len(blocks) == 0:
         return
-    registry = getattr(blocks[0], "_diffusers_hook", None)
-    hook = registry.get_hook(_FBC_LEADER) if registry is not None else None
+    registry = compat.hook_registry(blocks[0])
+    hook = registry.get_hook(compat.FBC_LEADER_HOOK) if registry is not None else None
     if hook is None or getattr(hook, "_sr_plugin_agreed", None) is group:
         return
     import torch.distributed as dist
@@ -164,12 +154,8 @@ def agree_first_block_cache(model: torch.nn.Module, blocks: Any, group: Any) -> 
         dist.all_reduce(sums, group=group)
         return bool((sums[0] / sums[1]).item() > hook.threshold)
 
-    hook._should_compute_remaining_blocks = should_compute
+    compat.replace_fbc_decision(hook, should_compute)
     hook._sr_plugin_agreed = group
-
-
-#: Name prefixes of diffusers' context-parallel split/gather hooks (hooks/context_parallel.py).
-_CP_HOOK_PREFIXES = ("cp_input---", "cp_output---")
 
 
 def keep_context_parallel_outermost(model: torch.nn.Module) -> None:
@@ -181,9 +167,9 @@ def keep_context_parallel_outermost(model: torch.nn.Module) -> None:
     bypass an outer `new_forward` hook) and registering them again, the split/gather ones last. Idempotent.
     """
     for module in model.modules():
-        registry = getattr(module, "_diffusers_hook", None)
-        order = list(getattr(registry, "_hook_order", ()))
-        cp = [name for name in order if name.startswith(_CP_HOOK_PREFIXES)]
+        registry = compat.hook_registry(module)
+        order = compat.hook_order(registry)
+        cp = [name for name in order if name.startswith(compat.CP_HOOK_PREFIXES)]
         if not cp or order[-len(cp):] == cp:
             continue
         hooks = [(name, registry.hooks[name]) for name in order]

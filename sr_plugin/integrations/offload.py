@@ -6,6 +6,8 @@ from typing import Any
 
 import torch
 
+from .. import compat
+
 
 def parse_to_args(args: tuple, kwargs: dict) -> tuple[torch.device | None, torch.dtype | None]:
     """The device and dtype a `DiffusionPipeline.to(...)` call asks for (same argument rules)."""
@@ -19,7 +21,7 @@ def parse_to_args(args: tuple, kwargs: dict) -> tuple[torch.device | None, torch
 
 
 def model_offload_active(pipe: Any) -> bool:
-    return bool(getattr(pipe, "_all_hooks", None))
+    return bool(compat.offload_hooks(pipe))
 
 
 def join_model_offload(pipe: Any, small: torch.nn.Module) -> None:
@@ -29,19 +31,20 @@ def join_model_offload(pipe: Any, small: torch.nn.Module) -> None:
         return
     from accelerate import cpu_offload_with_hook
 
-    large_hook = next((h for h in pipe._all_hooks if getattr(h, "model", None) is pipe.transformer), None)
-    _, hook = cpu_offload_with_hook(small, pipe._offload_device, prev_module_hook=large_hook)
-    pipe._all_hooks.append(hook)
+    hooks = compat.offload_hooks(pipe)
+    large_hook = next((h for h in hooks if getattr(h, "model", None) is pipe.transformer), None)
+    _, hook = cpu_offload_with_hook(small, compat.offload_device(pipe), prev_module_hook=large_hook)
+    compat.set_offload_hooks(pipe, [*hooks, hook])
 
 
 def leave_model_offload(pipe: Any, small: torch.nn.Module) -> None:
     """Take the small model out of the offload sequence (and back to the CPU, where offload keeps models)."""
-    hooks = getattr(pipe, "_all_hooks", None) or []
+    hooks = compat.offload_hooks(pipe) or []
     ours = [h for h in hooks if getattr(h, "model", None) is small]
     if not ours:
         return
     from accelerate.hooks import remove_hook_from_module
 
-    pipe._all_hooks = [h for h in hooks if h not in ours]
+    compat.set_offload_hooks(pipe, [h for h in hooks if h not in ours])
     remove_hook_from_module(small, recurse=True)
     small.to("cpu")

@@ -24,6 +24,7 @@ from typing import Any, ContextManager
 
 import torch
 
+from .. import compat
 from .cache_dit_mirror import CacheDitMirror, cache_dit_config
 from ..instance.patching import InstancePatches, drop_hook_residue
 
@@ -53,37 +54,37 @@ class UserCacheMirror:
         self.cache_dit.sync(large)
         from diffusers import FirstBlockCacheConfig
 
-        config = getattr(large, "_cache_config", None)
+        config = compat.cache_config(large)
         fbc = config if isinstance(config, FirstBlockCacheConfig) else None
-        if self._enabled_fbc and (fbc is None or small._cache_config != fbc):  # taken back or changed
+        if self._enabled_fbc and (fbc is None or compat.cache_config(small) != fbc):  # taken back or changed
             small.disable_cache()
             drop_hook_residue(small)
             self._enabled_fbc = False
-        if fbc is not None and getattr(small, "_cache_config", None) is None:
+        if fbc is not None and compat.cache_config(small) is None:
             small.enable_cache(dataclasses.replace(fbc))
             self._enabled_fbc = True
-        if (getattr(large, "_is_cached", False) and not getattr(small, "_is_cached", False)
+        if (compat.para_attn_cached(large) and not compat.para_attn_cached(small)
                 and cache_dit_config(large) is None):  # para-attn's First Block Cache (cache-dit sets the flag too)
             from para_attn.first_block_cache.diffusers_adapters import apply_cache_on_transformer
 
             saved = InstancePatches()
-            for name in ("forward", "_is_cached"):  # as they are now; para-attn then sets both on the instance
+            for name in ("forward", compat.PARA_ATTN_CACHED):  # as they are now; para-attn then sets both on the instance
                 saved.record(small, name)
             apply_cache_on_transformer(small)
             self._para_patched = saved
 
     def _sync_attention_backend(self, large: torch.nn.Module) -> None:
-        backends = {p._attention_backend for p in _attention_processors(large)} - {None}
+        backends = {compat.attention_backend(p) for p in _attention_processors(large)} - {None}
         backend = next(iter(backends)) if len(backends) == 1 else None
         if backend == self._backend:
             return
         for processor in self._backend_set:  # the large model's backend changed or was reset
-            processor._attention_backend = None
+            compat.set_attention_backend(processor, None)
         self._backend_set, self._backend = [], backend
         if backend is not None:
             for processor in _attention_processors(self.small):
-                if processor._attention_backend is None:  # the user's own choice for the small model stays
-                    processor._attention_backend = backend
+                if compat.attention_backend(processor) is None:  # the user's own choice for the small model stays
+                    compat.set_attention_backend(processor, backend)
                     self._backend_set.append(processor)
 
     def end_call(self) -> None:
@@ -118,7 +119,7 @@ class UserCacheMirror:
         small = self.small
         self.cache_dit.undo()
         for processor in self._backend_set:
-            processor._attention_backend = None
+            compat.set_attention_backend(processor, None)
         self._backend_set, self._backend = [], None
         if self._enabled_fbc:
             small.disable_cache()
@@ -135,7 +136,7 @@ def _attention_processors(model: torch.nn.Module) -> list[Any]:
     processors = []
     for module in model.modules():
         processor = getattr(module, "processor", None)
-        if processor is not None and hasattr(processor, "_attention_backend") and all(
+        if processor is not None and compat.takes_attention_backend(processor) and all(
                 processor is not q for q in processors):
             processors.append(processor)
     return processors

@@ -22,6 +22,7 @@ from typing import Any, Callable, Protocol
 
 import torch
 
+from .. import compat
 from ..integrations.distributed import agree_first_block_cache, cp_group, keep_context_parallel_outermost, make_agree
 from ..instance.arguments import binder
 from ..instance.patching import InstancePatches
@@ -326,7 +327,7 @@ def attention_summary(computed: int, called: int) -> str:
 
 def _reset_caches(model: torch.nn.Module) -> None:
     """Reset (and so free) the state of every stateful hook on ``model``."""
-    registry = getattr(model, "_diffusers_hook", None)
+    registry = compat.hook_registry(model)
     if registry is not None:
         registry.reset_stateful_hooks()
 

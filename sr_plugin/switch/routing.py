@@ -13,6 +13,7 @@ from typing import Any, Callable
 import torch
 from diffusers.hooks import HookRegistry
 
+from .. import compat
 from ..integrations.user_cache_mirror import UserCacheMirror
 from ..adapters import FamilyAdapter, Handoff
 from ..pipeline.calls import CallTracker, _reset_caches
@@ -145,7 +146,7 @@ class Router:
     def _swap(self, calls: CallTracker) -> None:
         """The small model takes the large one's place in the pipeline for the rest of the call."""
         small = self.small
-        self._had = ("forward" in vars(small), hasattr(small, "_diffusers_hook"))
+        self._had = ("forward" in vars(small), hasattr(small, compat.HOOK_REGISTRY_ATTR))
         HookRegistry.check_if_exists_or_initialize(small).register_hook(
             HandoffHook(self.handoff, self.small_device, self.small_call_contexts), self.hook_name
         )
