@@ -251,3 +251,18 @@ def test_a_skipped_pass_returns_both_streams_plus_their_cached_residuals():
         else:
             assert torch.equal(h_out, h_in + residual[0]) and torch.equal(e_out, e_in + residual[1])
             assert residual[1].abs().max() > 0
+
+
+def test_a_calibration_beside_the_weights_is_read_once_per_model(monkeypatch):
+    """Resolved when each model joins, not again at each check and attach."""
+    from sr_plugin.accel import teacache as teacache_module
+    from sr_plugin.lab import trained
+
+    reads = []
+    real = teacache_module.coefficients_beside_weights
+    monkeypatch.setattr(teacache_module, "coefficients_beside_weights",
+                        lambda model, ret_steps: reads.append(model) or real(model, ret_steps))
+    pipe, small, extra = trained.load("wan")
+    sr_plugin.apply(pipe, small, **extra)
+    sr_plugin.accelerate(pipe, teacache=0.1)
+    assert len(reads) == 2 and reads[0] is not reads[1]

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import weakref
 from typing import Any
 
 import torch
@@ -43,15 +44,18 @@ class Accelerations:
         self.tracker: CallTracker | None = None  # set by `install`, once every check has passed
         self.models: dict[str, torch.nn.Module] = {}
         self._compiled: dict[str, InstancePatches] = {}
+        #: TeaCache's coefficients per role and model, resolved (a calibration file beside the weights read) once.
+        self._coefficients: dict[str, weakref.WeakKeyDictionary] = {}
         #: Per step of the last call, as the tracker records it (`CallTracker.records`).
         self.trace: list[StepRecord] = []
 
     # ------------------------------------------------------------------ per model
     def check(self, model: torch.nn.Module, role: str) -> None:
         """Every error this model would raise, before anything is changed."""
-        if self.teacache is not None:
+        resolved = self._coefficients.setdefault(role, weakref.WeakKeyDictionary())
+        if self.teacache is not None and model not in resolved:
             self.adapter.teacache_input(model, self.teacache.ret_steps)
-            resolve_coefficients(self.teacache, self.adapter, model, role)
+            resolved[model] = resolve_coefficients(self.teacache, self.adapter, model, role)
         if self.compile_options is not None:
             check_compilable(model, self.adapter.blocks(model), role)
         owner = _accelerated_by(model)
@@ -90,7 +94,8 @@ class Accelerations:
             if self.compile_options is not None:
                 self._compiled[role] = compile_blocks(self.adapter.blocks(model), self.compile_options)
             if self.teacache is not None:
-                apply_teacache(model, self.adapter, self.tracker, role, self.teacache)
+                apply_teacache(model, self.adapter, self.tracker, role, self.teacache,
+                               self._coefficients[role][model])
             if self.pab is not None:
                 tracker = self.tracker
                 apply_cfg_pab(model, self.adapter.attention_modules(model), self.pab,

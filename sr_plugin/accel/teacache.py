@@ -285,9 +285,11 @@ class _BlockHook(ModelHook):
 
 
 def apply_teacache(model: torch.nn.Module, adapter: Any, tracker: CallTracker, role: str,
-                   config: TeaCacheConfig) -> _ModelTeaCache:
-    """Register TeaCache's hooks on ``model``'s blocks (undo with `remove_teacache`)."""
-    coefficients = resolve_coefficients(config, adapter, model, role)
+                   config: TeaCacheConfig, coefficients: tuple[float, ...] | None = None) -> _ModelTeaCache:
+    """Register TeaCache's hooks on ``model``'s blocks (undo with `remove_teacache`); ``coefficients``: already
+    resolved for this model (else resolved here)."""
+    if coefficients is None:
+        coefficients = resolve_coefficients(config, adapter, model, role)
     source = adapter.teacache_input(model, config.ret_steps)
     blocks = adapter.blocks_with_layouts(model)
     shared = _ModelTeaCache(tracker, role, config, coefficients, source)
