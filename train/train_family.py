@@ -21,7 +21,7 @@ Warm start and resumption (the recipe of the shipped weights, README "Trained fa
                    generator), saved every --save-every steps and committed, so that a run survives the machine;
                    --steps is the total to reach
   --eval-every N   score the EMA weights on the first --eval-pairs held-out pairs at --eval-steps steps every N
-                   steps: one line per evaluation in <work>/<role>/curve.csv (the learning curve)
+                   steps: one line per evaluation in train/curves/<family>-<role>.csv (the learning curve)
 """
 
 from __future__ import annotations
@@ -293,7 +293,8 @@ def evaluate_checkpoint(args: argparse.Namespace, work: pathlib.Path, role: str,
     scores = [evaluate.score_video(quality.generate_video(pipe, args.family, p, s, args.eval_steps)[0], p)
               for p, s in pairs]
     summary = evaluate.summarize(scores)
-    curve = work / role / "curve.csv"
+    curve = ROOT / "train" / "curves" / f"{args.family}-{role}.csv"  # committed beside the checkpoints
+    curve.parent.mkdir(parents=True, exist_ok=True)
     if not curve.is_file():
         curve.write_text("step,loss,prompt_accuracy,attribute_accuracy,colour,shape,direction,pairs,"
                          "sampling_steps,seconds_per_step\n")
