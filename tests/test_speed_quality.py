@@ -3,6 +3,8 @@ the "fastest within 3 points" pick answer as documented."""
 
 from __future__ import annotations
 
+import pytest
+
 from sr_plugin.lab import speed_quality as sq
 
 
@@ -59,3 +61,12 @@ def test_fastest_within_tolerance_of_large_only():
             row("other", "sr", 60, 9.0)]
     assert sq.fastest_within(rows, ["teacache"], 60).name == "ok"
     assert sq.fastest_within(rows, ["pab"], 60) is None
+
+
+def test_fastest_within_can_judge_by_whole_prompts():
+    rows = [row("large", "large", 60, 1.0), row("fast", "sr", 59, 3.0), row("slow", "sr", 59, 2.0)]
+    rows[1].prompt_accuracy, rows[2].prompt_accuracy, rows[0].prompt_accuracy = 40.0, 90.0, 91.0
+    assert sq.fastest_within(rows, ("sr",), 60).name == "fast"  # by attributes, both are within 3 points
+    assert sq.fastest_within(rows, ("sr",), 91.0, accuracy="prompt_accuracy").name == "slow"
+    with pytest.raises(ValueError, match="accuracy must be one of"):
+        sq.fastest_within(rows, ("sr",), 91.0, accuracy="psnr")

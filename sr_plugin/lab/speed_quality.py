@@ -149,10 +149,17 @@ def pareto_front(rows: Sequence[Row]) -> list[Row]:
     return sorted(front, key=lambda r: r.speedup)
 
 
+#: The accuracies a row can be judged by (`Row` fields).
+ACCURACIES: tuple[str, ...] = ("prompt_accuracy", "attribute_accuracy")
+
+
 def fastest_within(rows: Sequence[Row], kinds: Sequence[str], reference_accuracy: float,
-                   points: float = TOLERANCE_POINTS) -> Row | None:
-    """The fastest row of the given kinds whose attribute accuracy is at most ``points`` below the reference."""
-    fits = [r for r in rows if r.kind in kinds and r.attribute_accuracy >= reference_accuracy - points]
+                   points: float = TOLERANCE_POINTS, accuracy: str = "attribute_accuracy") -> Row | None:
+    """The fastest row of the given kinds whose ``accuracy`` (a `Row` field: prompt or attribute accuracy) is at
+    most ``points`` below the reference."""
+    if accuracy not in ACCURACIES:
+        raise ValueError(f"accuracy must be one of {', '.join(ACCURACIES)}, got {accuracy!r}")
+    fits = [r for r in rows if r.kind in kinds and getattr(r, accuracy) >= reference_accuracy - points]
     return max(fits, key=lambda r: r.speedup, default=None)
 
 
