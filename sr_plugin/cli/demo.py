@@ -29,8 +29,21 @@ def _caption(image: Any, text: str, xy: tuple[int, int]) -> None:
     ImageDraw.Draw(image).text(xy, text, fill=(235, 235, 235))
 
 
+def showcase(result: FamilyResult) -> tuple[str, int]:
+    """The (prompt, seed) a family's GIF row shows: the first where large only and SR are right and small only is
+    wrong (what the switch is for), else the first prompt run."""
+    by_pair: dict[tuple[str, int], dict[str, Any]] = {}
+    for run in result.runs:
+        by_pair.setdefault((run.prompt, run.seed), {})[run.mode] = run
+    for pair, runs in by_pair.items():
+        if set(runs) >= set(MODES) and runs["large"].score.right and runs["sr"].score.right \
+                and not runs["small"].score.right:
+            return pair
+    return result.runs[0].prompt, result.runs[0].seed
+
+
 def side_by_side(results: list[FamilyResult]) -> list[np.ndarray]:
-    """GIF frames: per family, the first prompt's three clips side by side under their captions."""
+    """GIF frames: per family, one prompt's three clips side by side under their captions (`showcase`)."""
     from PIL import Image
 
     clip = task.WIDTH * ZOOM
@@ -41,9 +54,10 @@ def side_by_side(results: list[FamilyResult]) -> list[np.ndarray]:
     for f in range(task.NUM_FRAMES):
         canvas = Image.new("RGB", (max(width, 420), row_h * len(results) + gap), (40, 40, 40))
         for row, res in enumerate(results):
-            runs = {r.mode: r for r in res.runs if (r.prompt, r.seed) == (res.runs[0].prompt, res.runs[0].seed)}
+            shown = showcase(res)
+            runs = {r.mode: r for r in res.runs if (r.prompt, r.seed) == shown}
             top = gap + row * row_h
-            _caption(canvas, f"{res.family}: \"{res.runs[0].prompt}\"", (gap, top))
+            _caption(canvas, f"{res.family}: \"{shown[0]}\"", (gap, top))
             for col, mode in enumerate(MODES):
                 run = runs[mode]
                 right, asked = run.score.attributes

@@ -1,0 +1,23 @@
+"""The demo's GIF shows, per family, the first held-out prompt where the switch does what it is for (large only
+and SR right, small only wrong), and the first prompt where no prompt does."""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+
+from sr_plugin.cli.demo import showcase
+from sr_plugin.lab.quality import FamilyResult
+
+
+def run(prompt: str, mode: str, right: bool) -> SimpleNamespace:
+    return SimpleNamespace(prompt=prompt, seed=1, mode=mode, score=SimpleNamespace(right=right))
+
+
+def test_the_showcase_is_the_first_prompt_where_large_and_sr_are_right_and_small_is_wrong():
+    result = FamilyResult("wan", 50, None)
+    for prompt, (large, sr, small) in (("p1", (True, False, False)), ("p2", (True, True, True)),
+                                       ("p3", (True, True, False)), ("p4", (True, True, False))):
+        result.runs += [run(prompt, "large", large), run(prompt, "sr", sr), run(prompt, "small", small)]
+    assert showcase(result) == ("p3", 1)
+    result.runs = [r for r in result.runs if r.prompt in ("p1", "p2")]
+    assert showcase(result) == ("p1", 1)
