@@ -322,12 +322,27 @@ def _save_ema(model, ema, path: pathlib.Path) -> None:
 
 
 # ------------------------------------------------------------------------------------------------- export
+def ema_model(args: argparse.Namespace, work: pathlib.Path, role: str) -> torch.nn.Module:
+    """The role's EMA weights: from its committed checkpoint (so a new machine can export), else from the run's
+    last saved folder."""
+    checkpoint_path = args.checkpoints / args.family / f"{role}.pt"
+    if checkpoint_path.is_file():
+        checkpoint = torch.load(checkpoint_path)
+        model = trained.transformer(args.family, role)
+        model.load_state_dict(checkpoint["model"])
+        with torch.no_grad():
+            for p, e in zip(model.parameters(), checkpoint["ema"]):
+                p.copy_(e)
+        log(f"{role}: EMA weights of step {checkpoint['step']} from {checkpoint_path}")
+        return model.eval()
+    return type(trained.transformer(args.family, role)).from_pretrained(work / role / "transformer").eval()
+
+
 def stage_export(args: argparse.Namespace, work: pathlib.Path) -> None:
     vae = type(trained.vae(args.family)).from_pretrained(work / "vae").eval()
     encoder = trained.text_encoder(args.family)
-    cls = type(trained.transformer(args.family, "small"))
     for role in trained.ROLES:
-        model = cls.from_pretrained(work / role / "transformer").eval()
+        model = ema_model(args, work, role)
         pipe = trained.build_pipeline(args.family, role, model, vae, encoder)
         out = trained.folder(args.family, role)
         pipe.save_pretrained(out, safe_serialization=True)
