@@ -20,6 +20,7 @@ Warm start and resumption (the recipe of the shipped weights, README "Trained fa
   --resume         continue from train/checkpoints/<family>/<role>.pt (weights, EMA, optimizer, step,
                    generator), saved every --save-every steps and committed, so that a run survives the machine;
                    --steps is the total to reach
+  --stage eval     score both roles' checkpoints once (e.g. --eval-pairs 64 --eval-steps 50: the held-out set)
   --eval-every N   score the EMA weights on the first --eval-pairs held-out pairs at --eval-steps steps every N
                    steps: one line per evaluation in train/curves/<family>-<role>.csv (the learning curve)
 """
@@ -287,7 +288,7 @@ def evaluate_checkpoint(args: argparse.Namespace, work: pathlib.Path, role: str,
     from sr_plugin.lab import evaluate, quality
 
     vae = type(trained.vae(args.family)).from_pretrained(work / "vae").eval()
-    model = type(trained.transformer(args.family, role)).from_pretrained(work / role / "transformer").eval()
+    model = ema_model(args, work, role)
     pipe = trained.build_pipeline(args.family, role, model, vae, trained.text_encoder(args.family))
     pairs = task.held_out()[: args.eval_pairs]
     scores = [evaluate.score_video(quality.generate_video(pipe, args.family, p, s, args.eval_steps)[0], p)
@@ -353,7 +354,8 @@ def stage_export(args: argparse.Namespace, work: pathlib.Path) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--family", choices=trained.FAMILY_NAMES, required=True)
-    parser.add_argument("--stage", choices=("all", "vae", "encode", "large", "small", "export"), default="all")
+    parser.add_argument("--stage", choices=("all", "vae", "encode", "large", "small", "export", "eval"),
+                        default="all", help="eval: score both roles' checkpoints (--eval-pairs, --eval-steps) once")
     parser.add_argument("--work", type=pathlib.Path, default=None)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=2)
@@ -391,6 +393,10 @@ def main() -> None:
             stage_encode(args, work)
         elif stage in ("large", "small"):
             stage_transformer(args, work, stage)
+        elif stage == "eval":
+            for role in trained.ROLES:
+                step = torch.load(args.checkpoints / args.family / f"{role}.pt")["step"]
+                evaluate_checkpoint(args, work, role, step, None, float("nan"))
         else:
             stage_export(args, work)
 
