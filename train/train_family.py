@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import os
 import pathlib
 import time
 
@@ -274,8 +275,10 @@ def stage_transformer(args: argparse.Namespace, work: pathlib.Path, role: str) -
                 f"({rate:.2f} s/step, {rate * (steps - step - 1) / 60:.1f} min left)")
         if (step + 1) % args.save_every == 0 or step == steps - 1:
             _save_ema(model, ema, work / role / "transformer")
+            partial = checkpoint_path.with_suffix(".partial")  # a stop mid-write never leaves a broken checkpoint
             torch.save({"model": model.state_dict(), "ema": ema, "optimizer": opt.state_dict(),
-                        "generator": gen.get_state(), "step": step + 1}, checkpoint_path)
+                        "generator": gen.get_state(), "step": step + 1}, partial)
+            os.replace(partial, checkpoint_path)
         if args.eval_every and ((step + 1) % args.eval_every == 0 or step == steps - 1):
             evaluate_checkpoint(args, work, role, step + 1, running, (time.time() - start) / done)
     log(f"{role} done in {(time.time() - start) / 60:.1f} min")
@@ -289,6 +292,7 @@ def evaluate_checkpoint(args: argparse.Namespace, work: pathlib.Path, role: str,
 
     vae = type(trained.vae(args.family)).from_pretrained(work / "vae").eval()
     model = ema_model(args, work, role)
+    step = getattr(model, "trained_steps", step)  # what was loaded, even if a run saved again meanwhile
     pipe = trained.build_pipeline(args.family, role, model, vae, trained.text_encoder(args.family))
     pairs = task.held_out()[: args.eval_pairs]
     scores = [evaluate.score_video(quality.generate_video(pipe, args.family, p, s, args.eval_steps)[0], p)
@@ -325,7 +329,7 @@ def _save_ema(model, ema, path: pathlib.Path) -> None:
 # ------------------------------------------------------------------------------------------------- export
 def ema_model(args: argparse.Namespace, work: pathlib.Path, role: str) -> torch.nn.Module:
     """The role's EMA weights: from its committed checkpoint (so a new machine can export), else from the run's
-    last saved folder."""
+    last saved folder. The checkpoint's step is left on the model as ``trained_steps``."""
     checkpoint_path = args.checkpoints / args.family / f"{role}.pt"
     if checkpoint_path.is_file():
         checkpoint = torch.load(checkpoint_path)
@@ -335,6 +339,7 @@ def ema_model(args: argparse.Namespace, work: pathlib.Path, role: str) -> torch.
             for p, e in zip(model.parameters(), checkpoint["ema"]):
                 p.copy_(e)
         log(f"{role}: EMA weights of step {checkpoint['step']} from {checkpoint_path}")
+        model.trained_steps = checkpoint["step"]
         return model.eval()
     return type(trained.transformer(args.family, role)).from_pretrained(work / role / "transformer").eval()
 
@@ -395,8 +400,7 @@ def main() -> None:
             stage_transformer(args, work, stage)
         elif stage == "eval":
             for role in trained.ROLES:
-                step = torch.load(args.checkpoints / args.family / f"{role}.pt")["step"]
-                evaluate_checkpoint(args, work, role, step, None, float("nan"))
+                evaluate_checkpoint(args, work, role, 0, None, float("nan"))
         else:
             stage_export(args, work)
 
