@@ -8,7 +8,7 @@ import torch
 from pipeline_helpers import run
 
 import sr_plugin
-import sr_plugin.accel as accel_module
+import sr_plugin.accel.kinds as accel_module  # where each acceleration attaches
 import sr_plugin.switch.api as api_module
 from sr_plugin import PABConfig, TeaCacheConfig
 from sr_plugin.pipeline.calls import CallTracker

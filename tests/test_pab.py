@@ -100,7 +100,7 @@ def test_pab_decisions_appear_in_both_traces(pair, family):
 
 
 def test_pab_trace_counts_modules_when_they_disagree():
-    from sr_plugin.pipeline.calls import attention_summary
+    from sr_plugin.accel.pab import attention_summary
 
     assert attention_summary(3, 3) == "computed"
     assert attention_summary(0, 3) == "reused"

@@ -281,8 +281,7 @@ def run_ops(ops: list[tuple], family: str = "wan") -> str | None:
 
 def one_block_small(family: str) -> Any:
     """A small model of the family with one block (First Block Cache needs two)."""
-    from sr_plugin.adapters.cogvideox import tiny_cogvideox_transformer
-    from sr_plugin.adapters.wan import tiny_wan_transformer
+    from sr_plugin.lab.tiny import tiny_cogvideox_transformer, tiny_wan_transformer
 
     if family == "wan":
         return tiny_wan_transformer(num_layers=1, num_heads=2, seed=5)

@@ -110,3 +110,15 @@ def remove_cfg_pab(model: torch.nn.Module) -> None:
     registry = HookRegistry.check_if_exists_or_initialize(model)
     registry.remove_hook(_PAB, recurse=True)
     registry.invalidate_child_registries_cache()
+
+
+def attention_summary(computed: int, called: int) -> str:
+    """How a step's attention reads in the trace: "computed", "reused", or "reused k of n" modules."""
+    if computed == called:
+        return "computed"
+    return "reused" if computed == 0 else f"reused {called - computed} of {called}"
+
+
+def add_counts(noted: tuple[int, int], new: tuple[int, int]) -> tuple[int, int]:
+    """(attention modules computed, attention modules called), summed over a step's calls."""
+    return noted[0] + new[0], noted[1] + new[1]

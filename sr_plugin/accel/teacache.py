@@ -266,7 +266,7 @@ class _BlockHook(ModelHook):
             tracker = sh.tracker
             compute = state.decide(modulated, tracker.step, tracker.num_steps, sh.threshold, sh.coefficients,
                                    sh.warmup, tracker.agree)
-            tracker.log_cache(sh.role, sh.state_manager.context.name, compute)
+            tracker.note("cache", sh.role, sh.state_manager.context.name, "computed" if compute else "skipped")
             sh.skip = not compute
             if compute:
                 sh.block_input = {name: bound[name] for name in sh.streams}

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import functools
 import sys
-from typing import Any, Callable, Protocol
+from typing import Any, Callable
 
 import torch
 
@@ -29,22 +29,34 @@ from ..instance.patching import InstancePatches
 from .trace import StepRecord
 
 
-class CallListener(Protocol):
-    def begin(self, calls: "CallTracker") -> None: ...
+class CallListener:
+    """What the tracker tells the switch and the accelerations. Every method is a no-op here: a listener writes
+    the ones it needs.
 
-    def after_step(self, calls: "CallTracker", model_output: torch.Tensor, sample: torch.Tensor) -> None: ...
+    Per call: ``begin`` (after the pipeline set its timesteps), ``after_step`` (the guided output and sample of
+    each step), ``step_ended`` (after the step's callback), ``end``. Per model in play: ``check_model`` (every
+    error before anything changes), ``model_joined``, ``model_left``."""
 
-    def end(self, calls: "CallTracker") -> None: ...
+    def begin(self, calls: "CallTracker") -> None:
+        pass
 
+    def after_step(self, calls: "CallTracker", model_output: torch.Tensor, sample: torch.Tensor) -> None:
+        pass
 
-class ModelListener(Protocol):
-    """Optional listener methods: the accelerations follow the models in play through these."""
+    def step_ended(self, calls: "CallTracker") -> None:
+        pass
 
-    def check_model(self, model: torch.nn.Module, role: str) -> None: ...
+    def end(self, calls: "CallTracker") -> None:
+        pass
 
-    def model_joined(self, model: torch.nn.Module, role: str) -> None: ...
+    def check_model(self, model: torch.nn.Module, role: str) -> None:
+        pass
 
-    def model_left(self, model: torch.nn.Module, role: str) -> None: ...
+    def model_joined(self, model: torch.nn.Module, role: str) -> None:
+        pass
+
+    def model_left(self, model: torch.nn.Module, role: str) -> None:
+        pass
 
 
 def models_in_play(pipe: Any) -> dict[str, torch.nn.Module]:
@@ -80,10 +92,11 @@ class CallTracker:
         self.running = "large"
         #: Per step of the current/last call: the role that ran it.
         self.ran: list[str] = []
-        #: Per step of the current/last call: {(role, branch): "computed" | "skipped"} from caching hooks.
-        self.cache_log: list[dict[tuple[str, str], str]] = []
-        #: Per step: {(role, branch): [attention modules computed, attention modules called]} from PAB hooks.
-        self.attention_log: list[dict[tuple[str, str], list[int]]] = []
+        #: Per step of the current/last call, what listeners noted for the trace: {field: {(role, branch): value}},
+        #: a field being a `StepRecord` field ("cache", "attention"); the tracker does not read the values.
+        self.notes: list[dict[str, dict[tuple[str, str], Any]]] = []
+        #: How a field's noted value reads in the trace (set by the listener that notes it), by field.
+        self.renderers: dict[str, Callable[[Any], Any]] = {}
         #: Makes every rank of a context-parallel group use the same value (identity on one process).
         self.agree: Callable[[torch.Tensor], torch.Tensor] = make_agree(None)
         self.group: Any = None
@@ -123,9 +136,7 @@ class CallTracker:
     def check_join(self, role: str, model: torch.nn.Module) -> None:
         """Every error a listener would raise for ``model`` joining as ``role``, before anything changes."""
         for listener in list(self.listeners):
-            check = getattr(listener, "check_model", None)
-            if check is not None:
-                check(model, role)
+            listener.check_model(model, role)
 
     def join(self, role: str, model: torch.nn.Module) -> None:
         if self.active:
@@ -136,10 +147,8 @@ class CallTracker:
         done: list[Any] = []
         try:
             for listener in list(self.listeners):
-                joined = getattr(listener, "model_joined", None)
-                if joined is not None:
-                    joined(model, role)  # all or nothing on its side (it undoes its own part on failure)
-                    done.append(listener)
+                listener.model_joined(model, role)  # all or nothing on its side (it undoes its own part on failure)
+                done.append(listener)
         except BaseException:
             for listener in reversed(done):
                 listener.model_left(model, role)
@@ -153,9 +162,7 @@ class CallTracker:
         if model is None:
             return
         for listener in reversed(self.listeners):
-            left = getattr(listener, "model_left", None)
-            if left is not None:
-                left(model, role)
+            listener.model_left(model, role)
 
     def track(self, model: torch.nn.Module) -> None:
         """Manage ``model``'s caches per call (fresh at the start, released at the end), as diffusers does for
@@ -183,28 +190,21 @@ class CallTracker:
         """The timestep of the step now running, as a host float (no device read)."""
         return self.timesteps[self.step] if self.active and self.step < len(self.timesteps) else None
 
-    def log_cache(self, role: str, branch: str, computed: bool) -> None:
+    def note(self, field: str, role: str, branch: str, value: Any,
+             merge: Callable[[Any, Any], Any] | None = None) -> None:
+        """Note ``value`` for the step now running (``merge(old, new)`` when one was noted already)."""
         if self.active and self.step < len(self.timesteps):
-            while len(self.cache_log) <= self.step:
-                self.cache_log.append({})
-            self.cache_log[self.step][(role, branch)] = "computed" if computed else "skipped"
+            while len(self.notes) <= self.step:
+                self.notes.append({})
+            noted = self.notes[self.step].setdefault(field, {})
+            key = (role, branch)
+            noted[key] = merge(noted[key], value) if merge is not None and key in noted else value
 
-    def cache_at(self, step: int) -> dict[tuple[str, str], str]:
-        """The caching hooks' decisions at one step, per (role, branch): "computed" or "skipped"."""
-        return self.cache_log[step] if step < len(self.cache_log) else {}
-
-    def log_attention(self, role: str, branch: str, computed: bool) -> None:
-        if self.active and self.step < len(self.timesteps):
-            while len(self.attention_log) <= self.step:
-                self.attention_log.append({})
-            counts = self.attention_log[self.step].setdefault((role, branch), [0, 0])
-            counts[0] += int(computed)
-            counts[1] += 1
-
-    def attention_at(self, step: int) -> dict[tuple[str, str], str]:
-        """PAB's decisions at one step, per (role, branch): "computed", "reused", or "reused k of n"."""
-        log = self.attention_log[step] if step < len(self.attention_log) else {}
-        return {key: attention_summary(*counts) for key, counts in log.items()}
+    def notes_at(self, step: int, field: str) -> dict[tuple[str, str], Any]:
+        """What was noted for ``field`` at one step, per (role, branch), as the trace shows it."""
+        noted = self.notes[step].get(field, {}) if step < len(self.notes) else {}
+        render = self.renderers.get(field)
+        return {key: render(value) for key, value in noted.items()} if render is not None else dict(noted)
 
     def records(self, d: list[float | None] | None = None, s: list[float | None] | None = None) -> list[StepRecord]:
         """The last call as one `StepRecord` per step (the one trace type of both handles): which role ran it,
@@ -214,8 +214,8 @@ class CallTracker:
             out.append(StepRecord(
                 index=j, timestep=self.timesteps[j], model=role,
                 d=d[j] if d is not None and j < len(d) else None, s=s[j] if s is not None and j < len(s) else None,
-                cache={b: what for (r, b), what in self.cache_at(j).items() if r == role},
-                attention={b: what for (r, b), what in self.attention_at(j).items() if r == role}))
+                cache={b: what for (r, b), what in self.notes_at(j, "cache").items() if r == role},
+                attention={b: what for (r, b), what in self.notes_at(j, "attention").items() if r == role}))
         return out
 
     # ------------------------------------------------------------------ one call
@@ -230,8 +230,7 @@ class CallTracker:
         self.step = 0
         self.running = "large"
         self.ran = []
-        self.cache_log = []
-        self.attention_log = []
+        self.notes = []
         self.bar = bar
         self.active = True
         self._in_play = self._models(self.pipe.transformer)
@@ -263,9 +262,7 @@ class CallTracker:
         """The pipeline finished a step, its step-end callback included (its progress bar's update)."""
         if self.active:
             for listener in list(self.listeners):
-                ended = getattr(listener, "step_ended", None)
-                if ended is not None:
-                    ended(self)
+                listener.step_ended(self)
 
     def end(self) -> None:
         if self.active:
@@ -317,12 +314,6 @@ def check_scheduler_order(scheduler: Any) -> None:
             f"{type(scheduler).__name__} has order {scheduler.order}: it calls the model more than once per "
             "step, and sr_plugin works on steps. Use a first-order scheduler."
         )
-
-
-def attention_summary(computed: int, called: int) -> str:
-    if computed == called:
-        return "computed"
-    return "reused" if computed == 0 else f"reused {called - computed} of {called}"
 
 
 def _reset_caches(model: torch.nn.Module) -> None:

@@ -16,7 +16,7 @@ from diffusers.hooks import HookRegistry
 from .. import compat
 from ..integrations.user_cache_mirror import UserCacheMirror
 from ..adapters import FamilyAdapter, Handoff
-from ..pipeline.calls import CallTracker, _reset_caches
+from ..pipeline.calls import CallListener, CallTracker, _reset_caches
 from ..integrations.distributed import cp_group
 from .handoff_hook import HandoffHook
 from .metric import relative_change
@@ -30,7 +30,7 @@ from ..pipeline.trace import StepRecord, SwitchRecord
 _IN_USE = "_sr_plugin_rendering_for"
 
 
-class Router:
+class Router(CallListener):
     """Owns one pipeline's switching: the step observer, the policy and the transformer swap."""
 
     def __init__(
