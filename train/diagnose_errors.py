@@ -1,0 +1,55 @@
+"""What a trained large model gets wrong on the held-out pairs: per wrong attribute, whether the model drew the
+other object's shape or direction (a pairing error) or something else (a drawing error).
+
+    python train/diagnose_errors.py --family wan        # the checkpoint's EMA weights, 64 pairs, 50 steps
+
+Reads the run folder's VAE (train/runs/<family>/vae: the vae stage) and the committed checkpoint.
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import pathlib
+
+import torch
+
+import train_family
+from sr_plugin.lab import evaluate, quality, task, trained
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--family", choices=trained.FAMILY_NAMES, required=True)
+    parser.add_argument("--pairs", type=int, default=64)
+    parser.add_argument("--steps", type=int, default=50)
+    parser.add_argument("--threads", type=int, default=1)
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    work = ROOT / "train" / "runs" / args.family
+    vae = type(trained.vae(args.family)).from_pretrained(work / "vae").eval()
+    model = train_family.ema_model(argparse.Namespace(checkpoints=ROOT / "train" / "checkpoints",
+                                                      family=args.family), work, "large")
+    pipe = trained.build_pipeline(args.family, "large", model, vae, trained.text_encoder(args.family))
+    kinds: collections.Counter = collections.Counter()
+    for prompt, seed in task.held_out()[: args.pairs]:
+        video = quality.generate_video(pipe, args.family, prompt, seed, args.steps)[0]
+        score = evaluate.score_video(video, prompt)
+        kinds["prompts right" if score.right else "prompts wrong"] += 1
+        for mine, other in zip(score.objects, reversed(score.objects)):
+            if not mine.colour:
+                kinds["colour missing"] += 1
+            if not mine.shape:
+                kinds["shape: the other object's" if mine.seen_shape == other.spec.shape
+                      else f"shape: {mine.seen_shape or 'none seen'}"] += 1
+            if not mine.direction:
+                kinds["direction: the other object's" if mine.seen_direction == other.spec.direction
+                      else f"direction: {mine.seen_direction or 'no motion'}"] += 1
+    for kind, count in sorted(kinds.items(), key=lambda kv: -kv[1]):
+        print(f"{args.family}: {kind}: {count}")
+
+
+if __name__ == "__main__":
+    main()
