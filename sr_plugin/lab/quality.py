@@ -118,7 +118,7 @@ def evaluate_family(family: str, pairs: list[tuple[str, int]], steps: int = 50, 
         if say is not None:
             marks = "  ".join(f"{m} {'right' if r.score.right else 'WRONG'}" for m, r in runs.items())
             noise = runs["sr"].switch_noise
-            level = f" ({noise[0]} {noise[1]:.2f})" if noise is not None else ""
+            level = f" ({noise[0]} {noise[1]:.3g})" if noise is not None else ""
             say(f"[{family} {i + 1}/{len(pairs)}] {prompt} (seed {seed}): {marks}, switch at "
                 f"{runs['sr'].switch_step}{level}")
     summarize_result(result)
@@ -161,7 +161,7 @@ def format_table(results: list[FamilyResult]) -> str:
             s = res.summaries[mode]
             fmt = lambda v, spec: "-" if v is None else format(v, spec)  # noqa: E731
             ideal = f" ({s.ideal_speedup:.2f})" if s.ideal_speedup is not None else ""
-            noise = "" if s.mean_switch_noise is None else f" ({s.mean_switch_noise[0]} {s.mean_switch_noise[1]:.2f})"
+            noise = "" if s.mean_switch_noise is None else f" ({s.mean_switch_noise[0]} {s.mean_switch_noise[1]:.3g})"
             lines.append(f"| {res.family} | {mode} | {s.prompt_accuracy:.1f}% | {s.attribute_accuracy:.1f}% | "
                          f"{fmt(s.psnr, '.2f')} | {fmt(s.ssim, '.3f')} | {s.denoise_s:.2f} | "
                          f"{s.speedup:.2f}x{ideal} | {fmt(s.mean_switch_step, '.1f')}{noise} |")
