@@ -59,11 +59,14 @@ def render_batch(rng: np.random.Generator, prompts: list[str], n: int) -> tuple[
     return torch.from_numpy(videos).permute(0, 4, 1, 2, 3) * 2 - 1, chosen
 
 
-def lr_at(step: int, total: int, peak: float, warmup: int = 100, schedule: str = "cosine") -> float:
+def lr_at(step: int, total: int, peak: float, warmup: int = 100, schedule: str = "cosine",
+          cooldown_from: int = 0) -> float:
     if step < warmup:
         return peak * (step + 1) / warmup
-    if schedule == "constant":  # a run that can be extended across sessions without changing its past
-        return peak
+    if schedule == "constant" or (schedule == "cooldown" and step < cooldown_from):
+        return peak  # a constant run can be extended across sessions without changing its past
+    if schedule == "cooldown":  # the end of a constant run: cosine from --cooldown-from down to 0.1 x peak
+        return peak * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * (step - cooldown_from) / max(total - cooldown_from, 1))))
     return peak * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * (step - warmup) / max(total - warmup, 1))))
 
 
@@ -253,7 +256,7 @@ def stage_transformer(args: argparse.Namespace, work: pathlib.Path, role: str) -
     running = None
     for step in range(first, steps):
         for group in opt.param_groups:
-            group["lr"] = lr_at(step, steps, args.lr, schedule=args.schedule)
+            group["lr"] = lr_at(step, steps, args.lr, schedule=args.schedule, cooldown_from=args.cooldown_from)
         idx = torch.randint(0, x_all.shape[0], (args.batch,), generator=gen)
         prompt_ids = data["prompt_ids"][idx]
         drop = torch.rand(args.batch, generator=gen) < COND_DROPOUT
@@ -380,8 +383,10 @@ def main() -> None:
                         help="where <family>/<role>.pt checkpoints are written and resumed from")
     parser.add_argument("--from-shipped", action="store_true",
                         help="start from the shipped VAE and transformers instead of training from scratch")
-    parser.add_argument("--schedule", choices=("cosine", "constant"), default="cosine",
-                        help="learning rate after the 100 warm-up steps")
+    parser.add_argument("--schedule", choices=("cosine", "constant", "cooldown"), default="cosine",
+                        help="learning rate after the 100 warm-up steps (cooldown: constant, then cosine from "
+                             "--cooldown-from to 0.1 x --lr at --steps)")
+    parser.add_argument("--cooldown-from", type=int, default=0)
     parser.add_argument("--eval-every", type=int, default=0, help="learning-curve evaluation period (0: none)")
     parser.add_argument("--eval-pairs", type=int, default=24)
     parser.add_argument("--eval-steps", type=int, default=20)
