@@ -18,13 +18,17 @@ def teacache_settings(family):
     return {"teacache": TeaCacheConfig(0.0, COEFFS[family])}
 
 
-def teacache_computed_everything(handle, small, switch):
+def teacache_computed_everything(handle, small, switch, pipe, family):
     assert all(set(step.cache.values()) == {"computed"} for step in handle.trace)
 
 
-def fbcache_mirrored(handle, small, switch):
+def fbcache_mirrored(handle, small, switch, pipe, family):
+    """The small model ran its steps with the cache (given to it for the call only, as any diffusers cache is)."""
     if switch is not None:
-        assert isinstance(small._cache_config, FirstBlockCacheConfig)
+        seen = []
+        run(pipe, family, callback_on_step_end=lambda p, i, t, kw: seen.append(small._cache_config) or kw)
+        assert isinstance(seen[-1], FirstBlockCacheConfig) and seen[-1].threshold == 0.0
+        assert small._cache_config is None
 
 
 ACCELERATIONS = {
@@ -45,4 +49,4 @@ def test_never_reusing_reproduces_the_baseline_exactly(pair, family, switch, acc
     expected = run(pipe, family)
     handle = sr_plugin.accelerate(pipe, **settings(family))
     assert torch.equal(run(pipe, family), expected)
-    check(handle, small, switch)
+    check(handle, small, switch, pipe, family)

@@ -160,7 +160,9 @@ class PyramidAttentionBroadcast(Acceleration):
 
 
 class FirstBlockCache(Acceleration):
-    """diffusers' First Block Cache (`FirstBlockCacheConfig`) on each model in play."""
+    """diffusers' First Block Cache (`FirstBlockCacheConfig`), enabled on the large model only: the small one gets
+    it the one way any diffusers cache reaches it, from `integrations.user_cache_mirror` at the start of each
+    call (same configuration, its own state, off again after the call)."""
 
     name = "fbcache"
 
@@ -188,10 +190,11 @@ class FirstBlockCache(Acceleration):
     def attach(self, ctx: "Accelerations", model: torch.nn.Module, role: str) -> None:
         from diffusers import FirstBlockCacheConfig
 
-        model.enable_cache(FirstBlockCacheConfig(threshold=self.threshold))
+        if role == "large":
+            model.enable_cache(FirstBlockCacheConfig(threshold=self.threshold))
 
     def detach(self, ctx: "Accelerations", model: torch.nn.Module, role: str) -> None:
-        if compat.cache_config(model) is not None:
+        if role == "large" and compat.cache_config(model) is not None:
             model.disable_cache()
 
 
