@@ -133,6 +133,14 @@ def parallelize_like(large: torch.nn.Module, small: torch.nn.Module,
     return None
 
 
+def prepare_parallel_call(model: torch.nn.Module, blocks: Any, group: Any) -> None:
+    """Before each call of a context-parallel pipeline, for each model in play (after every cache was attached):
+    the split/gather hooks outermost, and diffusers' First Block Cache deciding from group-wide means (so every
+    rank skips the same blocks). Idempotent."""
+    keep_context_parallel_outermost(model)
+    agree_first_block_cache(model, blocks, group)
+
+
 def agree_first_block_cache(model: torch.nn.Module, blocks: Any, group: Any) -> None:
     """Make diffusers' First Block Cache on ``model`` decide from group-wide means (idempotent)."""
     if group is None or len(blocks) == 0:

@@ -23,7 +23,7 @@ from typing import Any, Callable
 import torch
 
 from .. import compat
-from ..integrations.distributed import agree_first_block_cache, cp_group, keep_context_parallel_outermost, make_agree
+from ..integrations.distributed import cp_group, make_agree, prepare_parallel_call
 from ..instance.arguments import binder
 from ..instance.patching import InstancePatches
 from .trace import StepRecord
@@ -247,16 +247,15 @@ class CallTracker:
             raise
 
     def _prepare_models(self) -> None:
-        """Once per call, for every model in play (after the listeners, which may add caches): fresh cache
-        state; under context parallelism, split/gather hooks outermost and First Block Cache deciding group-wide."""
+        """Once per call, for every model in play (after the listeners, which may add caches): fresh state in
+        every stateful hook; under context parallelism, what `prepare_parallel_call` puts right."""
         from ..adapters import adapter_for
 
         blocks = adapter_for(self.pipe).blocks
         for model in self._in_play:
             _reset_caches(model)
             if self.group is not None:
-                keep_context_parallel_outermost(model)
-                agree_first_block_cache(model, blocks(model), self.group)
+                prepare_parallel_call(model, blocks(model), self.group)
 
     def step_ended(self) -> None:
         """The pipeline finished a step, its step-end callback included (its progress bar's update)."""
