@@ -46,6 +46,7 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=50)
     parser.add_argument("--out", type=pathlib.Path, default=ROOT / "benchmarks" / "results")
     args = parser.parse_args()
+    args.out.mkdir(parents=True, exist_ok=True)  # before the run, not after it
     torch.set_num_threads(1)
     env = {"torch": torch.__version__, "diffusers": diffusers.__version__, "threads": 1,
            "machine": platform.machine(), "processor": platform.processor(), "cpus": os.cpu_count()}

@@ -90,6 +90,7 @@ def main() -> None:
                         help="only redraw the plot from that date's results: the full run's rows, then any --rows "
                              "run's rows not in it")
     args = parser.parse_args()
+    args.out.mkdir(parents=True, exist_ok=True)  # before the run, not after it
     if args.replot:
         replot(args.out, args.replot, args.family or list(trained.FAMILY_NAMES), args.plot)
         return
