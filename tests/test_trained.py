@@ -70,7 +70,7 @@ def test_a_missing_or_corrupted_folder_gives_one_clear_error(tmp_path: pathlib.P
 
 
 #: Families whose shipped folders hold the retrained weights on `task_encoder`'s encoder (issue 18).
-SHIPPED_ON_TASK_ENCODER = ("cogvideox",)
+SHIPPED_ON_TASK_ENCODER = ("cogvideox", "wan")
 
 
 @pytest.mark.parametrize("family", [f if f in SHIPPED_ON_TASK_ENCODER else pytest.param(
