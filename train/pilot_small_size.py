@@ -6,8 +6,8 @@
 Measured 2026-12-02 (2 threads, batch-2 call at the task's latent shape): large 8x4 8.0 ms; small 2x2 1.5 ms
 (5.6x cheaper), 4x2 2.8 ms (2.9x: fails the 3x rule), 2x4 2.4 ms (3.3x). The 2x4 from scratch, 4,000 steps
 (about 4 minutes): loss 0.31 against the shipped 2x2's 0.42; on the first 32 held-out pairs small only 40.6%
-of prompts (81% of attributes), SR with CogVideoX's large at k=20 / 25 / 30: 50.0 / 53.1 / 53.1%, below the
-shipped 2x2's 75% at k=30 on 64 pairs. Scratch paths; not part of the shipped recipe.
+of prompts (81% of attributes), SR with CogVideoX's large at k=20 / 25 / 30 / 40: 50.0 / 53.1 / 53.1 / 90.6%,
+below the shipped 2x2 on the same pairs (k=30: 62.5%, k=40: 96.9%). Not part of the shipped recipe.
 """
 import sys, time, torch, argparse, pathlib, shutil
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
