@@ -44,11 +44,8 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    work = ROOT / "train" / "runs" / args.family
-    vae = type(trained.vae(args.family)).from_pretrained(work / "vae").eval()
-    model = train_family.ema_model(argparse.Namespace(checkpoints=ROOT / "train" / "checkpoints",
-                                                      family=args.family), work, "large")
-    pipe = trained.build_pipeline(args.family, "large", model, vae, trained.text_encoder(args.family))
+    pipe = train_family.checkpoint_pipeline(args.family, "large")
+    model, vae = pipe.transformer, pipe.vae
     objective = train_family.Objective(args.family, "large", pipe)
     pairs = task.held_out()[: args.pairs]
     prompts = [p for p, _ in pairs]

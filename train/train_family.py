@@ -293,10 +293,8 @@ def evaluate_checkpoint(args: argparse.Namespace, work: pathlib.Path, role: str,
     """The learning curve: the saved EMA weights on the first held-out pairs, appended to curve.csv."""
     from sr_plugin.lab import evaluate, quality
 
-    vae = type(trained.vae(args.family)).from_pretrained(work / "vae").eval()
-    model = ema_model(args, work, role)
-    step = getattr(model, "trained_steps", step)  # what was loaded, even if a run saved again meanwhile
-    pipe = trained.build_pipeline(args.family, role, model, vae, trained.text_encoder(args.family))
+    pipe = checkpoint_pipeline(args.family, role, work, args.checkpoints)
+    step = getattr(pipe.transformer, "trained_steps", step)  # what was loaded, even if a run saved again meanwhile
     pairs = task.held_out()[: args.eval_pairs]
     scores = [evaluate.score_video(quality.generate_video(pipe, args.family, p, s, args.eval_steps)[0], p)
               for p, s in pairs]
@@ -345,6 +343,16 @@ def ema_model(args: argparse.Namespace, work: pathlib.Path, role: str) -> torch.
         model.trained_steps = checkpoint["step"]
         return model.eval()
     return type(trained.transformer(args.family, role)).from_pretrained(work / role / "transformer").eval()
+
+
+def checkpoint_pipeline(family: str, role: str, work: pathlib.Path | None = None,
+                        checkpoints: pathlib.Path = ROOT / "train" / "checkpoints"):
+    """The family's pipeline around the role's EMA weights (`ema_model`) and the run folder's VAE: what the
+    learning curve and the diagnostics in train/ score."""
+    work = work or ROOT / "train" / "runs" / family
+    vae = type(trained.vae(family)).from_pretrained(work / "vae").eval()
+    model = ema_model(argparse.Namespace(checkpoints=checkpoints, family=family), work, role)
+    return trained.build_pipeline(family, role, model, vae, trained.text_encoder(family))
 
 
 def stage_export(args: argparse.Namespace, work: pathlib.Path) -> None:
