@@ -1,5 +1,5 @@
 """The demo's GIF shows, per family, the first held-out prompt where the switch does what it is for (large only
-and SR right, small only wrong), and the first prompt where no prompt does."""
+and SR right, small only wrong); where no prompt does, the first where large only is right, else the first."""
 
 from __future__ import annotations
 
@@ -20,4 +20,14 @@ def test_the_showcase_is_the_first_prompt_where_large_and_sr_are_right_and_small
         result.runs += [run(prompt, "large", large), run(prompt, "sr", sr), run(prompt, "small", small)]
     assert showcase(result) == ("p3", 1)
     result.runs = [r for r in result.runs if r.prompt in ("p1", "p2")]
+    assert showcase(result) == ("p1", 1)
+
+
+def test_without_such_a_prompt_the_showcase_is_the_first_where_large_only_is_right():
+    result = FamilyResult("wan", 50, None)
+    for prompt, (large, sr, small) in (("p1", (False, False, False)), ("p2", (True, False, False)),
+                                       ("p3", (True, False, False))):
+        result.runs += [run(prompt, "large", large), run(prompt, "sr", sr), run(prompt, "small", small)]
+    assert showcase(result) == ("p2", 1)
+    result.runs = [r for r in result.runs if r.prompt == "p1"]
     assert showcase(result) == ("p1", 1)

@@ -31,13 +31,17 @@ def _caption(image: Any, text: str, xy: tuple[int, int]) -> None:
 
 def showcase(result: FamilyResult) -> tuple[str, int]:
     """The (prompt, seed) a family's GIF row shows: the first where large only and SR are right and small only is
-    wrong (what the switch is for), else the first prompt run."""
+    wrong (what the switch is for), else the first where large only is right (what SR is measured against), else
+    the first prompt run."""
     by_pair: dict[tuple[str, int], dict[str, Any]] = {}
     for run in result.runs:
         by_pair.setdefault((run.prompt, run.seed), {})[run.mode] = run
     for pair, runs in by_pair.items():
         if set(runs) >= set(MODES) and runs["large"].score.right and runs["sr"].score.right \
                 and not runs["small"].score.right:
+            return pair
+    for pair, runs in by_pair.items():
+        if "large" in runs and runs["large"].score.right:
             return pair
     return result.runs[0].prompt, result.runs[0].seed
 

@@ -92,7 +92,7 @@ def build_parser() -> argparse.ArgumentParser:
                                 parser_class=_Parser)
 
     demo = sub.add_parser("demo", formatter_class=_DefaultsShown, help="the trained families on held-out prompts: large only | SR | small only, "
-                          "scored and timed, with a side-by-side GIF (CPU, about a minute)",
+                          "scored and timed, with a side-by-side GIF (CPU, about 30 seconds)",
                           description="Runs the trained model families shipped in the package (sr_plugin/trained/) "
                                       "on held-out prompts of their task, under large only, SR and small only; "
                                       "prints each prompt's result and a quality and time table, and writes one "
