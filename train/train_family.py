@@ -83,7 +83,10 @@ def stage_vae(args: argparse.Namespace, work: pathlib.Path) -> None:
     if args.vae_init is not None:  # continue from an earlier run's VAE
         model = type(model).from_pretrained(args.vae_init)
     model.train()
-    opt = torch.optim.AdamW(model.parameters(), lr=args.vae_lr, weight_decay=0.0)
+    if args.vae_decoder_only:  # the encoder, and so every latent the transformers learned, stays as it is
+        for name, p in model.named_parameters():
+            p.requires_grad_(name.startswith(("decoder.", "post_quant_conv.")))
+    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=args.vae_lr, weight_decay=0.0)
     prompts = task.training_prompts()
     start = time.time()
     for step in range(args.vae_steps):
@@ -183,8 +186,21 @@ def stage_encode(args: argparse.Namespace, work: pathlib.Path) -> None:
 class Objective:
     """The family's noising and target: flow matching (Wan) or v-prediction in the role's space (CogVideoX)."""
 
-    def __init__(self, family: str, role: str, pipe) -> None:
+    def __init__(self, family: str, role: str, pipe, render_from: int = 0, sampling_steps: int = 50) -> None:
         self.family = family
+        # --render-from K: train only on the noise levels a `sampling_steps` sampler visits from its step K on,
+        # the part of the trajectory SR hands a small model when it switches at step K or later.
+        self.ceiling = None
+        if render_from:
+            large = trained.scheduler(family, "large")  # SR's steps are the large pipeline's
+            large.set_timesteps(sampling_steps)
+            self.ceiling = float(large.timesteps[render_from])
+            if family == "cogvideox" and role != "large":  # the same noise in this role's own timesteps
+                from sr_plugin.adapters.cogvideox import LatentSpaceMap
+
+                space = LatentSpaceMap(large.alphas_cumprod, trained.scheduler(family, role).alphas_cumprod,
+                                       trained.COGVIDEOX_SPACE[role][0] / trained.COGVIDEOX_SPACE["large"][0])
+                self.ceiling = float(space.coefficients(torch.tensor([self.ceiling]))["t_small"][0])
         if family == "wan":
             self.scale = None
         else:
@@ -206,12 +222,16 @@ class Objective:
         noise = torch.randn(x0.shape, generator=gen)
         if self.family == "wan":
             u = torch.rand(b, generator=gen)
+            if self.ceiling is not None:  # the u whose shifted sigma is the ceiling's sigma
+                top = self.ceiling / 1000
+                u = u * top / (WAN_FLOW_SHIFT - (WAN_FLOW_SHIFT - 1) * top)
             sigma = WAN_FLOW_SHIFT * u / (1 + (WAN_FLOW_SHIFT - 1) * u)
             s = sigma.view(b, 1, 1, 1, 1)
             xt = (1 - s) * x0 + s * noise
             pred = model(hidden_states=xt, timestep=sigma * 1000, encoder_hidden_states=text, return_dict=False)[0]
             return (pred - (noise - x0)).pow(2).mean()
-        t = torch.randint(0, 1000, (b,), generator=gen)
+        top = 1000 if self.ceiling is None else int(self.ceiling) + 1
+        t = torch.randint(0, top, (b,), generator=gen)
         a = self.abar[t].view(b, 1, 1, 1, 1)
         xt = a.sqrt() * x0 + (1 - a).sqrt() * noise
         target = a.sqrt() * noise - (1 - a).sqrt() * x0
@@ -236,7 +256,9 @@ def stage_transformer(args: argparse.Namespace, work: pathlib.Path, role: str) -
         log(f"{role}: warm start from the shipped weights")
     model.train()
     pipe = trained.build_pipeline(args.family, role, model, vae, trained.text_encoder(args.family))
-    objective = Objective(args.family, role, pipe)
+    objective = Objective(args.family, role, pipe, render_from=args.render_from if role == "small" else 0)
+    if objective.ceiling is not None:
+        log(f"{role}: noise levels of steps {args.render_from}-50 only (timestep <= {objective.ceiling:.0f})")
     x_all = objective.model_latents(data["latents"], vae)
     log(f"{role}: {sum(p.numel() for p in model.parameters()) / 1e6:.3f} M parameters; model latents std "
         f"{x_all.std().item():.3f}")
@@ -377,6 +399,8 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--vae-steps", type=int, default=1200)
     parser.add_argument("--vae-init", type=pathlib.Path, default=None, help="continue from this VAE folder")
+    parser.add_argument("--vae-decoder-only", action="store_true",
+                        help="train only the decoder (with --vae-init: the latent space stays the init's)")
     parser.add_argument("--vae-batch", type=int, default=8)
     parser.add_argument("--vae-lr", type=float, default=2e-3)
     parser.add_argument("--videos", type=int, default=12288)
@@ -395,6 +419,8 @@ def main() -> None:
                         help="learning rate after the 100 warm-up steps (cooldown: constant, then cosine from "
                              "--cooldown-from to 0.1 x --lr at --steps)")
     parser.add_argument("--cooldown-from", type=int, default=0)
+    parser.add_argument("--render-from", type=int, default=0,
+                        help="small model: train only on the noise of sampling steps K..50 (0: every noise level)")
     parser.add_argument("--eval-every", type=int, default=0, help="learning-curve evaluation period (0: none)")
     parser.add_argument("--eval-pairs", type=int, default=24)
     parser.add_argument("--eval-steps", type=int, default=20)
