@@ -26,13 +26,21 @@ def main() -> None:
     parser.add_argument("--pairs", type=int, default=64)
     parser.add_argument("--steps", type=int, default=50)
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--vae", type=pathlib.Path, default=None, help="decode with this VAE folder instead")
+    parser.add_argument("--list", action="store_true", help="print each wrong prompt with what was seen")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     pipe = train_family.checkpoint_pipeline(args.family, "large")
+    if args.vae is not None:
+        pipe.vae = type(pipe.vae).from_pretrained(args.vae).eval()
     kinds: collections.Counter = collections.Counter()
-    for prompt, seed in task.held_out()[: args.pairs]:
+    for i, (prompt, seed) in enumerate(task.held_out()[: args.pairs]):
         video = quality.generate_video(pipe, args.family, prompt, seed, args.steps)[0]
         score = evaluate.score_video(video, prompt)
+        if args.list and not score.right:
+            print(f"pair {i}: {prompt!r} seen: " + "; ".join(
+                f"{o.spec.colour} {o.seen_shape} {o.seen_direction}" + ("" if o.colour else " (colour missing)")
+                for o in score.objects), flush=True)
         kinds["prompts right" if score.right else "prompts wrong"] += 1
         for mine, other in zip(score.objects, reversed(score.objects)):
             if not mine.colour:
