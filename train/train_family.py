@@ -240,6 +240,21 @@ class Objective:
         return (pred - target).pow(2).mean()
 
 
+def grow(shipped: torch.nn.Module, model: torch.nn.Module) -> None:
+    """Load a shallower model into ``model``'s first blocks; the blocks after them start as identities (their
+    residual branches' output projections zero), so the deeper model begins as the shipped one."""
+    model.load_state_dict(shipped.state_dict(), strict=False)
+    depth = len(shipped.transformer_blocks if hasattr(shipped, "transformer_blocks") else shipped.blocks)
+    blocks = model.transformer_blocks if hasattr(model, "transformer_blocks") else model.blocks
+    with torch.no_grad():
+        for block in list(blocks)[depth:]:
+            for name, module in block.named_modules():
+                if name.endswith(("to_out.0", "net.2")):  # attention and feed-forward outputs
+                    module.weight.zero_()
+                    module.bias.zero_()
+    log(f"grown from {depth} to {len(blocks)} blocks (new blocks start as identities)")
+
+
 def stage_transformer(args: argparse.Namespace, work: pathlib.Path, role: str) -> None:
     torch.manual_seed(args.seed + (10 if role == "large" else 20))
     gen = torch.Generator().manual_seed(args.seed + (11 if role == "large" else 21))
@@ -252,7 +267,11 @@ def stage_transformer(args: argparse.Namespace, work: pathlib.Path, role: str) -
     if checkpoint is None and args.resume and (work / role / "transformer").is_dir():  # an older run's EMA weights
         model = type(model).from_pretrained(work / role / "transformer")
     elif checkpoint is None and args.from_shipped:
-        model = type(model).from_pretrained(trained.folder(args.family, role) / "transformer")
+        shipped = type(model).from_pretrained(trained.folder(args.family, role) / "transformer")
+        if shipped.config.num_layers == model.config.num_layers:
+            model = shipped
+        else:  # --large-layers: a deeper model computing the same function to start with
+            grow(shipped, model)
         log(f"{role}: warm start from the shipped weights")
     model.train()
     pipe = trained.build_pipeline(args.family, role, model, vae, trained.text_encoder(args.family))
@@ -321,7 +340,7 @@ def evaluate_checkpoint(args: argparse.Namespace, work: pathlib.Path, role: str,
     scores = [evaluate.score_video(quality.generate_video(pipe, args.family, p, s, args.eval_steps)[0], p)
               for p, s in pairs]
     summary = evaluate.summarize(scores)
-    curve = ROOT / "train" / "curves" / f"{args.family}-{role}.csv"  # committed beside the checkpoints
+    curve = getattr(args, "curve", None) or ROOT / "train" / "curves" / f"{args.family}-{role}.csv"  # committed
     curve.parent.mkdir(parents=True, exist_ok=True)
     if not curve.is_file():
         curve.write_text("step,loss,prompt_accuracy,attribute_accuracy,colour,shape,direction,pairs,"
@@ -421,10 +440,16 @@ def main() -> None:
     parser.add_argument("--cooldown-from", type=int, default=0)
     parser.add_argument("--render-from", type=int, default=0,
                         help="small model: train only on the noise of sampling steps K..50 (0: every noise level)")
+    parser.add_argument("--large-layers", type=int, default=None,
+                        help="a deeper large model (with --from-shipped: grown from the shipped one)")
+    parser.add_argument("--curve", type=pathlib.Path, default=None,
+                        help="learning-curve file (default: train/curves/<family>-<role>.csv)")
     parser.add_argument("--eval-every", type=int, default=0, help="learning-curve evaluation period (0: none)")
     parser.add_argument("--eval-pairs", type=int, default=24)
     parser.add_argument("--eval-steps", type=int, default=20)
     args = parser.parse_args()
+    if args.large_layers:
+        trained.SIZES["large"] = (args.large_layers, trained.SIZES["large"][1])
     torch.set_num_threads(args.threads)
     work = args.work or ROOT / "train" / "runs" / args.family
     work.mkdir(parents=True, exist_ok=True)
