@@ -1,0 +1,78 @@
+"""What each CogVideoX model recovers in one step from a true noisy sample of the held-out videos: the noise of
+the large model's step k (the small model at the same noise, through the hand-off's latent-space map), its x0
+decoded and scored (no CFG). Issue 18: does a small model read shapes the sample does not show?
+
+    python train/denoise_probe.py --ks 20,25,30,40                  # the shipped models, about 30 seconds
+    python train/denoise_probe.py --ks 25 --checkpoints train/pilots/cogvideox-small-30k   # another small model
+    python train/denoise_probe.py --ks 25 --null                    # the empty prompt: what the sample alone carries
+
+Measured 2026-12-02, first 32 pairs, step 25 (prompts right; shapes / directions right of 64): large 27; 59 / 64.
+Shipped small 2; 33 / 29. The train/pilots run at steps 9,000 / 17,000 / 30,000 (the last committed): 4, 4, 7; shapes 29, 28, 32;
+directions 61, 61, 62. With the empty prompt the large model gets 31 of 64 shapes (59 of 64 directions).
+"""
+import argparse
+import pathlib
+
+import numpy as np
+import torch
+
+import train_family
+from sr_plugin.adapters.cogvideox import LatentSpaceMap
+from sr_plugin.lab import evaluate, task, trained
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--ks", default="20,25,30,40")
+    parser.add_argument("--pairs", type=int, default=32)
+    parser.add_argument("--checkpoints", type=pathlib.Path, default=None,
+                        help="folder holding cogvideox/small.pt (default: the shipped small model)")
+    parser.add_argument("--null", action="store_true", help="condition on the empty prompt")
+    parser.add_argument("--threads", type=int, default=2)
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    pipe, small, extra = trained.load("cogvideox")
+    if args.checkpoints is not None:
+        small = train_family.ema_model(argparse.Namespace(checkpoints=args.checkpoints, family="cogvideox"),
+                                       pathlib.Path("unused"), "small")
+    vae, large_scheduler, small_scheduler = pipe.vae, pipe.scheduler, extra["small_scheduler"]
+    large_scheduler.set_timesteps(50)
+    scale = {"large": trained.COGVIDEOX_SPACE["large"][0], "small": trained.COGVIDEOX_SPACE["small"][0]}
+    space = LatentSpaceMap(large_scheduler.alphas_cumprod, small_scheduler.alphas_cumprod,
+                           scale["small"] / scale["large"])
+    pairs = task.held_out()[: args.pairs]
+    x = torch.from_numpy(np.stack([task.render(p, s) for p, s in pairs])).permute(0, 4, 1, 2, 3) * 2 - 1
+    with torch.no_grad():
+        raw = vae.encode(x).latent_dist.mode()
+        text = pipe.encode_prompt(["" if args.null else p for p, _ in pairs], do_classifier_free_guidance=False,
+                                  max_sequence_length=trained.MAX_SEQUENCE_LENGTH, device="cpu")[0]
+    rotary = pipe._prepare_rotary_positional_embeddings(task.HEIGHT, task.WIDTH, 3, "cpu")
+    noise = torch.randn(raw.permute(0, 2, 1, 3, 4).shape, generator=torch.Generator().manual_seed(0))
+
+    def score(x0_raw: torch.Tensor) -> str:
+        with torch.no_grad():
+            video = vae.decode(x0_raw).sample
+        videos = ((video.clamp(-1, 1) + 1) / 2).permute(0, 2, 3, 4, 1).numpy()
+        scores = [evaluate.score_video(v, p) for v, (p, _) in zip(videos, pairs)]
+        per = {a: sum(getattr(o, a) for sc in scores for o in sc.objects) for a in ("shape", "direction")}
+        return f"{sum(sc.right for sc in scores)} prompts; shapes {per['shape']}, directions {per['direction']}"
+
+    for k in map(int, args.ks.split(",")):
+        t = float(large_scheduler.timesteps[k])
+        line = []
+        for role, model, scheduler in (("large", pipe.transformer, large_scheduler), ("small", small, small_scheduler)):
+            tt = t if role == "large" else float(space.coefficients(torch.tensor([t]))["t_small"][0])
+            a = float(np.interp(tt, np.arange(len(scheduler.alphas_cumprod)), scheduler.alphas_cumprod.numpy()))
+            z = (raw * scale[role]).permute(0, 2, 1, 3, 4)
+            xt = a ** 0.5 * z + (1 - a) ** 0.5 * noise
+            extra_kw = {"image_rotary_emb": rotary} if model.config.use_rotary_positional_embeddings else {}
+            with torch.no_grad():
+                v = model(hidden_states=xt, encoder_hidden_states=text, timestep=torch.full((len(pairs),), tt),
+                          return_dict=False, **extra_kw)[0]
+            x0 = (a ** 0.5 * xt - (1 - a) ** 0.5 * v) / scale[role]
+            line.append(f"{role} (t {tt:.0f}, abar {a:.3f}): {score(x0.permute(0, 2, 1, 3, 4))}")
+        print(f"k={k}: " + " | ".join(line), flush=True)
+
+
+if __name__ == "__main__":
+    main()
