@@ -18,7 +18,7 @@ import torch
 
 import train_family
 from sr_plugin.adapters.cogvideox import LatentSpaceMap
-from sr_plugin.lab import evaluate, task, trained
+from sr_plugin.lab import task, trained
 
 
 def main() -> None:
@@ -37,23 +37,20 @@ def main() -> None:
                                        pathlib.Path("unused"), "small")
     vae, large_scheduler, small_scheduler = pipe.vae, pipe.scheduler, extra["small_scheduler"]
     large_scheduler.set_timesteps(50)
-    scale = {"large": trained.COGVIDEOX_SPACE["large"][0], "small": trained.COGVIDEOX_SPACE["small"][0]}
+    scale = {role: trained.COGVIDEOX_SPACE[role][0] for role in ("large", "small")}
     space = LatentSpaceMap(large_scheduler.alphas_cumprod, small_scheduler.alphas_cumprod,
                            scale["small"] / scale["large"])
+    objective = {role: train_family.Objective("cogvideox", role, pipe) for role in ("large", "small")}
     pairs = task.held_out()[: args.pairs]
-    x = torch.from_numpy(np.stack([task.render(p, s) for p, s in pairs])).permute(0, 4, 1, 2, 3) * 2 - 1
+    prompts = [p for p, _ in pairs]
     with torch.no_grad():
-        raw = vae.encode(x).latent_dist.mode()
-        text = pipe.encode_prompt(["" if args.null else p for p, _ in pairs], do_classifier_free_guidance=False,
+        raw = train_family.encode_held_out(vae, pairs)
+        text = pipe.encode_prompt(["" if args.null else p for p in prompts], do_classifier_free_guidance=False,
                                   max_sequence_length=trained.MAX_SEQUENCE_LENGTH, device="cpu")[0]
-    rotary = pipe._prepare_rotary_positional_embeddings(task.HEIGHT, task.WIDTH, 3, "cpu")
     noise = torch.randn(raw.permute(0, 2, 1, 3, 4).shape, generator=torch.Generator().manual_seed(0))
 
     def score(x0_raw: torch.Tensor) -> str:
-        with torch.no_grad():
-            video = vae.decode(x0_raw).sample
-        videos = ((video.clamp(-1, 1) + 1) / 2).permute(0, 2, 3, 4, 1).numpy()
-        scores = [evaluate.score_video(v, p) for v, (p, _) in zip(videos, pairs)]
+        scores = train_family.decode_and_score(vae, x0_raw, prompts)[1]
         per = {a: sum(getattr(o, a) for sc in scores for o in sc.objects) for a in ("shape", "direction")}
         return f"{sum(sc.right for sc in scores)} prompts; shapes {per['shape']}, directions {per['direction']}"
 
@@ -63,14 +60,13 @@ def main() -> None:
         for role, model, scheduler in (("large", pipe.transformer, large_scheduler), ("small", small, small_scheduler)):
             tt = t if role == "large" else float(space.coefficients(torch.tensor([t]))["t_small"][0])
             a = float(np.interp(tt, np.arange(len(scheduler.alphas_cumprod)), scheduler.alphas_cumprod.numpy()))
-            z = (raw * scale[role]).permute(0, 2, 1, 3, 4)
-            xt = a ** 0.5 * z + (1 - a) ** 0.5 * noise
-            extra_kw = {"image_rotary_emb": rotary} if model.config.use_rotary_positional_embeddings else {}
+            xt = a ** 0.5 * objective[role].model_latents(raw, vae) + (1 - a) ** 0.5 * noise
+            extra_kw = {"image_rotary_emb": objective[role].rotary} if model.config.use_rotary_positional_embeddings else {}
             with torch.no_grad():
                 v = model(hidden_states=xt, encoder_hidden_states=text, timestep=torch.full((len(pairs),), tt),
                           return_dict=False, **extra_kw)[0]
-            x0 = (a ** 0.5 * xt - (1 - a) ** 0.5 * v) / scale[role]
-            line.append(f"{role} (t {tt:.0f}, abar {a:.3f}): {score(x0.permute(0, 2, 1, 3, 4))}")
+            x0 = a ** 0.5 * xt - (1 - a) ** 0.5 * v
+            line.append(f"{role} (t {tt:.0f}, abar {a:.3f}): {score(objective[role].raw_latents(x0, vae))}")
         print(f"k={k}: " + " | ".join(line), flush=True)
 
 

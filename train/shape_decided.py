@@ -15,9 +15,9 @@ yet, each step reads it from the prompt, so a small model that cannot bind shape
 import argparse
 import dataclasses
 
-import numpy as np
 import torch
 
+import train_family
 from sr_plugin.lab import evaluate, task, trained
 
 
@@ -37,38 +37,30 @@ def main() -> None:
     vae, scheduler = pipe.vae, pipe.scheduler
     scheduler.set_timesteps(50)
     pairs = [(p, s) for p, s in task.held_out() if task.parse(p)[0].shape != task.parse(p)[1].shape]
-    x = torch.from_numpy(np.stack([task.render(p, s) for p, s in pairs])).permute(0, 4, 1, 2, 3) * 2 - 1
+    objective = train_family.Objective(args.family, "large", pipe)
     with torch.no_grad():
-        raw = vae.encode(x).latent_dist.mode()
+        z = objective.model_latents(train_family.encode_held_out(vae, pairs), vae)
         text = pipe.encode_prompt([swapped(p) for p, _ in pairs], do_classifier_free_guidance=False,
                                   max_sequence_length=trained.MAX_SEQUENCE_LENGTH, device="cpu")[0]
-    if args.family == "wan":  # model latents: normalized per channel, [B, C, F, H, W]
-        mean = torch.tensor(vae.config.latents_mean).view(1, -1, 1, 1, 1)
-        std = torch.tensor(vae.config.latents_std).view(1, -1, 1, 1, 1)
-        z, extra = (raw - mean) / std, {}
-    else:  # scaled, [B, F, C, H, W], rotary positions
-        scale = trained.COGVIDEOX_SPACE["large"][0]
-        z = (raw * scale).permute(0, 2, 1, 3, 4)
-        extra = {"image_rotary_emb": pipe._prepare_rotary_positional_embeddings(task.HEIGHT, task.WIDTH, 3, "cpu")}
+    extra = {"image_rotary_emb": objective.rotary} if args.family == "cogvideox" else {}
     noise = torch.randn(z.shape, generator=torch.Generator().manual_seed(0))
     for k in map(int, args.ks.split(",")):
         t = scheduler.timesteps[k]
         with torch.no_grad():
-            if args.family == "wan":
+            if args.family == "wan":  # flow matching: x_t = (1 - sigma) x0 + sigma noise, prediction noise - x0
                 sigma = float(t) / 1000
                 xt = (1 - sigma) * z + sigma * noise
                 pred = pipe.transformer(hidden_states=xt, encoder_hidden_states=text, timestep=t.expand(len(pairs)),
                                         return_dict=False)[0]
-                x0, level = (xt - sigma * pred) * std + mean, f"sigma {sigma:.3f}"
-            else:
+                x0, level = xt - sigma * pred, f"sigma {sigma:.3f}"
+            else:  # v-prediction
                 a = float(scheduler.alphas_cumprod[int(t)])
                 xt = a ** 0.5 * z + (1 - a) ** 0.5 * noise
                 pred = pipe.transformer(hidden_states=xt, encoder_hidden_states=text, timestep=t.expand(len(pairs)),
                                         return_dict=False, **extra)[0]
-                x0, level = ((a ** 0.5 * xt - (1 - a) ** 0.5 * pred) / scale).permute(0, 2, 1, 3, 4), f"abar {a:.3f}"
-            video = vae.decode(x0).sample
-        videos = ((video.clamp(-1, 1) + 1) / 2).permute(0, 2, 3, 4, 1).numpy()
-        as_sample = sum(o.shape for v, (p, _) in zip(videos, pairs) for o in evaluate.score_video(v, p).objects)
+                x0, level = a ** 0.5 * xt - (1 - a) ** 0.5 * pred, f"abar {a:.3f}"
+        videos, scores = train_family.decode_and_score(vae, objective.raw_latents(x0, vae), [p for p, _ in pairs])
+        as_sample = sum(o.shape for sc in scores for o in sc.objects)
         as_prompt = sum(o.shape for v, (p, _) in zip(videos, pairs) for o in evaluate.score_video(v, swapped(p)).objects)
         print(f"{args.family} k={k} ({level}): of {2 * len(pairs)} objects, shape as in the sample {as_sample}, "
               f"as in the prompt {as_prompt}", flush=True)

@@ -122,12 +122,25 @@ def check_vae(model, family: str) -> None:
     from sr_plugin.lab import evaluate
 
     pairs = task.held_out()
-    x = torch.from_numpy(np.stack([task.render(p, s) for p, s in pairs])).permute(0, 4, 1, 2, 3) * 2 - 1
-    recon = model.decode(model.encode(x).latent_dist.mode()).sample
-    videos = ((recon.clamp(-1, 1) + 1) / 2).permute(0, 2, 3, 4, 1).numpy()
-    scores = [evaluate.score_video(v, p) for v, (p, _) in zip(videos, pairs)]
+    videos, scores = decode_and_score(model, encode_held_out(model, pairs), [p for p, _ in pairs])
     psnr = np.mean([evaluate.fidelity(v, task.render(p, s))[0] for v, (p, s) in zip(videos, pairs)])
     log(f"{family} VAE on the held-out videos: {evaluate.summarize(scores)}, PSNR {psnr:.2f} dB")
+
+
+@torch.no_grad()
+def encode_held_out(vae, pairs: list[tuple[str, int]]) -> torch.Tensor:
+    """The rendered videos of (prompt, seed) pairs, encoded: raw latents [B, C, F, h, w] (the posterior mode)."""
+    x = torch.from_numpy(np.stack([task.render(p, s) for p, s in pairs])).permute(0, 4, 1, 2, 3) * 2 - 1
+    return vae.encode(x).latent_dist.mode()
+
+
+@torch.no_grad()
+def decode_and_score(vae, raw: torch.Tensor, prompts: list[str]) -> tuple[np.ndarray, list]:
+    """Raw latents decoded to videos in [0, 1] and each scored against its prompt by the task's evaluator."""
+    from sr_plugin.lab import evaluate
+
+    videos = ((vae.decode(raw).sample.clamp(-1, 1) + 1) / 2).permute(0, 2, 3, 4, 1).numpy()
+    return videos, [evaluate.score_video(v, p) for v, p in zip(videos, prompts)]
 
 
 def decode_unclamped(model, z: torch.Tensor) -> torch.Tensor:
@@ -217,6 +230,14 @@ class Objective:
             return (raw - mean) / std
         return (raw * self.scale).permute(0, 2, 1, 3, 4).contiguous()  # CogVideoX: [B, F, C, H, W]
 
+    def raw_latents(self, z: torch.Tensor, vae) -> torch.Tensor:
+        """The inverse of `model_latents`: what the VAE decodes."""
+        if self.family == "wan":
+            mean = torch.tensor(vae.config.latents_mean).view(1, -1, 1, 1, 1)
+            std = torch.tensor(vae.config.latents_std).view(1, -1, 1, 1, 1)
+            return z * std + mean
+        return (z / self.scale).permute(0, 2, 1, 3, 4)
+
     def loss(self, model, x0: torch.Tensor, text: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
         b = x0.shape[0]
         noise = torch.randn(x0.shape, generator=gen)
@@ -243,9 +264,11 @@ class Objective:
 def grow(shipped: torch.nn.Module, model: torch.nn.Module) -> None:
     """Load a shallower model into ``model``'s first blocks; the blocks after them start as identities (their
     residual branches' output projections zero), so the deeper model begins as the shipped one."""
+    def blocks_of(m: torch.nn.Module) -> torch.nn.ModuleList:  # CogVideoX: transformer_blocks, Wan: blocks
+        return getattr(m, "transformer_blocks", None) or m.blocks
+
     model.load_state_dict(shipped.state_dict(), strict=False)
-    depth = len(shipped.transformer_blocks if hasattr(shipped, "transformer_blocks") else shipped.blocks)
-    blocks = model.transformer_blocks if hasattr(model, "transformer_blocks") else model.blocks
+    depth, blocks = len(blocks_of(shipped)), blocks_of(model)
     with torch.no_grad():
         for block in list(blocks)[depth:]:
             for name, module in block.named_modules():
