@@ -289,6 +289,9 @@ def stage_transformer(args: argparse.Namespace, work: pathlib.Path, role: str) -
     checkpoint = torch.load(checkpoint_path) if args.resume and checkpoint_path.is_file() else None
     if checkpoint is None and args.resume and (work / role / "transformer").is_dir():  # an older run's EMA weights
         model = type(model).from_pretrained(work / role / "transformer")
+    elif checkpoint is None and args.grow_from:  # a pilot's EMA weights, grown to --large-layers
+        grow(checkpoint_model(args.grow_from / args.family / f"{role}.pt", args.family, role), model)
+        log(f"{role}: warm start from {args.grow_from}")
     elif checkpoint is None and args.from_shipped:
         shipped = type(model).from_pretrained(trained.folder(args.family, role) / "transformer")
         if shipped.config.num_layers == model.config.num_layers:
@@ -392,6 +395,25 @@ def _save_ema(model, ema, path: pathlib.Path) -> None:
 
 
 # ------------------------------------------------------------------------------------------------- export
+def checkpoint_model(path: pathlib.Path, family: str, role: str) -> torch.nn.Module:
+    """A checkpoint's EMA weights in a model of the checkpoint's own depth (which need not be SIZES')."""
+    checkpoint = torch.load(path)
+    depth = 1 + max(int(k.split(".")[1]) for k in checkpoint["model"]
+                     if k.startswith(("blocks.", "transformer_blocks.")))
+    sizes = trained.SIZES[role]
+    trained.SIZES[role] = (depth, sizes[1])
+    try:
+        model = trained.transformer(family, role)
+    finally:
+        trained.SIZES[role] = sizes
+    model.load_state_dict(checkpoint["model"])
+    with torch.no_grad():
+        for p, e in zip(model.parameters(), checkpoint["ema"]):
+            p.copy_(e)
+    log(f"{role}: EMA weights of step {checkpoint['step']} from {path} ({depth} blocks)")
+    return model.eval()
+
+
 def ema_model(args: argparse.Namespace, work: pathlib.Path, role: str) -> torch.nn.Module:
     """The role's EMA weights: from its committed checkpoint (so a new machine can export), else from the run's
     last saved folder. The checkpoint's step is left on the model as ``trained_steps``."""
@@ -465,6 +487,9 @@ def main() -> None:
                         help="small model: train only on the noise of sampling steps K..50 (0: every noise level)")
     parser.add_argument("--large-layers", type=int, default=None,
                         help="a deeper large model (with --from-shipped: grown from the shipped one)")
+    parser.add_argument("--grow-from", type=pathlib.Path, default=None,
+                        help="a checkpoints folder whose <family>/<role>.pt EMA weights start the run, grown to "
+                             "--large-layers (new blocks start as identities)")
     parser.add_argument("--curve", type=pathlib.Path, default=None,
                         help="learning-curve file (default: train/curves/<family>-<role>.csv)")
     parser.add_argument("--eval-every", type=int, default=0, help="learning-curve evaluation period (0: none)")

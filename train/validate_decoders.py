@@ -29,6 +29,8 @@ def main() -> None:
     parser.add_argument("--checkpoints", type=pathlib.Path, default=train_family.ROOT / "train" / "checkpoints",
                         help="folder holding <family>/large.pt (default: the shipped run's)")
     parser.add_argument("--large-layers", type=int, default=None, help="the checkpoint's depth, if not the default")
+    parser.add_argument("--guidance", type=float, nargs="*", default=None,
+                        help="CFG scales to compare (default: the family's shipped one)")
     parser.add_argument("vaes", nargs="*", type=pathlib.Path, help="VAE folders (default: the run folder's)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
@@ -38,9 +40,11 @@ def main() -> None:
     pipe = train_family.checkpoint_pipeline(args.family, "large", checkpoints=args.checkpoints)
     for folder in args.vaes or [train_family.ROOT / "train" / "runs" / args.family / "vae"]:
         pipe.vae = type(pipe.vae).from_pretrained(folder).eval()
-        scores = [evaluate.score_video(generate_video(pipe, args.family, p, VALIDATION_SEED + i, 50)[0], p)
-                  for i, p in enumerate(prompts)]
-        print(folder, evaluate.summarize(scores), flush=True)
+        for scale in args.guidance or [trained.GUIDANCE[args.family]]:
+            trained.GUIDANCE[args.family] = scale
+            scores = [evaluate.score_video(generate_video(pipe, args.family, p, VALIDATION_SEED + i, 50)[0], p)
+                      for i, p in enumerate(prompts)]
+            print(folder, f"guidance {scale}", evaluate.summarize(scores), flush=True)
 
 
 if __name__ == "__main__":

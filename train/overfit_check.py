@@ -1,0 +1,63 @@
+"""Does a large model fit its training videos better than new videos of the same prompts? The denoising loss
+of a checkpoint's EMA weights on training latents (from data.pt) against freshly rendered ones, with the same
+noise and noise levels for both (paired), at the noise levels of the whole schedule:
+
+    python train/overfit_check.py --family wan --checkpoints train/pilots/wan-large-12 --large-layers 12
+
+A gap says the model memorises its 12,288 videos and more videos (`--videos`) is a lever; no gap says not.
+"""
+import argparse
+import pathlib
+
+import numpy as np
+import torch
+
+import train_family
+from sr_plugin.lab import task, trained
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--family", choices=trained.FAMILY_NAMES, default="wan")
+    parser.add_argument("--checkpoints", type=pathlib.Path, default=train_family.ROOT / "train" / "checkpoints")
+    parser.add_argument("--large-layers", type=int, default=None)
+    parser.add_argument("--videos", type=int, default=2048)
+    parser.add_argument("--repeats", type=int, default=4, help="noise draws per video")
+    parser.add_argument("--threads", type=int, default=2)
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    if args.large_layers:
+        trained.SIZES["large"] = (args.large_layers, trained.SIZES["large"][1])
+    work = train_family.ROOT / "train" / "runs" / args.family
+    data = torch.load(work / "data.pt")
+    pipe = train_family.checkpoint_pipeline(args.family, "large", checkpoints=args.checkpoints)
+    model, vae = pipe.transformer.eval(), type(pipe.vae).from_pretrained(work / "vae").eval()
+    objective = train_family.Objective(args.family, "large", pipe)
+    pick = torch.randperm(data["latents"].shape[0], generator=torch.Generator().manual_seed(5))[:args.videos]
+    seen = objective.model_latents(data["latents"][pick], vae)
+    seen_text = data["embeds"][data["prompt_ids"][pick]]
+    rng = np.random.default_rng(12345)  # not the encode stage's seed: new scenes
+    index = {p: k for k, p in enumerate(data["prompts"])}
+    fresh, names = [], []
+    with torch.no_grad():
+        for i in range(0, args.videos, 32):
+            x, chosen = train_family.render_batch(rng, task.training_prompts(), min(32, args.videos - i))
+            fresh.append(vae.encode(x).latent_dist.mode())
+            names += chosen
+    fresh = objective.model_latents(torch.cat(fresh), vae)
+    fresh_text = data["embeds"][torch.tensor([index[p] for p in names])]
+    losses = {"training videos": [], "new videos": []}
+    with torch.no_grad():
+        for r in range(args.repeats):
+            for i in range(0, args.videos, 64):
+                for name, x, text in (("training videos", seen, seen_text), ("new videos", fresh, fresh_text)):
+                    gen = torch.Generator().manual_seed(1000 * r + i)  # the same noise for both sets
+                    losses[name].append(objective.loss(model, x[i:i + 64], text[i:i + 64], gen).item())
+    a, b = np.array(losses["training videos"]), np.array(losses["new videos"])
+    diff = b - a
+    print(f"loss on training videos {a.mean():.4f}, on new videos {b.mean():.4f}; paired difference "
+          f"{diff.mean():+.4f} +- {diff.std(ddof=1) / np.sqrt(len(diff)):.4f} (standard error, {len(diff)} batches)")
+
+
+if __name__ == "__main__":
+    main()
