@@ -27,7 +27,7 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     if args.large_layers:
-        trained.SIZES["large"] = (args.large_layers, trained.SIZES["large"][1])
+        trained.SIZES[args.family]["large"] = (args.large_layers, trained.SIZES[args.family]["large"][1])
     work = train_family.ROOT / "train" / "runs" / args.family
     data = torch.load(work / "data.pt")
     pipe = train_family.checkpoint_pipeline(args.family, "large", checkpoints=args.checkpoints)

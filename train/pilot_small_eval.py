@@ -30,7 +30,7 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args()
     if args.size:
-        trained.SIZES["small"] = tuple(map(int, args.size.split("x")))
+        trained.SIZES[args.family]["small"] = tuple(map(int, args.size.split("x")))
     import train_family
 
     torch.set_num_threads(args.threads)

@@ -13,7 +13,7 @@ import sys, time, torch, argparse, pathlib, shutil
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
 from sr_plugin.lab import trained
 L, H = map(int, sys.argv[1].split("x")); steps = int(sys.argv[2]); fam = sys.argv[3] if len(sys.argv) > 3 else "cogvideox"
-trained.SIZES["small"] = (L, H)
+trained.SIZES[fam]["small"] = (L, H)
 import train_family
 # call cost: one transformer call, large vs this small, batch 2 (CFG), the task's latent shape
 torch.set_num_threads(2)

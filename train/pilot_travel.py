@@ -37,7 +37,7 @@ def main() -> None:
     torch.set_num_threads(1)
     task.TRAVEL = args.travel
     evaluate.MIN_TRAVEL = 0.4 * args.travel
-    trained.SIZES["large"] = (trained.SIZES["large"][0], args.heads)
+    trained.SIZES[args.family]["large"] = (trained.SIZES[args.family]["large"][0], args.heads)
     work = ROOT / "train" / "runs" / f"{args.family}_travel{int(args.travel)}"
     work.mkdir(parents=True, exist_ok=True)
     if not (work / "vae").exists():

@@ -400,12 +400,12 @@ def checkpoint_model(path: pathlib.Path, family: str, role: str) -> torch.nn.Mod
     checkpoint = torch.load(path)
     depth = 1 + max(int(k.split(".")[1]) for k in checkpoint["model"]
                      if k.startswith(("blocks.", "transformer_blocks.")))
-    sizes = trained.SIZES[role]
-    trained.SIZES[role] = (depth, sizes[1])
+    sizes = trained.SIZES[family][role]
+    trained.SIZES[family][role] = (depth, sizes[1])
     try:
         model = trained.transformer(family, role)
     finally:
-        trained.SIZES[role] = sizes
+        trained.SIZES[family][role] = sizes
     model.load_state_dict(checkpoint["model"])
     with torch.no_grad():
         for p, e in zip(model.parameters(), checkpoint["ema"]):
@@ -497,7 +497,7 @@ def main() -> None:
     parser.add_argument("--eval-steps", type=int, default=20)
     args = parser.parse_args()
     if args.large_layers:
-        trained.SIZES["large"] = (args.large_layers, trained.SIZES["large"][1])
+        trained.SIZES[args.family]["large"] = (args.large_layers, trained.SIZES[args.family]["large"][1])
     torch.set_num_threads(args.threads)
     work = args.work or ROOT / "train" / "runs" / args.family
     work.mkdir(parents=True, exist_ok=True)

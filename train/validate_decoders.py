@@ -35,7 +35,7 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     if args.large_layers:
-        trained.SIZES["large"] = (args.large_layers, trained.SIZES["large"][1])
+        trained.SIZES[args.family]["large"] = (args.large_layers, trained.SIZES[args.family]["large"][1])
     prompts = random.Random(7).sample(task.training_prompts(), args.scenes)
     pipe = train_family.checkpoint_pipeline(args.family, "large", checkpoints=args.checkpoints)
     for folder in args.vaes or [train_family.ROOT / "train" / "runs" / args.family / "vae"]:

@@ -54,9 +54,13 @@ def call_defaults(family: str) -> dict[str, Any]:
 
 LATENT_CHANNELS = 8
 TEXT_DIM = 32
-#: Transformer sizes: (layers, heads); head dim 16. Chosen so that a large step costs over 3x a small one on
-#: a 2-core CPU, and the small one is too weak to bind every attribute (see README, "Trained families").
-SIZES: dict[str, tuple[int, int]] = {"large": (8, 4), "small": (2, 2)}
+#: Transformer sizes per family and role: (layers, heads); head dim 16. Chosen so that a large step costs over
+#: 3x a small one on a 2-core CPU, and the small one is too weak to bind every attribute (see README, "Trained
+#: families"). The shipped folders' configs are what loads; these build a model to train.
+SIZES: dict[str, dict[str, tuple[int, int]]] = {
+    "wan": {"large": (8, 4), "small": (2, 2)},
+    "cogvideox": {"large": (8, 4), "small": (2, 2)},
+}
 HEAD_DIM = 16
 
 
@@ -127,7 +131,7 @@ def scheduler(family: str, role: str = "large") -> Any:
 
 
 def transformer(family: str, role: str, seed: int = 0) -> torch.nn.Module:
-    layers, heads = SIZES[role]
+    layers, heads = SIZES[family][role]
     torch.manual_seed(seed)
     if family == "wan":
         from diffusers import WanTransformer3DModel
