@@ -9,6 +9,8 @@ shape are left out. No CFG: the conditional prediction alone.
 
 Measured 2026-12-02 (shipped weights, 46 pairs, 92 objects; shape as in the sample / as in the prompt):
 CogVideoX k=10: 16 / 60, k=20: 5 / 80, k=25: 3 / 87, k=30: 3 / 86, k=35: 12 / 72, k=40: 24 / 53, k=45: 38 / 39.
+Wan's 16-block large model (`--family wan --ks 20,25,30,40,45`): 12 / 62, 17 / 64, 24 / 52, 49 / 31, 68 / 19
+(the 8-block one: 18 / 57, 19 / 56, 34 / 38, 51 / 28, 74 / 17).
 Until step 30 the large model draws the prompt's shapes over the sample's: the sample does not carry the shape
 yet, each step reads it from the prompt, so a small model that cannot bind shapes redraws them after a switch.
 """

@@ -4,7 +4,8 @@ scored, on the first held-out pairs (large only, 50 steps). Issue 18: where SR l
     python train/x0_decided.py cogvideox 32     # about 1 minute; also: wan
 
 Measured 2026-12-02 on the shipped families, 32 pairs (prompts right at k = 10 / 20 / 25 / 30 / 40; large only):
-CogVideoX 10 / 29 / 32 / 32 / 31 (31); Wan 6 / 13 / 20 / 23 / 28 (29).
+CogVideoX 10 / 29 / 32 / 32 / 31 (31); Wan's 8-block large model 6 / 13 / 20 / 23 / 28 (29), its 16-block one
+(shipped since) 5 / 13 / 18 / 21 / 27 (28).
 """
 import sys, torch, numpy as np
 from sr_plugin.lab import trained, task, evaluate
