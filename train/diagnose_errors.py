@@ -30,11 +30,8 @@ def main() -> None:
     parser.add_argument("--list", action="store_true", help="print each wrong prompt with what was seen")
     parser.add_argument("--checkpoints", type=pathlib.Path, default=ROOT / "train" / "checkpoints",
                         help="folder holding <family>/large.pt (default: the shipped run's)")
-    parser.add_argument("--large-layers", type=int, default=None, help="the checkpoint's depth, if not the default")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    if args.large_layers:
-        trained.SIZES[args.family]["large"] = (args.large_layers, trained.SIZES[args.family]["large"][1])
     pipe = train_family.checkpoint_pipeline(args.family, "large", checkpoints=args.checkpoints)
     if args.vae is not None:
         pipe.vae = type(pipe.vae).from_pretrained(args.vae).eval()

@@ -2,7 +2,7 @@
 of a checkpoint's EMA weights on training latents (from data.pt) against freshly rendered ones, with the same
 noise and noise levels for both (paired), at the noise levels of the whole schedule:
 
-    python train/overfit_check.py --family wan --checkpoints train/pilots/wan-large-12 --large-layers 12
+    python train/overfit_check.py --family wan --checkpoints train/pilots/wan-large-12
 
 A gap says the model memorises its 12,288 videos and more videos (`--videos`) is a lever; no gap says not.
 """
@@ -20,28 +20,25 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--family", choices=trained.FAMILY_NAMES, default="wan")
     parser.add_argument("--checkpoints", type=pathlib.Path, default=train_family.ROOT / "train" / "checkpoints")
-    parser.add_argument("--large-layers", type=int, default=None)
     parser.add_argument("--videos", type=int, default=2048)
     parser.add_argument("--repeats", type=int, default=4, help="noise draws per video")
     parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    if args.large_layers:
-        trained.SIZES[args.family]["large"] = (args.large_layers, trained.SIZES[args.family]["large"][1])
     work = train_family.ROOT / "train" / "runs" / args.family
     data = torch.load(work / "data.pt")
     pipe = train_family.checkpoint_pipeline(args.family, "large", checkpoints=args.checkpoints)
-    model, vae = pipe.transformer.eval(), type(pipe.vae).from_pretrained(work / "vae").eval()
+    model, vae = pipe.transformer, pipe.vae
     objective = train_family.Objective(args.family, "large", pipe)
     pick = torch.randperm(data["latents"].shape[0], generator=torch.Generator().manual_seed(5))[:args.videos]
     seen = objective.model_latents(data["latents"][pick], vae)
     seen_text = data["embeds"][data["prompt_ids"][pick]]
     rng = np.random.default_rng(12345)  # not the encode stage's seed: new scenes
     index = {p: k for k, p in enumerate(data["prompts"])}
-    fresh, names = [], []
+    fresh, names, prompts = [], [], task.training_prompts()
     with torch.no_grad():
         for i in range(0, args.videos, 32):
-            x, chosen = train_family.render_batch(rng, task.training_prompts(), min(32, args.videos - i))
+            x, chosen = train_family.render_batch(rng, prompts, min(32, args.videos - i))
             fresh.append(vae.encode(x).latent_dist.mode())
             names += chosen
     fresh = objective.model_latents(torch.cat(fresh), vae)

@@ -396,21 +396,18 @@ def _save_ema(model, ema, path: pathlib.Path) -> None:
 
 # ------------------------------------------------------------------------------------------------- export
 def checkpoint_model(path: pathlib.Path, family: str, role: str) -> torch.nn.Module:
-    """A checkpoint's EMA weights in a model of the checkpoint's own depth (which need not be SIZES')."""
+    """A checkpoint's EMA weights in a model of the checkpoint's own depth (a pilot's need not be SIZES'). The
+    checkpoint's step is left on the model as ``trained_steps``."""
     checkpoint = torch.load(path)
     depth = 1 + max(int(k.split(".")[1]) for k in checkpoint["model"]
                      if k.startswith(("blocks.", "transformer_blocks.")))
-    sizes = trained.SIZES[family][role]
-    trained.SIZES[family][role] = (depth, sizes[1])
-    try:
-        model = trained.transformer(family, role)
-    finally:
-        trained.SIZES[family][role] = sizes
+    model = trained.transformer(family, role, layers=depth)
     model.load_state_dict(checkpoint["model"])
     with torch.no_grad():
         for p, e in zip(model.parameters(), checkpoint["ema"]):
             p.copy_(e)
     log(f"{role}: EMA weights of step {checkpoint['step']} from {path} ({depth} blocks)")
+    model.trained_steps = checkpoint["step"]
     return model.eval()
 
 
@@ -419,15 +416,7 @@ def ema_model(args: argparse.Namespace, work: pathlib.Path, role: str) -> torch.
     last saved folder. The checkpoint's step is left on the model as ``trained_steps``."""
     checkpoint_path = args.checkpoints / args.family / f"{role}.pt"
     if checkpoint_path.is_file():
-        checkpoint = torch.load(checkpoint_path)
-        model = trained.transformer(args.family, role)
-        model.load_state_dict(checkpoint["model"])
-        with torch.no_grad():
-            for p, e in zip(model.parameters(), checkpoint["ema"]):
-                p.copy_(e)
-        log(f"{role}: EMA weights of step {checkpoint['step']} from {checkpoint_path}")
-        model.trained_steps = checkpoint["step"]
-        return model.eval()
+        return checkpoint_model(checkpoint_path, args.family, role)
     return type(trained.transformer(args.family, role)).from_pretrained(work / role / "transformer").eval()
 
 

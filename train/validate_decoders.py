@@ -3,7 +3,7 @@ use), its videos decoded by one or several VAE folders: does a decoder change ho
 and is a checkpoint's held-out figure more than a lucky draw?
 
     python train/validate_decoders.py --family wan train/runs/wan/vae /tmp/decoder-800/vae   # 1.3 min a VAE
-    python train/validate_decoders.py --family wan --checkpoints train/pilots/wan-large-12 --large-layers 12
+    python train/validate_decoders.py --family wan --checkpoints train/pilots/wan-large-12
 
 Measured 2026-12-02 (Wan, prompts right of 64): the shipped VAE 85.9%, its decoder fine-tuned 800 steps 84.4%,
 2,000 steps 85.9% (both round-trip every held-out video right, against 95.3% for the shipped one).
@@ -28,14 +28,11 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--checkpoints", type=pathlib.Path, default=train_family.ROOT / "train" / "checkpoints",
                         help="folder holding <family>/large.pt (default: the shipped run's)")
-    parser.add_argument("--large-layers", type=int, default=None, help="the checkpoint's depth, if not the default")
     parser.add_argument("--guidance", type=float, nargs="*", default=None,
                         help="CFG scales to compare (default: the family's shipped one)")
     parser.add_argument("vaes", nargs="*", type=pathlib.Path, help="VAE folders (default: the run folder's)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    if args.large_layers:
-        trained.SIZES[args.family]["large"] = (args.large_layers, trained.SIZES[args.family]["large"][1])
     prompts = random.Random(7).sample(task.training_prompts(), args.scenes)
     pipe = train_family.checkpoint_pipeline(args.family, "large", checkpoints=args.checkpoints)
     for folder in args.vaes or [train_family.ROOT / "train" / "runs" / args.family / "vae"]:
