@@ -1,6 +1,6 @@
 """Pilot (issue 18): a small model's checkpoint under SR with the shipped large model, at fixed switch steps.
 
-    python train/pilot_small_eval.py --family cogvideox --size 2x4 --checkpoints train/runs/cogvideox-small-pilot/checkpoints --pairs 32 --ks 0,20,25,30,40
+    python train/pilot_small_eval.py --family cogvideox --checkpoints train/runs/cogvideox-small-pilot/checkpoints --pairs 32 --ks 0,20,25,30,40
     python train/pilot_small_eval.py --family cogvideox --pairs 32 --ks 30,40     # the shipped small model
     python train/pilot_small_eval.py --family cogvideox --checkpoints /tmp/render --ks 20,25,30   # a renderer pilot
 
@@ -21,7 +21,6 @@ from sr_plugin.lab.quality import generate_video  # noqa: E402
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--family", choices=trained.FAMILY_NAMES, default="cogvideox")
-    parser.add_argument("--size", default=None, help="layers x heads of the checkpoint's small model (default: shipped)")
     parser.add_argument("--checkpoints", type=pathlib.Path, default=None,
                         help="folder holding <family>/small.pt (default: the shipped small weights)")
     parser.add_argument("--pairs", type=int, default=32)
@@ -29,8 +28,6 @@ def main() -> None:
     parser.add_argument("--ks", default="20,25,30")
     parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args()
-    if args.size:
-        trained.SIZES[args.family]["small"] = tuple(map(int, args.size.split("x")))
     import train_family
 
     torch.set_num_threads(args.threads)
@@ -47,7 +44,7 @@ def main() -> None:
                 scores.append(evaluate.score_video(generate_video(pipe, args.family, p, s, 50)[0], p))
             finally:
                 h.remove()
-        print(f"{args.family} small {args.size or 'shipped'} k={k}", evaluate.summarize(scores), flush=True)
+        print(f"{args.family} small {args.checkpoints or 'shipped'} k={k}", evaluate.summarize(scores), flush=True)
 
 
 if __name__ == "__main__":

@@ -1,7 +1,7 @@
 """Pilot (issue 18): a resized CogVideoX small model, its per-call cost against the large one, and its training.
 
     python train/pilot_small_size.py 2x4 4000            # layers x heads, steps; writes train/runs/cogvideox-small-pilot
-    python train/pilot_small_eval.py --size 2x4 --checkpoints train/runs/cogvideox-small-pilot/checkpoints --ks 0,20,25,30  # small only (k=0) and SR at fixed k on held-out pairs
+    python train/pilot_small_eval.py --checkpoints train/runs/cogvideox-small-pilot/checkpoints --ks 0,20,25,30  # small only (k=0) and SR at fixed k on held-out pairs
 
 Measured 2026-12-02 (2 threads, batch-2 call at the task's latent shape): large 8x4 8.0 ms; small 2x2 1.5 ms
 (5.6x cheaper), 4x2 2.8 ms (2.9x: fails the 3x rule), 2x4 2.4 ms (3.3x). The 2x4 from scratch, 4,000 steps

@@ -396,17 +396,19 @@ def _save_ema(model, ema, path: pathlib.Path) -> None:
 
 # ------------------------------------------------------------------------------------------------- export
 def checkpoint_model(path: pathlib.Path, family: str, role: str) -> torch.nn.Module:
-    """A checkpoint's EMA weights in a model of the checkpoint's own depth (a pilot's need not be SIZES'). The
-    checkpoint's step is left on the model as ``trained_steps``."""
+    """A checkpoint's EMA weights in a model of the checkpoint's own depth and width (a pilot's need not be
+    SIZES'). The checkpoint's step is left on the model as ``trained_steps``."""
     checkpoint = torch.load(path)
-    depth = 1 + max(int(k.split(".")[1]) for k in checkpoint["model"]
-                     if k.startswith(("blocks.", "transformer_blocks.")))
-    model = trained.transformer(family, role, layers=depth)
+    blocks = [k for k in checkpoint["model"] if k.startswith(("blocks.", "transformer_blocks."))]
+    depth = 1 + max(int(k.split(".")[1]) for k in blocks)
+    query = next(k for k in blocks if k.endswith("attn1.to_q.weight"))  # [heads x head dim, heads x head dim]
+    heads = checkpoint["model"][query].shape[0] // trained.HEAD_DIM
+    model = trained.transformer(family, role, layers=depth, heads=heads)
     model.load_state_dict(checkpoint["model"])
     with torch.no_grad():
         for p, e in zip(model.parameters(), checkpoint["ema"]):
             p.copy_(e)
-    log(f"{role}: EMA weights of step {checkpoint['step']} from {path} ({depth} blocks)")
+    log(f"{role}: EMA weights of step {checkpoint['step']} from {path} ({depth} blocks, {heads} heads)")
     model.trained_steps = checkpoint["step"]
     return model.eval()
 

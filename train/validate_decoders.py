@@ -38,9 +38,9 @@ def main() -> None:
     for folder in args.vaes or [train_family.ROOT / "train" / "runs" / args.family / "vae"]:
         pipe.vae = type(pipe.vae).from_pretrained(folder).eval()
         for scale in args.guidance or [trained.GUIDANCE[args.family]]:
-            trained.GUIDANCE[args.family] = scale
-            scores = [evaluate.score_video(generate_video(pipe, args.family, p, VALIDATION_SEED + i, 50)[0], p)
-                      for i, p in enumerate(prompts)]
+            scores = [evaluate.score_video(
+                generate_video(pipe, args.family, p, VALIDATION_SEED + i, 50, guidance_scale=scale)[0], p)
+                for i, p in enumerate(prompts)]
             print(folder, f"guidance {scale}", evaluate.summarize(scores), flush=True)
 
 

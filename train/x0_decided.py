@@ -7,7 +7,8 @@ Measured 2026-12-02 on the shipped families, 32 pairs (prompts right at k = 10 /
 CogVideoX 10 / 29 / 32 / 32 / 31 (31); Wan's 8-block large model 6 / 13 / 20 / 23 / 28 (29), its 16-block one
 (shipped since) 5 / 13 / 18 / 21 / 27 (28).
 """
-import sys, torch, numpy as np
+import sys, torch
+import train_family
 from sr_plugin.lab import trained, task, evaluate
 from sr_plugin.lab.quality import generate_video
 from sr_plugin.adapters import adapter_for
@@ -24,20 +25,14 @@ def step(model_output, t, sample, *a, **kw):
     state["j"] += 1
     return orig(model_output, t, sample, *a, **kw)
 pipe.scheduler.step = step
-def decode(x0):
-    with torch.no_grad():
-        if fam == "wan":
-            vae = pipe.vae
-            mean = torch.tensor(vae.config.latents_mean).view(1, -1, 1, 1, 1); std = torch.tensor(vae.config.latents_std).view(1, -1, 1, 1, 1)
-            video = vae.decode(x0 * std + mean, return_dict=False)[0]
-        else:
-            video = pipe.decode_latents(x0)
-        return pipe.video_processor.postprocess_video(video, output_type="np")[0]
+objective = train_family.Objective(fam, "large", pipe)  # the family's latent layout and scale, written once
+def score(x0, prompt):
+    return train_family.decode_and_score(pipe.vae, objective.raw_latents(x0, pipe.vae), [prompt])[1][0]
 right = {k: 0 for k in ks}; final = 0
 for p, s in task.held_out()[:pairs]:
     state["j"] = 0; state["x0"] = {}
     v = generate_video(pipe, fam, p, s, 50)[0]
     final += evaluate.score_video(v, p).right
     for k in ks:
-        right[k] += evaluate.score_video(np.asarray(decode(state["x0"][k]), dtype=np.float32), p).right
+        right[k] += score(state["x0"][k], p).right
 print(fam, "large only right:", final, "of", pairs, "; x0 estimate right at step k:", right, flush=True)

@@ -66,10 +66,13 @@ class FamilyResult:
     step_ratio: float | None = None
 
 
-def generate_video(pipe: Any, family: str, prompt: str, seed: int, steps: int) -> tuple[np.ndarray, float, float]:
-    """One video of a trained family, with the call arguments it was trained for."""
+def generate_video(pipe: Any, family: str, prompt: str, seed: int, steps: int,
+                   guidance_scale: float | None = None) -> tuple[np.ndarray, float, float]:
+    """One video of a trained family, with the call arguments it was trained for (``guidance_scale``: another
+    CFG scale than the family's shipped one, for experiments)."""
     task.parse(prompt)
-    return timed_run(pipe, prompt, seed, steps, guidance_scale=trained.GUIDANCE[family], **trained.CALL)
+    scale = trained.GUIDANCE[family] if guidance_scale is None else guidance_scale
+    return timed_run(pipe, prompt, seed, steps, guidance_scale=scale, **trained.CALL)
 
 
 def run_modes(pipe: Any, small: torch.nn.Module, extra: dict[str, Any], family: str, prompt: str, seed: int,

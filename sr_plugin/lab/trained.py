@@ -130,10 +130,13 @@ def scheduler(family: str, role: str = "large") -> Any:
     return cogvideox_scheduler(COGVIDEOX_SPACE[role][1])
 
 
-def transformer(family: str, role: str, seed: int = 0, layers: int | None = None) -> torch.nn.Module:
-    """A freshly initialised transformer of the family's role, ``layers`` deep if given (else SIZES')."""
-    default_layers, heads = SIZES[family][role]
+def transformer(family: str, role: str, seed: int = 0, layers: int | None = None,
+                heads: int | None = None) -> torch.nn.Module:
+    """A freshly initialised transformer of the family's role, ``layers`` deep and ``heads`` wide if given (else
+    SIZES')."""
+    default_layers, default_heads = SIZES[family][role]
     layers = layers or default_layers
+    heads = heads or default_heads
     torch.manual_seed(seed)
     if family == "wan":
         from diffusers import WanTransformer3DModel
