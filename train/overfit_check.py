@@ -1,10 +1,15 @@
-"""Does a large model fit its training videos better than new videos of the same prompts? The denoising loss
-of a checkpoint's EMA weights on training latents (from data.pt) against freshly rendered ones, with the same
-noise and noise levels for both (paired), at the noise levels of the whole schedule:
+"""Does a large model fit its training videos better than new videos of the same prompts, and those better
+than videos of prompts it never saw? The denoising loss of a checkpoint's EMA weights on training latents (from
+data.pt), on freshly rendered videos of training prompts, and on freshly rendered videos of the held-out prompts
+(new seeds, not the evaluation's), with the same noise and noise levels for all three (paired), at the noise
+levels of the whole schedule:
 
     python train/overfit_check.py --family wan --checkpoints train/pilots/wan-large-12
 
-A gap says the model memorises its 12,288 videos and more videos (`--videos`) is a lever; no gap says not.
+A gap between the first two says the model memorises its 12,288 videos and more videos (`--videos`) is a
+lever. A gap between the last two says it fits its 4,192 training prompts better than new combinations of the
+same words: what limits the held-out score is then how it generalises across prompts, which more videos of the
+same prompts or more capacity do not mend.
 """
 import argparse
 import pathlib
@@ -43,17 +48,30 @@ def main() -> None:
             names += chosen
     fresh = objective.model_latents(torch.cat(fresh), vae)
     fresh_text = data["embeds"][torch.tensor([index[p] for p in names])]
-    losses = {"training videos": [], "new videos": []}
+    unseen, unseen_names, held_out = [], [], [p for p, _ in task.held_out()]
+    with torch.no_grad():
+        for i in range(0, args.videos, 32):
+            x, chosen = train_family.render_batch(rng, held_out, min(32, args.videos - i))
+            unseen.append(vae.encode(x).latent_dist.mode())
+            unseen_names += chosen
+        unseen = objective.model_latents(torch.cat(unseen), vae)
+        held_embeds = pipe.encode_prompt(held_out, do_classifier_free_guidance=False,
+                                         max_sequence_length=trained.MAX_SEQUENCE_LENGTH, device="cpu")[0]
+    unseen_text = held_embeds[torch.tensor([held_out.index(p) for p in unseen_names])]
+    sets = {"training videos": (seen, seen_text), "new videos": (fresh, fresh_text),
+            "held-out prompts": (unseen, unseen_text)}
+    losses: dict[str, list[float]] = {name: [] for name in sets}
     with torch.no_grad():
         for r in range(args.repeats):
             for i in range(0, args.videos, 64):
-                for name, x, text in (("training videos", seen, seen_text), ("new videos", fresh, fresh_text)):
-                    gen = torch.Generator().manual_seed(1000 * r + i)  # the same noise for both sets
+                for name, (x, text) in sets.items():
+                    gen = torch.Generator().manual_seed(1000 * r + i)  # the same noise for every set
                     losses[name].append(objective.loss(model, x[i:i + 64], text[i:i + 64], gen).item())
-    a, b = np.array(losses["training videos"]), np.array(losses["new videos"])
-    diff = b - a
-    print(f"loss on training videos {a.mean():.4f}, on new videos {b.mean():.4f}; paired difference "
-          f"{diff.mean():+.4f} +- {diff.std(ddof=1) / np.sqrt(len(diff)):.4f} (standard error, {len(diff)} batches)")
+    a, b, c = (np.array(losses[name]) for name in sets)
+    for label, first, second in (("new videos - training videos", b, a), ("held-out prompts - new videos", c, b)):
+        diff = first - second
+        print(f"{label}: {first.mean():.4f} - {second.mean():.4f} = {diff.mean():+.4f} "
+              f"+- {diff.std(ddof=1) / np.sqrt(len(diff)):.4f} (standard error, {len(diff)} batches)")
 
 
 if __name__ == "__main__":
