@@ -40,21 +40,22 @@ def main() -> None:
     seen_text = data["embeds"][data["prompt_ids"][pick]]
     rng = np.random.default_rng(12345)  # not the encode stage's seed: new scenes
     index = {p: k for k, p in enumerate(data["prompts"])}
-    fresh, names, prompts = [], [], task.training_prompts()
-    with torch.no_grad():
+
+    @torch.no_grad()
+    def rendered(prompts: list[str]) -> tuple[torch.Tensor, list[str]]:
+        """``args.videos`` new videos of the prompts (drawn from ``rng``), encoded to model latents."""
+        latents, names = [], []
         for i in range(0, args.videos, 32):
             x, chosen = train_family.render_batch(rng, prompts, min(32, args.videos - i))
-            fresh.append(vae.encode(x).latent_dist.mode())
+            latents.append(vae.encode(x).latent_dist.mode())
             names += chosen
-    fresh = objective.model_latents(torch.cat(fresh), vae)
+        return objective.model_latents(torch.cat(latents), vae), names
+
+    fresh, names = rendered(task.training_prompts())
     fresh_text = data["embeds"][torch.tensor([index[p] for p in names])]
-    unseen, unseen_names, held_out = [], [], [p for p, _ in task.held_out()]
+    held_out = [p for p, _ in task.held_out()]
+    unseen, unseen_names = rendered(held_out)
     with torch.no_grad():
-        for i in range(0, args.videos, 32):
-            x, chosen = train_family.render_batch(rng, held_out, min(32, args.videos - i))
-            unseen.append(vae.encode(x).latent_dist.mode())
-            unseen_names += chosen
-        unseen = objective.model_latents(torch.cat(unseen), vae)
         held_embeds = pipe.encode_prompt(held_out, do_classifier_free_guidance=False,
                                          max_sequence_length=trained.MAX_SEQUENCE_LENGTH, device="cpu")[0]
     unseen_text = held_embeds[torch.tensor([held_out.index(p) for p in unseen_names])]
