@@ -199,8 +199,13 @@ def stage_encode(args: argparse.Namespace, work: pathlib.Path) -> None:
 class Objective:
     """The family's noising and target: flow matching (Wan) or v-prediction in the role's space (CogVideoX)."""
 
-    def __init__(self, family: str, role: str, pipe, render_from: int = 0, sampling_steps: int = 50) -> None:
+    def __init__(self, family: str, role: str, pipe, render_from: int = 0, sampling_steps: int = 50,
+                 focus: tuple[float, float, float] | None = None) -> None:
         self.family = family
+        # --focus LO HI FRAC (Wan): a FRAC share of each batch draws sigma from [LO, HI] instead of the whole
+        # schedule, to train more where the shapes are bound (Wan's turn over between sigma 0.67 and 0.43,
+        # train/shape_decided.py); the rest keeps the sampler's own distribution.
+        self.focus = focus
         # --render-from K: train only on the noise levels a `sampling_steps` sampler visits from its step K on,
         # the part of the trajectory SR hands a small model when it switches at step K or later.
         self.ceiling = None
@@ -246,6 +251,10 @@ class Objective:
             if self.ceiling is not None:  # the u whose shifted sigma is the ceiling's sigma
                 top = self.ceiling / 1000
                 u = u * top / (WAN_FLOW_SHIFT - (WAN_FLOW_SHIFT - 1) * top)
+            if self.focus is not None:  # u of a shifted sigma s: s / (shift - (shift - 1) s)
+                lo, hi = (s / (WAN_FLOW_SHIFT - (WAN_FLOW_SHIFT - 1) * s) for s in self.focus[:2])
+                banded = torch.rand(b, generator=gen) < self.focus[2]
+                u = torch.where(banded, lo + (hi - lo) * torch.rand(b, generator=gen), u)
             sigma = WAN_FLOW_SHIFT * u / (1 + (WAN_FLOW_SHIFT - 1) * u)
             s = sigma.view(b, 1, 1, 1, 1)
             xt = (1 - s) * x0 + s * noise
@@ -301,7 +310,12 @@ def stage_transformer(args: argparse.Namespace, work: pathlib.Path, role: str) -
         log(f"{role}: warm start from the shipped weights")
     model.train()
     pipe = trained.build_pipeline(args.family, role, model, vae, trained.text_encoder(args.family))
-    objective = Objective(args.family, role, pipe, render_from=args.render_from if role == "small" else 0)
+    if args.focus is not None and args.family != "wan":
+        raise SystemExit("--focus is implemented for Wan's flow-matching sigmas only")
+    objective = Objective(args.family, role, pipe, render_from=args.render_from if role == "small" else 0,
+                          focus=tuple(args.focus) if args.focus else None)
+    if objective.focus is not None:
+        log(f"{role}: {args.focus[2]:.0%} of each batch at sigma {args.focus[0]}-{args.focus[1]}")
     if objective.ceiling is not None:
         log(f"{role}: noise levels of steps {args.render_from}-50 only (timestep <= {objective.ceiling:.0f})")
     x_all = objective.model_latents(data["latents"], vae)
@@ -474,6 +488,8 @@ def main() -> None:
                         help="learning rate after the 100 warm-up steps (cooldown: constant, then cosine from "
                              "--cooldown-from to 0.1 x --lr at --steps)")
     parser.add_argument("--cooldown-from", type=int, default=0)
+    parser.add_argument("--focus", type=float, nargs=3, default=None, metavar=("LO", "HI", "FRAC"),
+                        help="Wan: a FRAC share of each batch at sigma LO-HI")
     parser.add_argument("--render-from", type=int, default=0,
                         help="small model: train only on the noise of sampling steps K..50 (0: every noise level)")
     parser.add_argument("--large-layers", type=int, default=None,
