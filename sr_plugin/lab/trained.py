@@ -58,7 +58,7 @@ TEXT_DIM = 32
 #: 3x a small one on a 2-core CPU, and the small one is too weak to bind every attribute (see README, "Trained
 #: families"). The shipped folders' configs are what loads; these build a model to train.
 SIZES: dict[str, dict[str, tuple[int, int]]] = {
-    "wan": {"large": (16, 4), "small": (2, 2)},
+    "wan": {"large": (20, 4), "small": (2, 2)},
     "cogvideox": {"large": (8, 4), "small": (2, 2)},
 }
 HEAD_DIM = 16
