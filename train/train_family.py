@@ -47,6 +47,11 @@ OBJECT_WEIGHT = 9.0
 WAN_FLOW_SHIFT = 3.0
 
 
+def wan_u_of_sigma(sigma: float) -> float:
+    """The uniform draw that the flow shift maps to ``sigma`` (the inverse of shift u / (1 + (shift - 1) u))."""
+    return sigma / (WAN_FLOW_SHIFT - (WAN_FLOW_SHIFT - 1) * sigma)
+
+
 def log(msg: str) -> None:
     print(f"[{time.strftime('%H:%M:%S')}] {msg}", flush=True)
 
@@ -249,10 +254,9 @@ class Objective:
         if self.family == "wan":
             u = torch.rand(b, generator=gen)
             if self.ceiling is not None:  # the u whose shifted sigma is the ceiling's sigma
-                top = self.ceiling / 1000
-                u = u * top / (WAN_FLOW_SHIFT - (WAN_FLOW_SHIFT - 1) * top)
-            if self.focus is not None:  # u of a shifted sigma s: s / (shift - (shift - 1) s)
-                lo, hi = (s / (WAN_FLOW_SHIFT - (WAN_FLOW_SHIFT - 1) * s) for s in self.focus[:2])
+                u = u * wan_u_of_sigma(self.ceiling / 1000)
+            if self.focus is not None:
+                lo, hi = wan_u_of_sigma(self.focus[0]), wan_u_of_sigma(self.focus[1])
                 banded = torch.rand(b, generator=gen) < self.focus[2]
                 u = torch.where(banded, lo + (hi - lo) * torch.rand(b, generator=gen), u)
             sigma = WAN_FLOW_SHIFT * u / (1 + (WAN_FLOW_SHIFT - 1) * u)
@@ -312,6 +316,8 @@ def stage_transformer(args: argparse.Namespace, work: pathlib.Path, role: str) -
     pipe = trained.build_pipeline(args.family, role, model, vae, trained.text_encoder(args.family))
     if args.focus is not None and args.family != "wan":
         raise SystemExit("--focus is implemented for Wan's flow-matching sigmas only")
+    if args.focus is not None and not (0 <= args.focus[0] < args.focus[1] <= 1 and 0 < args.focus[2] <= 1):
+        raise SystemExit(f"--focus LO HI FRAC needs 0 <= LO < HI <= 1 and 0 < FRAC <= 1, got {args.focus}")
     objective = Objective(args.family, role, pipe, render_from=args.render_from if role == "small" else 0,
                           focus=tuple(args.focus) if args.focus else None)
     if objective.focus is not None:
