@@ -314,10 +314,6 @@ def stage_transformer(args: argparse.Namespace, work: pathlib.Path, role: str) -
         log(f"{role}: warm start from the shipped weights")
     model.train()
     pipe = trained.build_pipeline(args.family, role, model, vae, trained.text_encoder(args.family))
-    if args.focus is not None and args.family != "wan":
-        raise SystemExit("--focus is implemented for Wan's flow-matching sigmas only")
-    if args.focus is not None and not (0 <= args.focus[0] < args.focus[1] <= 1 and 0 < args.focus[2] <= 1):
-        raise SystemExit(f"--focus LO HI FRAC needs 0 <= LO < HI <= 1 and 0 < FRAC <= 1, got {args.focus}")
     objective = Objective(args.family, role, pipe, render_from=args.render_from if role == "small" else 0,
                           focus=tuple(args.focus) if args.focus else None)
     if objective.focus is not None:
@@ -509,6 +505,10 @@ def main() -> None:
     parser.add_argument("--eval-pairs", type=int, default=24)
     parser.add_argument("--eval-steps", type=int, default=20)
     args = parser.parse_args()
+    if args.focus is not None and args.family != "wan":  # checked before any stage runs
+        parser.error("--focus is implemented for Wan's flow-matching sigmas only")
+    if args.focus is not None and not (0 <= args.focus[0] < args.focus[1] <= 1 and 0 < args.focus[2] <= 1):
+        parser.error(f"--focus LO HI FRAC needs 0 <= LO < HI <= 1 and 0 < FRAC <= 1, got {args.focus}")
     if args.large_layers:
         trained.SIZES[args.family]["large"] = (args.large_layers, trained.SIZES[args.family]["large"][1])
     torch.set_num_threads(args.threads)
