@@ -46,6 +46,17 @@ def check_cache_dit(large: torch.nn.Module, small: torch.nn.Module, block_lists:
                          "cache it as it caches the large one: disable cache-dit (cache_dit.disable_cache(pipe))")
 
 
+def check_cache_dit_schedule(large: torch.nn.Module, schedule: Any) -> None:
+    """cache-dit counts the large model's steps in one context per call, from its first forward, and cannot restart
+    it part way: with cache-dit on the large model, a schedule must run it in one segment from step 0."""
+    roles = schedule.roles
+    if cache_dit_config(large) is None or roles[0] == "large" and roles.count("large") == 1:
+        return
+    raise ValueError(f"cache-dit caches the large transformer, and the schedule {schedule} does not run it in one "
+                     "segment from step 0 (cache-dit counts its steps in one context per call, which cannot restart "
+                     "part way): use a large-first schedule, or disable cache-dit (cache_dit.disable_cache(pipe))")
+
+
 class CacheDitMirror:
     """The small model's cache-dit context, following the large model's."""
 

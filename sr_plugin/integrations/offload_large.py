@@ -1,4 +1,4 @@
-"""`offload_large=True`: the large transformer's weights leave the GPU once the small model has taken over.
+"""`offload_large=True`: the large transformer's weights leave the GPU while the small model runs.
 
 Moving Wan 14B's 28.6 GB to the host took 19.8 s on an H200 (a fifth of a whole SR run), so nothing here
 blocks the denoising loop: at the switch the copies are queued on a side stream into pinned host buffers
@@ -6,13 +6,17 @@ blocks the denoising loop: at the switch the copies are queued on a side stream 
 model's last kernels, and run while the small model computes; each GPU tensor is released to the allocator
 only once its copy is done (`record_stream`). The next call brings the weights back on the same side stream
 as soon as it starts (before it reads its execution device), so the copy overlaps the text encoder, and the
-first denoising step waits on the GPU, not on the host.
+first large step waits on the GPU, not on the host. Within a call whose schedule brings the large model back
+(large - small - large), the copies back are queued a few small steps before its return (`Router.PREFETCH_STEPS`)
+and the device waits for them (an event) only at the return.
 
 A no-op for a model that is not on a CUDA device, and under `enable_model_cpu_offload` (whose sequence
 already takes the large model off the GPU when the small one runs).
 """
 
 from __future__ import annotations
+
+from typing import Any
 
 import torch
 
@@ -24,6 +28,8 @@ class LargeOffloader:
         self._host: dict[str, torch.Tensor] = {}
         self._device: torch.device | None = None
         self._stream = None
+        #: Recorded after the copies `prefetch` queued; None when none is in flight.
+        self._event: Any = None
         self.prepare()
 
     def _tensors(self) -> list[tuple[str, torch.Tensor]]:
@@ -56,9 +62,10 @@ class LargeOffloader:
                 tensor.data = host
         self.offloaded = True
 
-    def restore(self) -> None:
-        """Queue the host-to-device copies; the current stream waits for them on the GPU, not the host."""
-        if not self.offloaded:
+    def prefetch(self) -> None:
+        """Queue the host-to-device copies on the side stream and return at once; `wait` makes the device wait
+        for them before the large model's next kernels."""
+        if not self.offloaded or self._event is not None:
             return
         stream = self._stream
         stream.wait_stream(torch.cuda.current_stream(self._device))  # new memory may have had earlier tenants
@@ -67,8 +74,22 @@ class LargeOffloader:
                 gpu = torch.empty(tensor.shape, dtype=tensor.dtype, device=self._device)
                 gpu.copy_(self._host[name], non_blocking=True)
                 tensor.data = gpu
-        torch.cuda.current_stream(self._device).wait_stream(stream)
+            self._event = torch.cuda.Event()
+            self._event.record(stream)
+
+    def wait(self) -> None:
+        """The current stream waits (on the device, not the host) for the copies `prefetch` queued."""
+        if self._event is None:
+            return
+        torch.cuda.current_stream(self._device).wait_event(self._event)
+        self._event = None
         self.offloaded = False
+
+    def restore(self) -> None:
+        """Back before the large model's next step: the copies queued now unless `prefetch` did already, and the
+        current stream waits for them on the GPU, not the host."""
+        self.prefetch()
+        self.wait()
 
     def release(self) -> None:
         """Back on the GPU for good, pinned buffers freed (on `remove`)."""

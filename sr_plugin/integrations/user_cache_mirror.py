@@ -45,9 +45,12 @@ class UserCacheMirror:
         #: The small model's attention processors given the large model's backend, and that backend.
         self._backend_set: list[Any] = []
         self._backend: Any = None
+        #: The large model of the running call (set by `sync`).
+        self.large: Any = None
 
     def sync(self, large: torch.nn.Module) -> None:
         small = self.small
+        self.large = large
         if large is small:
             return
         self._sync_attention_backend(large)
@@ -95,9 +98,29 @@ class UserCacheMirror:
             drop_hook_residue(self.small)
             self._enabled_fbc = False
 
-    def at_switch(self, step: int, num_steps: int) -> None:
-        """The small model takes over at ``step``: caches that count steps start afresh there."""
+    def small_enters(self, step: int, num_steps: int) -> None:
+        """A small segment starts at ``step``: its caches start afresh there (cache-dit's context, whose step mask
+        is cut at ``step``; para-attn's context, made anew at its next call)."""
         self.cache_dit.at_switch(step, num_steps)
+        self._para_parent = None
+
+    def large_returns(self) -> None:
+        """The large model runs again after the small one: para-attn's First Block Cache keeps the large model's
+        buffers in the call's context by name, so they are cleared (its next call computes, as a first call does).
+        diffusers' caches need nothing here: the router resets the leaving model's stateful hooks."""
+        if not compat.para_attn_cached(self.large):
+            return
+        from para_attn.first_block_cache import utils
+
+        context = utils.get_current_cache_context()
+        if context is not None:
+            context.clear_buffers()
+            if context.enable_taylorseer:  # its derivatives were taken from the large model's earlier steps
+                from para_attn.first_block_cache.taylorseer import TaylorSeer
+
+                context.taylorseer = TaylorSeer(**context.taylorseer_kwargs)
+                if context.enable_alter_cache:
+                    context.alter_taylorseer = TaylorSeer(**context.taylorseer_kwargs)
 
     def small_call_context(self) -> ContextManager:
         """Entered around each small-model call: para-attn's context of the small model for this call."""

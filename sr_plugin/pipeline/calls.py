@@ -253,7 +253,7 @@ class CallTracker:
 
         blocks = adapter_for(self.pipe).blocks
         for model in self._in_play:
-            _reset_caches(model)
+            reset_caches(model)
             if self.group is not None:
                 prepare_parallel_call(model, blocks(model), self.group)
 
@@ -273,7 +273,7 @@ class CallTracker:
         try:
             self._call.undo()
             for model in in_play:  # their tensors can be large (PAB: one attention output per module)
-                _reset_caches(model)
+                reset_caches(model)
         finally:
             errors = []
             for listener in reversed(listeners):
@@ -315,7 +315,7 @@ def check_scheduler_order(scheduler: Any) -> None:
         )
 
 
-def _reset_caches(model: torch.nn.Module) -> None:
+def reset_caches(model: torch.nn.Module) -> None:
     """Reset (and so free) the state of every stateful hook on ``model``."""
     registry = compat.hook_registry(model)
     if registry is not None:

@@ -9,13 +9,14 @@ from typing import Any
 import torch
 
 from ..adapters import adapter_for
-from ..integrations.cache_dit_mirror import check_cache_dit
+from ..integrations.cache_dit_mirror import check_cache_dit, check_cache_dit_schedule
 from ..pipeline.calls import CallTracker, check_scheduler_order
 from ..integrations.distributed import parallelize_like
 from ..integrations.offload_large import LargeOffloader
 from ..integrations.offload import join_model_offload, leave_model_offload, model_offload_active, parse_to_args
 from ..instance.patching import InstancePatches, Rollback
 from .policy import SwitchOptions
+from .schedule import Schedule, Segment
 from .routing import Router
 from ..pipeline.trace import StepRecord, SwitchRecord
 
@@ -34,8 +35,10 @@ class SRHandle:
         self._patches = patches
         self._undo_parallel = undo_parallel
         self.removed = False
-        #: After `remove`: the last call's (trace, switch_step, switch), kept without the models.
-        self._last: tuple[list[StepRecord], int | None, SwitchRecord | None] | None = None
+        #: The cooperation schedule every call follows (`apply(schedule=...)`, or the one-switch forms).
+        self.schedule: Schedule = router.schedule
+        #: After `remove`: the last call's (trace, switch_step, switch, segments), kept without the models.
+        self._last: tuple[list[StepRecord], int | None, SwitchRecord | None, list[Segment]] | None = None
 
     @property
     def trace(self) -> list[StepRecord]:
@@ -44,7 +47,8 @@ class SRHandle:
 
     @property
     def switch_step(self) -> int | None:
-        """The first step the small model ran in the last call (None: it never ran)."""
+        """The first step the small model ran in the last call (None: it never ran): with a large-first schedule,
+        the step of the hand-off."""
         return self._last[1] if self._last is not None else self._router.switch_step
 
     @property
@@ -52,6 +56,11 @@ class SRHandle:
         """Why the last call switched where it did: its effective min/max switch steps and the reason
         ("delta", "max_switch_step", "fixed"; None if it never switched). None before the first call."""
         return self._last[2] if self._last is not None else self._router.switch
+
+    @property
+    def segments(self) -> list[Segment]:
+        """The last call's segments, in order: ``Segment(role, first_step, end_step)`` (end exclusive)."""
+        return list(self._last[3] if self._last is not None else self._router.segments)
 
     @property
     def router(self) -> Router | None:
@@ -77,7 +86,8 @@ class SRHandle:
         leave_model_offload(self.pipe, self.small)
         # Nothing of sr_plugin holds the small model once removed (its memory is the user's to free): the handle
         # keeps the last call's report, not the router and the models behind it.
-        self._last = (list(self._router.trace), self._router.switch_step, self._router.switch)
+        self._last = (list(self._router.trace), self._router.switch_step, self._router.switch,
+                      list(self._router.segments))
         self._router = None
         self._patches = InstancePatches()
         self._undo_parallel = None
@@ -85,7 +95,7 @@ class SRHandle:
         self.removed = True
 
     def __repr__(self) -> str:
-        state = "removed" if self.removed else f"switch_step={self.switch_step}"
+        state = "removed" if self.removed else f"schedule={str(self.schedule)!r}"
         return f"SRHandle({type(self.pipe).__name__}, {state})"
 
 
@@ -102,13 +112,15 @@ def apply(
     min_switch_step: int | None = None,
     max_switch_step: int | None = None,
     switch_step: int | None = None,
+    schedule: Any = None,
     small_vae_scaling_factor: float | None = None,
     small_scheduler: Any = None,
     small_device: str | torch.device | None = None,
     offload_large: bool = False,
     family_options: Mapping[str, Any] | None = None,
 ) -> SRHandle:
-    """Let ``small_transformer`` render the late denoising steps of ``pipe``'s large transformer.
+    """Let ``small_transformer`` run some of the denoising steps of ``pipe``'s large transformer: by default the
+    late ones (SRDiffusion's adaptive switch), or any cooperation ``schedule``.
 
     Args:
         pipe: a diffusers ``WanPipeline`` or ``CogVideoXPipeline``; its ``transformer`` sketches.
@@ -117,6 +129,11 @@ def apply(
         min_switch_step / max_switch_step: clamps of the adaptive switch (defaults: max(3, ceil(0.1 N))
             and floor(0.6 N) for N steps).
         switch_step: a fixed switch instead: steps >= k run on the small model (0: small only; >= N: large only).
+        schedule: which model runs which steps, as segments ``[(role, end), ...]`` or a string such as
+            ``"small:20,large"`` or ``"large:10,small:35,large"`` (role "large" or "small"; end a step, a fraction
+            ``0.4`` / ``"40%"``, a noise level ``"t=0.875"``, ``"delta[=D]"`` for SRDiffusion's rule on a large
+            segment followed by a small one, or None for the last: to the end); see `sr_plugin.switch.schedule`.
+            Not with ``delta`` or ``switch_step``; ``min_switch_step`` / ``max_switch_step`` clamp its adaptive end.
         small_vae_scaling_factor / small_scheduler: CogVideoX only: the latent scale and noise schedule the
             small model was trained on (defaults: the published CogVideoX-2b values for a 2b-style small
             model with a 5b-style large one, else the large model's).
@@ -133,7 +150,7 @@ def apply(
 
     Every check runs here, before any generation; a bad input raises and leaves the pipeline untouched.
     """
-    options = SwitchOptions.from_user(delta, min_switch_step, max_switch_step, switch_step)
+    plan = _schedule_from(delta, min_switch_step, max_switch_step, switch_step, schedule)
     adapter = adapter_for(pipe)
     if getattr(pipe, HANDLE_ATTR, None) is not None:
         raise RuntimeError(
@@ -151,6 +168,7 @@ def apply(
     adapter.check_pipeline(pipe)
     adapter.check_pair(large, small_transformer)
     check_cache_dit(large, small_transformer, adapter.block_lists(small_transformer))
+    check_cache_dit_schedule(large, plan)
     adapter.check_scheduler(pipe.scheduler)  # checked again at every call (the scheduler may be swapped)
     check_scheduler_order(pipe.scheduler)
     options_given = _family_options(adapter, family_options, small_vae_scaling_factor=small_vae_scaling_factor,
@@ -179,7 +197,7 @@ def apply(
         undo_parallel = parallelize_like(large, small_transformer, adapter.para_attn_refusal)  # collective, on every rank
         if undo_parallel is not None:
             rollback.add(undo_parallel)
-        router = Router(pipe, small_transformer, adapter, handoff, options, small_device=small_device)
+        router = Router(pipe, small_transformer, adapter, handoff, plan, small_device=small_device)
         patches = InstancePatches()
         rollback.add(patches.undo)
         _install(pipe, small_transformer, router, patches, rollback)
@@ -196,6 +214,19 @@ def apply(
         rollback.run()
         raise
     return handle
+
+
+def _schedule_from(delta: Any, min_switch_step: Any, max_switch_step: Any, switch_step: Any,
+                   schedule: Any) -> Schedule:
+    """The cooperation schedule the user asked for: ``schedule=``, or the one-switch keywords (the default)."""
+    if schedule is None:
+        return Schedule.single_switch(SwitchOptions.from_user(delta, min_switch_step, max_switch_step, switch_step))
+    given = [n for n, v in (("delta", delta), ("switch_step", switch_step)) if v is not None]
+    if given:
+        raise ValueError(f"schedule= says which model runs which steps; {' and '.join(given)} "
+                         f"{'is' if len(given) == 1 else 'are'} the one-switch form of it: pass one or the other "
+                         "(an adaptive end in a schedule: 'large:delta=0.01,small')")
+    return Schedule.parse(schedule).with_bounds(min_switch_step, max_switch_step)
 
 
 def _check_device(device: Any) -> torch.device:
@@ -246,11 +277,12 @@ def _family_options(adapter: Any, family_options: Mapping[str, Any] | None, **sh
 def _restore_early(pipe: Any, router: Router, patches: InstancePatches) -> None:
     """With offload_large, queue the large model's way back at the very start of a call (`check_inputs` is the
     first thing both pipelines do): before the pipeline reads its execution device from `pipe.transformer`,
-    and early enough for the copy to overlap the text encoder."""
+    and early enough for the copy to overlap the text encoder (and a small-first segment); the device waits for
+    it when the large model's first segment starts."""
     original = pipe.check_inputs
 
     def check_inputs(*args: Any, **kwargs: Any) -> Any:
-        router.offloader.restore()
+        router.offloader.prefetch()
         return original(*args, **kwargs)
 
     patches.set(pipe, "check_inputs", check_inputs)

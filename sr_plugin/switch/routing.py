@@ -1,8 +1,11 @@
-"""The switch itself: observes every step and puts the small transformer in the large one's place.
+"""The switch itself: follows the call's cooperation plan (`schedule.Plan`) step by step and puts the model whose
+segment starts in the pipeline's ``transformer`` slot.
 
-The pipelines read ``self.transformer`` afresh at every step, so between two steps the small model is put
-there for the rest of the call (with a hook that maps its inputs and outputs). A switch therefore always
-falls on a step boundary, whatever the number of transformer calls per step.
+The pipelines read ``self.transformer`` afresh at every step, so between two steps the small model is put there
+(with a hook that maps its inputs and outputs) and the large one put back, as many times as the plan says. A
+boundary therefore always falls between two steps, whatever the number of transformer calls per step. At every
+boundary the model that leaves drops its cached state (TeaCache residuals, First Block Cache, PAB's attention),
+so a model that comes back never reuses what it cached before the other one ran.
 """
 
 from __future__ import annotations
@@ -14,15 +17,17 @@ import torch
 from diffusers.hooks import HookRegistry
 
 from .. import compat
+from ..integrations.cache_dit_mirror import check_cache_dit_schedule
 from ..integrations.user_cache_mirror import UserCacheMirror
 from ..adapters import FamilyAdapter, Handoff
-from ..pipeline.calls import CallListener, CallTracker, _reset_caches
+from ..pipeline.calls import CallListener, CallTracker, reset_caches
 from ..integrations.distributed import cp_group
 from .handoff_hook import HandoffHook
 from .metric import relative_change
 from ..integrations.offload import model_offload_active
 from ..instance.patching import InstancePatches, drop_hook_residue_at
-from .policy import SwitchOptions, SwitchPolicy, cap_schedule, decreases
+from .policy import decreases
+from .schedule import Plan, Schedule, Segment, segments_of
 from ..pipeline.trace import StepRecord, SwitchRecord
 
 
@@ -31,7 +36,11 @@ _IN_USE = "_sr_plugin_rendering_for"
 
 
 class Router(CallListener):
-    """Owns one pipeline's switching: the step observer, the policy and the transformer swap."""
+    """Owns one pipeline's cooperation: the step observer, the plan of segments and the transformer swaps."""
+
+    #: With ``offload_large``: how many small steps before the large model's return its weights start coming back.
+    #: A small segment no longer than this keeps the large model's weights on the device.
+    PREFETCH_STEPS = 2
 
     def __init__(
         self,
@@ -39,35 +48,40 @@ class Router(CallListener):
         small: torch.nn.Module,
         adapter: FamilyAdapter,
         handoff: Handoff,
-        options: SwitchOptions,
+        schedule: Schedule,
         small_device: torch.device | None = None,
     ) -> None:
         self.pipe = pipe
         self.small = small
         self.adapter = adapter
         self.handoff = handoff
-        self.options = options
+        self.schedule = schedule
         self.small_device = small_device
         #: Caches the user enabled on the large model, mirrored onto the small one with their own state.
         self.mirror = UserCacheMirror(small, adapter.block_lists(small))
         #: Factories of context managers entered around every call of the small model.
         self.small_call_contexts: list[Callable[[], Any]] = [self.mirror.small_call_context]
-        #: With offload_large: moves the large model's weights off the GPU after the switch.
+        #: With offload_large: moves the large model's weights off the GPU while the small model runs.
         self.offloader: Any = None
         self.hook_name = f"sr_plugin_handoff_{uuid.uuid4().hex[:8]}"
         self.trace: list[StepRecord] = []
+        self.segments: list[Segment] = []
         self.switch_step: int | None = None
         self.switch: SwitchRecord | None = None
+        self.plan: Plan | None = None
         self.large: torch.nn.Module = pipe.transformer
         self._checked_large: torch.nn.Module | None = pipe.transformer
-        self._patches = InstancePatches()
+        #: ``pipe.transformer`` (and the expert slots) while the small model runs: undone when the large returns.
+        self._slots = InstancePatches()
         self._hooked: torch.nn.Module | None = None
-        self._swap_pending = False
+        self._pending: str | None = None
+        self.running = "large"
+        self._prefetch_at: int | None = None
 
     # ------------------------------------------------------------------ call bracket
     def begin(self, calls: CallTracker) -> None:
         """Start of the denoising loop: every check first, then fresh per-call state."""
-        self.trace, self.switch_step, self.switch = [], None, None  # a call refused here reports no steps
+        self.trace, self.segments, self.switch_step, self.switch = [], [], None, None  # a refused call: no steps
         self._d = []
         self._check_small_free()
         pipe = self.pipe
@@ -81,21 +95,22 @@ class Router(CallListener):
         if calls.group is not None and cp_group(self.small) is None and self.small is not large:
             raise ValueError("the large transformer became context-parallel after sr_plugin.apply: call "
                              "handle.remove() and sr_plugin.apply(...) again, so that the small one is parallelized too")
-        schedule = self.options.resolve(calls.num_steps)
-        latest = self.adapter.latest_switch_step(pipe, calls.timesteps)
-        if latest is not None:
-            schedule = cap_schedule(schedule, *latest)
-        self.policy = SwitchPolicy(schedule)
+        check_cache_dit_schedule(large, self.schedule)
+        train_steps = float(getattr(pipe.scheduler.config, "num_train_timesteps", 1000))
+        self.plan = self.schedule.plan(calls.timesteps, train_steps,
+                                       self.adapter.latest_switch_step(pipe, calls.timesteps))
         self.handoff.begin_call(pipe)
         self.mirror.sync(large)
-        if self.offloader is not None:
-            self.offloader.restore()  # already queued when the prompt was encoded; a no-op then
         self.large = large
         self._prev_x0: torch.Tensor | None = None
         self._d: list[torch.Tensor | None] = []
+        self.running, self._pending, self._prefetch_at = "large", None, None
         self._show(calls, "large")
-        if self.policy.use_small(0):
-            self._swap(calls)
+        first = self.plan.role_at(0) if calls.num_steps else "large"
+        if first == "small":
+            self._swap(calls, "small", 0)
+        elif self.offloader is not None:
+            self.offloader.restore()  # already queued when the prompt was encoded; the device waits for it here
         if self.small is not large:
             vars(self.small)[_IN_USE] = self  # released by `end`, which runs once `begin` has returned
 
@@ -106,30 +121,37 @@ class Router(CallListener):
         d = None if self._prev_x0 is None else calls.agree(relative_change(x0, self._prev_x0))
         self._d.append(d)
         # The one host read per step, and only while the decision still depends on it.
-        self.policy.observe(j, float(d) if d is not None and self.policy.needs_metric() else None)
+        self.plan.observe(j, float(d) if d is not None and self.plan.needs_metric() else None)
         self._prev_x0 = x0
-        if self._hooked is None and j + 1 < calls.num_steps and self.policy.use_small(j + 1):
-            if self.adapter.step_ends_with_progress_update:
-                self._swap_pending = True  # after the step-end callback, which must see this step's model
-            else:
-                self._swap(calls)
+        if j + 1 >= calls.num_steps:
+            return
+        role = self.plan.role_at(j + 1)
+        if role == self.running:
+            if self._prefetch_at == j + 1:
+                self._prefetch_at = None
+                self.offloader.prefetch()  # the large model returns in PREFETCH_STEPS steps
+        elif self.adapter.step_ends_with_progress_update:
+            self._pending = role  # after the step-end callback, which must see this step's model
+        else:
+            self._swap(calls, role, j + 1)
 
     def step_ended(self, calls: CallTracker) -> None:
-        if self._swap_pending:
-            self._swap_pending = False
-            self._swap(calls)
+        if self._pending is not None:
+            role, self._pending = self._pending, None
+            self._swap(calls, role, calls.step)
 
     def end(self, calls: CallTracker) -> None:
         """End of the loop (also on error or interrupt): put the pipeline back, then write the trace."""
-        self._swap_pending = False
+        self._pending = None
         if vars(self.small).get(_IN_USE) is self:
             del vars(self.small)[_IN_USE]
         try:
-            self._patches.undo()
+            self._slots.undo()
             if self._hooked is not None:
                 self._unhook(self._hooked)
         finally:
             self._hooked = None
+            self.running = "large"
             self.mirror.end_call()
             self._write_trace(calls)
 
@@ -142,25 +164,46 @@ class Router(CallListener):
                 f"the small transformer is in use by a call of another pipeline (a {type(holder.pipe).__name__}) that "
                 "is still running: give each pipeline its own small model instance, or run the calls one after another")
 
-    # ------------------------------------------------------------------ the hand-off
-    def _swap(self, calls: CallTracker) -> None:
-        """The small model takes the large one's place in the pipeline for the rest of the call."""
+    # ------------------------------------------------------------------ the boundaries
+    def _swap(self, calls: CallTracker, role: str, step: int) -> None:
+        """``role``'s model takes the pipeline's transformer slot from ``step`` on (a segment boundary)."""
+        if role == "small":
+            self._to_small(calls, step)
+        else:
+            self._to_large(calls, step)
+        calls.running = self.running = role
+        self._show(calls, role)
+
+    def _to_small(self, calls: CallTracker, step: int) -> None:
         small = self.small
-        self._had = ("forward" in vars(small), hasattr(small, compat.HOOK_REGISTRY_ATTR))
-        HookRegistry.check_if_exists_or_initialize(small).register_hook(
-            HandoffHook(self.handoff, self.small_device, self.small_call_contexts), self.hook_name
-        )
-        self._hooked = self.small
-        calls.running = "small"
-        self._patches.set(self.pipe, "transformer", self.small)
+        if self._hooked is None:  # the hand-off hook stays on for the rest of the call (it acts on the small model)
+            self._had = ("forward" in vars(small), hasattr(small, compat.HOOK_REGISTRY_ATTR))
+            HookRegistry.check_if_exists_or_initialize(small).register_hook(
+                HandoffHook(self.handoff, self.small_device, self.small_call_contexts), self.hook_name
+            )
+            self._hooked = small
+        self._slots.set(self.pipe, "transformer", small)
         for slot in self.adapter.expert_slots(self.pipe):  # e.g. Wan2.2's low-noise expert: the small one renders
-            self._patches.set(self.pipe, slot, self.small)
-        if self.large is not self.small:
-            self.mirror.at_switch(len(self._d), calls.num_steps)  # the first step the small model runs
-            _reset_caches(self.large)  # it will not run again in this call: free its cached residuals/attention
-        if self.offloader is not None and not model_offload_active(self.pipe):
-            self.offloader.offload()  # queued behind the large model's last step; returns at once
-        self._show(calls, "small")
+            self._slots.set(self.pipe, slot, small)
+        if self.large is small:
+            return
+        self.mirror.small_enters(step, calls.num_steps)  # a fresh cache context of its own from this step
+        if step > 0:
+            reset_caches(self.large)  # free its cached residuals/attention; it starts clean if it returns
+        if self.offloader is not None and step > 0 and not model_offload_active(self.pipe):
+            back = self.plan.next_start("large", step)
+            if back is None or back - step > self.PREFETCH_STEPS:
+                self.offloader.offload()  # queued behind the large model's last step; returns at once
+                self._prefetch_at = None if back is None else back - self.PREFETCH_STEPS
+
+    def _to_large(self, calls: CallTracker, step: int) -> None:
+        self._slots.undo()
+        if self.large is self.small:
+            return
+        reset_caches(self.small)  # it starts clean if it runs again
+        self.mirror.large_returns()
+        if self.offloader is not None:
+            self.offloader.restore()  # queued PREFETCH_STEPS ago; the device waits for the copies here
 
     def _unhook(self, model: torch.nn.Module) -> None:
         """Remove the hand-off hook, and what diffusers' registry leaves behind, so that the small model is
@@ -180,11 +223,11 @@ class Router(CallListener):
         values = iter(torch.stack(present).tolist() if present else [])  # one host read for the whole call
         d = [None if v is None else next(values) for v in self._d]
         s = decreases(d)
-        switch = self.policy.switch_step
-        self.switch_step = switch if switch is not None and switch < len(d) else None
-        sched = self.policy.schedule
-        reason = self.policy.switch_reason if self.switch_step is not None else None
-        self.switch = SwitchRecord(self.switch_step, reason, sched.min_step, sched.max_step, sched.delta,
-                                   sched.num_steps)
-        records = calls.records(d, s)
-        self.trace = records
+        self.segments = segments_of(list(calls.ran))
+        if self.plan is None:
+            return
+        switch, reason, lo, hi, delta = self.plan.switch()
+        self.switch_step = switch if switch is not None and switch < len(calls.ran) else None
+        self.switch = SwitchRecord(self.switch_step, reason if self.switch_step is not None else None, lo, hi, delta,
+                                   self.plan.num_steps)
+        self.trace = calls.records(d, s)
