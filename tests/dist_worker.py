@@ -58,7 +58,9 @@ def main(scenario: str, out_dir: str) -> None:
         return d
 
     sr_plugin.switch.routing.relative_change = observed
-    handle = sr_plugin.apply(pipe, small)
+    #: A sandwich whose first hand-off is adaptive: every rank must cross both boundaries at the same step.
+    schedule = "large:delta,small:8,large" if "sandwich" in scenario else None
+    handle = sr_plugin.apply(pipe, small, schedule=schedule)
     tail = CallLog(large=(pipe.transformer.blocks if family == "wan" else pipe.transformer.transformer_blocks)[1],
                    small=(small.blocks if family == "wan" else small.transformer_blocks)[1])
     accel = None
@@ -70,7 +72,8 @@ def main(scenario: str, out_dir: str) -> None:
         accel = sr_plugin.accelerate(pipe, fbcache=0.095)
     out = run(pipe, family)
     torch.save({"out": out, "switch_step": handle.switch_step, "trace": [r.as_dict() for r in handle.trace],
-                "accel": [r.as_dict() for r in accel.trace] if accel else None, "tail_calls": tail.calls, "local_d": local_d},
+                "accel": [r.as_dict() for r in accel.trace] if accel else None, "tail_calls": tail.calls, "local_d": local_d,
+                "segments": [tuple(x) for x in handle.segments]},
                os.path.join(out_dir, f"rank{rank}.pt"))
     if parallel:
         torch.distributed.barrier()

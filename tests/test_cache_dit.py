@@ -182,3 +182,21 @@ def test_a_second_block_cache_on_top_of_cache_dit_is_refused(pair, accel):
         assert sr_plugin.handle_of(pipe) is None
     finally:
         cache_dit.disable_cache(pipe)
+
+
+def test_a_schedule_that_does_not_run_the_large_model_first_in_one_segment_is_refused(pair, family):
+    """cache-dit counts the large model's steps in one context per call: a schedule that brings it back, or starts
+    it late, is refused at apply (and at the call when cache-dit comes after apply), the pipeline untouched."""
+    pipe, small = pair
+    cache_dit.enable_cache(pipe, cache_config=never_skip())
+    for schedule in ("large:3,small:6,large", "small:3,large"):
+        with pytest.raises(ValueError, match="does not run it in one segment from step 0"):
+            sr_plugin.apply(pipe, small, schedule=schedule)
+        assert sr_plugin.handle_of(pipe) is None
+    sr_plugin.apply(pipe, small, schedule="large:3,small").remove()  # large first: fine
+    cache_dit.disable_cache(pipe)
+    handle = sr_plugin.apply(pipe, small, schedule="small:3,large")
+    cache_dit.enable_cache(pipe, cache_config=never_skip())
+    with pytest.raises(ValueError, match="does not run it in one segment from step 0"):
+        run(pipe, family)
+    assert handle.trace == []

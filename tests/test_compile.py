@@ -70,3 +70,20 @@ def test_compile_takes_a_bool_none_or_options_only(value):
     handle = sr_plugin.accelerate(pipe, compile=None, pab=True)
     assert accelerations_of(pipe).compile_options is None
     handle.remove()
+
+
+@pytest.mark.parametrize("schedule", ["large:3,small:6,large", "small:3,large:7,small"])
+def test_a_sandwich_crosses_every_boundary_without_recompiling(family, schedule):
+    """Each model's blocks compile once; handing over and back (with the caches reset at each boundary) reuses
+    the graphs, on the warm-up call's schedule and on another step count."""
+    torch._dynamo.reset()
+    pipe, small = tiny_pair(family)
+    handle = sr_plugin.apply(pipe, small, schedule=schedule)
+    sr_plugin.accelerate(pipe, compile={"backend": "eager"}, teacache=TeaCacheConfig(MIX[family], LINEAR),
+                         pab=PABConfig(2, 2, (0, 1000)))
+    warm = run(pipe, family)
+    assert len(handle.segments) == 3
+    with torch._dynamo.config.patch(error_on_recompile=True):
+        again = run(pipe, family)
+        run(pipe, family, seed=1, steps=12)
+    assert torch.equal(again, warm)

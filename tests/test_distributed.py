@@ -48,12 +48,14 @@ def run_scenario(scenario: str, tmp_path: pathlib.Path) -> tuple[dict, list[dict
     return single, launch(scenario, tmp_path / "two", 2)
 
 
-@pytest.mark.parametrize("scenario", ["wan", "cog"])
+@pytest.mark.parametrize("scenario", ["wan", "cog", "wan-sandwich"])
 def test_two_ranks_match_one_process(tmp_path, scenario):
     single, ranks = run_scenario(scenario, tmp_path)
     assert single["switch_step"] is not None
+    if scenario.endswith("sandwich"):  # large, small from the adaptive hand-off, large again from step 8
+        assert [s[0] for s in single["segments"]] == ["large", "small", "large"] and single["segments"][-1][1] == 8
     for r in ranks:
-        assert r["switch_step"] == single["switch_step"]
+        assert r["switch_step"] == single["switch_step"] and r["segments"] == single["segments"]
         assert [x["model"] for x in r["trace"]] == [x["model"] for x in single["trace"]]
         assert torch.allclose(r["out"], single["out"], atol=1e-5, rtol=1e-5), (r["out"] - single["out"]).abs().max()
     assert torch.equal(ranks[0]["out"], ranks[1]["out"])

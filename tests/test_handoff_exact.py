@@ -4,10 +4,9 @@ from __future__ import annotations
 
 import copy
 
-import numpy as np
 import pytest
 import torch
-from pipeline_helpers import STEPS, CallLog, run
+from pipeline_helpers import STEPS, CallLog, run, seen_through
 from diffusers import CogVideoXTransformer3DModel, WanPipeline
 
 import sr_plugin
@@ -126,49 +125,6 @@ def test_wan22_with_both_experts_follows_diffusers_until_the_switch():
 
 
 # --------------------------------------------------------------------------- CogVideoX latent-space mapping
-class SeenThrough(CogVideoXTransformer3DModel):
-    """The large CogVideoX model as a model trained on another latent scale and noise schedule would behave.
-
-    Built from first principles, independently of the adapter: a sample x' at timestep t' of the "small"
-    space (latents scaled by c, schedule abar_s) is the large-space sample x = x' / k at the timestep t with
-    the same signal-to-noise ratio once the scale is taken out: SNR_l(t) = c^2 SNR_s(t'). Schedules are read
-    at fractional timesteps by linear interpolation of abar between training timesteps (numpy.interp).
-    """
-
-    def configure(self, abar_large: torch.Tensor, abar_small: torch.Tensor, c: float) -> "SeenThrough":
-        self.abar_l = abar_large.double().numpy()
-        self.abar_s = abar_small.double().numpy()
-        self.c = c
-        return self
-
-    def forward(self, hidden_states, encoder_hidden_states, timestep, **kwargs):
-        steps = np.arange(len(self.abar_s), dtype=np.float64)
-        t_small = timestep.double().numpy()
-        a_s = np.interp(t_small, steps, self.abar_s)
-        c2 = self.c ** 2
-        a = c2 * a_s / (1 - a_s + c2 * a_s)  # SNR_l = c^2 SNR_s, written in abar
-        t = np.interp(-a, -self.abar_l, steps)  # abar_l decreases: interpolate on the increasing -abar
-        k = np.sqrt((1 - a_s) / np.maximum(1 - a, 1e-300))
-        as_col = lambda v: torch.from_numpy(v).reshape(-1, 1, 1, 1, 1)  # noqa: E731
-        x = (hidden_states.double() / as_col(k)).to(hidden_states.dtype)
-        v = super().forward(hidden_states=x, encoder_hidden_states=encoder_hidden_states,
-                            timestep=torch.from_numpy(t).to(torch.float32), **kwargs)[0].double()
-        xd = x.double()
-        x0 = as_col(np.sqrt(a)) * xd - as_col(np.sqrt(1 - a)) * v
-        eps = as_col(np.sqrt(1 - a)) * xd + as_col(np.sqrt(a)) * v
-        v_small = as_col(np.sqrt(a_s)) * eps - as_col(np.sqrt(1 - a_s)) * (self.c * x0)
-        return (v_small.to(hidden_states.dtype),)
-
-
-def seen_through(pipe, small_scale: float, small_schedule) -> SeenThrough:
-    large = pipe.transformer
-    model = SeenThrough.from_config(large.config)
-    model.load_state_dict(large.state_dict())
-    model.eval()
-    c = small_scale / pipe.vae.config.scaling_factor
-    return model.configure(pipe.scheduler.alphas_cumprod, small_schedule.alphas_cumprod, c)
-
-
 @pytest.mark.parametrize("k", [0, 3, 6])
 def test_cogvideox_mapping_reproduces_the_large_model_through_another_space(k):
     from sr_plugin.lab.tiny import tiny_cogvideox
