@@ -2,11 +2,13 @@
 
     handle = sr_plugin.apply(pipe, small_transformer, delta=0.01)
     video = pipe(prompt=..., num_inference_steps=50).frames
-    handle.trace, handle.switch_step     # what happened in the last call
+    handle = sr_plugin.apply(pipe, small_transformer, schedule="small:20%,large")   # any cooperation order
+    handle.trace, handle.segments        # what happened in the last call
     handle.remove()                      # the pipeline is exactly as before
 
     sr_plugin.accelerate(pipe, teacache=0.2, pab=True, compile=True)   # on both transformers, either order
     cal = sr_plugin.calibrate_teacache(pipe, prompts)                   # fit TeaCache to your own models
+    report = sr_plugin.calibrate(pipe, small, prompts, scorer=judge)   # the fastest order within a quality floor
 """
 
 from __future__ import annotations
@@ -22,6 +24,8 @@ _EXPORTS = {
     "AccelHandle": ".accel", "PABConfig": ".accel", "TeaCacheCalibration": ".accel", "TeaCacheConfig": ".accel",
     "accelerate": ".accel", "calibrate_teacache": ".accel",
     "SRHandle": ".switch.api", "apply": ".switch.api", "handle_of": ".switch.api",
+    "Schedule": ".switch.schedule", "Segment": ".switch.schedule",
+    "calibrate": ".calibration", "Candidate": ".calibration", "Floor": ".calibration", "CalibrationReport": ".calibration",
     "DEFAULT_DELTA": ".switch.policy", "StepRecord": ".pipeline.trace", "SwitchRecord": ".pipeline.trace",
 }
 

@@ -125,6 +125,22 @@ def held_out() -> list[tuple[str, int]]:
     return [(p, HELD_OUT_FIRST_SEED + i) for i, p in enumerate(chosen)]
 
 
+#: Validation pairs: training prompts drawn with this seed, each with seed VALIDATION_FIRST_SEED + i (the held-out
+#: pairs use 1,000,000 + i): where settings are chosen, so that the held-out pairs stay for reporting them.
+VALIDATION_PROMPT_SEED = 7
+VALIDATION_FIRST_SEED = 2_000_000
+
+
+def validation(n: int = HELD_OUT_SIZE) -> list[tuple[str, int]]:
+    """``n`` (prompt, seed) pairs of training prompts with seeds no training run or held-out pair uses."""
+    import random
+
+    if not 1 <= n <= HELD_OUT_SIZE:
+        raise ValueError(f"the validation set has {HELD_OUT_SIZE} pairs, asked for {n}")
+    prompts = random.Random(VALIDATION_PROMPT_SEED).sample(training_prompts(), HELD_OUT_SIZE)[:n]
+    return [(p, VALIDATION_FIRST_SEED + i) for i, p in enumerate(prompts)]
+
+
 def training_prompts() -> list[str]:
     """Every prompt whose scene is not held out, in either object order."""
     excluded = {_scene(p) for p, _ in held_out()}

@@ -9,6 +9,7 @@ from typing import Any, Iterator
 
 import numpy as np
 
+from .calls import CallListener, CallTracker
 from .seeded import run_seeded
 
 
@@ -50,3 +51,52 @@ def timed_run(pipe: Any, prompt: str, seed: int, steps: int, **call: Any) -> tup
         frames = run_seeded(pipe, prompt, seed, output_type="np", num_inference_steps=steps, **call)[0]
         total = time.perf_counter() - start
     return np.asarray(frames, dtype=np.float32), loops[-1], total
+
+
+class StepClock(CallListener):
+    """The wall time of every denoising step of a pipeline's calls, beside the step's record (which model ran it,
+    its cache and attention decisions): what a step-cost model is fitted on. A listener of the pipeline's call
+    tracker while installed (`install` / `remove`); on CUDA it synchronizes at each step end, so install it for
+    timing runs only.
+
+    ``calls``: per finished call, a list of ``(StepRecord, seconds)``."""
+
+    def __init__(self) -> None:
+        self.calls: list[list[tuple[Any, float]]] = []
+        self._times: list[float] = []
+        self._tracker: Any = None
+
+    def install(self, pipe: Any) -> "StepClock":
+        self._tracker = CallTracker.of(pipe)
+        self._tracker.add(self)
+        return self
+
+    def remove(self) -> None:
+        if self._tracker is not None:
+            self._tracker.discard(self)
+            self._tracker = None
+
+    def begin(self, calls: Any) -> None:
+        self._device = _cuda_device(calls.pipe)
+        self._times = [self._now()]
+
+    def step_ended(self, calls: Any) -> None:
+        self._times.append(self._now())
+
+    def end(self, calls: Any) -> None:
+        records = calls.records()
+        seconds = [b - a for a, b in zip(self._times, self._times[1:])]
+        if len(seconds) == len(records):  # a finished call (an interrupted one is not a timing)
+            self.calls.append(list(zip(records, seconds)))
+
+    def _now(self) -> float:
+        if self._device is not None:
+            import torch
+
+            torch.cuda.synchronize(self._device)
+        return time.perf_counter()
+
+
+def _cuda_device(pipe: Any) -> Any:
+    device = getattr(pipe, "_execution_device", None)
+    return device if getattr(device, "type", None) == "cuda" else None

@@ -1,0 +1,144 @@
+"""The schedule calibration: the fastest candidate within the floor, or none; its statistics and its report."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+import sr_plugin
+from sr_plugin.calibration import Candidate, CandidateResult, CalibrationReport, Floor, candidate_grid, mcnemar_exact, paired
+from sr_plugin.calibration.costs import StepCosts
+from sr_plugin.pipeline.trace import StepRecord
+from sr_plugin.lab.tiny import tiny_pair
+
+from pipeline_helpers import STEPS
+from sr_plugin.lab.tiny import TINY_CALL
+
+
+def test_mcnemar_exact_and_paired_counts():
+    assert mcnemar_exact(0, 6) == pytest.approx(2 * 0.5 ** 6)  # 6 lost, none gained: p = 0.03125
+    assert mcnemar_exact(3, 3) == 1.0 and mcnemar_exact(0, 0) == 1.0
+    assert mcnemar_exact(1, 4) == pytest.approx(0.375)
+    p = paired([True, True, False, True, False], [True, False, True, False, False])
+    assert (p.n, p.lost, p.gained) == (5, 2, 1) and p.points == pytest.approx(-20.0)
+
+
+def test_the_floor_in_points_and_in_fidelity():
+    floor = Floor(points=3.0)
+    assert floor.holds(paired([True] * 64, [True] * 63 + [False]), None, None)  # 1.6 points below
+    assert not floor.holds(paired([True] * 64, [True] * 62 + [False] * 2), None, None)  # 3.1 points below
+    assert floor.holds(paired([True] * 32 + [False] * 32, [False] * 3 + [True] * 32 + [False] * 29), None, None)
+    ssim = Floor(min_ssim=0.9)
+    assert ssim.holds(None, 0.95, 30.0) and not ssim.holds(None, 0.85, 30.0)
+    for bad in ({}, {"points": -1}, {"min_ssim": 1.5}, {"points": 3, "alpha": 0}):
+        with pytest.raises(ValueError):
+            Floor(**bad)
+
+
+def row(name: str, speedup: float, within: bool, shortfall: float = 0.0) -> CandidateResult:
+    return CandidateResult(name, "small-first", name, {}, None, None, None, None, None, None, None, speedup, speedup,
+                           0.5, within, shortfall)
+
+
+class Costs:
+    def as_dict(self):
+        return {}
+
+
+def test_the_choice_is_the_fastest_within_the_floor_or_none_and_the_closest():
+    floor = Floor(min_ssim=0.9)
+    reference = row("large", 1.0, True)
+    report = CalibrationReport.build([reference, row("a", 1.5, True), row("b", 2.5, False, 0.1), row("c", 1.9, True)],
+                                     floor, [("p", 0)], 10, 4, 1.0, Costs())
+    assert report.chosen.name == "c" and report.closest is None
+    report = CalibrationReport.build([reference, row("a", 1.5, False, 0.3), row("b", 2.5, False, 0.1),
+                                      row("c", 1.9, False, 0.1)], floor, [("p", 0)], 10, 4, 1.0, Costs())
+    assert report.chosen is None and report.closest.name == "b"  # nearest the floor, then fastest
+    assert "no candidate holds the floor" in report.summary() and "b" in report.summary()
+
+
+def test_step_costs_are_medians_per_kind_of_step():
+    def rec(model, cache=None):
+        return StepRecord(0, 0.0, model, None, None, cache or {})
+    calls = [[(rec("large"), 1.0), (rec("large"), 1.2), (rec("small"), 0.2)],
+             [(rec("large"), 9.0), (rec("small", {"cond": "skipped"}), 0.05), (rec("small"), 0.2)]]
+    costs = StepCosts(calls)
+    assert costs.plain("large") == 1.2 and costs.plain("small") == 0.2
+    assert costs.time(calls[1]) == pytest.approx(1.2 + 0.05 + 0.2)
+
+
+def test_the_grids_cover_every_order_and_carry_the_accelerations():
+    cheap = candidate_grid("cheap", [{}, {"teacache": 0.1}])
+    orders = {c.order for c in cheap}
+    assert {"small only", "large-first", "small-first", "large-small-large", "small-large-small", "large only"} <= orders
+    assert Candidate(None, {"teacache": 0.1}) in cheap and Candidate("small:20%,large") in cheap
+    assert len(candidate_grid("full")) > len(candidate_grid("cheap"))
+    assert Candidate("small:20%,large", {"teacache": 0.1, "pab": True}).name == "small:20%,large + teacache 0.1 + pab"
+    with pytest.raises(ValueError, match="unknown grid"):
+        candidate_grid("huge")
+    with pytest.raises(ValueError, match="unknown role"):
+        Candidate("tiny:3,large")
+
+
+def calibrate_tiny(family, scorer_rule, **kwargs):
+    """A synthetic case whose answer is known: the judge counts a video right when the small model ran at most a
+    given number of its steps (read from the switch's own report of the call just run)."""
+    pipe, small = tiny_pair(family)
+
+    def scorer(video, prompt):
+        handle = sr_plugin.handle_of(pipe)
+        small_steps = 0 if handle is None else sum(s.end_step - s.first_step for s in handle.segments
+                                                   if s.role == "small")
+        return scorer_rule(small_steps)
+
+    candidates = ["small:3,large", "small:6,large", "large:3,small", "small"]
+    report = sr_plugin.calibrate(pipe, small, ["a red fox", "a blue car"], scorer=scorer, candidates=candidates,
+                                 num_inference_steps=STEPS, say=None, **TINY_CALL[family], **kwargs)
+    return pipe, report
+
+
+def test_calibration_picks_the_fastest_candidate_within_the_floor(tmp_path):
+    pipe, report = calibrate_tiny("wan", lambda small_steps: small_steps <= 5)
+    names = [r.name for r in report.rows]
+    assert names == ["large", "small:3,large", "small:6,large", "large:3,small", "small"]
+    by = {r.name: r for r in report.rows}
+    assert [by[n].within_floor for n in names] == [True, True, False, False, False]
+    assert by["small"].modelled_speedup > by["large:3,small"].modelled_speedup > by["small:6,large"].modelled_speedup \
+        > by["small:3,large"].modelled_speedup > 1.0  # the tiny small model is cheaper per step
+    assert report.chosen.name == "small:3,large" and report.closest is None
+    assert by["small:6,large"].lost == 2 and by["small:6,large"].gained == 0
+    assert report.videos == 6 * 2 and report.reference.accuracy == 100.0
+    assert by["small"].psnr is not None and by["small"].ssim < 1.0
+    report.to_json(tmp_path / "r.json")
+    saved = json.loads((tmp_path / "r.json").read_text())
+    assert saved["chosen"] == "small:3,large" and len(saved["rows"]) == 5
+    report.plot(tmp_path / "r.png")
+    assert (tmp_path / "r.png").stat().st_size > 10_000
+    assert sr_plugin.handle_of(pipe) is None and "_sr_plugin_calls" not in vars(pipe)  # nothing left on the pipe
+
+
+def test_calibration_reports_none_when_nothing_holds_the_floor():
+    _, report = calibrate_tiny("cogvideox", lambda small_steps: small_steps == 0)
+    assert report.chosen is None
+    assert report.closest.name == "small"  # all equally short of the floor: the fastest of them
+    assert "no candidate holds the floor" in report.summary()
+
+
+@pytest.mark.parametrize("kwargs, error, match", [
+    ({"candidates": ["small:20,large"]}, ValueError, "beyond this call's 10 steps"),
+    ({"candidates": ["small:3,large", "small:3,large"]}, ValueError, "given twice"),
+    ({"candidates": 3}, TypeError, "grid name"),
+    ({"floor": Floor(points=3.0), "scorer": None}, ValueError, "needs a scorer"),
+    ({"num_inference_steps": 0}, ValueError, "positive int"),
+    ({"accelerations": [{"teacache": -1}]}, ValueError, "threshold"),
+])
+def test_bad_calibration_input_is_refused_before_any_video(kwargs, error, match):
+    pipe, small = tiny_pair("wan")
+    called = []
+    original = pipe.transformer.forward
+    pipe.transformer.forward = lambda *a, **k: called.append(1) or original(*a, **k)
+    kwargs.setdefault("num_inference_steps", STEPS)
+    with pytest.raises(error, match=match):
+        sr_plugin.calibrate(pipe, small, ["a red fox"], say=None, **kwargs)
+    assert not called and sr_plugin.handle_of(pipe) is None
