@@ -61,8 +61,21 @@ FAMILY_SKIPS = {"wan": {"sr-never"}, "cogvideox": {"sr+offload", "wan22-both", "
 #: Configurations that change the models for good (torchao quantizes in place): they run after all others.
 LAST = ("float8", "sr+float8")
 
-CONFIGS = ["large", "sr", "compile", "sr+compile", "teacache", "sr+teacache", "pab", "sr+all", "sr-never",
+CONFIGS = ["large", "sr", "compile", "sr+compile", "small-first", "sandwich", "small-first+compile",
+           "sandwich+compile", "teacache", "sr+teacache", "pab", "sr+all", "sr-never",
            "sr+offload", "sr+flash", "sr+cudnn", "wan22-both", "wan22-sr", "float8", "sr+float8"]
+#: Cooperation schedules of the schedule rows, from the switch step k and the step count N: the small model first
+#: for k steps; large - small - large with the small model from k to N - k (for N = 6, k = 2: two steps each; at
+#: least one small step).
+SCHEDULES = {"small-first": lambda k, n: f"small:{k},large",
+             "sandwich": lambda k, n: f"large:{k},small:{max(k + 1, n - k)},large"}
+
+
+def schedule_of(name: str, k: int, steps: int) -> str | None:
+    base = name.removesuffix("+compile")
+    return SCHEDULES[base](k, steps) if base in SCHEDULES else None
+
+
 #: Attention backends of the "sr+<name>" rows: set on the large model, mirrored to the small one. The tiny CPU
 #: run uses CPU backends in their place (the mechanism is the same; the kernels are not).
 BACKENDS = {"sr+flash": ("flash", "_native_math"), "sr+cudnn": ("_native_cudnn", "native")}
@@ -70,7 +83,9 @@ BACKENDS = {"sr+flash": ("flash", "_native_math"), "sr+cudnn": ("_native_cudnn",
 WAN22_BOUNDARY = 0.875
 #: The order of the runs, most important first, in case the time budget runs out.
 PRIORITY = [("wan", "large"), ("wan", "sr"), ("cogvideox", "large"), ("cogvideox", "sr"), ("wan", "compile"),
-            ("wan", "sr+compile"), ("cogvideox", "compile"), ("cogvideox", "sr+compile"), ("cogvideox", "sr-never"),
+            ("wan", "sr+compile"), ("cogvideox", "compile"), ("cogvideox", "sr+compile"), ("wan", "small-first"),
+            ("wan", "sandwich"), ("cogvideox", "small-first"), ("cogvideox", "sandwich"), ("wan", "small-first+compile"),
+            ("wan", "sandwich+compile"), ("cogvideox", "small-first+compile"), ("cogvideox", "sandwich+compile"), ("cogvideox", "sr-never"),
             ("wan", "sr+offload"), ("wan", "teacache"), ("wan", "sr+teacache"), ("cogvideox", "teacache"),
             ("cogvideox", "sr+teacache"), ("cogvideox", "pab"), ("cogvideox", "sr+all"), ("wan", "sr-never"),
             ("cogvideox", "sr+offload"), ("wan", "pab"), ("wan", "sr+all"), ("wan", "wan22-both"), ("wan", "wan22-sr"),
@@ -347,7 +362,8 @@ def run_config(env: Env, name: str, steps: int, k: int, args: argparse.Namespace
     pipe, small = env.pipe, env.small
     handles: list[Any] = []
     rec: dict[str, Any] = {"config": name}
-    sr = name.startswith("sr")
+    schedule = schedule_of(name, k, steps)
+    sr = name.startswith("sr") or schedule is not None
     compile_opts = ({"backend": "eager"} if env.tiny else True)
     # Self-attention only: Wan's cross-attention (512 text tokens) is cheap, and caching its output per module
     # and CFG branch would cost as much memory as the self-attention's (40 x 2 x 335 MB at 81 x 480 x 832).
@@ -356,7 +372,10 @@ def run_config(env: Env, name: str, steps: int, k: int, args: argparse.Namespace
     calibration: dict[str, Any] = {}
     try:
         if sr:
-            kwargs = {"switch_step": steps if name == "sr-never" else k}
+            kwargs: dict[str, Any] = {"switch_step": steps if name == "sr-never" else k}
+            if schedule is not None:
+                kwargs = {"schedule": schedule}
+                rec["schedule"] = schedule
             if name == "sr+offload":
                 t0 = time.perf_counter()
                 kwargs["offload_large"] = True
@@ -368,16 +387,17 @@ def run_config(env: Env, name: str, steps: int, k: int, args: argparse.Namespace
             accel_kwargs["teacache"] = teacache_config(env, steps, k if sr else None, args.teacache_skip, calibration)
         if name in ("pab", "sr+all"):
             accel_kwargs["pab"] = pab
-        if name in ("compile", "sr+compile", "sr+all"):
+        if name in ("compile", "sr+compile", "sr+all") or name.endswith("+compile"):
             accel_kwargs["compile"] = compile_opts
         accel = sr_plugin.accelerate(pipe, **accel_kwargs) if accel_kwargs else None
         if accel is not None:
             handles.append(accel)
         if "compile" in accel_kwargs:  # warm-up: compiles the blocks of every model this run uses
             t0 = time.perf_counter()
-            Run(env, k + 1 if sr else 2)(pipe)  # with the switch: k large steps, then one small step
+            # with the switch: k large steps, then one small step; a schedule: the whole call (every segment)
+            Run(env, steps if schedule is not None else k + 1 if sr else 2)(pipe)
             rec["compile_warmup_s"] = time.perf_counter() - t0
-        reset_at = k + 1 if sr and k + 1 < steps else None
+        reset_at = k + 1 if sr and schedule is None and k + 1 < steps else None
         run = Run(env, steps, reset_peak_at=reset_at)
         first = run(pipe)
         if name == "sr+offload":
@@ -397,6 +417,8 @@ def run_config(env: Env, name: str, steps: int, k: int, args: argparse.Namespace
             rec["teacache_skipped_calls"] = calls.count("skipped") / len(calls)
         if sr:
             rec["switch_step"] = handles[0].switch_step
+            if schedule is not None:
+                rec["segments"] = [tuple(x) for x in handles[0].segments]
     except Exception as err:  # recorded; the run goes on with the next configuration
         record_error(rec, err)
     finally:
@@ -441,6 +463,23 @@ def summarize(family_results: dict[str, dict], steps: int, k: int) -> dict[str, 
             sr_rec.update(r=r, ideal_speedup=ideal_speedup, measured_over_ideal=sr_rec["speedup"] / ideal_speedup)
             summary[sr_name] = {"r": r, "ideal": ideal_speedup, "measured": sr_rec["speedup"],
                                 "measured_over_ideal": sr_rec["speedup"] / ideal_speedup}
+    for name, rec in family_results.items():  # schedules: each step at its model's steady step time
+        if rec.get("schedule") is None or "speedup" not in rec:
+            continue
+        compiled_row = name.endswith("+compile")
+        base = family_results.get("compile" if compiled_row else "large", {})
+        small_rec = family_results.get("sr+compile" if compiled_row else "sr", {})
+        t_large = steady(base.get("step_s", []), 1)
+        t_small = steady(small_rec.get("step_s", []), k + 1)
+        if not t_large or not t_small:
+            continue
+        from sr_plugin.switch.schedule import roles_of
+
+        roles = roles_of(rec["schedule"], steps)
+        ideal_speedup = steps * t_large / (roles.count("large") * t_large + roles.count("small") * t_small)
+        rec.update(ideal_speedup=ideal_speedup, measured_over_ideal=rec["speedup"] / ideal_speedup)
+        summary[name] = {"schedule": rec["schedule"], "ideal": ideal_speedup, "measured": rec["speedup"],
+                         "measured_over_ideal": rec["speedup"] / ideal_speedup}
     never = family_results.get("sr-never", {})
     if "wall_s" in never and "wall_s" in large:
         summary["never_switching_overhead"] = never["wall_s"] / large["wall_s"] - 1
@@ -469,12 +508,12 @@ def plugin_step_cost(env: Env, repeats: int = 50) -> dict[str, float]:
 
 
 def table(results: dict[str, Any]) -> str:
-    lines = [f"{'family':<10} {'config':<12} {'wall s':>8} {'speed-up':>9} {'ideal':>7} {'meas/ideal':>10} "
+    lines = [f"{'family':<10} {'config':<20} {'wall s':>8} {'speed-up':>9} {'ideal':>7} {'meas/ideal':>10} "
              f"{'peak GiB':>9} {'TeaCache skipped':>17}  notes"]
     for family, fam in results["families"].items():
         for name, rec in fam["configs"].items():
             if "wall_s" not in rec:
-                lines.append(f"{family:<10} {name:<12} {'-':>8}  {rec.get('error', rec.get('skipped', ''))[:90]}")
+                lines.append(f"{family:<10} {name:<20} {'-':>8}  {rec.get('error', rec.get('skipped', ''))[:90]}")
                 continue
             notes = []
             if rec.get("switch_step") is not None:
@@ -487,7 +526,7 @@ def table(results: dict[str, Any]) -> str:
                 notes.append(f"== sr: {rec['output_equals_sr']}, large on host after call: "
                              f"{rec.get('large_on_host_after_call')}, end alloc {rec.get('allocated_at_loop_end_gib')}")
             fmt = lambda key, spec: format(rec[key], spec) if rec.get(key) is not None else "-"  # noqa: E731
-            lines.append(f"{family:<10} {name:<12} {rec['wall_s']:>8.2f} {fmt('speedup', '>8.2f')}x "
+            lines.append(f"{family:<10} {name:<20} {rec['wall_s']:>8.2f} {fmt('speedup', '>8.2f')}x "
                          f"{fmt('ideal_speedup', '>7.2f')} {fmt('measured_over_ideal', '>10.4f')} "
                          f"{fmt('peak_gib', '>9.1f')} {fmt('teacache_skipped_fraction', '>17.2f')}  {'; '.join(notes)}")
     return "\n".join(lines)

@@ -71,7 +71,8 @@ def test_gpu_benchmark_script_runs_end_to_end_on_cpu_with_tiny(tmp_path: pathlib
     data = json.loads(out.read_text())
     for family, fam in data["families"].items():
         configs = fam["configs"]
-        assert set(configs) == {"large", "sr", "compile", "sr+compile", "teacache", "sr+teacache", "pab", "sr+all",
+        assert set(configs) == {"large", "sr", "compile", "sr+compile", "small-first", "sandwich", "small-first+compile",
+                                "sandwich+compile", "teacache", "sr+teacache", "pab", "sr+all",
                                 "sr-never", "sr+offload", "sr+flash", "sr+cudnn", "float8", "sr+float8"} | (
                                     {"wan22-both", "wan22-sr"} if family == "wan" else set())
         assert all("error" not in rec and rec["wall_s"] > 0 for rec in configs.values())
@@ -81,6 +82,9 @@ def test_gpu_benchmark_script_runs_end_to_end_on_cpu_with_tiny(tmp_path: pathlib
         passes = configs["sr+teacache"]["block_passes"]
         assert passes["computed"] > 0 and passes["skipped"] > 0
         assert {"r", "ideal", "measured", "measured_over_ideal"} <= set(fam["summary"]["sr"])
+        for row in ("small-first", "sandwich", "small-first+compile", "sandwich+compile"):
+            assert {"schedule", "ideal", "measured_over_ideal"} <= set(fam["summary"][row])
+        assert [seg[0] for seg in configs["sandwich"]["segments"]] == ["large", "small", "large"]
         assert configs["sr+float8"]["quantization"].startswith("int8 weight-only") and "sr+float8" in fam["summary"]
         if family == "wan":  # (diffusers 0.42's CogVideoX processors take no attention backend)
             assert configs["sr+flash"]["small_backends"] == ["AttentionBackendName._NATIVE_MATH"]

@@ -109,9 +109,7 @@ def calibrate(pipe: Any, small: Any, prompts: Sequence[Any], *, floor: Floor | N
     steps = num_inference_steps
     for candidate in chosen:  # every candidate is a valid set-up for this pipeline, checked before any video
         if candidate.schedule is not None and Schedule.parse(candidate.schedule).adaptive is None:
-            from ..switch.schedule import roles_of
-
-            roles_of(candidate.schedule, steps)  # fits the step count
+            _estimate(candidate, steps, 1.0, 1.0)  # its ends fit the step count
         sr, acc = _set_up(pipe, small, candidate, apply_kwargs)
         _take_down(sr, acc)
     say = say or (lambda _: None)
@@ -125,9 +123,10 @@ def calibrate(pipe: Any, small: Any, prompts: Sequence[Any], *, floor: Floor | N
         clock.calls.clear()
         reference = _measure(pipe, small, Candidate(None), pairs, steps, call, scorer, apply_kwargs, clock)
         small_only = _measure(pipe, small, Candidate("small"), pairs, steps, call, scorer, apply_kwargs, clock)
-        per_video = statistics.mean(reference.loop_s + small_only.loop_s)
-        say(f"large only: {_accuracy(reference.right)}{statistics.mean(reference.loop_s):.2f} s a video; small only: "
-            f"{statistics.mean(small_only.loop_s):.2f} s; the rest: about {_minutes(per_video * len(chosen) * len(pairs))}")
+        large_s, small_s = statistics.mean(reference.loop_s), statistics.mean(small_only.loop_s)
+        rest = sum(_estimate(c, steps, large_s, small_s) for c in chosen) * len(pairs)
+        say(f"large only: {_accuracy(reference.right)}{large_s:.2f} s a video; small only: {small_s:.2f} s; the "
+            f"rest: about {_minutes(rest)}")
         measured: dict[str, _Runs] = {"large": reference}
         for i, candidate in enumerate(chosen):
             runs = small_only if candidate == Candidate("small") and not candidate.accel else \
@@ -208,6 +207,20 @@ def _result(candidate: Candidate, runs: _Runs, reference: _Runs, costs: StepCost
         within_floor=is_reference or floor.holds(compared, ssim, psnr),
         shortfall=0.0 if is_reference else floor.shortfall(compared, ssim, psnr),
         right=list(runs.right))
+
+
+def _estimate(candidate: Candidate, steps: int, large_s: float, small_s: float) -> float:
+    """A candidate's seconds per video before it runs: its schedule's steps at the references' step times (an
+    adaptive end halfway; accelerations not counted, so an upper bound for them)."""
+    from ..switch.schedule import roles_of
+
+    if candidate.schedule is None:
+        return large_s
+    schedule = Schedule.parse(candidate.schedule)
+    if schedule.adaptive is not None:
+        return (large_s + small_s) / 2
+    roles = roles_of(schedule, steps)
+    return (roles.count("large") * large_s + roles.count("small") * small_s) / steps
 
 
 def _accuracy(right: list[bool], reference: list[bool] | None = None) -> str:

@@ -1,7 +1,10 @@
-"""The main job: the trained families on held-out prompts, large only | SR | small only, scored and timed.
+"""The main job: the trained families on held-out prompts, large only | SR | calibrated schedule | small only,
+scored and timed.
 
 Prints one line per prompt and a quality and time table per family, and writes one side-by-side GIF (a row per
-family: large only | SR | small only, captioned with the prompt and each clip's attributes right).
+family: large only | SR | the family's calibrated schedule | small only, captioned with the prompt and each clip's
+attributes right). The calibrated schedule is the one `sr-plugin calibrate` found on the family's validation pairs
+and shipped beside its weights (`trained.calibrated`).
 """
 
 from __future__ import annotations
@@ -15,12 +18,12 @@ import numpy as np
 
 from ..lab import task, trained
 from .outputs import check_output, write_checked
-from ..lab.quality import MODES, FamilyResult, evaluate_family, format_table
+from ..lab.quality import FamilyResult, evaluate_family, format_table
 
 DEMO_PROMPTS = 6
 #: Pixels per video pixel in the GIF (the videos are 32 x 32).
 ZOOM = 4
-LABELS = {"large": "large only", "sr": "SR", "small": "small only"}
+LABELS = {"large": "large only", "sr": "SR", "schedule": "calibrated", "small": "small only"}
 
 
 def _caption(image: Any, text: str, xy: tuple[int, int]) -> None:
@@ -30,15 +33,16 @@ def _caption(image: Any, text: str, xy: tuple[int, int]) -> None:
 
 
 def showcase(result: FamilyResult) -> tuple[str, int]:
-    """The (prompt, seed) a family's GIF row shows: the first where large only and SR are right and small only is
-    wrong (what the switch is for), else the first where large only is right (what SR is measured against), else
-    the first prompt run."""
+    """The (prompt, seed) a family's GIF row shows: the first where large only and the cooperation (the calibrated
+    schedule if it ran, else SR) are right and small only is wrong (what the small model needs the large one for),
+    else the first where large only is right (what the others are measured against), else the first prompt run."""
     by_pair: dict[tuple[str, int], dict[str, Any]] = {}
     for run in result.runs:
         by_pair.setdefault((run.prompt, run.seed), {})[run.mode] = run
     for pair, runs in by_pair.items():
-        if set(runs) >= set(MODES) and runs["large"].score.right and runs["sr"].score.right \
-                and not runs["small"].score.right:
+        cooperation = runs.get("schedule", runs.get("sr"))
+        if {"large", "small"} <= set(runs) and cooperation is not None and runs["large"].score.right \
+                and cooperation.score.right and not runs["small"].score.right:
             return pair
     for pair, runs in by_pair.items():
         if "large" in runs and runs["large"].score.right:
@@ -52,7 +56,8 @@ def side_by_side(results: list[FamilyResult]) -> list[np.ndarray]:
 
     clip = task.WIDTH * ZOOM
     gap, head, label = 8, 16, 14
-    width = len(MODES) * clip + (len(MODES) + 1) * gap
+    modes = list(dict.fromkeys(r.mode for res in results for r in res.runs))
+    width = len(modes) * clip + (len(modes) + 1) * gap
     row_h = head + label + clip + gap
     frames = []
     for f in range(task.NUM_FRAMES):
@@ -62,10 +67,14 @@ def side_by_side(results: list[FamilyResult]) -> list[np.ndarray]:
             runs = {r.mode: r for r in res.runs if (r.prompt, r.seed) == shown}
             top = gap + row * row_h
             _caption(canvas, f"{res.family}: \"{shown[0]}\"", (gap, top))
-            for col, mode in enumerate(MODES):
-                run = runs[mode]
+            for col, mode in enumerate(modes):
+                run = runs.get(mode)
+                if run is None:
+                    continue
                 right, asked = run.score.attributes
                 extra = f", k={run.switch_step}" if mode == "sr" else ""
+                if mode == "schedule":
+                    extra = ""
                 left = gap + col * (clip + gap)
                 _caption(canvas, f"{LABELS[mode]}{extra}: {right}/{asked}", (left, top + head))
                 pixels = (np.clip(run.video[f], 0, 1) * 255).astype(np.uint8)
@@ -132,7 +141,7 @@ def results_json(results: list[FamilyResult]) -> dict[str, Any]:
                         "threads": torch.get_num_threads(), "machine": platform.processor() or platform.machine(),
                         "cpus": os.cpu_count()},
         "families": [{
-            "family": r.family, "steps": r.steps, "delta": r.delta, "step_ratio": r.step_ratio,
+            "family": r.family, "steps": r.steps, "delta": r.delta, "schedule": r.schedule, "step_ratio": r.step_ratio,
             "summaries": {m: s.as_dict() for m, s in r.summaries.items()},
             "runs": [{"prompt": x.prompt, "seed": x.seed, "mode": x.mode, "right": x.score.right,
                       "attributes_right": x.score.attributes[0], "psnr": x.psnr, "ssim": x.ssim,
@@ -146,7 +155,8 @@ def results_json(results: list[FamilyResult]) -> dict[str, Any]:
 def run_demo(families: tuple[str, ...] = trained.FAMILY_NAMES, prompts: int = DEMO_PROMPTS, steps: int = 50,
              delta: float | None = None, out: str = "sr-plugin-demo.gif", json_out: str | None = None,
              say: Any = print) -> list[FamilyResult]:
-    """Large only, SR and small only on the first ``prompts`` held-out pairs of each family."""
+    """Large only, SR, the calibrated schedule (where one is shipped) and small only on the first ``prompts``
+    held-out pairs of each family."""
     for family in families:
         trained.check_family(family)
     if not 1 <= prompts <= task.HELD_OUT_SIZE:
@@ -157,7 +167,13 @@ def run_demo(families: tuple[str, ...] = trained.FAMILY_NAMES, prompts: int = DE
     say(f"sr-plugin demo: the trained families (sr_plugin/trained/) on {prompts} held-out "
         f"prompt{'' if prompts == 1 else 's'}, {steps} steps, "
         f"delta={delta if delta is not None else 0.01}; CPU")
-    results = [evaluate_family(family, pairs, steps, delta, say=say) for family in families]
+    results = []
+    for family in families:
+        shipped = trained.calibrated(family)
+        schedule = shipped["schedule"] if shipped else None
+        if shipped:
+            say(f"{family}: calibrated schedule {schedule} ({shipped['summary']})")
+        results.append(evaluate_family(family, pairs, steps, delta, say=say, schedule=schedule))
     say("")
     say(format_table(results))
     for res in results:
@@ -172,5 +188,6 @@ def run_demo(families: tuple[str, ...] = trained.FAMILY_NAMES, prompts: int = DE
 
         write_checked(record, lambda: record.write_text(json.dumps(results_json(results), indent=1, default=float)))
         say(f"wrote {record}")
-    say(f"\nwrote {gif} (large only | SR | small only; attributes right out of 6)")
+    columns = " | ".join(LABELS[m] for m in dict.fromkeys(r.mode for res in results for r in res.runs))
+    say(f"\nwrote {gif} ({columns}; attributes right out of 6)")
     return results

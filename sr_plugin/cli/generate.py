@@ -223,6 +223,13 @@ def describe_switch(switch: Any) -> str:
     return f"switched before step {switch.step} of {switch.num_steps} ({why}{bounds})"
 
 
+def describe_segments(segments: list[Any]) -> str:
+    """One phrase: which model ran which steps ("large for steps 0-9, small 10-34, large 35-49")."""
+    parts = [f"{s.role} {s.first_step}-{s.end_step - 1}" if s.end_step - s.first_step > 1 else f"{s.role} {s.first_step}"
+             for s in segments]
+    return "ran " + ", ".join(parts) if parts else "ran no step"
+
+
 def _check_size(family: str | None, folder: pathlib.Path | None, height: int | None, width: int | None) -> None:
     """A height or width the family's pipeline and models cannot take, from the folder's configs (no loading)."""
     if folder is None or family is None or (height is None and width is None):
@@ -248,14 +255,14 @@ def generate(prompt: str, out: str, large: str | None = None, small: str | None 
              guidance_scale: float | None = None, fps: int | None = None, fbcache: float | None = None,
              min_switch_step: int | None = None, max_switch_step: int | None = None,
              local_files_only: bool = False, dtype: str | None = None, device: str | None = None,
-             max_sequence_length: int | None = None) -> dict[str, str]:
+             max_sequence_length: int | None = None, schedule: str | None = None) -> dict[str, str]:
     """Generate one video; returns the paths written (video, trace JSON, plot PNG). Without call arguments, a
     model folder's ``call_defaults.json`` (`sr_plugin.cli.call_defaults`) says the size, frames, text length,
     guidance and fps it was made for."""
     from ..adapters import family_keys
 
     out_path = check_arguments(prompt, out, large, tiny, family, family_keys(), teacache, fbcache,
-                               min_switch_step, max_switch_step)
+                               min_switch_step, max_switch_step, schedule)
     torch_dtype, torch_device = placement(dtype, device)
     folder = None  # the large model's folder, where its configs and call defaults are read before loading
     if tiny:
@@ -287,7 +294,7 @@ def generate(prompt: str, out: str, large: str | None = None, small: str | None 
             "(sr_plugin/trained/), trained on its shapes task")
     try:
         handle = apply(pipe, small_model, delta=delta, switch_step=switch_step, min_switch_step=min_switch_step,
-                       max_switch_step=max_switch_step, **extra)
+                       max_switch_step=max_switch_step, schedule=schedule, **extra)
         accel = None
         if teacache is not None or pab or compile or fbcache is not None:
             coefficients = None  # published (real checkpoints) or shipped beside the weights (trained families)
@@ -331,17 +338,19 @@ def generate(prompt: str, out: str, large: str | None = None, small: str | None 
                     "pretrained": {"large": large, "small": small}}[source],
         "num_inference_steps": len(trace), "seed": seed, "seconds": seconds,
         "denoising_seconds": denoise_seconds, "call": {k: v for k, v in call.items() if k != "negative_prompt"},
-        "rule": {"fixed_switch_step": switch_step} if switch_step is not None else {
+        "rule": {"schedule": str(handle.schedule)} if schedule is not None else
+        {"fixed_switch_step": switch_step} if switch_step is not None else {
             "delta": delta if delta is not None else DEFAULT_DELTA},
+        "segments": [s._asdict() for s in handle.segments],
         "switch_step": handle.switch_step, "switch": handle.switch.as_dict() if handle.switch else None,
         "trace": trace, "accelerations": [r.as_dict() for r in accel.trace] if accel else None,
     }
     trace_path = out_path.with_suffix(".trace.json")
     write_checked(trace_path, lambda: trace_path.write_text(json.dumps(record, indent=2)))
     plot_path = out_path.with_suffix(".switch.png")
-    why = describe_switch(handle.switch)
-    write_checked(plot_path, lambda: plot_trace(trace, None if switch_step is not None else record["rule"]["delta"],
-                                                handle.switch_step, plot_path, f"{family}: {why}"))
+    why = describe_switch(handle.switch) if schedule is None else describe_segments(handle.segments)
+    write_checked(plot_path, lambda: plot_trace(trace, record["rule"].get("delta"), handle.switch_step, plot_path,
+                                                f"{family}: {why}"))
     loop = f"denoising {len(trace)} step{'s' if len(trace) != 1 else ''} took {denoise_seconds:.2f} s" \
         if denoise_seconds is not None else f"{len(trace)} step{'s' if len(trace) != 1 else ''}"
     say(f"sr-plugin: {loop}, the whole call {seconds:.2f} s (text encoding and decoding included), {why}; wrote "

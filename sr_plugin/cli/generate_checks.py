@@ -12,7 +12,8 @@ from .outputs import UserError, check_output
 def check_arguments(prompt: str, out: str, large: str | None = None, tiny: bool = False,
                     family: str | None = None, known_families: tuple[str, ...] | None = None,
                     teacache: float | None = None, fbcache: float | None = None,
-                    min_switch_step: int | None = None, max_switch_step: int | None = None) -> pathlib.Path:
+                    min_switch_step: int | None = None, max_switch_step: int | None = None,
+                    schedule: str | None = None) -> pathlib.Path:
     """Every check that needs no model, before anything heavy is imported or loaded (the CLI runs it at parse
     time): the output files, the prompt's words for the trained families, the family's name, the switch bounds
     and the accelerations that exclude each other."""
@@ -31,6 +32,14 @@ def check_arguments(prompt: str, out: str, large: str | None = None, tiny: bool 
             raise UserError(f"{err}. (The trained families know only their task; --tiny takes any prompt.)") from err
     if min_switch_step is not None and max_switch_step is not None and min_switch_step > max_switch_step:
         raise UserError(f"--min-switch-step {min_switch_step} is above --max-switch-step {max_switch_step}")
+    if schedule is not None:
+        from ..switch.schedule import Schedule
+
+        try:
+            parsed = Schedule.parse(schedule)
+            parsed.with_bounds(min_switch_step, max_switch_step)
+        except (ValueError, TypeError) as err:
+            raise UserError(f"--schedule: {err}") from None
     if teacache is not None and fbcache is not None:
         raise UserError("--teacache and --fbcache both cache the transformer blocks: choose one")
     return out_path

@@ -80,6 +80,9 @@ def _switch_options(parser: argparse.ArgumentParser) -> None:
                        "(default 0.01)")
     group.add_argument("--switch-step", type=_step, default=None, metavar="K",
                        help="fixed switch instead: steps >= K run on the small model")
+    group.add_argument("--schedule", default=None, metavar="SPEC",
+                       help="a cooperation schedule instead: which model runs which steps, e.g. 'small:20%%,large' "
+                            "(small first), 'large:10,small:35,large' (sandwich), 'large:delta,small' (the default)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -88,7 +91,8 @@ def build_parser() -> argparse.ArgumentParser:
         description="Sketch-rendering cooperation (SRDiffusion) for diffusers' Wan2.1 and CogVideoX pipelines: "
                     "the large transformer sketches the early steps, a small one renders the rest.")
     parser.add_argument("--version", action="version", version=f"sr-plugin {__version__}")
-    sub = parser.add_subparsers(dest="command", required=True, metavar="{demo,generate,bench,calibrate-delta}",
+    sub = parser.add_subparsers(dest="command", required=True,
+                                metavar="{demo,generate,calibrate,bench,calibrate-delta}",
                                 parser_class=_Parser)
 
     demo = sub.add_parser("demo", formatter_class=_DefaultsShown, help="the trained families on held-out prompts: large only | SR | small only, "
@@ -179,7 +183,38 @@ def build_parser() -> argparse.ArgumentParser:
                                      "or the best SSIM within --max-time-ratio. With --check-prompts, the picked "
                                      "setting is rerun on that many held-out prompts and its measured speed-up set "
                                      "against the promised one.")
-    _SUBPARSERS.update(demo=demo, generate=gen, bench=bench)
+    calib = sub.add_parser("calibrate", formatter_class=_DefaultsShown,
+                           help="find the fastest cooperation schedule within a quality floor of large only",
+                           description="Runs large only, small only and every candidate cooperation (large-first, "
+                                       "small-first, sandwiches; each with the accelerations asked for) on the same "
+                                       "(prompt, seed) pairs, and picks the fastest whose quality stays within the "
+                                       "floor. On a trained family: its validation pairs, judged by the task's "
+                                       "evaluator (--tolerance points of prompt accuracy). On your models "
+                                       "(--large/--small): your --prompt(s), judged by SSIM against large only "
+                                       "(--min-ssim). Cost: (candidates + 2) x pairs videos.")
+    calib.add_argument("--family", choices=REGISTERED_FAMILIES, default=None,
+                       help="the trained family (default wan), or the family of --large")
+    calib.add_argument("--pairs", type=_held_out_count, default=16,
+                       help="validation pairs of the trained family (at most 64)")
+    calib.add_argument("--grid", choices=("cheap", "full"), default="cheap",
+                       help="the candidate schedules: a coarse grid of each order, or a finer one")
+    calib.add_argument("--schedules", nargs="+", default=None, metavar="SPEC",
+                       help="these schedules instead of a grid, e.g. 'small:20%%,large' 'large:10,small:35,large'")
+    calib.add_argument("--tolerance", type=_threshold, default=3.0,
+                       help="points of prompt accuracy below large only that still hold the floor")
+    calib.add_argument("--teacache", type=_threshold, nargs="+", default=None, metavar="THRESHOLD",
+                       help="also try every schedule with TeaCache at these thresholds")
+    calib.add_argument("--pab", action="store_true", help="also try with PAB (with each TeaCache threshold, if given)")
+    calib.add_argument("--steps", type=_positive_int, default=50, help="denoising steps of every run")
+    calib.add_argument("--large", metavar="ID_OR_PATH", help="your large pipeline (with --small and --prompt)")
+    calib.add_argument("--small", metavar="ID_OR_PATH", help="your small model (its 'transformer' subfolder)")
+    calib.add_argument("--prompt", action="append", default=None,
+                       help="a prompt to calibrate on (repeat it; seeds 0, 1, ...); with --large/--small")
+    calib.add_argument("--min-ssim", type=_fraction, default=None,
+                       help="with --large/--small: the mean SSIM against large only to keep (default 0.9)")
+    calib.add_argument("--json", default=None, metavar="PATH", help="write the report as JSON")
+    calib.add_argument("--plot", default=None, metavar="PATH", help="draw quality against speed-up (PNG)")
+    _SUBPARSERS.update(demo=demo, generate=gen, bench=bench, calibrate=calib)
     _SUBPARSERS["calibrate-delta"] = cal
     cal.add_argument("--family", choices=FAMILIES, default="wan")
     cal.add_argument("--prompts", type=_positive_int, default=8, help="training prompts to sweep on (default 8)")
@@ -205,11 +240,13 @@ def _check_before_running(parser: argparse.ArgumentParser, args: argparse.Namesp
             from .generate_checks import check_arguments
 
             check_arguments(args.prompt, args.out, args.large, args.tiny, args.family, REGISTERED_FAMILIES,
-                            args.teacache, args.fbcache, args.min_switch_step, args.max_switch_step)
+                            args.teacache, args.fbcache, args.min_switch_step, args.max_switch_step, args.schedule)
         elif args.command == "demo":
             check_output(args.out, (".gif",))
             if args.json is not None:
                 check_output(args.json, (".json",))
+        elif args.command == "calibrate":
+            _check_calibrate(args)
         elif args.command == "calibrate-delta":
             runs = args.prompts * (len(args.deltas) + len(args.switch_steps))
             if runs < MIN_CALIBRATION_RUNS:
@@ -218,6 +255,26 @@ def _check_before_running(parser: argparse.ArgumentParser, args: argparse.Namesp
                                 f"step-time fit needs at least {MIN_CALIBRATION_RUNS} (give more --prompts)")
     except (UserError, ValueError) as err:
         _SUBPARSERS[args.command].error(str(err))
+
+
+def _check_calibrate(args: argparse.Namespace) -> None:
+    from .outputs import UserError, check_output
+
+    if (args.large is None) != (args.small is None):
+        raise UserError("give both --large and --small, or neither (for the trained family shipped in the package)")
+    if args.large is None and (args.prompt or args.min_ssim is not None):
+        raise UserError("--prompt and --min-ssim go with --large/--small; a trained family is calibrated on its "
+                        "validation pairs, judged by its task (--tolerance)")
+    for schedule in args.schedules or []:
+        from ..switch.schedule import Schedule
+
+        try:
+            Schedule.parse(schedule)
+        except (ValueError, TypeError) as err:
+            raise UserError(f"--schedules {schedule!r}: {err}") from None
+    for path, suffix in ((args.json, ".json"), (args.plot, ".png")):
+        if path is not None:
+            check_output(path, (suffix,))
 
 
 def _quiet_libraries() -> None:
@@ -257,7 +314,13 @@ def main(argv: list[str] | None = None) -> int:
                      guidance_scale=args.guidance_scale, fps=args.fps, fbcache=args.fbcache,
                      min_switch_step=args.min_switch_step, max_switch_step=args.max_switch_step,
                      local_files_only=args.local_files_only, dtype=args.dtype, device=args.device,
-                     max_sequence_length=args.max_sequence_length)
+                     max_sequence_length=args.max_sequence_length, schedule=args.schedule)
+        elif args.command == "calibrate":
+            from .calibrate_schedule import run_calibrate
+
+            run_calibrate(args.family, args.pairs, args.grid, args.schedules, args.tolerance, args.teacache, args.pab,
+                          args.steps, args.json, args.plot, large=args.large, small=args.small, prompts=args.prompt,
+                          min_ssim=args.min_ssim)
         elif args.command == "calibrate-delta":
             from .calibrate_delta import run_calibrate_delta
 

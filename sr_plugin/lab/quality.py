@@ -1,6 +1,6 @@
-"""Quality and time of large only, SR and small only on a trained family, prompt by prompt.
+"""Quality and time of large only, SR, a cooperation schedule and small only on a trained family, prompt by prompt.
 
-For each (prompt, seed) the three runs share the initial noise; each is scored by `sr_plugin.lab.evaluate`, SR and
+For each (prompt, seed) the runs share the initial noise; each is scored by `sr_plugin.lab.evaluate`, SR and
 small only are also compared with the large-only video (PSNR, SSIM), and the denoising loop is timed on its
 own (from the progress bar's opening to its closing: text encoding and decoding excluded), so that the measured
 SR / large time ratio can be set against the ideal ``N / (k + (N - k) / r)`` with ``r`` measured too.
@@ -19,7 +19,15 @@ from . import evaluate, task, trained
 from ..switch.api import apply
 from ..pipeline.timing import timed_run
 
-MODES: tuple[str, ...] = ("large", "sr", "small")
+#: The set-ups compared: large only, SR at its default (or a given delta), a cooperation schedule (the family's
+#: calibrated one, when given) and small only.
+MODES: tuple[str, ...] = ("large", "sr", "schedule", "small")
+
+
+def mode_setup(mode: str, delta: float | None = None, schedule: str | None = None) -> dict[str, Any] | None:
+    """`sr_plugin.apply`'s keywords for a mode (None: large only, the pipeline alone)."""
+    return {"large": None, "sr": {"delta": delta}, "schedule": {"schedule": schedule},
+            "small": {"switch_step": 0}}[mode]
 
 
 @dataclass
@@ -36,6 +44,8 @@ class Run:
     ssim: float | None = None
     #: The noise level where the small model took over (("sigma", 0.82) for Wan, ("abar", 0.12) for CogVideoX).
     switch_noise: tuple[str, float] | None = None
+    #: The model that ran each step.
+    roles: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -61,6 +71,8 @@ class FamilyResult:
     family: str
     steps: int
     delta: float | None
+    #: The cooperation schedule of the "schedule" mode (None: not run).
+    schedule: str | None = None
     runs: list[Run] = field(default_factory=list)
     summaries: dict[str, ModeSummary] = field(default_factory=dict)
     step_ratio: float | None = None
@@ -76,28 +88,25 @@ def generate_video(pipe: Any, family: str, prompt: str, seed: int, steps: int,
 
 
 def run_modes(pipe: Any, small: torch.nn.Module, extra: dict[str, Any], family: str, prompt: str, seed: int,
-              steps: int, delta: float | None = None, modes: tuple[str, ...] = MODES) -> dict[str, Run]:
+              steps: int, delta: float | None = None, modes: tuple[str, ...] = ("large", "sr", "small"),
+              schedule: str | None = None) -> dict[str, Run]:
     """The prompt under each mode, one after the other (interleaved, so that machine drift hits all alike)."""
+    from ..adapters import adapter_for
+
     runs: dict[str, Run] = {}
     for mode in modes:
-        handle = None
-        if mode == "sr":
-            handle = apply(pipe, small, delta=delta, **extra)
-        elif mode == "small":
-            handle = apply(pipe, small, switch_step=0, **extra)
+        setup = mode_setup(mode, delta, schedule)
+        handle = apply(pipe, small, **setup, **extra) if setup is not None else None
         try:
             video, denoise, total = generate_video(pipe, family, prompt, seed, steps)
             switch = handle.switch_step if handle is not None else None
-            noise = None
-            if switch is not None:
-                from ..adapters import adapter_for
-
-                noise = adapter_for(pipe).noise_level(pipe.scheduler, switch)
+            roles = [r.model for r in handle.trace] if handle is not None else ["large"] * steps
+            noise = adapter_for(pipe).noise_level(pipe.scheduler, switch) if switch is not None else None
         finally:
             if handle is not None:
                 handle.remove()
         runs[mode] = Run(prompt, seed, mode, video, denoise, total, switch, evaluate.score_video(video, prompt),
-                         switch_noise=noise)
+                         switch_noise=noise, roles=roles)
     if "large" in runs:
         for mode, run in runs.items():
             if mode != "large":
@@ -110,13 +119,18 @@ def ideal_speedup(steps: int, k: int, r: float) -> float:
     return steps / (k + (steps - k) / r)
 
 
+def family_modes(schedule: str | None) -> tuple[str, ...]:
+    return tuple(m for m in MODES if m != "schedule" or schedule is not None)
+
+
 def evaluate_family(family: str, pairs: list[tuple[str, int]], steps: int = 50, delta: float | None = None,
-                    say: Any = None) -> FamilyResult:
-    """Run and score every (prompt, seed) under large only, SR and small only; summarize per mode."""
+                    say: Any = None, schedule: str | None = None) -> FamilyResult:
+    """Run and score every (prompt, seed) under large only, SR, ``schedule`` (if given) and small only; summarize
+    per mode."""
     pipe, small, extra = trained.load(family)
-    result = FamilyResult(family, steps, delta)
+    result = FamilyResult(family, steps, delta, schedule)
     for i, (prompt, seed) in enumerate(pairs):
-        runs = run_modes(pipe, small, extra, family, prompt, seed, steps, delta)
+        runs = run_modes(pipe, small, extra, family, prompt, seed, steps, delta, family_modes(schedule), schedule)
         result.runs.extend(runs.values())
         if say is not None:
             marks = "  ".join(f"{m} {'right' if r.score.right else 'WRONG'}" for m, r in runs.items())
@@ -129,7 +143,9 @@ def evaluate_family(family: str, pairs: list[tuple[str, int]], steps: int = 50, 
 
 
 def summarize_result(result: FamilyResult) -> None:
-    by_mode = {m: [r for r in result.runs if r.mode == m] for m in MODES}
+    from ..switch.schedule import ideal_speedup as schedule_speedup
+
+    by_mode = {m: [r for r in result.runs if r.mode == m] for m in MODES if any(r.mode == m for r in result.runs)}
     large_t = {(r.prompt, r.seed): r.denoise_s for r in by_mode["large"]}
     small_t = {(r.prompt, r.seed): r.denoise_s for r in by_mode["small"]}
     # r: a large step against a small one, from the same prompts' large-only and small-only loops.
@@ -137,10 +153,10 @@ def summarize_result(result: FamilyResult) -> None:
     for mode, runs in by_mode.items():
         acc = evaluate.summarize([r.score for r in runs])
         speedups = [large_t[(r.prompt, r.seed)] / r.denoise_s for r in runs]
-        ks = [r.switch_step for r in runs if r.switch_step is not None] if mode == "sr" else []
+        ks = [r.switch_step for r in runs if r.switch_step is not None] if mode in ("sr", "schedule") else []
         ideal = None
-        if mode == "sr" and ks:
-            ideal = statistics.mean(ideal_speedup(result.steps, k, result.step_ratio) for k in ks)
+        if mode in ("sr", "schedule") and ks:
+            ideal = statistics.mean(schedule_speedup(r.roles, result.step_ratio) for r in runs)
         result.summaries[mode] = ModeSummary(
             mode, acc["prompt_accuracy"], acc["attribute_accuracy"],
             None if mode == "large" else statistics.mean(r.psnr for r in runs),
@@ -160,12 +176,13 @@ def format_table(results: list[FamilyResult]) -> str:
              "denoising s/video | speed-up (ideal) | mean switch step (noise level) |",
              "|---|---|---|---|---|---|---|---|---|"]
     for res in results:
-        for mode in MODES:
+        for mode in res.summaries:
             s = res.summaries[mode]
             fmt = lambda v, spec: "-" if v is None else format(v, spec)  # noqa: E731
             ideal = f" ({s.ideal_speedup:.2f})" if s.ideal_speedup is not None else ""
             noise = "" if s.mean_switch_noise is None else f" ({s.mean_switch_noise[0]} {s.mean_switch_noise[1]:.3g})"
-            lines.append(f"| {res.family} | {mode} | {s.prompt_accuracy:.1f}% | {s.attribute_accuracy:.1f}% | "
+            name = f"schedule {res.schedule}" if mode == "schedule" else mode
+            lines.append(f"| {res.family} | {name} | {s.prompt_accuracy:.1f}% | {s.attribute_accuracy:.1f}% | "
                          f"{fmt(s.psnr, '.2f')} | {fmt(s.ssim, '.3f')} | {s.denoise_s:.2f} | "
                          f"{s.speedup:.2f}x{ideal} | {fmt(s.mean_switch_step, '.1f')}{noise} |")
     return "\n".join(lines)

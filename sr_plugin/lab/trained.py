@@ -64,6 +64,19 @@ SIZES: dict[str, dict[str, tuple[int, int]]] = {
 HEAD_DIM = 16
 
 
+#: The calibrated cooperation schedule of a family, beside its folders (`sr-plugin calibrate --family F --ship`).
+CALIBRATED_FILE = "calibrated.json"
+
+
+def calibrated(family: str) -> dict[str, Any] | None:
+    """What the family's shipped calibration found: ``{"schedule": ..., "within_floor": ..., "summary": ...,
+    "command": ..., ...}``, or None if none is shipped."""
+    import json
+
+    path = ROOT / check_family(family) / CALIBRATED_FILE
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
 def check_family(family: str) -> str:
     if family not in FAMILY_NAMES:
         raise ValueError(f"unknown family {family!r}; the trained families are: {', '.join(FAMILY_NAMES)}")
