@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import statistics
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import numpy as np
@@ -86,13 +86,62 @@ class Row:
     teacache_skipped: float | None
     pab_reused: float | None
     mean_switch_step: float | None
+    #: Against large only on the same pairs: pairs lost and gained, McNemar's exact p-value (`add_paired`).
+    lost: int | None = None
+    gained: int | None = None
+    p_value: float | None = None
+    #: Speed-up modelled from this machine's step costs over every row's steps (`add_modelled`).
+    modelled_speedup: float | None = None
+    #: Per pair: whether the prompt came out right.
+    right: list[bool] = field(default_factory=list)
+    #: Per pair: the timed steps of the call (records and seconds), for the step-cost model.
+    calls: list[Any] = field(default_factory=list, repr=False)
 
     @property
     def speedup(self) -> float:
         return 1.0 / self.time_ratio
 
     def as_dict(self) -> dict[str, Any]:
-        return {**asdict(self), "speedup": self.speedup}
+        out = {**asdict(self), "speedup": self.speedup}
+        out.pop("calls")
+        return out
+
+
+def schedule_configs(schedules: Sequence[str], stack_thresholds: Sequence[float] = ()) -> list[Config]:
+    """Rows of cooperation schedules (named by the schedule, kind by their order), each also stacked with TeaCache at
+    ``stack_thresholds`` and PAB; and TeaCache alone (with and without PAB) at those thresholds."""
+    from ..calibration import Candidate
+
+    rows = [Config(s, Candidate(s).order, {"schedule": s}, {}) for s in schedules]
+    for t in stack_thresholds:
+        rows.append(Config(f"teacache {t}", "teacache", None, {"teacache": t}))
+        rows.append(Config(f"teacache {t}+pab", "teacache+pab", None, {"teacache": t, "pab": PABConfig()}))
+        rows += [Config(f"{s}+teacache {t}+pab", Candidate(s).order + "+teacache+pab", {"schedule": s},
+                        {"teacache": t, "pab": PABConfig()}) for s in schedules]
+    return rows
+
+
+def add_paired(rows: Sequence[Row]) -> None:
+    """Each row against the first (large only), pair by pair: lost, gained and McNemar's exact p-value."""
+    from ..calibration import paired
+
+    reference = rows[0].right
+    for row in rows[1:]:
+        p = paired(reference, row.right)
+        row.lost, row.gained, row.p_value = p.lost, p.gained, p.p_value
+
+
+def add_modelled(rows: Sequence[Row]) -> None:
+    """Each row's speed-up modelled from the step costs fitted on every row's timed steps (large only's time at
+    the cost of a plain large step)."""
+    from ..calibration.costs import StepCosts
+
+    costs = StepCosts([c for row in rows for c in row.calls])
+    large = costs.plain("large")
+    reference = sum(large * len(c) for c in rows[0].calls)
+    for row in rows:
+        if row.calls:
+            row.modelled_speedup = reference / sum(costs.time(c) for c in row.calls)
 
 
 def _fraction(trace: list[StepRecord], field: str, hit: Callable[[str], bool]) -> float | None:
@@ -102,19 +151,23 @@ def _fraction(trace: list[StepRecord], field: str, hit: Callable[[str], bool]) -
 
 def run_config(pipe: Any, small: torch.nn.Module, extra: dict[str, Any], family: str, config: Config,
                pairs: Sequence[tuple[str, int]], steps: int, reference: dict[tuple[str, int], np.ndarray],
-               warmup_prompt: str | None = None, plain: Any = None) -> tuple[Row, list[tuple[np.ndarray, float]]]:
+               warmup_prompt: str | None = None, plain: Any = None,
+               clock: Any = None) -> tuple[Row, list[tuple[np.ndarray, float]]]:
     """Set ``config`` up, run every pair, take it down; returns the row and each pair's (video, seconds).
     ``reference`` maps a pair to its large-only video (empty for the large-only row itself); ``plain``, a
-    second unpatched copy of the pipeline, times large only right before each of the row's runs."""
+    second unpatched copy of the pipeline, times large only right before each of the row's runs; ``clock``, a
+    `StepClock` installed on ``pipe``, keeps each run's step times."""
     sr = apply(pipe, small, **config.switch, **extra) if config.switch is not None else None
     accel = accelerate(pipe, **config.accel) if config.accel else None
     try:
         if warmup_prompt is not None:  # compile's first call compiles: keep it out of the figures
             generate_video(pipe, family, warmup_prompt, 0, steps)
-        outputs, scores, fidelity, ratios, ks, traces = [], [], [], [], [], []
+        outputs, scores, fidelity, ratios, ks, traces, calls = [], [], [], [], [], [], []
         for prompt, seed in pairs:
             ref_seconds = generate_video(plain, family, prompt, seed, steps)[1] if plain is not None else None
             video, seconds, _ = generate_video(pipe, family, prompt, seed, steps)
+            if clock is not None and clock.calls:
+                calls.append(clock.calls[-1])
             outputs.append((video, seconds))
             scores.append(evaluate.score_video(video, prompt))
             if ref_seconds is not None:
@@ -137,7 +190,7 @@ def run_config(pipe: Any, small: torch.nn.Module, extra: dict[str, Any], family:
               statistics.median(ratios) if ratios else 1.0, statistics.mean(s for _, s in outputs),
               _fraction(traces, "cache", lambda v: v == "skipped"),
               _fraction(traces, "attention", lambda v: v != "computed"),
-              statistics.mean(ks) if ks else None)
+              statistics.mean(ks) if ks else None, right=[s.right for s in scores], calls=calls)
     return row, outputs
 
 
@@ -165,12 +218,15 @@ def fastest_within(rows: Sequence[Row], kinds: Sequence[str], reference_accuracy
 
 def format_rows(rows: Sequence[Row]) -> str:
     fmt = lambda v, spec: "-" if v is None else format(v, spec)  # noqa: E731
-    lines = ["| row | prompt acc. | attribute acc. | PSNR vs large | SSIM vs large | speed-up | TeaCache skipped | "
-             "PAB reused | mean switch step |", "|---|---|---|---|---|---|---|---|---|"]
+    lines = ["| row | prompt acc. | lost / gained | McNemar p | attribute acc. | PSNR vs large | SSIM vs large | "
+             "speed-up measured | modelled | TeaCache skipped | PAB reused | mean switch step |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
-        lines.append(f"| {r.name} | {r.prompt_accuracy:.1f}% | {r.attribute_accuracy:.1f}% | {fmt(r.psnr, '.2f')} | "
-                     f"{fmt(r.ssim, '.3f')} | {r.speedup:.2f}x | {fmt(r.teacache_skipped, '.0%')} | "
-                     f"{fmt(r.pab_reused, '.0%')} | {fmt(r.mean_switch_step, '.1f')} |")
+        lg = "-" if r.lost is None else f"{r.lost} / {r.gained}"
+        lines.append(f"| {r.name} | {r.prompt_accuracy:.1f}% | {lg} | {fmt(r.p_value, '.3f')} | "
+                     f"{r.attribute_accuracy:.1f}% | {fmt(r.psnr, '.2f')} | {fmt(r.ssim, '.3f')} | {r.speedup:.2f}x | "
+                     f"{fmt(r.modelled_speedup, '.2f')}{'x' if r.modelled_speedup else ''} | "
+                     f"{fmt(r.teacache_skipped, '.0%')} | {fmt(r.pab_reused, '.0%')} | {fmt(r.mean_switch_step, '.1f')} |")
     return "\n".join(lines)
 
 
