@@ -83,6 +83,18 @@ def test_help_is_complete():
     (["generate", "--prompt", "x", "--out", "x.mp4", "--tiny", "--device", "gpu0"], "is not a device"),
     (["generate", "--prompt", "x", "--out", "x.mp4", "--tiny", "--dtype", "int8"], "invalid choice"),
     (["bench", "--family", "hunyuan"], "unknown family 'hunyuan' for the tiny benchmark"),
+    (["generate", "--prompt", "x", "--out", "x.mp4", "--tiny", "--schedule", "small:0,large"],
+     "--schedule: schedule segment 1 (small): ends at step 0, so the segment is empty"),
+    (["generate", "--prompt", "x", "--out", "x.mp4", "--tiny", "--schedule", "small:3,large", "--delta", "0.1"],
+     "not allowed with"),
+    (["generate", "--prompt", "x", "--out", "x.mp4", "--tiny", "--schedule", "small:3,large", "--min-switch-step",
+      "2"], "has none"),
+    (["calibrate", "--schedules", "tiny:3,large"], "unknown role 'tiny'"),
+    (["calibrate", "--prompt", "a fox"], "--prompt and --min-ssim go with --large/--small"),
+    (["calibrate", "--large", "some/folder"], "both --large and --small"),
+    (["calibrate", "--json", "report.txt"], ".json"),
+    (["calibrate", "--grid", "huge"], "invalid choice"),
+    (["calibrate", "--pairs", "65"], "between 1 and 64"),
 ])
 def test_bad_arguments_get_a_clear_message_and_a_nonzero_exit(tmp_path, args, message):
     result = subprocess.run([*CLI, *args], capture_output=True, text=True, timeout=120, cwd=tmp_path,
@@ -90,6 +102,34 @@ def test_bad_arguments_get_a_clear_message_and_a_nonzero_exit(tmp_path, args, me
     assert result.returncode != 0
     assert message in result.stderr and "Traceback" not in result.stderr
     assert not list(tmp_path.iterdir())  # nothing half-written
+
+
+def test_generate_follows_a_schedule_and_reports_its_segments(tmp_path: pathlib.Path):
+    out = tmp_path / "sandwich.mp4"
+    result = cli("generate", "--prompt", "a fox", "--out", str(out), "--steps", "6", "--tiny",
+                 "--schedule", "small:2,large:4,small")
+    assert result.returncode == 0, result.stderr
+    assert "ran small 0-1, large 2-3, small 4-5" in result.stdout
+    record = json.loads(out.with_suffix(".trace.json").read_text())
+    assert record["rule"] == {"schedule": "small:2,large:4,small"}
+    assert [r["model"] for r in record["trace"]] == ["small"] * 2 + ["large"] * 2 + ["small"] * 2
+    assert [(s["role"], s["first_step"], s["end_step"]) for s in record["segments"]] == [
+        ("small", 0, 2), ("large", 2, 4), ("small", 4, 6)]
+
+
+def test_calibrate_writes_its_report_and_plot(tmp_path: pathlib.Path):
+    report, plot = tmp_path / "calibration.json", tmp_path / "calibration.png"
+    result = cli("calibrate", "--family", "cogvideox", "--pairs", "1", "--steps", "6", "--schedules",
+                 "small:2,large", "large:2,small:4,large", "--json", str(report), "--plot", str(plot))
+    assert result.returncode == 0, result.stderr
+    assert "2 candidates + large only + small only on 1 pairs, 6 steps: 4 videos" in result.stdout
+    data = json.loads(report.read_text())
+    assert [r["name"] for r in data["rows"]] == ["large", "small:2,large", "large:2,small:4,large"]
+    from sr_plugin.lab import task
+
+    assert data["pairs"] == [list(p) for p in task.validation(1)]
+    assert (data["chosen"] is None) != (data["closest"] is None)
+    assert plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
 def test_bench_prints_the_matrix_table():
