@@ -10,9 +10,13 @@ import sys
 
 import pytest
 
+import sr_plugin
+
 #: The console script, as a user runs it: the installed package (`python -m sr_plugin` in a checkout would put
 #: the checkout's sr_plugin/ first on the path instead).
 CLI = [str(pathlib.Path(sys.executable).parent / "sr-plugin")]
+#: The trained families' folders, as installed.
+TRAINED = pathlib.Path(sr_plugin.__file__).parent / "trained"
 
 
 def cli(*args: str, env: dict[str, str] | None = None, timeout: int = 240) -> subprocess.CompletedProcess:
@@ -56,14 +60,14 @@ def test_help_is_complete():
     (["generate", "--prompt", "x", "--out", "x.mp4", "--delta", "1.5"], "open interval"),
     (["generate", "--prompt", "x", "--out", "x.mp4", "--delta", "0.1", "--switch-step", "3"], "not allowed with"),
     (["generate", "--prompt", "x", "--out", "x.mp4", "--switch-step", "-1"], ">= 0"),
-    (["generate", "--prompt", "x", "--out", "x.mp4", "--steps", "0"], "at least 1"),
+    (["generate", "--prompt", "x", "--out", "x.mp4", "--steps", "0"], "between 1 and 1000"),
     (["generate", "--prompt", "x", "--out", "x.mp4", "--teacache", "-1"], ">= 0"),
     (["generate", "--prompt", "x", "--out", "x.gif"], ".mp4"),
     (["generate", "--prompt", "x", "--out", "x.mp4", "--large", "/no/such/folder"], "both --large and --small"),
     (["generate", "--prompt", "x", "--out", "x.mp4", "--large", "/no/such/folder", "--small", "/no/small"],
      "cannot load the large model"),
     (["generate", "--prompt", "x", "--out", "x.mp4", "--large", "nobody/no-such-model", "--small", "nobody/x"],
-     "cannot load the large model"),
+     "the Hub cannot be reached (offline)"),
     (["generate", "--out", "x.mp4"], "--prompt"),
     (["generate", "--prompt", "a purple fox moving left", "--out", "x.mp4"], "The vocabulary is: a, moving, and"),
     (["generate", "--prompt", "a red square moving left and a blue circle moving up", "--out", "x.mp4",
@@ -95,12 +99,35 @@ def test_help_is_complete():
     (["calibrate", "--json", "report.txt"], ".json"),
     (["calibrate", "--grid", "huge"], "invalid choice"),
     (["calibrate", "--pairs", "65"], "between 1 and 64"),
+    # what a new user ran into: each refused at parse time, before any model loads, with the usage line
+    (["generate", "--prompt", "x", "--out", "x.mp4", "--large", str(TRAINED / "wan" / "large"), "--small",
+      str(TRAINED / "wan" / "small"), "--family", "cogvideox"], "--family cogvideox does not match --large, a WanPipeline"),
+    (["generate", "--prompt", "x", "--out", "x.mp4", "--small", str(TRAINED / "wan" / "small")],
+     "give both --large and --small"),
+    (["generate", "--prompt", "x", "--out", "x.mp4", "--tiny", "--large", "a/b", "--small", "c/d"],
+     "--tiny runs the built-in random pair"),
+    (["generate", "--prompt", "x", "--out", "x.mp4", "--tiny", "--height", "33"],
+     "--height 33: this wan pipeline takes multiples of 16"),
+    (["generate", "--prompt", "x", "--out", "x.mp4", "--tiny", "--device", "cuda"], "this machine has 0 CUDA device(s)"),
+    (["bench", "--family", "flux"], "unknown family 'flux' for the tiny benchmark"),
+    (["generate", "--prompt", "x", "--out", "x.mp4", "--tiny", "--steps", "100000000"], "between 1 and 1000"),
+    (["demo", "--steps", "5000"], "between 1 and 1000"),
+    (["generate", "--prompt", "x", "--out", "x.mp4", "--large", str(TRAINED / "wan" / "large"), "--small",
+      str(TRAINED / "wan" / "large")], "--large and --small name the same model"),
+    (["generate", "--prompt", "x", "--out", "", "--tiny"], "--out is empty"),
+    (["generate", "--prompt", "x", "--out", "x.mp4", "--large", str(TRAINED / "wan"), "--small",
+      str(TRAINED / "wan" / "small")], "is a folder without model_index.json"),
+    (["generate", "--prompt", "x", "--out", "x.mp4", "--tiny", "--delta", "abc"],
+     "must be a number in the open interval (0, 1), got 'abc'"),
+    (["generate", "--prompt", "a red square moving left and a blue circle moving up.", "--out", "x.mp4"],
+     "'up.' (the task has no punctuation)"),
 ])
 def test_bad_arguments_get_a_clear_message_and_a_nonzero_exit(tmp_path, args, message):
     result = subprocess.run([*CLI, *args], capture_output=True, text=True, timeout=120, cwd=tmp_path,
                             env={**os.environ, "HF_HUB_OFFLINE": "1"})
     assert result.returncode != 0
     assert message in result.stderr and "Traceback" not in result.stderr
+    assert "loading the models" not in result.stdout or "cannot load" in result.stderr
     assert not list(tmp_path.iterdir())  # nothing half-written
 
 
@@ -233,8 +260,9 @@ def test_generate_flags_reach_the_run(monkeypatch):
                      "--negative-prompt", "blurry",
                      "--guidance-scale", "4.5", "--fps", "12", "--fbcache", "0.2", "--min-switch-step", "4",
                      "--max-switch-step", "9"]) == 0
-    assert {k: seen["kwargs"][k] for k in ("negative_prompt", "guidance_scale", "fps", "fbcache", "min_switch_step",
-                                           "max_switch_step")} == {
+    options = seen["args"][0]
+    assert {k: getattr(options, k) for k in ("negative_prompt", "guidance_scale", "fps", "fbcache", "min_switch_step",
+                                             "max_switch_step")} == {
         "negative_prompt": "blurry", "guidance_scale": 4.5, "fps": 12, "fbcache": 0.2, "min_switch_step": 4,
         "max_switch_step": 9}
 
@@ -243,7 +271,7 @@ def test_a_pair_of_two_families_is_refused_before_loading(tmp_path):
     """Local folders: the families are read from their configs; nothing is loaded when they disagree."""
     import json as _json
 
-    from sr_plugin.cli.generate import UserError, check_local_pair
+    from sr_plugin.cli.generate_checks import UserError, check_local_pair
 
     wan, cog = tmp_path / "wan", tmp_path / "cog"
     for folder, pipeline, transformer in ((wan, "WanPipeline", "WanTransformer3DModel"),

@@ -86,9 +86,9 @@ def test_max_sequence_length_reaches_the_call(monkeypatch):
     from sr_plugin import cli as cli_module
 
     seen = {}
-    monkeypatch.setattr(sr_plugin.cli.generate, "generate", lambda *a, **kw: seen.update(kw))
+    monkeypatch.setattr(sr_plugin.cli.generate, "generate", lambda options: seen.update(options=options))
     assert cli_module.main(["generate", "--prompt", PROMPT, "--out", "x.mp4", "--max-sequence-length", "24"]) == 0
-    assert seen["max_sequence_length"] == 24
+    assert seen["options"].max_sequence_length == 24
 
 
 def test_a_video_the_writer_did_not_write_is_an_error_not_a_success(tmp_path, monkeypatch, capsys):
@@ -204,3 +204,40 @@ def test_timings_the_step_times_do_not_allow_are_called_unreliable():
     assert "outside (0, 1)" in step_ratio_doubt([10, 12], [1.3, 1.4], n)
     noisy = [r * f for r, f in zip(steady, (0.5, 1.6, 0.6, 1.5, 0.55, 1.7))]
     assert "disagree" in step_ratio_doubt([10, 12, 14, 16, 18, 20], noisy, n)
+
+
+def test_sr_plugin_traceback_shows_the_traceback_of_every_error(monkeypatch):
+    """A user's mistake is one line; with SR_PLUGIN_TRACEBACK=1 it is the whole traceback too (it raises)."""
+    import sr_plugin.cli.generate
+    from sr_plugin import cli as cli_module
+
+    def refuse(options):
+        raise ValueError("a refusal deep inside")
+
+    monkeypatch.setattr(sr_plugin.cli.generate, "generate", refuse)
+    args = ["generate", "--prompt", PROMPT, "--out", "x.mp4"]
+    monkeypatch.delenv("SR_PLUGIN_TRACEBACK", raising=False)
+    assert cli_module.main(args) == 2
+    monkeypatch.setenv("SR_PLUGIN_TRACEBACK", "1")
+    with pytest.raises(ValueError, match="a refusal deep inside"):
+        cli_module.main(args)
+    from sr_plugin.cli.outputs import UserError
+
+    with pytest.raises(UserError, match=".mp4"):  # a check at parse time raises too
+        cli_module.main(["generate", "--prompt", PROMPT, "--out", "x.gif"])
+
+
+def test_a_small_model_larger_than_the_large_one_is_warned_about():
+    import warnings
+
+    import sr_plugin
+    from sr_plugin.lab.tiny import tiny_wan
+
+    pipe, small = tiny_wan()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        sr_plugin.apply(pipe, small).remove()  # the right way round: no warning
+    large = pipe.transformer
+    pipe.transformer = small
+    with pytest.warns(UserWarning, match="were the two swapped"):
+        sr_plugin.apply(pipe, large)

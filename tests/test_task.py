@@ -97,7 +97,7 @@ def test_rendering_is_deterministic_and_seeded():
 
 
 @pytest.mark.parametrize("prompt,message", [
-    ("a purple square moving left and a red circle moving up", "outside the task's vocabulary: purple"),
+    ("a purple square moving left and a red circle moving up", "outside the task's vocabulary: 'purple'"),
     ("a red fox runs across a snowy field", "The vocabulary is: a, moving, and, red"),
     ("a red square moving left", "does not follow the task's grammar"),
     ("a red square moving left and a red circle moving up", "both objects the colour red"),

@@ -1,4 +1,6 @@
-"""`sr-plugin generate`: one video with the switch, its trace as JSON and a plot of the switching metric."""
+"""`sr-plugin generate`: one video with the switch (or a cooperation schedule), its trace as JSON and a plot of the
+switching metric. `GenerateOptions` (built by the parser) says what was asked; `check_options` has checked it before
+anything loads."""
 
 from __future__ import annotations
 
@@ -11,43 +13,17 @@ import torch
 
 from ..accel import TeaCacheConfig, accelerate
 from ..adapters import adapter_for
-from ..switch.api import apply
+from ..lab import trained
+from ..lab.tiny import TINY_CALL, tiny_pair
+from ..lab.trained import first_line as _first_line
 from ..pipeline.seeded import run_seeded
+from ..switch.api import apply
 from ..switch.policy import DEFAULT_DELTA
 from . import call_defaults
-from ..lab import trained
-from .generate_checks import check_arguments
+from .generate_checks import DTYPES, GenerateOptions, check_local_pair, check_options, placement
 from .outputs import OutputError, UserError, write_checked
-from ..lab.trained import first_line as _first_line
-from ..lab.tiny import TINY_CALL, tiny_pair
 
-__all__ = ["OutputError", "UserError", "generate", "check_arguments"]
-
-
-#: ``--dtype`` names (torch's own).
-DTYPES = ("float32", "bfloat16", "float16")
-
-
-def placement(dtype: str | None, device: str | None) -> tuple[Any, Any]:
-    """``--dtype`` and ``--device`` as torch objects (None: the default for the weights' source), checked before
-    anything loads."""
-    torch_dtype = None
-    if dtype is not None:
-        if dtype not in DTYPES:
-            raise UserError(f"--dtype must be one of {', '.join(DTYPES)}, got {dtype!r}")
-        torch_dtype = getattr(torch, dtype)
-    torch_device = None
-    if device is not None:
-        try:
-            torch_device = torch.device(device)
-        except (RuntimeError, TypeError):
-            raise UserError(f"--device {device!r} is not a device (e.g. cpu, cuda, cuda:1)") from None
-        if torch_device.type == "cuda" and (not torch.cuda.is_available()
-                                            or (torch_device.index or 0) >= torch.cuda.device_count()):
-            raise UserError(f"--device {device}: this machine has {torch.cuda.device_count()} CUDA device(s)")
-        if torch_device.type == "meta":
-            raise UserError("--device meta holds no weights; give a real device")
-    return torch_dtype, torch_device
+__all__ = ["DTYPES", "GenerateOptions", "OutputError", "UserError", "check_local_pair", "generate", "placement"]
 
 
 def load_models(large: str | None, small: str | None, family: str | None,
@@ -71,17 +47,6 @@ def load_models(large: str | None, small: str | None, family: str | None,
 
 def _load(large: str | None, small: str | None, family: str | None, tiny: bool, local_files_only: bool,
           dtype: Any) -> tuple[Any, Any, str, str, dict[str, Any]]:
-    if (large is None) != (small is None):
-        raise UserError("give both --large and --small, or neither (for the trained family shipped in the package)")
-    if tiny and large is not None:
-        raise UserError("--tiny runs the built-in random pair: not together with --large/--small")
-    if family is not None:
-        from ..adapters import family as registered_family
-
-        try:
-            registered_family(family)
-        except ValueError as err:
-            raise UserError(str(err)) from err
     if tiny:
         family = family or "wan"
         pipe, small_model = tiny_pair(family)
@@ -92,86 +57,47 @@ def _load(large: str | None, small: str | None, family: str | None, tiny: bool, 
             pipe, small_model, extra = trained.load(family, dtype if dtype is not None else torch.float32)
         except trained.TrainedFamilyError as err:
             raise UserError(str(err)) from err
-        return pipe, small_model, family, "trained", extra
+        return pipe, small_model, family, "trained", {**extra}
+    return _load_pretrained(large, small, family, local_files_only, dtype)
+
+
+def _load_pretrained(large: str, small: str, family: str | None, local_files_only: bool,
+                     dtype: Any) -> tuple[Any, Any, str, str, dict[str, Any]]:
     from diffusers import DiffusionPipeline
 
-    check_local_pair(large, small, family)  # before the (long) loading of the large model
-    for flag, name in (("--large", large), ("--small", small)):
-        if not pathlib.Path(name).is_dir() and (local_files_only or _looks_like_a_path(name)):
-            what = "the large model" if flag == "--large" else "the small transformer"
-            hub = " (and --local-files-only keeps sr-plugin off the Hugging Face Hub)" if local_files_only else ""
-            raise UserError(f"cannot load {what} {name!r}: there is no such folder{hub}")
+    check_local_pair(large, small, family)
     if dtype is None:
         dtype = torch.bfloat16 if torch.cuda.is_available() else torch.float32
     try:
         pipe = DiffusionPipeline.from_pretrained(large, dtype=dtype, local_files_only=local_files_only)
     except Exception as err:  # hub errors, missing files, validation errors: all the same to the user
-        raise UserError(f"cannot load the large model {large!r}: it is neither a local pipeline folder nor "
-                        f"reachable on the Hugging Face Hub ({_first_line(err)})") from err
+        raise UserError(f"cannot load the large model {large!r}: {_why_not_loaded(err)}") from err
     try:
         adapter = adapter_for(pipe)
     except TypeError as err:
         raise UserError(str(err)) from err
-    found = adapter.key
-    if family is not None and family != found:
+    if family is not None and family != adapter.key:
         raise UserError(f"--family {family} does not match the large model, a {type(pipe).__name__}")
     try:
         small_model = adapter.transformer_class().from_pretrained(small, subfolder="transformer", dtype=dtype,
                                                                   local_files_only=local_files_only)
     except Exception as err:
-        raise UserError(f"cannot load the small transformer {small!r} (its 'transformer' subfolder): it is neither "
-                        f"local nor reachable on the Hugging Face Hub ({_first_line(err)})") from err
-    return pipe, small_model.eval(), found, "pretrained", {}
+        raise UserError(f"cannot load the small transformer {small!r} (its 'transformer' subfolder): "
+                        f"{_why_not_loaded(err)}") from err
+    return pipe, small_model.eval(), adapter.key, "pretrained", {}
 
 
-def _looks_like_a_path(name: str) -> bool:
-    """A hub id is "owner/name": anything absolute, relative to here or home, or deeper, is meant as a folder."""
-    return name.startswith(("/", ".", "~")) or name.count("/") > 1 or "\\" in name
-
-
-def _config(path: pathlib.Path) -> dict[str, Any]:
-    try:
-        value = json.loads(path.read_text())
-    except (OSError, ValueError):
-        return {}
-    return value if isinstance(value, dict) else {}
-
-
-def _class_name(config: pathlib.Path) -> str | None:
-    try:
-        return json.loads(config.read_text()).get("_class_name")
-    except (OSError, ValueError):
-        return None
-
-
-def check_local_pair(large: str, small: str, family: str | None) -> None:
-    """For local folders, the families of --large, --small and --family agree, read from their configs before
-    anything is loaded (a wrong pair otherwise fails deep inside diffusers with an unrelated message)."""
-    from ..adapters import registered_families
-
-    large_dir, small_dir = pathlib.Path(large), pathlib.Path(small)
-    adapter = None
-    if large_dir.is_dir():
-        pipeline_class = _class_name(large_dir / "model_index.json")
-        adapter = next((a for a in registered_families() if pipeline_class in a.pipeline_class_names), None)
-        if adapter is None:
-            raise UserError(f"--large {large!r} is not a pipeline sr_plugin supports (model_index.json names "
-                            f"{pipeline_class!r})")
-        if family is not None and family != adapter.key:
-            raise UserError(f"--family {family} does not match --large, a {pipeline_class}")
-    if small_dir.is_dir():
-        configs = [small_dir / "transformer" / "config.json", small_dir / "config.json"]
-        small_class = next((c for c in map(_class_name, configs) if c), None)
-        if small_class is None:
-            raise UserError(f"--small {small!r} has no transformer config (transformer/config.json or config.json)")
-        expected = adapter.transformer_class_name if adapter is not None else None
-        if family is not None and adapter is None:
-            from ..adapters import family as registered
-
-            expected = registered(family).transformer_class_name
-        if expected is not None and small_class != expected:
-            raise UserError(f"--small {small!r} is a {small_class}, but the pipeline needs a {expected}: the two "
-                            "models must be of one family")
+def _why_not_loaded(err: BaseException) -> str:
+    """What went wrong loading a model, in one sentence: the library's message without its pointers to a stack
+    trace the user does not see."""
+    text = _first_line(err)
+    if "not fully cached locally" in text or "outgoing traffic has been disabled" in text or "offline" in text.lower():
+        return ("it is not a local folder and not in the Hugging Face cache, and the Hub cannot be reached (offline); "
+                "download it first, or give a local folder")
+    for noise in (" Please check out the root cause in the stacktrace above.", "Please check out the root cause in "
+                  "the stacktrace above."):
+        text = text.replace(noise, "")
+    return f"it is neither a local pipeline folder nor reachable on the Hugging Face Hub ({text.strip()})"
 
 
 def plot_trace(trace: list[dict[str, Any]], delta: float | None, switch_step: int | None, path: pathlib.Path,
@@ -230,129 +156,104 @@ def describe_segments(segments: list[Any]) -> str:
     return "ran " + ", ".join(parts) if parts else "ran no step"
 
 
-def _check_size(family: str | None, folder: pathlib.Path | None, height: int | None, width: int | None) -> None:
-    """A height or width the family's pipeline and models cannot take, from the folder's configs (no loading)."""
-    if folder is None or family is None or (height is None and width is None):
-        return
-    from ..adapters import family as registered_family
+def _set_up(pipe: Any, small_model: Any, options: GenerateOptions, source: str, extra: dict[str, Any]) -> tuple[Any, Any]:
+    """The switch (or schedule) and the accelerations asked for; a refusal is the user's error, in their terms."""
+    try:
+        handle = apply(pipe, small_model, delta=options.delta, switch_step=options.switch_step,
+                       min_switch_step=options.min_switch_step, max_switch_step=options.max_switch_step,
+                       schedule=options.schedule, **extra)
+        accel = None
+        if options.teacache is not None or options.pab or options.compile or options.fbcache is not None:
+            # published coefficients (real checkpoints) or shipped beside the weights (trained families); random
+            # tiny weights fit none: the identity polynomial
+            coefficients = "identity" if source == "tiny" else None
+            teacache = None if options.teacache is None else TeaCacheConfig(options.teacache, coefficients)
+            accel = accelerate(pipe, teacache=teacache, pab=options.pab, compile=options.compile,
+                               fbcache=options.fbcache)
+    except (ValueError, TypeError) as err:
+        raise UserError(str(err)) from err
+    return handle, accel
 
-    from ..lab.family_tools import tools_for
 
-    registered_family(family)
-    multiple = tools_for(family).size_multiple(_config(folder / "vae" / "config.json"),
-                                                       _config(folder / "transformer" / "config.json"))
-    for flag, value in (("--height", height), ("--width", width)):
-        if multiple and value is not None and value % multiple:
-            raise UserError(f"{flag} {value}: this {family} pipeline takes multiples of {multiple} "
-                            f"(e.g. {max(multiple, value // multiple * multiple)})")
+def _call_arguments(options: GenerateOptions, family: str, source: str, defaults: dict[str, Any]) -> dict[str, Any]:
+    """The pipeline call: the tiny pair's or the folder's defaults, then what was given."""
+    call: dict[str, Any] = dict(TINY_CALL[family]) if source == "tiny" else {}
+    call.update({k: v for k, v in defaults.items() if k != "fps"})
+    call.update({k: v for k, v in (("height", options.height), ("width", options.width),
+                                   ("num_frames", options.frames), ("max_sequence_length", options.max_sequence_length),
+                                   ("num_inference_steps", options.steps), ("negative_prompt", options.negative_prompt),
+                                   ("guidance_scale", options.guidance_scale)) if v is not None})
+    return call
 
 
-def generate(prompt: str, out: str, large: str | None = None, small: str | None = None, family: str | None = None,
-             delta: float | None = None, switch_step: int | None = None, steps: int | None = None,
-             teacache: float | None = None, pab: bool = False, compile: bool = False, seed: int = 0,
-             height: int | None = None, width: int | None = None, frames: int | None = None,
-             say: Any = print, tiny: bool = False, negative_prompt: str | None = None,
-             guidance_scale: float | None = None, fps: int | None = None, fbcache: float | None = None,
-             min_switch_step: int | None = None, max_switch_step: int | None = None,
-             local_files_only: bool = False, dtype: str | None = None, device: str | None = None,
-             max_sequence_length: int | None = None, schedule: str | None = None) -> dict[str, str]:
+def generate(options: GenerateOptions, say: Any = print) -> dict[str, str]:
     """Generate one video; returns the paths written (video, trace JSON, plot PNG). Without call arguments, a
     model folder's ``call_defaults.json`` (`sr_plugin.cli.call_defaults`) says the size, frames, text length,
     guidance and fps it was made for."""
     from ..adapters import family_keys
 
-    out_path = check_arguments(prompt, out, large, tiny, family, family_keys(), teacache, fbcache,
-                               min_switch_step, max_switch_step, schedule)
-    torch_dtype, torch_device = placement(dtype, device)
-    folder = None  # the large model's folder, where its configs and call defaults are read before loading
-    if tiny:
-        pass
-    elif large is None:
-        folder = trained.folder(family or "wan", "large")
-    elif pathlib.Path(large).is_dir():
-        folder = pathlib.Path(large)
-    try:
-        defaults = call_defaults.read(folder) if folder is not None else {}
-    except ValueError as err:
-        raise UserError(str(err)) from None
-    size_family = family or ("wan" if large is None and not tiny else None)
-    if size_family is None and folder is not None:
-        from ..adapters import registered_families
-
-        pipeline_class = _class_name(folder / "model_index.json")
-        size_family = next((a.key for a in registered_families() if pipeline_class in a.pipeline_class_names), None)
-    _check_size(size_family, folder, height if height is not None else defaults.get("height"),
-                width if width is not None else defaults.get("width"))
+    out_path = check_options(options, family_keys())
+    torch_dtype, torch_device = placement(options.dtype, options.device)
+    folder = options.folder()
+    defaults = call_defaults.read(folder) if folder is not None else {}
     say("sr-plugin: loading the models ...")
-    pipe, small_model, family, source, extra = load_models(large, small, family, tiny, local_files_only,
-                                                           torch_dtype, torch_device)
+    pipe, small_model, family, source, extra = load_models(options.large, options.small, options.family, options.tiny,
+                                                           options.local_files_only, torch_dtype, torch_device)
     if source == "tiny":
         say(f"sr-plugin: --tiny: using the built-in tiny {family} pair, whose weights are "
             "RANDOM (the video will be noise; it shows the mechanics only)")
     elif source == "trained":
         say(f"sr-plugin: no --large/--small given: using the trained {family} family shipped in the package "
             "(sr_plugin/trained/), trained on its shapes task")
-    try:
-        handle = apply(pipe, small_model, delta=delta, switch_step=switch_step, min_switch_step=min_switch_step,
-                       max_switch_step=max_switch_step, schedule=schedule, **extra)
-        accel = None
-        if teacache is not None or pab or compile or fbcache is not None:
-            coefficients = None  # published (real checkpoints) or shipped beside the weights (trained families)
-            if source == "tiny":  # random weights fit no coefficients: the identity polynomial
-                coefficients = "identity"
-            accel = accelerate(pipe, teacache=None if teacache is None else TeaCacheConfig(teacache, coefficients),
-                               pab=pab, compile=compile, fbcache=fbcache)
-    except (ValueError, TypeError) as err:
-        raise UserError(str(err)) from err
+    handle, accel = _set_up(pipe, small_model, options, source, extra)
     pipe.set_progress_bar_config(disable=False, desc="denoising")
-    call: dict[str, Any] = dict(TINY_CALL[family]) if source == "tiny" else {}
-    call.update({k: v for k, v in defaults.items() if k != "fps"})
-    call.update({k: v for k, v in (("height", height), ("width", width), ("num_frames", frames),
-                                   ("max_sequence_length", max_sequence_length)) if v is not None})
-    if steps is not None:
-        call["num_inference_steps"] = steps
-    if negative_prompt is not None:
-        call["negative_prompt"] = negative_prompt
-    if guidance_scale is not None:
-        call["guidance_scale"] = guidance_scale
+    call = _call_arguments(options, family, source, defaults)
     from ..pipeline.timing import loop_timer
 
     with loop_timer(pipe) as loops:
         start = time.perf_counter()
-        video = run_seeded(pipe, prompt, seed, output_type="np", **call)[0]
+        video = run_seeded(pipe, options.prompt, options.seed, output_type="np", **call)[0]
         seconds = time.perf_counter() - start
-    denoise_seconds = loops[-1] if loops else None
+    fps = options.fps if options.fps is not None else defaults.get("fps", _family_fps(family))
+    return _write_outputs(out_path, video, fps, options, family, source, call, handle, accel, seconds,
+                          loops[-1] if loops else None, say)
 
+
+def _family_fps(family: str) -> int:
+    from ..lab.family_tools import tools_for
+
+    return tools_for(family).fps
+
+
+def _write_outputs(out_path: pathlib.Path, video: Any, fps: int, options: GenerateOptions, family: str, source: str,
+                   call: dict[str, Any], handle: Any, accel: Any, seconds: float, denoise_seconds: float | None,
+                   say: Any) -> dict[str, str]:
+    """The video, its trace (JSON) and the plot of the metric, each checked once written."""
     from diffusers.utils import export_to_video
 
-
-    if fps is None:
-        from ..lab.family_tools import tools_for
-
-        fps = defaults.get("fps", tools_for(family).fps)
     write_checked(out_path, lambda: export_to_video(list(video), str(out_path), fps=fps))
     trace = [r.as_dict() for r in handle.trace]
+    rule = ({"schedule": str(handle.schedule)} if options.schedule is not None else
+            {"fixed_switch_step": options.switch_step} if options.switch_step is not None else
+            {"delta": options.delta if options.delta is not None else DEFAULT_DELTA})
     record = {
-        "prompt": prompt, "family": family,
+        "prompt": options.prompt, "family": family,
         "weights": {"tiny": "random (built-in tiny pair)", "trained": f"trained family sr_plugin/trained/{family}",
-                    "pretrained": {"large": large, "small": small}}[source],
-        "num_inference_steps": len(trace), "seed": seed, "seconds": seconds,
+                    "pretrained": {"large": options.large, "small": options.small}}[source],
+        "num_inference_steps": len(trace), "seed": options.seed, "seconds": seconds,
         "denoising_seconds": denoise_seconds, "call": {k: v for k, v in call.items() if k != "negative_prompt"},
-        "rule": {"schedule": str(handle.schedule)} if schedule is not None else
-        {"fixed_switch_step": switch_step} if switch_step is not None else {
-            "delta": delta if delta is not None else DEFAULT_DELTA},
-        "segments": [s._asdict() for s in handle.segments],
+        "rule": rule, "segments": [s._asdict() for s in handle.segments],
         "switch_step": handle.switch_step, "switch": handle.switch.as_dict() if handle.switch else None,
         "trace": trace, "accelerations": [r.as_dict() for r in accel.trace] if accel else None,
     }
     trace_path = out_path.with_suffix(".trace.json")
     write_checked(trace_path, lambda: trace_path.write_text(json.dumps(record, indent=2)))
     plot_path = out_path.with_suffix(".switch.png")
-    why = describe_switch(handle.switch) if schedule is None else describe_segments(handle.segments)
-    write_checked(plot_path, lambda: plot_trace(trace, record["rule"].get("delta"), handle.switch_step, plot_path,
+    why = describe_switch(handle.switch) if options.schedule is None else describe_segments(handle.segments)
+    write_checked(plot_path, lambda: plot_trace(trace, rule.get("delta"), handle.switch_step, plot_path,
                                                 f"{family}: {why}"))
-    loop = f"denoising {len(trace)} step{'s' if len(trace) != 1 else ''} took {denoise_seconds:.2f} s" \
-        if denoise_seconds is not None else f"{len(trace)} step{'s' if len(trace) != 1 else ''}"
+    steps = f"{len(trace)} step{'s' if len(trace) != 1 else ''}"
+    loop = f"denoising {steps} took {denoise_seconds:.2f} s" if denoise_seconds is not None else steps
     say(f"sr-plugin: {loop}, the whole call {seconds:.2f} s (text encoding and decoding included), {why}; wrote "
         f"{out_path}, {trace_path}, {plot_path}")
     return {"video": str(out_path), "trace": str(trace_path), "plot": str(plot_path)}

@@ -44,10 +44,15 @@ class _Parser(argparse.ArgumentParser):
 
 
 def _checked(kind: type, ok: Any, rule: str) -> Any:
-    """An argparse type: ``kind(text)`` that must satisfy ``ok``, else "must be <rule>"."""
+    """An argparse type: ``kind(text)`` that must satisfy ``ok``, else "must be <rule>" (also for text that is
+    not a number at all)."""
 
     def parse(text: str) -> Any:
-        value = kind(text)
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"must be {'a whole number' if kind is int else 'a number'} "
+                                             f"{rule}, got {text!r}") from None
         if not ok(value):
             raise argparse.ArgumentTypeError(f"must be {rule}, got {value}")
         return value
@@ -55,6 +60,9 @@ def _checked(kind: type, ok: Any, rule: str) -> Any:
     return parse
 
 
+#: The most denoising steps any command takes (the schedules' 1,000 training timesteps).
+MAX_STEPS = 1000
+_steps = _checked(int, lambda v: 1 <= v <= MAX_STEPS, f"between 1 and {MAX_STEPS}")
 _positive_int = _checked(int, lambda v: v >= 1, "at least 1")
 _step = _checked(int, lambda v: v >= 0, ">= 0")
 _delta = _checked(float, lambda v: 0 < v < 1, "in the open interval (0, 1)")
@@ -88,28 +96,40 @@ def _switch_options(parser: argparse.ArgumentParser) -> None:
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(
         prog="sr-plugin",
-        description="Sketch-rendering cooperation (SRDiffusion) for diffusers' Wan2.1 and CogVideoX pipelines: "
-                    "the large transformer sketches the early steps, a small one renders the rest.")
+        description="Large and small transformers of one family cooperating in diffusers' Wan2.1 and CogVideoX "
+                    "pipelines: the small model runs the steps where it costs no quality (SRDiffusion's switch, or "
+                    "any cooperation schedule).")
     parser.add_argument("--version", action="version", version=f"sr-plugin {__version__}")
     sub = parser.add_subparsers(dest="command", required=True,
-                                metavar="{demo,generate,calibrate,bench,calibrate-delta}",
-                                parser_class=_Parser)
+                                metavar="{demo,generate,calibrate,bench,calibrate-delta}", parser_class=_Parser)
+    for name, add in (("demo", _add_demo), ("generate", _add_generate), ("calibrate", _add_calibrate),
+                      ("bench", _add_bench), ("calibrate-delta", _add_calibrate_delta)):
+        _SUBPARSERS[name] = add(sub)
+    return parser
 
-    demo = sub.add_parser("demo", formatter_class=_DefaultsShown, help="the trained families on held-out prompts: large only | SR | small only, "
-                          "scored and timed, with a side-by-side GIF (CPU, about 30 seconds)",
+
+def _add_demo(sub: Any) -> argparse.ArgumentParser:
+    """`sr-plugin demo`: the main job."""
+    demo = sub.add_parser("demo", formatter_class=_DefaultsShown, help="the trained families on held-out prompts: large only | SR | calibrated "
+                          "schedule | small only, scored and timed, with a side-by-side GIF (CPU, under a minute)",
                           description="Runs the trained model families shipped in the package (sr_plugin/trained/) "
-                                      "on held-out prompts of their task, under large only, SR and small only; "
+                                      "on held-out prompts of their task, under large only, SR, the family's "
+                                      "calibrated schedule and small only; "
                                       "prints each prompt's result and a quality and time table, and writes one "
                                       "side-by-side GIF.")
     demo.add_argument("--family", choices=FAMILIES + ("all",), default="all")
     demo.add_argument("--prompts", type=_held_out_count, default=6,
                       help="how many held-out prompts per family (default 6, at most 64)")
-    demo.add_argument("--steps", type=_positive_int, default=50, help="denoising steps (default 50)")
+    demo.add_argument("--steps", type=_steps, default=50, help="denoising steps (default 50)")
     demo.add_argument("--delta", type=_delta, default=None, help="adaptive switching threshold in (0, 1) "
                       "(default 0.01)")
     demo.add_argument("--out", default="sr-plugin-demo.gif", help="the GIF to write (default sr-plugin-demo.gif)")
     demo.add_argument("--json", default=None, metavar="PATH", help="also write every run's scores and times")
+    return demo
 
+
+def _add_generate(sub: Any) -> argparse.ArgumentParser:
+    """`sr-plugin generate`: one video."""
     gen = sub.add_parser("generate", formatter_class=_DefaultsShown, help="generate a video with the switch; writes the video, its trace (JSON) "
                          "and a plot (PNG)",
                          description="Generate one video with the switch. Without --large/--small, the trained "
@@ -135,7 +155,7 @@ def build_parser() -> argparse.ArgumentParser:
                      help="adaptive switch: not before step K (default max(3, ceil(0.1 N)))")
     gen.add_argument("--max-switch-step", type=_step, default=None, metavar="K",
                      help="adaptive switch: at step K at the latest (default floor(0.6 N))")
-    gen.add_argument("--steps", type=_positive_int, default=None, help="denoising steps (default: the pipeline's)")
+    gen.add_argument("--steps", type=_steps, default=None, help="denoising steps (default: the pipeline's)")
     gen.add_argument("--negative-prompt", default=None, help="the negative prompt (default: the pipeline's)")
     gen.add_argument("--guidance-scale", type=_threshold, default=None, help="CFG scale (default: the pipeline's, "
                      "or the trained family's own)")
@@ -161,28 +181,11 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--max-sequence-length", type=_positive_int, default=None, metavar="TOKENS",
                      help="text tokens per prompt (default: the model folder's call_defaults.json, else the "
                      "pipeline's)")
+    return gen
 
-    bench = sub.add_parser("bench", formatter_class=_DefaultsShown, help="run the CPU benchmark matrix on the tiny pair and print its table "
-                           "(about 3 minutes per family with the defaults on a 2-core CPU)",
-                           description="Each configuration against the unpatched tiny pipeline, interleaved round "
-                                       "by round; the speed-up is the median of the paired per-round ratios.")
-    from ..lab.bench_configs import BENCH_STEPS, CONFIGS
 
-    bench.add_argument("--family", default="all", help="a registered family with a tiny pipeline (wan, cogvideox, "
-                       "...) or all (default)")
-    bench.add_argument("--configs", nargs="+", choices=CONFIGS, default=None, metavar="CONFIG",
-                       help=f"configurations to run (default: all of {', '.join(CONFIGS)})")
-    bench.add_argument("--steps", type=_positive_int, default=BENCH_STEPS, help="denoising steps per run")
-    bench.add_argument("--rounds", type=_positive_int, default=10, help="timed rounds per configuration, each "
-                       "paired with a round of the unpatched pipeline (after two warm-up rounds)")
-    cal = sub.add_parser("calibrate-delta", formatter_class=_DefaultsShown, help="sweep delta and fixed switch steps on a trained family and pick "
-                         "the setting that meets a target",
-                         description="Runs large only and every setting on training prompts of the family's task "
-                                     "(disjoint from the held-out set), prints the sweep (time ratio, PSNR, SSIM, "
-                                     "accuracy) and the setting picked: the largest speed-up keeping --min-ssim, "
-                                     "or the best SSIM within --max-time-ratio. With --check-prompts, the picked "
-                                     "setting is rerun on that many held-out prompts and its measured speed-up set "
-                                     "against the promised one.")
+def _add_calibrate(sub: Any) -> argparse.ArgumentParser:
+    """`sr-plugin calibrate`: the fastest schedule within a quality floor."""
     calib = sub.add_parser("calibrate", formatter_class=_DefaultsShown,
                            help="find the fastest cooperation schedule within a quality floor of large only",
                            description="Runs large only, small only and every candidate cooperation (large-first, "
@@ -205,7 +208,7 @@ def build_parser() -> argparse.ArgumentParser:
     calib.add_argument("--teacache", type=_threshold, nargs="+", default=None, metavar="THRESHOLD",
                        help="also try every schedule with TeaCache at these thresholds")
     calib.add_argument("--pab", action="store_true", help="also try with PAB (with each TeaCache threshold, if given)")
-    calib.add_argument("--steps", type=_positive_int, default=50, help="denoising steps of every run")
+    calib.add_argument("--steps", type=_steps, default=50, help="denoising steps of every run")
     calib.add_argument("--large", metavar="ID_OR_PATH", help="your large pipeline (with --small and --prompt)")
     calib.add_argument("--small", metavar="ID_OR_PATH", help="your small model (its 'transformer' subfolder)")
     calib.add_argument("--prompt", action="append", default=None,
@@ -214,11 +217,40 @@ def build_parser() -> argparse.ArgumentParser:
                        help="with --large/--small: the mean SSIM against large only to keep (default 0.9)")
     calib.add_argument("--json", default=None, metavar="PATH", help="write the report as JSON")
     calib.add_argument("--plot", default=None, metavar="PATH", help="draw quality against speed-up (PNG)")
-    _SUBPARSERS.update(demo=demo, generate=gen, bench=bench, calibrate=calib)
-    _SUBPARSERS["calibrate-delta"] = cal
+    return calib
+
+
+def _add_bench(sub: Any) -> argparse.ArgumentParser:
+    """`sr-plugin bench`: the CPU matrix on the tiny pair."""
+    bench = sub.add_parser("bench", formatter_class=_DefaultsShown, help="run the CPU benchmark matrix on the tiny pair and print its table "
+                           "(about 3 minutes per family with the defaults on a 2-core CPU)",
+                           description="Each configuration against the unpatched tiny pipeline, interleaved round "
+                                       "by round; the speed-up is the median of the paired per-round ratios.")
+    from ..lab.bench_configs import BENCH_STEPS, CONFIGS
+
+    bench.add_argument("--family", default="all", help="a registered family with a tiny pipeline (wan, cogvideox, "
+                       "...) or all (default)")
+    bench.add_argument("--configs", nargs="+", choices=CONFIGS, default=None, metavar="CONFIG",
+                       help=f"configurations to run (default: all of {', '.join(CONFIGS)})")
+    bench.add_argument("--steps", type=_steps, default=BENCH_STEPS, help="denoising steps per run")
+    bench.add_argument("--rounds", type=_positive_int, default=10, help="timed rounds per configuration, each "
+                       "paired with a round of the unpatched pipeline (after two warm-up rounds)")
+    return bench
+
+
+def _add_calibrate_delta(sub: Any) -> argparse.ArgumentParser:
+    """`sr-plugin calibrate-delta`: the one-switch sweep."""
+    cal = sub.add_parser("calibrate-delta", formatter_class=_DefaultsShown, help="sweep delta and fixed switch steps on a trained family and pick "
+                         "the setting that meets a target",
+                         description="Runs large only and every setting on training prompts of the family's task "
+                                     "(disjoint from the held-out set), prints the sweep (time ratio, PSNR, SSIM, "
+                                     "accuracy) and the setting picked: the largest speed-up keeping --min-ssim, "
+                                     "or the best SSIM within --max-time-ratio. With --check-prompts, the picked "
+                                     "setting is rerun on that many held-out prompts and its measured speed-up set "
+                                     "against the promised one.")
     cal.add_argument("--family", choices=FAMILIES, default="wan")
     cal.add_argument("--prompts", type=_positive_int, default=8, help="training prompts to sweep on (default 8)")
-    cal.add_argument("--steps", type=_positive_int, default=50, help="denoising steps of every run")
+    cal.add_argument("--steps", type=_steps, default=50, help="denoising steps of every run")
     cal.add_argument("--deltas", type=_delta, nargs="*", default=[0.001, 0.003, 0.01, 0.03, 0.1],
                      help="adaptive thresholds to sweep, each in (0, 1)")
     cal.add_argument("--switch-steps", type=_step, nargs="*", default=[], metavar="K",
@@ -227,34 +259,52 @@ def build_parser() -> argparse.ArgumentParser:
     target = cal.add_mutually_exclusive_group(required=True)
     target.add_argument("--min-ssim", type=_fraction, help="mean SSIM against large only to keep, in (0, 1]")
     target.add_argument("--max-time-ratio", type=_fraction, help="SR time / large-only time not to exceed, in (0, 1]")
-    return parser
+    return cal
 
 
 def _check_before_running(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
     """The checks that need no model, at parse time: a problem is the short usage line and one line naming it,
     before anything heavy is imported or loaded."""
-    from .outputs import UserError, check_output
+    from .outputs import UserError
 
     try:
-        if args.command == "generate":
-            from .generate_checks import check_arguments
-
-            check_arguments(args.prompt, args.out, args.large, args.tiny, args.family, REGISTERED_FAMILIES,
-                            args.teacache, args.fbcache, args.min_switch_step, args.max_switch_step, args.schedule)
-        elif args.command == "demo":
-            check_output(args.out, (".gif",))
-            if args.json is not None:
-                check_output(args.json, (".json",))
-        elif args.command == "calibrate":
-            _check_calibrate(args)
-        elif args.command == "calibrate-delta":
-            runs = args.prompts * (len(args.deltas) + len(args.switch_steps))
-            if runs < MIN_CALIBRATION_RUNS:
-                raise UserError(f"{args.prompts} prompt{'' if args.prompts == 1 else 's'} x "
-                                f"{len(args.deltas) + len(args.switch_steps)} settings give {runs} paired runs: the "
-                                f"step-time fit needs at least {MIN_CALIBRATION_RUNS} (give more --prompts)")
+        _CHECKS.get(args.command, lambda _: None)(args)
     except (UserError, ValueError) as err:
+        if os.environ.get("SR_PLUGIN_TRACEBACK"):
+            raise
         _SUBPARSERS[args.command].error(str(err))
+
+
+def _check_generate(args: argparse.Namespace) -> None:
+    from .generate_checks import GenerateOptions, check_options
+
+    check_options(GenerateOptions.from_args(args), REGISTERED_FAMILIES)
+
+
+def _check_demo(args: argparse.Namespace) -> None:
+    from .outputs import check_output
+
+    check_output(args.out, (".gif",))
+    if args.json is not None:
+        check_output(args.json, (".json",))
+
+
+def _check_calibrate_delta(args: argparse.Namespace) -> None:
+    from .outputs import UserError
+
+    runs = args.prompts * (len(args.deltas) + len(args.switch_steps))
+    if runs < MIN_CALIBRATION_RUNS:
+        raise UserError(f"{args.prompts} prompt{'' if args.prompts == 1 else 's'} x "
+                        f"{len(args.deltas) + len(args.switch_steps)} settings give {runs} paired runs: the "
+                        f"step-time fit needs at least {MIN_CALIBRATION_RUNS} (give more --prompts)")
+
+
+def _check_bench(args: argparse.Namespace) -> None:
+    from .outputs import UserError
+
+    if args.family != "all" and args.family not in REGISTERED_FAMILIES:
+        raise UserError(f"unknown family {args.family!r} for the tiny benchmark; families with a tiny pipeline: "
+                        f"{', '.join(REGISTERED_FAMILIES)}")
 
 
 def _check_calibrate(args: argparse.Namespace) -> None:
@@ -277,6 +327,10 @@ def _check_calibrate(args: argparse.Namespace) -> None:
             check_output(path, (suffix,))
 
 
+_CHECKS = {"generate": _check_generate, "demo": _check_demo, "calibrate": _check_calibrate,
+           "calibrate-delta": _check_calibrate_delta, "bench": _check_bench}
+
+
 def _quiet_libraries() -> None:
     """sr-plugin shows its own progress: the libraries' loading bars and import chatter stay out."""
     for name in _QUIET_LOGGERS:
@@ -292,6 +346,44 @@ def _quiet_loading_bars() -> None:
     diffusers.utils.logging.set_verbosity_error()
 
 
+def _run_demo(args: argparse.Namespace) -> None:
+    from .demo import run_demo
+
+    run_demo(FAMILIES if args.family == "all" else (args.family,), args.prompts, args.steps, args.delta, args.out,
+             args.json)
+
+
+def _run_generate(args: argparse.Namespace) -> None:
+    from .generate import GenerateOptions, generate
+
+    generate(GenerateOptions.from_args(args))
+
+
+def _run_calibrate(args: argparse.Namespace) -> None:
+    from .calibrate_schedule import run_calibrate
+
+    run_calibrate(args.family, args.pairs, args.grid, args.schedules, args.tolerance, args.teacache, args.pab,
+                  args.steps, args.json, args.plot, large=args.large, small=args.small, prompts=args.prompt,
+                  min_ssim=args.min_ssim)
+
+
+def _run_calibrate_delta(args: argparse.Namespace) -> None:
+    from .calibrate_delta import run_calibrate_delta
+
+    run_calibrate_delta(args.family, args.prompts, args.steps, args.deltas, args.switch_steps, args.min_ssim,
+                        args.max_time_ratio, check_prompts=args.check_prompts)
+
+
+def _run_bench(args: argparse.Namespace) -> None:
+    from ..lab.bench import run_matrix
+
+    run_matrix(None if args.family == "all" else [args.family], args.configs, args.steps, args.rounds)
+
+
+_RUNS = {"demo": _run_demo, "generate": _run_generate, "calibrate": _run_calibrate,
+         "calibrate-delta": _run_calibrate_delta, "bench": _run_bench}
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -300,53 +392,29 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.command != "bench":
             _quiet_loading_bars()
-        if args.command == "demo":
-            from .demo import run_demo
-
-            run_demo(FAMILIES if args.family == "all" else (args.family,), args.prompts, args.steps, args.delta,
-                     args.out, args.json)
-        elif args.command == "generate":
-            from .generate import generate
-
-            generate(args.prompt, args.out, args.large, args.small, args.family, args.delta, args.switch_step,
-                     args.steps, args.teacache, args.pab, args.compile, args.seed, args.height, args.width,
-                     args.frames, tiny=args.tiny, negative_prompt=args.negative_prompt,
-                     guidance_scale=args.guidance_scale, fps=args.fps, fbcache=args.fbcache,
-                     min_switch_step=args.min_switch_step, max_switch_step=args.max_switch_step,
-                     local_files_only=args.local_files_only, dtype=args.dtype, device=args.device,
-                     max_sequence_length=args.max_sequence_length, schedule=args.schedule)
-        elif args.command == "calibrate":
-            from .calibrate_schedule import run_calibrate
-
-            run_calibrate(args.family, args.pairs, args.grid, args.schedules, args.tolerance, args.teacache, args.pab,
-                          args.steps, args.json, args.plot, large=args.large, small=args.small, prompts=args.prompt,
-                          min_ssim=args.min_ssim)
-        elif args.command == "calibrate-delta":
-            from .calibrate_delta import run_calibrate_delta
-
-            run_calibrate_delta(args.family, args.prompts, args.steps, args.deltas, args.switch_steps, args.min_ssim,
-                                args.max_time_ratio, check_prompts=args.check_prompts)
-        elif args.command == "bench":
-            from ..lab.bench import run_matrix
-
-            run_matrix(None if args.family == "all" else [args.family], args.configs, args.steps, args.rounds)
+        _RUNS[args.command](args)
     except Exception as err:
-        from .outputs import OutputError, UserError
-
-        if isinstance(err, ModuleNotFoundError) and (err.name or "").split(".")[0] in LAB_MODULES:
-            print(f"sr-plugin: this command needs the lab extra: pip install 'sr-plugin[lab]' (missing: {err.name})",
-                  file=sys.stderr)
-            return 1
-        if isinstance(err, OutputError):
-            print(f"sr-plugin: {err}", file=sys.stderr)
-            return 1
-        if isinstance(err, (UserError, ValueError, TypeError)):
-            print(f"sr-plugin: {err}", file=sys.stderr)
-            return 2
-        if os.environ.get("SR_PLUGIN_TRACEBACK"):
+        if os.environ.get("SR_PLUGIN_TRACEBACK"):  # every error, the user's mistakes included
             raise
-        first = str(err).strip().splitlines()[0] if str(err).strip() else ""
-        print(f"sr-plugin: the run failed: {type(err).__name__}: {first} (set SR_PLUGIN_TRACEBACK=1 for the "
-              "traceback)", file=sys.stderr)
-        return 1
+        return _report(err)
     return 0
+
+
+def _report(err: Exception) -> int:
+    """One line on standard error for a failed command, and its exit code: 2 for the user's mistake, 1 else."""
+    from .outputs import OutputError, UserError
+
+    if isinstance(err, ModuleNotFoundError) and (err.name or "").split(".")[0] in LAB_MODULES:
+        print(f"sr-plugin: this command needs the lab extra: pip install 'sr-plugin[lab]' (missing: {err.name})",
+              file=sys.stderr)
+        return 1
+    if isinstance(err, OutputError):
+        print(f"sr-plugin: {err}", file=sys.stderr)
+        return 1
+    if isinstance(err, (UserError, ValueError, TypeError)):
+        print(f"sr-plugin: {err}", file=sys.stderr)
+        return 2
+    first = str(err).strip().splitlines()[0] if str(err).strip() else ""
+    print(f"sr-plugin: the run failed: {type(err).__name__}: {first} (set SR_PLUGIN_TRACEBACK=1 for the "
+          "traceback)", file=sys.stderr)
+    return 1

@@ -22,6 +22,8 @@ def check_output(path: str | os.PathLike[str], suffixes: tuple[str, ...],
     """A writable output path with one of ``suffixes``, checked before any work: its folder exists and takes a
     new file (tried, not inferred from permissions: root may not write under /proc), and neither it nor the
     ``companions`` written beside it is a folder."""
+    if not str(path).strip():
+        raise ValueError(f"the output path is empty: name a {' or '.join(suffixes)} file")
     out = pathlib.Path(path)
     if out.suffix.lower() not in suffixes:
         raise ValueError(f"the output must name a {' or '.join(suffixes)} file, got {str(out)!r}")

@@ -79,6 +79,10 @@ class FamilyTools:
         """The latents' shape for one video of ``call``'s height, width and frames."""
         raise NotImplementedError
 
+    #: What the tiny pair's height and width must be a multiple of (`size_multiple` of its configs; a test keeps
+    #: the two in agreement), known without building it.
+    tiny_size_multiple: int | None = None
+
     def size_multiple(self, vae_config: dict[str, Any], transformer_config: dict[str, Any]) -> int | None:
         """What height and width must be a multiple of for this family's pipeline and these models, read from
         their configs before anything loads (None: not known, the pipeline checks at call time)."""
@@ -95,6 +99,7 @@ class WanTools(FamilyTools):
     fps = 16
     #: 9 frames -> 3 latent frames, 64 x 64 pixels.
     tiny_call = {"height": 64, "width": 64, "num_frames": 9}
+    tiny_size_multiple = 16
     tiny_teacache_threshold = 1.5
     published_sizes = {  # Wan2.1 T2V 14B and 1.3B (shared/reference.md section 1), 480p
         "large": dict(num_layers=40, num_attention_heads=40, attention_head_dim=128, ffn_dim=13824, text_dim=4096,
@@ -154,6 +159,7 @@ class CogVideoXTools(FamilyTools):
     fps = 8
     #: 9 frames -> 3 latent frames, 64 x 64 pixels.
     tiny_call = {"height": 64, "width": 64, "num_frames": 9}
+    tiny_size_multiple = 16
     tiny_teacache_threshold = 1.2
     published_sizes = {  # CogVideoX-5b and -2b (shared/reference.md section 1), 720 x 480, 49 frames
         "large": dict(num_layers=42, num_attention_heads=48, attention_head_dim=64, use_rotary_positional_embeddings=True,

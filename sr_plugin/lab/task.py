@@ -76,9 +76,11 @@ def parse(prompt: str) -> tuple[ObjectSpec, ObjectSpec]:
     words = prompt.strip().lower().split()
     unknown = sorted({w for w in words if w not in VOCABULARY})
     if unknown:
+        punctuation = any(not w.isalpha() for w in unknown)
         raise ValueError(
-            f"the prompt {prompt!r} uses words outside the task's vocabulary: {', '.join(unknown)}. "
-            f"The vocabulary is: {', '.join(VOCABULARY)}; a prompt reads '{TEMPLATE}'"
+            f"the prompt {prompt!r} uses words outside the task's vocabulary: {', '.join(map(repr, unknown))}"
+            f"{' (the task has no punctuation)' if punctuation else ''}. The vocabulary is: {', '.join(VOCABULARY)}; "
+            f"a prompt reads '{TEMPLATE}'"
         )
     match = _PROMPT_RE.match(" ".join(words))
     if match is None or match.group(1) not in COLOURS or match.group(4) not in COLOURS \

@@ -167,6 +167,7 @@ def apply(
                          "transformer of the same family (a copy of the large one works too, for testing)")
     adapter.check_pipeline(pipe)
     adapter.check_pair(large, small_transformer)
+    _warn_if_larger(large, small_transformer)
     check_cache_dit(large, small_transformer, adapter.block_lists(small_transformer))
     check_cache_dit_schedule(large, plan)
     adapter.check_scheduler(pipe.scheduler)  # checked again at every call (the scheduler may be swapped)
@@ -227,6 +228,16 @@ def _schedule_from(delta: Any, min_switch_step: Any, max_switch_step: Any, switc
                          f"{'is' if len(given) == 1 else 'are'} the one-switch form of it: pass one or the other "
                          "(an adaptive end in a schedule: 'large:delta=0.01,small')")
     return Schedule.parse(schedule).with_bounds(min_switch_step, max_switch_step)
+
+
+def _warn_if_larger(large: torch.nn.Module, small: torch.nn.Module) -> None:
+    """A "small" model with more weights than the large one is most likely the pair swapped: said, not refused (a
+    user may have reasons)."""
+    n_large, n_small = (sum(p.numel() for p in m.parameters()) for m in (large, small))
+    if n_small > n_large:
+        warnings.warn(f"the small transformer has more parameters ({n_small:,}) than the pipeline's own transformer "
+                      f"({n_large:,}): were the two swapped? sr_plugin.apply(pipe, small) keeps pipe.transformer as the "
+                      "large model and runs the one given for the steps the schedule hands to it", stacklevel=3)
 
 
 def _check_device(device: Any) -> torch.device:
