@@ -26,6 +26,21 @@ FBC_LEADER_HOOK = "fbc_leader_block_hook"
 CP_HOOK_PREFIXES: tuple[str, ...] = ("cp_input---", "cp_output---")
 
 
+def hook_state_classes() -> tuple[type, type]:
+    """``(BaseState, StateManager)``: a hook's per-context state, as diffusers' own caching hooks keep it (they live
+    in ``diffusers.hooks.hooks``, which the package's ``__init__`` does not export)."""
+    from diffusers.hooks.hooks import BaseState, StateManager
+
+    return BaseState, StateManager
+
+
+def mark_stateful(hook: Any) -> Any:
+    """Make `HookRegistry.reset_stateful_hooks` (which the pipelines call per call) reset this hook, class or
+    instance (`ModelHook._is_stateful`)."""
+    hook._is_stateful = True
+    return hook
+
+
 def hook_registry(module: torch.nn.Module) -> Any:
     """The module's `HookRegistry`, or None if none was made (without making one)."""
     return getattr(module, HOOK_REGISTRY_ATTR, None)
@@ -118,6 +133,11 @@ def cogvideox_rotary_embeddings(transformer: torch.nn.Module, vae_scale_factor_s
 
 
 # ------------------------------------------------------------------------------------ torch (2.13)
+def dynamo_supported() -> bool:
+    """Whether torch.compile works in this Python and torch build (`torch._dynamo.is_dynamo_supported`)."""
+    return bool(torch._dynamo.is_dynamo_supported())
+
+
 def flatten_mesh(mesh: Any, name: str) -> Any:
     """A multi-dimensional `DeviceMesh` as one dimension (`DeviceMesh._flatten`)."""
     return mesh._flatten(name)

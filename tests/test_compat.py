@@ -101,3 +101,32 @@ def test_cache_dit_context_attributes():
     pytest.importorskip("cache_dit")
     text = source("cache_dit.caching.cache_adapters.cache_adapter")
     assert all(name in text for name in compat.CACHE_DIT_ATTRS), moved("_context_manager/_names/_kwargs", "cache_dit")
+
+
+def test_diffusers_hook_state_and_the_stateful_flag():
+    from diffusers.hooks import HookRegistry, ModelHook
+
+    BaseState, StateManager = compat.hook_state_classes()
+
+    class Count(BaseState):
+        def __init__(self):
+            self.n = 0
+
+        def reset(self):
+            self.n = 0
+
+    class Probe(ModelHook):
+        def __init__(self):
+            super().__init__()
+            self.state_manager = StateManager(Count)
+            self.resets = 0
+
+        def reset_state(self, module):
+            self.resets += 1
+            return module
+
+    module, hook = torch.nn.Linear(2, 2), Probe()
+    HookRegistry.check_if_exists_or_initialize(module).register_hook(compat.mark_stateful(hook), "probe")
+    compat.hook_registry(module).reset_stateful_hooks()
+    assert hook.resets == 1, moved("ModelHook._is_stateful (reset_stateful_hooks)", "diffusers")
+    assert compat.dynamo_supported() in (True, False), moved("torch._dynamo.is_dynamo_supported", "torch")

@@ -23,7 +23,7 @@ DEFAULT_OPTIONS: dict[str, Any] = {"fullgraph": True, "dynamic": False}
 
 def check_compilable(model: torch.nn.Module, blocks: Any, role: str) -> None:
     """Raise a clear error, before anything changes, if these blocks cannot be compiled this way."""
-    if not torch._dynamo.is_dynamo_supported():
+    if not compat.dynamo_supported():
         raise RuntimeError("torch.compile is not supported in this Python/torch build; drop compile=")
     if not isinstance(blocks, torch.nn.ModuleList) or len(blocks) == 0:
         raise ValueError(f"the {role} {type(model).__name__} has no transformer blocks to compile")

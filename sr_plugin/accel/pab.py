@@ -16,7 +16,10 @@ from typing import Any, Callable
 
 import torch
 from diffusers.hooks import HookRegistry, ModelHook
-from diffusers.hooks.hooks import BaseState, StateManager
+
+from .. import compat
+
+BaseState, StateManager = compat.hook_state_classes()
 
 _PAB = "sr_plugin_cfg_pab"
 
@@ -55,8 +58,8 @@ class PABState(BaseState):
         self.cache: Any = None
 
 
+@compat.mark_stateful
 class CFGAwarePABHook(ModelHook):
-    _is_stateful = True
 
     def __init__(self, skip_range: int, timestep_range: tuple[float, float], current_timestep: Callable[[], Any],
                  log: Callable[[str, bool], None] | None = None):

@@ -22,10 +22,12 @@ from typing import Any
 
 import torch
 from diffusers.hooks import HookRegistry, ModelHook
-from diffusers.hooks.hooks import BaseState, StateManager
 
+from .. import compat
 from ..instance.arguments import binder
 from ..pipeline.calls import CallTracker
+
+BaseState, StateManager = compat.hook_state_classes()
 
 #: Steps always computed at the start: the first step, or the first 5 in the published "ret steps" mode.
 WARMUP_STEPS = 1
@@ -248,7 +250,7 @@ class _BlockHook(ModelHook):
         super().__init__()
         self.shared, self.first, self.last, self.bind, self.layout = shared, first, last, bind, layout
         if first:
-            self._is_stateful = True
+            compat.mark_stateful(self)
             self.state_manager = shared.state_manager  # receives the pipeline's cache_context
 
     def reset_state(self, module: torch.nn.Module) -> torch.nn.Module:
