@@ -6,7 +6,8 @@
     handle.trace, handle.segments        # what happened in the last call
     handle.remove()                      # the pipeline is exactly as before
 
-    sr_plugin.accelerate(pipe, teacache=0.2, pab=True, compile=True)   # on both transformers, either order
+    sr_plugin.accelerate(pipe, TeaCacheConfig(0.2), PABConfig(), CompileConfig())  # on both transformers
+    sr_plugin.accelerate(pipe, teacache=0.2, pab=True, compile=True)   # the same, as keywords
     cal = sr_plugin.calibrate_teacache(pipe, prompts)                   # fit TeaCache to your own models
     report = sr_plugin.calibrate(pipe, small, prompts, scorer=judge)   # the fastest order within a quality floor
 """
@@ -21,7 +22,7 @@ __version__ = "0.1.0"
 #: Public names and the module each lives in: imported on first use, so that `sr-plugin --help` and other
 #: light uses do not pay for torch and diffusers.
 _EXPORTS = {
-    "AccelHandle": ".accel", "PABConfig": ".accel", "TeaCacheCalibration": ".accel", "TeaCacheConfig": ".accel",
+    "AccelHandle": ".accel", "CompileConfig": ".accel", "PABConfig": ".accel", "TeaCacheCalibration": ".accel", "TeaCacheConfig": ".accel",
     "accelerate": ".accel", "calibrate_teacache": ".accel",
     "SRHandle": ".switch.api", "apply": ".switch.api", "handle_of": ".switch.api",
     "Schedule": ".switch.schedule", "Segment": ".switch.schedule",

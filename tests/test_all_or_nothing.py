@@ -8,7 +8,9 @@ import torch
 from pipeline_helpers import run
 
 import sr_plugin
-import sr_plugin.accel.kinds as accel_module  # where each acceleration attaches
+import sr_plugin.accel.compile as compile_module  # where compile attaches
+import sr_plugin.accel.pab as pab_module  # where PAB attaches
+import sr_plugin.accel.teacache as teacache_module  # where TeaCache attaches
 import sr_plugin.switch.api as api_module
 from sr_plugin import PABConfig, TeaCacheConfig
 from sr_plugin.pipeline.calls import CallTracker
@@ -42,7 +44,7 @@ def failing(*args, **kwargs):
 APPLY_STEPS = [(api_module, "parallelize_like"), (api_module, "Router"), (CallTracker, "add"),
                (CallTracker, "track"), (CallTracker, "join"), (api_module, "LargeOffloader"),
                (api_module, "_restore_early"), (api_module, "SRHandle")]
-ATTACH_STEPS = [(accel_module, "apply_teacache"), (accel_module, "apply_cfg_pab"), (CallTracker, "track")]
+ATTACH_STEPS = [(teacache_module, "apply_teacache"), (pab_module, "apply_cfg_pab"), (CallTracker, "track")]
 
 
 @pytest.mark.parametrize("step", APPLY_STEPS + ATTACH_STEPS, ids=lambda s: s[1])
@@ -63,7 +65,7 @@ def test_a_failed_apply_leaves_everything_as_it_was(monkeypatch, family, step):
     assert handle.switch_step == 3
 
 
-@pytest.mark.parametrize("step", ATTACH_STEPS + [(accel_module, "compile_blocks")], ids=lambda s: s[1])
+@pytest.mark.parametrize("step", ATTACH_STEPS + [(compile_module, "compile_blocks")], ids=lambda s: s[1])
 @pytest.mark.parametrize("with_switch", [False, True])
 def test_a_failed_accelerate_leaves_everything_as_it_was(monkeypatch, step, with_switch):
     pipe, small = tiny_pair("wan")

@@ -139,10 +139,10 @@ def test_shipped_families_use_their_fitted_coefficients_by_default(family_name):
     accel = accelerations_of(pipe)
     for role, model in (("large", pipe.transformer), ("small", small)):
         shipped = json.loads((trained.folder(family_name, role) / "transformer" / CALIBRATION_FILE).read_text())
-        assert resolve_coefficients(accel.teacache, accel.adapter, model, role) == tuple(shipped["coefficients"])
+        assert resolve_coefficients(accel.configs["teacache"], accel.adapter, model, role) == tuple(shipped["coefficients"])
         assert 0.0 < shipped["r_squared"] <= 1.0
-    large_c = resolve_coefficients(accel.teacache, accel.adapter, pipe.transformer, "large")
-    assert large_c != resolve_coefficients(accel.teacache, accel.adapter, small, "small")
+    large_c = resolve_coefficients(accel.configs["teacache"], accel.adapter, pipe.transformer, "large")
+    assert large_c != resolve_coefficients(accel.configs["teacache"], accel.adapter, small, "small")
 
 
 def test_a_calibration_beside_the_weights_serves_only_the_model_it_was_fitted_for(tmp_path):

@@ -17,8 +17,10 @@ from ..instance.patching import drop_hook_residue
 from ..pipeline.calls import CallListener, CallTracker, models_in_play
 from ..pipeline.trace import StepRecord
 from .calibrate import TeaCacheCalibration, calibrate_teacache, fit_rescale
-from .kinds import ACCELERATIONS, Acceleration, from_keywords
+from .compile import CompileConfig  # each acceleration's module registers it (registry.register_acceleration)
+from .fbcache import FirstBlockCacheConfig
 from .pab import PABConfig
+from .registry import Acceleration, from_arguments, register_acceleration, registered
 from .teacache import TeaCacheConfig
 
 #: Attribute on the pipeline instance pointing at its Accelerations.
@@ -26,7 +28,7 @@ ACCEL_ATTR = "_sr_plugin_accel"
 
 
 class Accelerations(CallListener):
-    """The accelerations of one pipeline (`kinds.ACCELERATIONS`, as asked for): attached to each model in play
+    """The accelerations of one pipeline (`registry.registered()`, as asked for): attached to each model in play
     ("large", and "small" once the switch brings it), reset at every call by the tracker."""
 
     def __init__(self, pipe: Any, adapter: FamilyAdapter, kinds: dict[str, Acceleration]) -> None:
@@ -38,22 +40,15 @@ class Accelerations(CallListener):
         #: Per step of the last call, as the tracker records it (`CallTracker.records`).
         self.trace: list[StepRecord] = []
 
-    # What was asked for, by kind (None: not asked for).
     @property
-    def teacache(self) -> TeaCacheConfig | None:
-        return getattr(self.kinds.get("teacache"), "config", None)
+    def configs(self) -> dict[str, Any]:
+        """What was asked for: each acceleration's config, by keyword."""
+        return {keyword: kind.config for keyword, kind in self.kinds.items()}
 
     @property
-    def pab(self) -> PABConfig | None:
-        return getattr(self.kinds.get("pab"), "config", None)
-
-    @property
-    def fbcache(self) -> float | None:
-        return getattr(self.kinds.get("fbcache"), "threshold", None)
-
-    @property
-    def compile_options(self) -> dict[str, Any] | None:
-        return getattr(self.kinds.get("compile"), "options", None)
+    def caches(self) -> bool:
+        """Whether any of them reuses cached activations."""
+        return any(kind.caches for kind in self.kinds.values())
 
     # ------------------------------------------------------------------ per model
     def check(self, model: torch.nn.Module, role: str) -> None:
@@ -139,10 +134,12 @@ class AccelHandle:
         self.removed = True
 
 
-def accelerate(pipe: Any, **accelerations: Any) -> AccelHandle:
+def accelerate(pipe: Any, *configs: Any, **accelerations: Any) -> AccelHandle:
     """Stack accelerations on the pipeline's transformer and, with the switch, on the small one too.
 
-    Keywords (`kinds.ACCELERATIONS`; a value of None or False leaves one off):
+    Typed configs: ``accelerate(pipe, TeaCacheConfig(0.1), PABConfig(), CompileConfig())``, diffusers'
+    ``FirstBlockCacheConfig(threshold=0.1)`` for First Block Cache. Or keywords, as a shorthand (a value of None or
+    False leaves one off):
         teacache: a threshold (coefficients chosen by each model's config) or a `TeaCacheConfig`.
         pab: True for CFG-aware Pyramid Attention Broadcast with defaults (self-attention every 2nd call in
             timesteps (100, 800)), or a `PABConfig`. Its timestep source is the pipeline's call tracker.
@@ -157,7 +154,7 @@ def accelerate(pipe: Any, **accelerations: Any) -> AccelHandle:
         raise RuntimeError("sr_plugin.accelerate was already called on this pipeline; remove its handle first")
     if getattr(pipe, "transformer", None) is None:
         raise ValueError(f"this {type(pipe).__name__} has no transformer to accelerate")
-    accel = Accelerations(pipe, adapter, from_keywords(accelerations))
+    accel = Accelerations(pipe, adapter, from_arguments(configs, accelerations))
     models = models_in_play(pipe)  # "large", and "small" once the switch is applied
     for role, model in models.items():
         accel.check(model, role)
@@ -184,5 +181,5 @@ def accelerations_of(pipe: Any) -> Accelerations | None:
     return pipe.__dict__.get(ACCEL_ATTR)
 
 
-__all__ = ["ACCELERATIONS", "AccelHandle", "Acceleration", "PABConfig", "TeaCacheCalibration", "TeaCacheConfig", "accelerate", "accelerations_of",
+__all__ = ["AccelHandle", "Acceleration", "CompileConfig", "FirstBlockCacheConfig", "PABConfig", "TeaCacheCalibration", "TeaCacheConfig", "accelerate", "accelerations_of", "register_acceleration", "registered",
            "calibrate_teacache", "fit_rescale"]

@@ -178,7 +178,7 @@ def calibrate_teacache(pipe: Any, prompts: Sequence[str], *, num_inference_steps
         raise ValueError("prompts must be a non-empty list of strings")
     adapter = adapter_for(pipe)
     accel = accelerations_of(pipe)
-    if accel is not None and (accel.teacache is not None or accel.pab is not None or accel.fbcache is not None):
+    if accel is not None and accel.caches:
         raise ValueError("calibrate TeaCache on a pipeline without caching accelerations: remove the "
                          "sr_plugin.accelerate handle first (cached steps would be measured as unchanged)")
     models = models_in_play(pipe)  # with the switch applied, its small model too

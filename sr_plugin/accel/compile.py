@@ -9,12 +9,17 @@ compiled code), with the caching hooks and the switch logic outside.
 
 from __future__ import annotations
 
-from typing import Any
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
 
 import torch
 
-from ..instance.patching import InstancePatches
 from .. import compat
+from ..instance.patching import InstancePatches
+from .registry import Acceleration, register_acceleration
+
+if TYPE_CHECKING:
+    from . import Accelerations
 
 #: Defaults: the issue's regional compile is fullgraph (one graph per block); static shapes, so that the
 #: large and the small model each get their own graph instead of one dynamic-shape graph after a recompile.
@@ -41,3 +46,52 @@ def compile_blocks(blocks: Any, options: dict[str, Any]) -> InstancePatches:
     for block in blocks:
         patches.set(block, "forward", torch.compile(block.forward, **options))
     return patches
+
+
+@dataclass
+class CompileConfig:
+    """Regional torch.compile of both transformers' blocks: ``options`` for `torch.compile` over the defaults
+    (fullgraph, static shapes)."""
+
+    options: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.options, dict):
+            raise TypeError(f"CompileConfig options must be a dict of torch.compile options, got {self.options!r}")
+
+
+@register_acceleration
+class Compile(Acceleration):
+    """Regional torch.compile of the blocks (fullgraph and static shapes by default)."""
+
+    keyword = "compile"
+    config_types = (CompileConfig,)
+    order = 0
+
+    def __init__(self, config: CompileConfig) -> None:
+        super().__init__(config)
+        self.options = {**DEFAULT_OPTIONS, **config.options}
+        self._patches: dict[str, InstancePatches] = {}
+
+    @classmethod
+    def from_keyword(cls, value: Any) -> "Compile | None":
+        if value is None or value is False:
+            return None
+        if not isinstance(value, (bool, dict)):
+            raise TypeError(f"compile must be True, False, None or a dict of torch.compile options, got {value!r}")
+        return cls(CompileConfig(dict(value) if isinstance(value, dict) else {}))
+
+    def adjust(self, others: dict[str, Acceleration]) -> None:
+        if any(getattr(o, "breaks_graphs", False) for o in others.values()):
+            self.options["fullgraph"] = False  # e.g. PAB's per-branch decision: a graph break inside each block
+
+    def check(self, ctx: "Accelerations", model: torch.nn.Module, role: str) -> None:
+        check_compilable(model, ctx.adapter.blocks(model), role)
+
+    def attach(self, ctx: "Accelerations", model: torch.nn.Module, role: str) -> None:
+        self._patches[role] = compile_blocks(ctx.adapter.blocks(model), self.options)
+
+    def detach(self, ctx: "Accelerations", model: torch.nn.Module, role: str) -> None:
+        patches = self._patches.pop(role, None)
+        if patches is not None:
+            patches.undo()

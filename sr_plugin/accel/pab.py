@@ -11,13 +11,18 @@ on the branch's first call, outside the timestep range, or every ``skip_range``-
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 import torch
 from diffusers.hooks import HookRegistry, ModelHook
 
 from .. import compat
+from .registry import Acceleration, register_acceleration
+
+if TYPE_CHECKING:
+    from . import Accelerations
 
 BaseState, StateManager = compat.hook_state_classes()
 
@@ -125,3 +130,37 @@ def attention_summary(computed: int, called: int) -> str:
 def add_counts(noted: tuple[int, int], new: tuple[int, int]) -> tuple[int, int]:
     """(attention modules computed, attention modules called), summed over a step's calls."""
     return noted[0] + new[0], noted[1] + new[1]
+
+
+@register_acceleration
+class PyramidAttentionBroadcast(Acceleration):
+    """CFG-aware PAB: attention outputs reused per CFG branch, its timestep read from the call tracker."""
+
+    keyword = "pab"
+    config_types = (PABConfig,)
+    order = 20
+    caches = True
+    #: Its per-branch decision is Python inside each block: compiled blocks get a graph break there.
+    breaks_graphs = True
+
+    @classmethod
+    def from_keyword(cls, value: Any) -> "PyramidAttentionBroadcast | None":
+        if value is False or value is None:
+            return None
+        config = PABConfig() if value is True else value
+        if not isinstance(config, PABConfig):
+            raise TypeError(f"pab must be True or a PABConfig, got {type(value).__name__}")
+        return cls(config)
+
+    def attach(self, ctx: "Accelerations", model: torch.nn.Module, role: str) -> None:
+        tracker = ctx.tracker
+        config = self.config
+        if config.current_timestep_callback is None:
+            config = dataclasses.replace(config, current_timestep_callback=lambda: tracker.current_timestep)
+        tracker.renderers["attention"] = lambda counts: attention_summary(*counts)
+        apply_cfg_pab(model, ctx.adapter.attention_modules(model), config,
+                      log=lambda branch, computed: tracker.note("attention", role, branch, (int(computed), 1),
+                                                                merge=add_counts))
+
+    def detach(self, ctx: "Accelerations", model: torch.nn.Module, role: str) -> None:
+        remove_cfg_pab(model)

@@ -16,9 +16,10 @@ import json
 import math
 import os
 import pathlib
+import weakref
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from diffusers.hooks import HookRegistry, ModelHook
@@ -26,6 +27,10 @@ from diffusers.hooks import HookRegistry, ModelHook
 from .. import compat
 from ..instance.arguments import binder
 from ..pipeline.calls import CallTracker
+from .registry import Acceleration, refuse_a_second_block_cache, register_acceleration
+
+if TYPE_CHECKING:
+    from . import Accelerations
 
 BaseState, StateManager = compat.hook_state_classes()
 
@@ -310,3 +315,43 @@ def remove_teacache(model: torch.nn.Module) -> None:
     for name in (_LEADER, _BLOCK, _INPUT):
         registry.remove_hook(name, recurse=True)
     registry.invalidate_child_registries_cache()
+
+
+@register_acceleration
+class TeaCache(Acceleration):
+    """TeaCache: skip the blocks while the rescaled change of the modulated input stays under the threshold."""
+
+    keyword = "teacache"
+    config_types = (TeaCacheConfig,)
+    order = 10
+    caches = True
+    excludes = {"fbcache": "teacache and fbcache both cache the blocks' residual: choose one"}
+
+    def __init__(self, config: TeaCacheConfig) -> None:
+        super().__init__(config)
+        #: The coefficients per role and model, resolved (a calibration file beside the weights read) once.
+        self._coefficients: dict[str, weakref.WeakKeyDictionary] = {}
+
+    @classmethod
+    def from_keyword(cls, value: Any) -> "TeaCache | None":
+        if value is None:
+            return None
+        if isinstance(value, bool):
+            raise TypeError("teacache takes a threshold or a TeaCacheConfig, not a bool")
+        config = TeaCacheConfig(value) if isinstance(value, (int, float)) else value
+        if not isinstance(config, TeaCacheConfig):
+            raise TypeError(f"teacache must be a threshold or a TeaCacheConfig, got {type(value).__name__}")
+        return cls(config)
+
+    def check(self, ctx: "Accelerations", model: torch.nn.Module, role: str) -> None:
+        resolved = self._coefficients.setdefault(role, weakref.WeakKeyDictionary())
+        if model not in resolved:
+            ctx.adapter.teacache_input(model, self.config.ret_steps)
+            resolved[model] = resolve_coefficients(self.config, ctx.adapter, model, role)
+        refuse_a_second_block_cache(model, role, "TeaCache")
+
+    def attach(self, ctx: "Accelerations", model: torch.nn.Module, role: str) -> None:
+        apply_teacache(model, ctx.adapter, ctx.tracker, role, self.config, self._coefficients[role][model])
+
+    def detach(self, ctx: "Accelerations", model: torch.nn.Module, role: str) -> None:
+        remove_teacache(model)
