@@ -27,7 +27,7 @@ from .. import compat
 from ..instance.patching import InstancePatches
 
 
-def _identity(value: torch.Tensor) -> torch.Tensor:
+def identity(value: torch.Tensor) -> torch.Tensor:
     return value
 
 
@@ -78,7 +78,7 @@ def cp_group(model: torch.nn.Module) -> Any:
 def make_agree(group: Any) -> Callable[[torch.Tensor], torch.Tensor]:
     """Every rank of ``group`` gets the first rank's value (a broadcast: one small collective per use)."""
     if group is None:
-        return _identity
+        return identity
     import torch.distributed as dist
 
     src = dist.get_process_group_ranks(group)[0]
@@ -186,3 +186,34 @@ def keep_context_parallel_outermost(model: torch.nn.Module) -> None:
         for name, hook in [h for h in hooks if h[0] not in cp] + [h for h in hooks if h[0] in cp]:
             registry.register_hook(hook, name)
         HookRegistry.check_if_exists_or_initialize(model).invalidate_child_registries_cache()
+
+
+class ContextParallelCall:
+    """A standard listener of every pipeline's call tracker (`sr_plugin.pipeline.calls`): at the start of each call,
+    the context-parallel group of ``pipe.transformer`` (None on one process) and the agreement of its ranks on the
+    tracker, for every decision taken from a local view (the switch's metric, the caches'); once the other listeners
+    began, each model in play set up for a parallel call (`prepare_parallel_call`)."""
+
+    def __init__(self) -> None:
+        self._group: Any = None
+
+    def begin(self, calls: Any) -> None:
+        group = cp_group(calls.pipe.transformer)
+        if group is not self._group or calls.group is not group:
+            self._group = group
+            calls.group, calls.agree = group, make_agree(group)
+
+    def prepare(self, calls: Any) -> None:
+        if calls.group is None:
+            return
+        for model in calls.in_play:
+            prepare_parallel_call(model, calls.blocks(model), calls.group)
+
+    def after_step(self, calls: Any, model_output: Any, sample: Any) -> None:
+        pass
+
+    def step_ended(self, calls: Any) -> None:
+        pass
+
+    def end(self, calls: Any) -> None:
+        pass

@@ -22,8 +22,8 @@ from typing import Any, Callable
 
 import torch
 
-from .. import compat
-from ..integrations.distributed import cp_group, make_agree, prepare_parallel_call
+from ..integrations.distributed import ContextParallelCall, identity
+from ..integrations.hook_state import FreshHookState
 from ..instance.arguments import binder
 from ..instance.patching import InstancePatches
 from .trace import StepRecord
@@ -33,11 +33,15 @@ class CallListener:
     """What the tracker tells the switch and the accelerations. Every method is a no-op here: a listener writes
     the ones it needs.
 
-    Per call: ``begin`` (after the pipeline set its timesteps), ``after_step`` (the guided output and sample of
+    Per call: ``begin`` (after the pipeline set its timesteps), ``prepare`` (once every listener began, and may
+    have added caches: the models in play set up for the call), ``after_step`` (the guided output and sample of
     each step), ``step_ended`` (after the step's callback), ``end``. Per model in play: ``check_model`` (every
     error before anything changes), ``model_joined``, ``model_left``."""
 
     def begin(self, calls: "CallTracker") -> None:
+        pass
+
+    def prepare(self, calls: "CallTracker") -> None:
         pass
 
     def after_step(self, calls: "CallTracker", model_output: torch.Tensor, sample: torch.Tensor) -> None:
@@ -97,9 +101,13 @@ class CallTracker:
         self.notes: list[dict[str, dict[tuple[str, str], Any]]] = []
         #: How a field's noted value reads in the trace (set by the listener that notes it), by field.
         self.renderers: dict[str, Callable[[Any], Any]] = {}
-        #: Makes every rank of a context-parallel group use the same value (identity on one process).
-        self.agree: Callable[[torch.Tensor], torch.Tensor] = make_agree(None)
+        #: Makes every rank of a context-parallel group use the same value (identity on one process), and that group
+        #: (None on one process): set for each call by `ContextParallelCall`.
+        self.agree: Callable[[torch.Tensor], torch.Tensor] = identity
         self.group: Any = None
+        #: What every call gets before the added listeners, from the rooms that own it: the context-parallel
+        #: group's agreement, and fresh cache state in every model in play.
+        self._standard: list[CallListener] = [ContextParallelCall(), FreshHookState()]
         #: Models whose caches this tracker manages besides pipe.transformer (the small model, ...), counted.
         self._tracked: dict[int, list[Any]] = {}
         #: Models in play besides pipe.transformer ("large"), by role: the switch's small model is "small".
@@ -182,6 +190,20 @@ class CallTracker:
         return models + [m for m, _ in self._tracked.values() if all(m is not x for x in models)]
 
     @property
+    def in_play(self) -> list[torch.nn.Module]:
+        """The models of the running call: ``pipe.transformer`` and every tracked one (the small model, ...)."""
+        return list(self._in_play)
+
+    def blocks(self, model: torch.nn.Module) -> Any:
+        """``model``'s transformer blocks, by the pipeline's family."""
+        from ..adapters import adapter_for
+
+        return adapter_for(self.pipe).blocks(model)
+
+    def _all(self) -> list[CallListener]:
+        return self._standard + list(self.listeners)
+
+    @property
     def num_steps(self) -> int:
         return len(self.timesteps)
 
@@ -224,9 +246,6 @@ class CallTracker:
             raise RuntimeError("sr_plugin: a pipeline call is already in progress on this pipeline")
         scheduler = self.pipe.scheduler
         self.timesteps = [float(t) for t in scheduler.timesteps.tolist()]
-        group = cp_group(self.pipe.transformer)
-        if group is not self.group:
-            self.group, self.agree = group, make_agree(group)
         self.step = 0
         self.running = "large"
         self.ran = []
@@ -237,25 +256,15 @@ class CallTracker:
         started: list[CallListener] = []
         try:
             self._observe_steps(scheduler)
-            for listener in list(self.listeners):
+            for listener in self._all():
                 listener.begin(self)
                 started.append(listener)
             check_scheduler_order(scheduler)  # after the listeners began: a refused call reports no steps
-            self._prepare_models()
+            for listener in self._all():  # the models, once every listener added what it adds to them
+                listener.prepare(self)
         except BaseException:
             self._finish(started)
             raise
-
-    def _prepare_models(self) -> None:
-        """Once per call, for every model in play (after the listeners, which may add caches): fresh state in
-        every stateful hook; under context parallelism, what `prepare_parallel_call` puts right."""
-        from ..adapters import adapter_for
-
-        blocks = adapter_for(self.pipe).blocks
-        for model in self._in_play:
-            reset_caches(model)
-            if self.group is not None:
-                prepare_parallel_call(model, blocks(model), self.group)
 
     def step_ended(self) -> None:
         """The pipeline finished a step, its step-end callback included (its progress bar's update)."""
@@ -265,24 +274,20 @@ class CallTracker:
 
     def end(self) -> None:
         if self.active:
-            self._finish(list(self.listeners))
+            self._finish(self._all())
 
     def _finish(self, listeners: list[CallListener]) -> None:
         self.active = False
-        in_play, self._in_play, self.bar = self._in_play, [], None  # hold no model between calls
-        try:
-            self._call.undo()
-            for model in in_play:  # their tensors can be large (PAB: one attention output per module)
-                reset_caches(model)
-        finally:
-            errors = []
-            for listener in reversed(listeners):
-                try:
-                    listener.end(self)
-                except BaseException as err:  # every listener must get to restore its state
-                    errors.append(err)
-            if errors:
-                raise errors[0]
+        self._call.undo()
+        errors = []
+        for listener in reversed(listeners):
+            try:
+                listener.end(self)
+            except BaseException as err:  # every listener must get to restore its state
+                errors.append(err)
+        self._in_play, self.bar = [], None  # hold no model between calls
+        if errors:
+            raise errors[0]
 
     def _observe_steps(self, scheduler: Any) -> None:
         original = scheduler.step
@@ -298,7 +303,7 @@ class CallTracker:
             bound = bind(args, kwargs)
             if self.step < len(self.timesteps):
                 self.ran.append(self.running)
-                for listener in list(self.listeners):
+                for listener in self._all():
                     listener.after_step(self, bound["model_output"], bound["sample"])
             self.step += 1
             return out
@@ -313,13 +318,6 @@ def check_scheduler_order(scheduler: Any) -> None:
             f"{type(scheduler).__name__} has order {scheduler.order}: it calls the model more than once per "
             "step, and sr_plugin works on steps. Use a first-order scheduler."
         )
-
-
-def reset_caches(model: torch.nn.Module) -> None:
-    """Reset (and so free) the state of every stateful hook on ``model``."""
-    registry = compat.hook_registry(model)
-    if registry is not None:
-        registry.reset_stateful_hooks()
 
 
 class _TrackedProgressBar:

@@ -20,7 +20,8 @@ from .. import compat
 from ..integrations.cache_dit_mirror import check_cache_dit_schedule
 from ..integrations.user_cache_mirror import UserCacheMirror
 from ..adapters import FamilyAdapter, Handoff
-from ..pipeline.calls import CallListener, CallTracker, reset_caches
+from ..integrations.hook_state import reset_caches
+from ..pipeline.calls import CallListener, CallTracker
 from ..integrations.distributed import cp_group
 from .handoff_hook import HandoffHook
 from .metric import relative_change
