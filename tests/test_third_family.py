@@ -257,7 +257,7 @@ def test_a_family_missing_a_required_member_is_refused_when_registered():
             return sample
 
     with pytest.raises(TypeError, match="HalfWritten cannot be registered: it must define attention_modules, "
-                                        "teacache_input, blocks or block_lists"):
+                                        "blocks or block_lists, teacache_input"):
         register_family(HalfWritten)
     assert "half" not in sr_plugin.adapters.family_keys()
 
