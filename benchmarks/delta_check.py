@@ -3,7 +3,7 @@
     python benchmarks/delta_check.py                 # both families, 16 + 16 prompts, 50 steps (about 25 minutes)
     python benchmarks/delta_check.py --family wan --prompts 8 --check-prompts 8
 
-`sr_plugin.switch.delta_calibration`: the sweep (the speed-quality benchmark's deltas and fixed steps) on training prompts
+`sr_plugin.calibration.delta`: the sweep (the speed-quality benchmark's deltas and fixed steps) on training prompts
 picks the setting with the best SSIM within TARGET_TIME_RATIO of large only and promises its speed-up; the
 picked setting is then rerun on held-out prompts (disjoint: no held-out scene is ever a training prompt) and its
 speed-up measured plainly (total SR time over total paired large-only time). One torch thread; writes

@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 from pipeline_helpers import CallLog
 
-from sr_plugin.switch.delta_calibration import DeltaCalibration, SweepRow, calibrate_delta, sweep_switch
+from sr_plugin.calibration.delta import DeltaCalibration, SweepRow, calibrate_delta, sweep_switch
 from sr_plugin.lab.tiny import TINY_CALL, tiny_pair
 
 SWEEP = DeltaCalibration([
@@ -75,7 +75,7 @@ def test_sweep_on_a_tiny_pipeline_knows_its_extremes():
 
 
 def test_the_step_time_ratio_is_fitted_from_paired_runs_and_one_outlier_does_not_move_it():
-    from sr_plugin.switch.delta_calibration import fit_step_ratio, modelled_time_ratio
+    from sr_plugin.calibration.delta import fit_step_ratio, modelled_time_ratio
 
     n, rho = 50, 0.4
     ks = [0, 10, 20, 30, 40, 10]
@@ -93,7 +93,7 @@ def test_paired_rounds_alternate_so_a_first_run_penalty_does_not_bias_the_promis
     10% more. With the order alternating, the fitted ratio and the promise stay right, and the rerun of the
     picked setting on other prompts measures what was promised."""
     import sr_plugin
-    from sr_plugin.switch import delta_calibration
+    from sr_plugin.calibration import delta as delta_calibration
 
     n, rho, real = 6, 0.25, delta_calibration.timed_run
     position = []
@@ -126,7 +126,7 @@ def test_paired_rounds_alternate_so_a_first_run_penalty_does_not_bias_the_promis
 
 
 def test_an_adaptive_switch_promises_with_the_spread_of_its_switch_steps():
-    from sr_plugin.switch.delta_calibration import _standard_error, modelled_time_ratio
+    from sr_plugin.calibration.delta import _standard_error, modelled_time_ratio
 
     ks, n, rho = [10, 14, 18, 22], 50, 0.4
     per_prompt = [modelled_time_ratio([k], n, rho) for k in ks]

@@ -183,7 +183,7 @@ def test_wording():
 
 
 def test_timings_the_step_times_do_not_allow_are_called_unreliable():
-    from sr_plugin.switch.delta_calibration import step_ratio_doubt
+    from sr_plugin.calibration.delta import step_ratio_doubt
     from sr_plugin.cli.demo import implausible_timing
     from sr_plugin.lab.quality import FamilyResult, ModeSummary
 

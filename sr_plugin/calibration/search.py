@@ -24,7 +24,7 @@ import numpy as np
 from ..accel import accelerate
 from ..pipeline.timing import StepClock, timed_run
 from ..switch.api import apply
-from ..switch.fidelity import fidelity
+from .fidelity import fidelity
 from ..switch.schedule import Schedule
 from .candidates import Candidate, candidate_grid
 from .costs import StepCosts

@@ -7,7 +7,7 @@ import random
 from typing import Any
 
 from ..lab import evaluate, task, trained
-from ..switch.delta_calibration import calibrate_delta, check_promise
+from ..calibration.delta import calibrate_delta, check_promise
 
 #: Training prompts are drawn with this seed (the held-out set stays for checking the pick).
 PROMPT_SEED = 7

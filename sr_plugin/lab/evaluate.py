@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 
 from . import task
-from ..switch.fidelity import as_video_array, fidelity  # noqa: F401  (fidelity: part of the evaluator's API)
+from ..calibration.fidelity import as_video_array, fidelity  # noqa: F401  (fidelity: part of the evaluator's API)
 
 #: A pixel is part of an object when its brightest channel exceeds this (the background is black).
 OBJECT_LEVEL = 0.35

@@ -10,6 +10,7 @@ still works with `apply` and `accelerate`; it only has no tiny pipeline and no G
 from __future__ import annotations
 
 import math
+import string
 from typing import Any
 
 import torch
@@ -122,8 +123,6 @@ class WanTools(FamilyTools):
         from diffusers import AutoencoderKLWan, WanPipeline
         from transformers import UMT5Config, UMT5EncoderModel
 
-        from .tiny import eval_all, tiny_tokenizer
-
         torch.manual_seed(seed)
         text_encoder = UMT5EncoderModel(UMT5Config(
             vocab_size=128, d_model=32, d_kv=8, d_ff=64, num_layers=2, num_heads=4, relative_attention_num_buckets=8,
@@ -184,8 +183,6 @@ class CogVideoXTools(FamilyTools):
         from diffusers import AutoencoderKLCogVideoX, CogVideoXPipeline
         from transformers import T5Config, T5EncoderModel
 
-        from .tiny import eval_all, tiny_tokenizer
-
         torch.manual_seed(seed)
         text_encoder = T5EncoderModel(T5Config(
             vocab_size=128, d_model=32, d_kv=8, d_ff=64, num_layers=2, num_heads=4, relative_attention_num_buckets=8,
@@ -238,3 +235,22 @@ def tiny_cogvideox_transformer(num_layers: int, num_heads: int, rotary: bool, se
         text_embed_dim=32, num_layers=num_layers, sample_width=8, sample_height=8, sample_frames=9, patch_size=2,
         max_text_seq_length=226, use_rotary_positional_embeddings=rotary,
     ).eval().requires_grad_(False)
+
+
+def tiny_tokenizer() -> Any:
+    """A character-level tokenizer built with `tokenizers` (T5's ids: pad 0, eos 1)."""
+    from tokenizers import Tokenizer, models, processors
+    from transformers import PreTrainedTokenizerFast
+
+    vocab = {"<pad>": 0, "</s>": 1, "<unk>": 2}
+    for ch in string.printable:
+        vocab.setdefault(ch, len(vocab))
+    tok = Tokenizer(models.BPE(vocab=vocab, merges=[], unk_token="<unk>"))
+    tok.post_processor = processors.TemplateProcessing(single="$A </s>", special_tokens=[("</s>", 1)])
+    return PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="<pad>", eos_token="</s>", unk_token="<unk>")
+
+
+def eval_all(*modules: torch.nn.Module) -> None:
+    """Eval mode, no gradients: two identical calls then give identical outputs."""
+    for m in modules:
+        m.eval().requires_grad_(False)

@@ -10,15 +10,14 @@ identical calls differ).
 
 from __future__ import annotations
 
-import string
 from collections.abc import Iterator, Mapping
 from typing import Any
 
-import torch
 
 from ..adapters import family, registered_families
 from ..adapters.cogvideox import published_scheduler as cogvideox_scheduler  # noqa: F401  (kept import path)
-from .family_tools import has_tiny, tiny_cogvideox_transformer, tiny_wan_transformer, tools_for  # noqa: F401
+from .family_tools import (eval_all, has_tiny, tiny_cogvideox_transformer, tiny_tokenizer,  # noqa: F401
+                           tiny_wan_transformer, tools_for)
 
 
 def tiny_families() -> tuple[str, ...]:
@@ -46,25 +45,6 @@ class _TinyCalls(Mapping):
 
 #: Call arguments that keep the tiny runs small, per family key.
 TINY_CALL: Mapping[str, dict[str, Any]] = _TinyCalls()
-
-
-def tiny_tokenizer() -> Any:
-    """A character-level tokenizer built with `tokenizers` (T5's ids: pad 0, eos 1)."""
-    from tokenizers import Tokenizer, models, processors
-    from transformers import PreTrainedTokenizerFast
-
-    vocab = {"<pad>": 0, "</s>": 1, "<unk>": 2}
-    for ch in string.printable:
-        vocab.setdefault(ch, len(vocab))
-    tok = Tokenizer(models.BPE(vocab=vocab, merges=[], unk_token="<unk>"))
-    tok.post_processor = processors.TemplateProcessing(single="$A </s>", special_tokens=[("</s>", 1)])
-    return PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="<pad>", eos_token="</s>", unk_token="<unk>")
-
-
-def eval_all(*modules: torch.nn.Module) -> None:
-    """Eval mode, no gradients: two identical calls then give identical outputs."""
-    for m in modules:
-        m.eval().requires_grad_(False)
 
 
 def tiny_pair(key: str, seed: int = 0) -> tuple[Any, Any]:

@@ -22,7 +22,7 @@ from typing import Any
 
 import numpy as np
 
-from .api import apply
+from ..switch.api import apply
 from .fidelity import fidelity
 from ..pipeline.timing import timed_run
 
