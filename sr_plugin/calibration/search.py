@@ -94,24 +94,10 @@ def calibrate(pipe: Any, small: Any, prompts: Sequence[Any], *, floor: Floor | N
 
     Every candidate is checked (applied and removed) before the first video. Returns a `CalibrationReport`.
     """
-    floor = floor if floor is not None else (Floor(points=DEFAULT_POINTS) if scorer is not None
-                                             else Floor(min_ssim=DEFAULT_MIN_SSIM))
-    if not isinstance(floor, Floor):
-        raise TypeError(f"floor must be a sr_plugin.calibration.Floor, got {type(floor).__name__}")
-    if floor.needs_scorer and scorer is None:
-        raise ValueError("a floor in points of accuracy needs a scorer (a judge of each video); without one, give "
-                         "Floor(min_ssim=...) or Floor(min_psnr=...)")
-    if isinstance(num_inference_steps, bool) or not isinstance(num_inference_steps, int) or num_inference_steps < 1:
-        raise ValueError(f"num_inference_steps must be a positive int, got {num_inference_steps!r}")
-    pairs = _pairs(prompts, seed)
-    chosen = _candidates(candidates, accelerations)
+    floor, pairs, chosen = _check(pipe, small, prompts, floor, scorer, candidates, accelerations, num_inference_steps,
+                                  seed, apply_kwargs or {})
     apply_kwargs = dict(apply_kwargs or {})
     steps = num_inference_steps
-    for candidate in chosen:  # every candidate is a valid set-up for this pipeline, checked before any video
-        if candidate.schedule is not None and Schedule.parse(candidate.schedule).adaptive is None:
-            _estimate(candidate, steps, 1.0, 1.0)  # its ends fit the step count
-        sr, acc = _set_up(pipe, small, candidate, apply_kwargs)
-        _take_down(sr, acc)
     say = say or (lambda _: None)
     total = (len(chosen) + 2) * len(pairs)
     say(f"sr-plugin calibrate: {len(chosen)} candidates + large only + small only on {len(pairs)} pairs, "
@@ -140,6 +126,30 @@ def calibrate(pipe: Any, small: Any, prompts: Sequence[Any], *, floor: Floor | N
     rows = [_result(Candidate(None), reference, reference, costs, floor, scorer is not None)]
     rows += [_result(c, measured[c.name], reference, costs, floor, scorer is not None) for c in chosen]
     return CalibrationReport.build(rows, floor, pairs, steps, total, time.perf_counter() - start, costs)
+
+
+def _check(pipe: Any, small: Any, prompts: Sequence[Any], floor: Floor | None, scorer: Any, candidates: Any,
+           accelerations: Sequence[Mapping[str, Any]], steps: Any, seed: int,
+           apply_kwargs: Mapping[str, Any]) -> tuple[Floor, list[tuple[str, int]], list[Candidate]]:
+    """Every input checked before the first video (each candidate applied and removed once); the floor, the pairs
+    and the candidates."""
+    floor = floor if floor is not None else (Floor(points=DEFAULT_POINTS) if scorer is not None
+                                             else Floor(min_ssim=DEFAULT_MIN_SSIM))
+    if not isinstance(floor, Floor):
+        raise TypeError(f"floor must be a sr_plugin.calibration.Floor, got {type(floor).__name__}")
+    if floor.needs_scorer and scorer is None:
+        raise ValueError("a floor in points of accuracy needs a scorer (a judge of each video); without one, give "
+                         "Floor(min_ssim=...) or Floor(min_psnr=...)")
+    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
+        raise ValueError(f"num_inference_steps must be a positive int, got {steps!r}")
+    pairs = _pairs(prompts, seed)
+    chosen = _candidates(candidates, accelerations)
+    for candidate in chosen:
+        if candidate.schedule is not None and Schedule.parse(candidate.schedule).adaptive is None:
+            _estimate(candidate, steps, 1.0, 1.0)  # its ends fit the step count
+        sr, acc = _set_up(pipe, small, candidate, apply_kwargs)
+        _take_down(sr, acc)
+    return floor, pairs, chosen
 
 
 def _set_up(pipe: Any, small: Any, candidate: Candidate, apply_kwargs: Mapping[str, Any]) -> tuple[Any, Any]:

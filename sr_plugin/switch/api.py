@@ -148,33 +148,14 @@ def apply(
     for CogVideoX) makes the small one parallel on the same mesh, and all ranks switch at the same step:
     call `apply` on every rank.
 
-    Every check runs here, before any generation; a bad input raises and leaves the pipeline untouched.
+    Every check runs here, before any generation; a bad input raises and leaves the pipeline untouched. (Most of
+    this function's length is this docstring: the checks are in `_check_pair`, the changes in `_install_all`.)
     """
     plan = _schedule_from(delta, min_switch_step, max_switch_step, switch_step, schedule)
     adapter = adapter_for(pipe)
-    if getattr(pipe, HANDLE_ATTR, None) is not None:
-        raise RuntimeError(
-            "sr_plugin.apply was already called on this pipeline; call handle.remove() before applying again"
-        )
-    large = getattr(pipe, "transformer", None)
-    if large is None:
-        raise ValueError(f"this {type(pipe).__name__} has no transformer to sketch with")
-    if not isinstance(small_transformer, torch.nn.Module):
-        raise TypeError(f"small_transformer must be a torch.nn.Module, got {type(small_transformer).__name__}")
-    if small_transformer is large:
-        raise ValueError("small_transformer is the pipeline's own transformer (pipe.transformer, the large model): "
-                         "the switch would hand every step to the model that already runs it. Give a smaller "
-                         "transformer of the same family (a copy of the large one works too, for testing)")
-    adapter.check_pipeline(pipe)
-    adapter.check_pair(large, small_transformer)
-    _warn_if_larger(large, small_transformer)
-    check_cache_dit(large, small_transformer, adapter.block_lists(small_transformer))
-    check_cache_dit_schedule(large, plan)
-    adapter.check_scheduler(pipe.scheduler)  # checked again at every call (the scheduler may be swapped)
-    check_scheduler_order(pipe.scheduler)
-    options_given = _family_options(adapter, family_options, small_vae_scaling_factor=small_vae_scaling_factor,
-                                    small_scheduler=small_scheduler)
-    handoff = adapter.make_handoff(pipe, small_transformer, **options_given)
+    large = _check_pair(pipe, small_transformer, adapter, plan)
+    handoff = adapter.make_handoff(pipe, small_transformer, **_family_options(
+        adapter, family_options, small_vae_scaling_factor=small_vae_scaling_factor, small_scheduler=small_scheduler))
     if not isinstance(offload_large, bool):
         raise TypeError(f"offload_large must be True or False, got {offload_large!r}")
     if offload_large and large.device.type != "cuda":
@@ -183,33 +164,61 @@ def apply(
                       stacklevel=2)
     if small_device is not None:
         small_device = _check_device(small_device)
-
     existing = CallTracker.existing(pipe)
     if existing is not None:
         existing.check_join("small", small_transformer)  # e.g. accelerations that cannot go on it
-
     _check_loaded(small_transformer)
+    router = Router(pipe, small_transformer, adapter, handoff, plan, small_device=small_device)
+    return _install_all(pipe, router, offload_large)
 
-    rollback = Rollback()  # every step below adds its undo: a failure part way leaves the pipeline untouched
+
+def _check_pair(pipe: Any, small: Any, adapter: Any, plan: Schedule) -> torch.nn.Module:
+    """Every check of the pipeline and the pair that needs no change; returns the large model."""
+    if getattr(pipe, HANDLE_ATTR, None) is not None:
+        raise RuntimeError(
+            "sr_plugin.apply was already called on this pipeline; call handle.remove() before applying again"
+        )
+    large = getattr(pipe, "transformer", None)
+    if large is None:
+        raise ValueError(f"this {type(pipe).__name__} has no transformer to sketch with")
+    if not isinstance(small, torch.nn.Module):
+        raise TypeError(f"small_transformer must be a torch.nn.Module, got {type(small).__name__}")
+    if small is large:
+        raise ValueError("small_transformer is the pipeline's own transformer (pipe.transformer, the large model): "
+                         "the switch would hand every step to the model that already runs it. Give a smaller "
+                         "transformer of the same family (a copy of the large one works too, for testing)")
+    adapter.check_pipeline(pipe)
+    adapter.check_pair(large, small)
+    _warn_if_larger(large, small)
+    check_cache_dit(large, small, adapter.block_lists(small))
+    check_cache_dit_schedule(large, plan)
+    adapter.check_scheduler(pipe.scheduler)  # checked again at every call (the scheduler may be swapped)
+    check_scheduler_order(pipe.scheduler)
+    return large
+
+
+def _install_all(pipe: Any, router: Router, offload_large: bool) -> SRHandle:
+    """Every change `apply` makes, each with its undo: a failure part way leaves the pipeline untouched."""
+    small, large = router.small, router.large
+    rollback = Rollback()
     try:
-        if small_device is not None:
-            rollback.add(_move_back(small_transformer))
-            small_transformer.to(small_device)
-        undo_parallel = parallelize_like(large, small_transformer, adapter.para_attn_refusal)  # collective, on every rank
+        if router.small_device is not None:
+            rollback.add(_move_back(small))
+            small.to(router.small_device)
+        undo_parallel = parallelize_like(large, small, router.adapter.para_attn_refusal)  # collective, on every rank
         if undo_parallel is not None:
             rollback.add(undo_parallel)
-        router = Router(pipe, small_transformer, adapter, handoff, plan, small_device=small_device)
         patches = InstancePatches()
         rollback.add(patches.undo)
-        _install(pipe, small_transformer, router, patches, rollback)
+        _install(pipe, small, router, patches, rollback)
         tracker = CallTracker.of(pipe)
-        tracker.join("small", small_transformer)  # the accelerations attach theirs
+        tracker.join("small", small)  # the accelerations attach theirs
         rollback.add(lambda: tracker.leave("small"))
         if offload_large:
             router.offloader = LargeOffloader(large)
             rollback.add(router.offloader.release)
             _restore_early(pipe, router, patches)
-        handle = SRHandle(pipe, small_transformer, router, patches, undo_parallel)
+        handle = SRHandle(pipe, small, router, patches, undo_parallel)
         patches.set(pipe, HANDLE_ATTR, handle)
     except BaseException:
         rollback.run()
