@@ -32,8 +32,10 @@ MULTI = ("small:10%,large:20%,small:40%,large", "small:10%,large:20%,small:40%,l
          "large:10%,small:20%,large:30%,small:40%,large:50%,small:60%,large",
          "small:10%,large:20%,small:30%,large:40%,small:50%,large", "large:20%,small:40%,large:50%,small:60%,large",
          "small:10%,large:30%,small:50%,large", "large:10%,small:30%,large:40%,small:60%,large")
-#: TeaCache thresholds stacked (in units of the shipped calibration's rescaled change).
-THRESHOLDS = (0.05, 0.1)
+#: TeaCache alone at these thresholds (in units of the shipped calibration's rescaled change), and with PAB at the
+#: stacked one; every schedule is also tried with TeaCache at the stacked threshold, alone and with PAB.
+ALONE = (0.05, 0.1, 0.2)
+STACKED = 0.1
 
 
 def best_of_each_order(report: dict) -> list[str]:
@@ -81,8 +83,9 @@ def main() -> None:
     else:
         orders = json.loads(newest(results, f"schedules_orders_{args.family}").read_text())
         schedules = list(dict.fromkeys(best_of_each_order(orders) + list(MULTI)))
-        stacks = [{}] + [{"teacache": t} for t in THRESHOLDS] + [{"teacache": t, "pab": True} for t in THRESHOLDS]
-        candidates = [Candidate(None, a) for a in stacks if a]
+        stacks = [{}, {"teacache": STACKED}, {"teacache": STACKED, "pab": True}]
+        candidates = [Candidate(None, {"teacache": t}) for t in ALONE]
+        candidates.append(Candidate(None, {"teacache": STACKED, "pab": True}))
         candidates += [Candidate(s, a) for a in stacks for s in schedules]
     report = sr_plugin.calibrate(
         pipe, small, task.validation(args.pairs), floor=Floor(points=args.tolerance),

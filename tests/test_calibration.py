@@ -56,6 +56,10 @@ def test_the_choice_is_the_fastest_within_the_floor_or_none_and_the_closest():
                                       row("c", 1.9, False, 0.1)], floor, [("p", 0)], 10, 4, 1.0, Costs())
     assert report.chosen is None and report.closest.name == "b"  # nearest the floor, then fastest
     assert "no candidate holds the floor" in report.summary() and "b" in report.summary()
+    tied = [reference, row("a", 2.0, True), row("b", 2.01, True), row("c", 1.5, True)]
+    tied[1].accuracy, tied[2].accuracy, tied[3].accuracy = 95.0, 90.0, 99.0
+    report = CalibrationReport.build(tied, floor, [("p", 0)], 10, 4, 1.0, Costs())
+    assert report.chosen.name == "a"  # as fast as b within 1%, and better
 
 
 def test_step_costs_are_medians_per_kind_of_step():

@@ -13,6 +13,11 @@ from typing import Any
 from .stats import Floor
 
 
+#: Candidates whose modelled speed-ups differ by less than this fraction count as equally fast (the step-cost
+#: model cannot separate them); among them the calibration picks the better quality.
+SPEED_TIE = 0.01
+
+
 @dataclass
 class CandidateResult:
     name: str
@@ -61,8 +66,11 @@ class CalibrationReport:
         report = cls(rows, floor, pairs, steps, videos, seconds, costs.as_dict(), environment=_environment())
         candidates = rows[1:]
         within = [r for r in candidates if r.within_floor]
-        if within:
-            report.chosen = max(within, key=lambda r: (r.modelled_speedup, -(r.shortfall)))
+        if within:  # the fastest; among those within 1% of it, the best quality (accuracy, then SSIM)
+            fastest = max(r.modelled_speedup for r in within)
+            near = [r for r in within if r.modelled_speedup >= fastest * (1 - SPEED_TIE)]
+            report.chosen = max(near, key=lambda r: (r.accuracy if r.accuracy is not None else 0.0,
+                                                     r.ssim if r.ssim is not None else 0.0, r.modelled_speedup))
         elif candidates:
             report.closest = min(candidates, key=lambda r: (r.shortfall, -r.modelled_speedup))
         return report
