@@ -1,10 +1,10 @@
 """What each model of a family recovers in one step from a true noisy sample of the held-out videos: the noise of
 the large model's step k (CogVideoX's small model at the same noise, through the hand-off's latent-space map;
-Wan's pair shares latents and sigmas), its x0 decoded and scored (no CFG). Issue 18: does a small model read
+Wan's pair shares latents and sigmas), its x0 decoded and scored (no CFG). Does a small model read
 shapes the sample does not show?
 
     python train/denoise_probe.py --ks 20,25,30,40                  # the shipped models, about 30 seconds
-    python train/denoise_probe.py --ks 25 --checkpoints train/pilots/cogvideox-small-30k   # another small model
+    python train/denoise_probe.py --ks 25 --checkpoints DIR           # another small model's checkpoint
     python train/denoise_probe.py --ks 25 --null                    # the empty prompt: what the sample alone carries
 
     python train/denoise_probe.py --family wan --ks 20,25,30,40

@@ -1,4 +1,4 @@
-"""Who decides an object's shape at step k: the noisy sample or the prompt? (issue 18: why SR loses prompts)
+"""Who decides an object's shape at step k: the noisy sample or the prompt? (why SR loses prompts)
 
 The held-out videos are encoded, noised to the noise level of the 50-step sampler's step k, and handed to the
 large model with a prompt whose two shapes are swapped; its one-step x0 estimate is decoded and each object's

@@ -1,5 +1,5 @@
 """How much of the composition the large model has decided by step k: its x0 estimate at step k, decoded and
-scored, on the first held-out pairs (large only, 50 steps). Issue 18: where SR loses the prompts.
+scored, on the first held-out pairs (large only, 50 steps): where a large-first switch loses the prompts.
 
     python train/x0_decided.py cogvideox 32     # about 1 minute; also: wan
 
