@@ -55,24 +55,58 @@ def invert_table(table: torch.Tensor, value: torch.Tensor) -> torch.Tensor:
     return i0.to(table.dtype) + (hi - value) / (hi - lo)
 
 
+#: The prediction types the pipelines' schedulers name (``scheduler.config.prediction_type``).
+PREDICTION_TYPES: tuple[str, ...] = ("epsilon", "v_prediction", "sample")
+
+
+def prediction_type(scheduler: Any) -> str:
+    return scheduler.config.get("prediction_type", "epsilon")
+
+
+def _as_x0_eps(kind: str, a: torch.Tensor, k: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    """A model output of ``kind`` at abar ``a`` on the sample ``k x`` as (x0, eps), each ``p x + q output``:
+    returns (p_x0, q_x0, p_eps, q_eps)."""
+    sa, s1a = a.sqrt(), (1.0 - a).sqrt()
+    zero, one = torch.zeros_like(a), torch.ones_like(a)
+    if kind == "v_prediction":  # x0 = sqrt(a) x - sqrt(1-a) v, eps = sqrt(1-a) x + sqrt(a) v
+        return sa * k, -s1a, s1a * k, sa
+    if kind == "epsilon":  # x0 = (x - sqrt(1-a) eps) / sqrt(a)
+        inv = 1.0 / sa.clamp_min(1e-12)
+        return k * inv, -s1a * inv, zero, one
+    inv = 1.0 / s1a.clamp_min(1e-12)  # "sample": eps = (x - sqrt(a) x0) / sqrt(1-a)
+    return zero, one, k * inv, -sa * inv
+
+
+def _from_x0_eps(kind: str, a: torch.Tensor, x0: tuple[torch.Tensor, torch.Tensor],
+                 eps: tuple[torch.Tensor, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    """The model output of ``kind`` at abar ``a`` from x0 and eps (each a pair of coefficients on x and output)."""
+    if kind == "v_prediction":  # v = sqrt(a) eps - sqrt(1-a) x0
+        sa, s1a = a.sqrt(), (1.0 - a).sqrt()
+        return sa * eps[0] - s1a * x0[0], sa * eps[1] - s1a * x0[1]
+    return eps if kind == "epsilon" else x0
+
+
 class LatentSpaceMap:
-    """Maps a noisy sample of the large model's space into the small model's space and v back, exactly.
+    """Maps a noisy sample of the large model's space into the small model's space and its prediction back, exactly.
 
     With ``c = scale_small / scale_large``, the small model sees ``k * x_t`` at the timestep ``t'`` where
     ``SNR_small(t') = SNR_large(t) / c**2``, i.e. ``abar' = abar / (abar + c**2 (1 - abar))`` (written
     in abar so that zero terminal SNR, abar = 0, needs no special case), ``k = sqrt(1-abar')/sqrt(1-abar)``.
-    Its prediction maps back through x0' and eps: ``v = A x_t + B v'`` (coefficients below).
+    Its prediction (of the small scheduler's prediction type) maps back through x0' = c x0 and eps' = eps into the
+    large scheduler's type: ``out = A x_t + B out'`` (coefficients below; epsilon, v_prediction or sample).
     """
 
-    def __init__(self, abar_large: torch.Tensor, abar_small: torch.Tensor, scale_ratio: float) -> None:
+    def __init__(self, abar_large: torch.Tensor, abar_small: torch.Tensor, scale_ratio: float,
+                 large_type: str = "v_prediction", small_type: str = "v_prediction") -> None:
         self.abar_large = abar_large.double()
         self.abar_small = abar_small.double()
         self.c = float(scale_ratio)
+        self.large_type, self.small_type = large_type, small_type
         self._on: dict[torch.device, tuple[torch.Tensor, torch.Tensor]] = {}
 
     @property
     def is_identity(self) -> bool:
-        return self.c == 1.0 and torch.equal(self.abar_large, self.abar_small)
+        return self.c == 1.0 and self.large_type == self.small_type and torch.equal(self.abar_large, self.abar_small)
 
     def _tables(self, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
         if device not in self._on:
@@ -80,18 +114,17 @@ class LatentSpaceMap:
         return self._on[device]
 
     def coefficients(self, timestep: torch.Tensor) -> dict[str, torch.Tensor]:
-        """Per-sample ``t_small``, ``k``, ``A``, ``B`` (float64, on the timestep's device, no host sync)."""
+        """Per-sample ``t_small``, ``k``, ``A`` (coef_x), ``B`` (coef_v) (float64, on the timestep's device, no host
+        sync)."""
         abar_l, abar_s = self._tables(timestep.device)
         t = timestep.double().reshape(-1)
-        c, c2 = self.c, self.c * self.c
+        c2 = self.c * self.c
         a = interpolate_table(abar_l, t).clamp(0.0, 1.0)
         a_s = a / (a + c2 * (1.0 - a))
         t_small = invert_table(abar_s, a_s)
-        one_minus_a = (1.0 - a).clamp_min(1e-12)
-        k = torch.sqrt((1.0 - a_s) / one_minus_a)
-        sa, s1a, sas, s1as = a.sqrt(), one_minus_a.sqrt(), a_s.sqrt(), (1.0 - a_s).sqrt()
-        coef_x = k * (sa * s1as - s1a * sas / c)
-        coef_v = sa * sas + s1a * s1as / c
+        k = torch.sqrt((1.0 - a_s) / (1.0 - a).clamp_min(1e-12))
+        px0, qx0, peps, qeps = _as_x0_eps(self.small_type, a_s, k)
+        coef_x, coef_v = _from_x0_eps(self.large_type, a, (px0 / self.c, qx0 / self.c), (peps, qeps))
         return {"t_small": t_small, "k": k, "coef_x": coef_x, "coef_v": coef_v}
 
 
@@ -132,7 +165,9 @@ class CogVideoXHandoff(Handoff):
             ).alphas_cumprod
         else:
             abar_small = scheduler.alphas_cumprod
-        self.space = LatentSpaceMap(scheduler.alphas_cumprod, abar_small, small_scale / large_scale)
+        small_type = prediction_type(self._small_scheduler if self._small_scheduler is not None else scheduler)
+        self.space = LatentSpaceMap(scheduler.alphas_cumprod, abar_small, small_scale / large_scale,
+                                    prediction_type(scheduler), small_type)
         self._space_key = key
 
     def _small_rotary(self, hidden_states: torch.Tensor) -> Any:
@@ -183,18 +218,28 @@ class CogVideoXAdapter(FamilyAdapter):
             raise ValueError("this CogVideoXPipeline has no vae: its scaling_factor defines the latent space")
 
     def check_scheduler(self, scheduler: Any) -> None:
-        if not hasattr(scheduler, "alphas_cumprod") or scheduler.config.get("prediction_type") != "v_prediction":
+        if not hasattr(scheduler, "alphas_cumprod"):
             raise ValueError(
-                f"{type(scheduler).__name__} is not a v-prediction scheduler with `alphas_cumprod`; CogVideoX's "
-                "denoised estimate x0 = sqrt(abar) x - sqrt(1 - abar) v needs one (CogVideoXDDIMScheduler or "
-                "CogVideoXDPMScheduler)"
+                f"{type(scheduler).__name__} has no `alphas_cumprod`; CogVideoX's denoised estimate (x0 from the "
+                "sample, the noise level and the model's prediction) needs a DDPM-style schedule (CogVideoXDDIMScheduler, "
+                "CogVideoXDPMScheduler, DDIMScheduler, DPMSolverMultistepScheduler, ...)"
             )
+        if prediction_type(scheduler) not in PREDICTION_TYPES:
+            raise ValueError(f"{type(scheduler).__name__} has prediction_type={prediction_type(scheduler)!r}; "
+                             f"sr_plugin reads x0 for {', '.join(PREDICTION_TYPES)}")
 
     def denoised(
         self, scheduler: Any, step_index: int, timestep: float, sample: torch.Tensor, model_output: torch.Tensor
     ) -> torch.Tensor:
+        # x = sqrt(abar) x0 + sqrt(1 - abar) eps, and the model predicts v, eps or x0 (the scheduler's prediction_type).
         abar = float(scheduler.alphas_cumprod[int(round(timestep))])
-        return math.sqrt(abar) * sample.float() - math.sqrt(1.0 - abar) * model_output.float()
+        x, out = sample.float(), model_output.float()
+        kind = prediction_type(scheduler)
+        if kind == "v_prediction":
+            return math.sqrt(abar) * x - math.sqrt(1.0 - abar) * out
+        if kind == "epsilon":
+            return (x - math.sqrt(1.0 - abar) * out) / math.sqrt(max(abar, 1e-12))
+        return out
 
     def noise_level(self, scheduler: Any, step_index: int) -> tuple[str, float] | None:
         return "abar", float(scheduler.alphas_cumprod[int(scheduler.timesteps[step_index])])

@@ -3,6 +3,11 @@
 Both sizes share the VAE, the umT5 text encoder and the flow-matching schedule (flow shift 3.0 in the
 published 480p pipelines), so latents, timesteps and text embeddings hand over unchanged. CFG is two
 transformer calls per step ("cond" then "uncond" cache contexts); the core switches between steps only.
+
+Every WanPipeline set-up diffusers runs is served: Wan2.2 A14B's two experts with a boundary (the low-noise one may
+be left out, None, when the small model renders the rest), ``transformer_2`` without a boundary (every step on
+``transformer``, as diffusers runs it), TI2V-5B's per-token timesteps (``expand_timesteps``: its own latent space,
+so the small model must share its latent layout, which `check_pair` reads from the two configs).
 """
 
 from __future__ import annotations
@@ -40,15 +45,6 @@ class WanAdapter(FamilyAdapter):
     para_attn_refusal = ("para-attn's Wan context-parallel adapter fails on diffusers >= 0.35 (RoPE returns a tuple); "
                          "use diffusers' own: pipe.transformer.enable_parallelism(config=ContextParallelConfig("
                          "ulysses_degree=N))")
-    def check_pipeline(self, pipe: Any) -> None:
-        # Wan2.2 T2V A14B: a high-noise expert (`transformer`) and a low-noise one (`transformer_2`), chosen by
-        # `boundary_ratio`; the low-noise one may be left out (None) when the small model renders the rest.
-        if pipe.config.get("expand_timesteps"):
-            raise ValueError("this WanPipeline expands timesteps per token (Wan2.2 TI2V-5B): its VAE differs from "
-                             "Wan2.1's, so a Wan2.1 small model cannot render its latents")
-        if getattr(pipe, "transformer_2", None) is not None and pipe.config.get("boundary_ratio") is None:
-            raise ValueError("this WanPipeline has a transformer_2 but no boundary_ratio: which expert runs a step "
-                             "is undefined")
 
     def _boundary(self, pipe: Any) -> float | None:
         ratio = pipe.config.get("boundary_ratio")

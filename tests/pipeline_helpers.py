@@ -68,10 +68,12 @@ class SeenThrough(CogVideoXTransformer3DModel):
     at fractional timesteps by linear interpolation of abar between training timesteps (numpy.interp).
     """
 
-    def configure(self, abar_large: torch.Tensor, abar_small: torch.Tensor, c: float) -> "SeenThrough":
+    def configure(self, abar_large: torch.Tensor, abar_small: torch.Tensor, c: float, large_type: str = "v_prediction",
+                  small_type: str = "v_prediction") -> "SeenThrough":
         self.abar_l = abar_large.double().numpy()
         self.abar_s = abar_small.double().numpy()
         self.c = c
+        self.large_type, self.small_type = large_type, small_type
         return self
 
     def forward(self, hidden_states, encoder_hidden_states, timestep, **kwargs):
@@ -84,19 +86,28 @@ class SeenThrough(CogVideoXTransformer3DModel):
         k = np.sqrt((1 - a_s) / np.maximum(1 - a, 1e-300))
         as_col = lambda v: torch.from_numpy(v).reshape(-1, 1, 1, 1, 1)  # noqa: E731
         x = (hidden_states.double() / as_col(k)).to(hidden_states.dtype)
-        v = super().forward(hidden_states=x, encoder_hidden_states=encoder_hidden_states,
-                            timestep=torch.from_numpy(t).to(torch.float32), **kwargs)[0].double()
+        out = super().forward(hidden_states=x, encoder_hidden_states=encoder_hidden_states,
+                              timestep=torch.from_numpy(t).to(torch.float32), **kwargs)[0].double()
         xd = x.double()
-        x0 = as_col(np.sqrt(a)) * xd - as_col(np.sqrt(1 - a)) * v
-        eps = as_col(np.sqrt(1 - a)) * xd + as_col(np.sqrt(a)) * v
-        v_small = as_col(np.sqrt(a_s)) * eps - as_col(np.sqrt(1 - a_s)) * (self.c * x0)
-        return (v_small.to(hidden_states.dtype),)
+        sa, s1a = as_col(np.sqrt(a)), as_col(np.sqrt(1 - a))
+        if self.large_type == "v_prediction":  # the large model's prediction, of the large scheduler's type
+            x0, eps = sa * xd - s1a * out, s1a * xd + sa * out
+        elif self.large_type == "epsilon":
+            x0, eps = (xd - s1a * out) / sa, out
+        else:
+            x0, eps = out, (xd - sa * out) / s1a
+        x0_small = self.c * x0  # the same video in the small space; the noise is the same
+        small = {"v_prediction": as_col(np.sqrt(a_s)) * eps - as_col(np.sqrt(1 - a_s)) * x0_small,
+                 "epsilon": eps, "sample": x0_small}[self.small_type]
+        return (small.to(hidden_states.dtype),)
 
 
 def seen_through(pipe, small_scale: float, small_schedule) -> SeenThrough:
+    """The large model as one that predicts in ``small_schedule``'s prediction type, on its schedule and latent scale."""
     large = pipe.transformer
     model = SeenThrough.from_config(large.config)
     model.load_state_dict(large.state_dict())
     model.eval()
     c = small_scale / pipe.vae.config.scaling_factor
-    return model.configure(pipe.scheduler.alphas_cumprod, small_schedule.alphas_cumprod, c)
+    return model.configure(pipe.scheduler.alphas_cumprod, small_schedule.alphas_cumprod, c,
+                           pipe.scheduler.config.prediction_type, small_schedule.config.prediction_type)
