@@ -31,7 +31,8 @@ ROOT = pathlib.Path(__file__).resolve().parents[1]
 MULTI = ("small:10%,large:20%,small:40%,large", "small:10%,large:20%,small:40%,large:50%,small:60%,large",
          "large:10%,small:20%,large:30%,small:40%,large:50%,small:60%,large",
          "small:10%,large:20%,small:30%,large:40%,small:50%,large", "large:20%,small:40%,large:50%,small:60%,large",
-         "small:10%,large:30%,small:50%,large", "large:10%,small:30%,large:40%,small:60%,large")
+         "small:10%,large:30%,small:50%,large", "large:10%,small:30%,large:40%,small:60%,large",
+         "small:20%,large:75%,small", "small:24%,large:80%,small", "small:20%,large:40%,small:50%,large:80%,small")
 #: TeaCache alone at these thresholds (in units of the shipped calibration's rescaled change), and with PAB at the
 #: stacked one; every schedule is also tried with TeaCache at the stacked threshold, alone and with PAB.
 ALONE = (0.05, 0.1, 0.2)

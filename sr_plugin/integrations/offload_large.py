@@ -1,17 +1,21 @@
-"""`offload_large=True`: the large transformer's weights leave the GPU while the small model runs.
+"""`offload_large=True`: the large transformer's weights leave the GPU while the small model runs, and come back
+block by block, each block's weights on the device before its forward starts.
 
-Moving Wan 14B's 28.6 GB to the host took 19.8 s on an H200 (a fifth of a whole SR run), so nothing here
-blocks the denoising loop: at the switch the copies are queued on a side stream into pinned host buffers
-(allocated once, at `apply`, or at the first switch if the model was not on the GPU yet), after the large
-model's last kernels, and run while the small model computes; each GPU tensor is released to the allocator
-only once its copy is done (`record_stream`). The next call brings the weights back on the same side stream
-as soon as it starts (before it reads its execution device), so the copy overlaps the text encoder, and the
-first large step waits on the GPU, not on the host. Within a call whose schedule brings the large model back
-(large - small - large), the copies back are queued a few small steps before its return (`Router.PREFETCH_STEPS`)
-and the device waits for them (an event) only at the return.
+Moving Wan 14B's 28.6 GB to the host took 19.8 s on an H200 (a fifth of a whole SR run), so nothing here blocks
+the denoising loop. When a small segment starts, the copies to pinned host buffers (allocated once) are queued on
+a side stream behind the large model's last kernels and run while the small model computes; each GPU tensor goes
+back to the allocator once its copy is done (`record_stream`). The way back is queued group by group, in the order
+the forward uses them: what is outside the blocks (embeddings, norms, the output projection) first, then each
+block, each group with an event of its own. A forward pre-hook on the model and on each block makes the current
+stream wait (on the device, not the host) for that group's event only, so the first block computes while the
+later blocks are still coming in. The way back is queued at the start of the next call (before the pipeline reads
+its execution device, overlapping the text encoder) or, within a call whose schedule brings the large model back,
+a few small steps before its return (`Router.PREFETCH_STEPS`).
 
-A no-op for a model that is not on a CUDA device, and under `enable_model_cpu_offload` (whose sequence
-already takes the large model off the GPU when the small one runs).
+The copies go through a `Transfer` (CUDA streams and events); a test gives a fake one whose copies land only when
+waited for, so a block that ran on weights still in flight would show. A no-op for a model that is not on a CUDA
+device (with the real transfer), and under `enable_model_cpu_offload` (whose sequence already takes the large
+model off the GPU when the small one runs).
 """
 
 from __future__ import annotations
@@ -21,80 +25,147 @@ from typing import Any
 import torch
 
 
+class CudaTransfer:
+    """Copies between a CUDA device and pinned host memory on a side stream, ordered by events."""
+
+    def __init__(self, device: torch.device) -> None:
+        self.device = device
+        self.stream = torch.cuda.Stream(device)
+
+    def host_buffer(self, tensor: torch.Tensor) -> torch.Tensor:
+        return torch.empty(tensor.shape, dtype=tensor.dtype, pin_memory=True)
+
+    def to_host(self, pairs: list[tuple[torch.Tensor, torch.Tensor]]) -> None:
+        """Queue ``device -> host`` for each (device tensor, host buffer), behind the work already queued."""
+        self.stream.wait_stream(torch.cuda.current_stream(self.device))
+        with torch.no_grad(), torch.cuda.stream(self.stream):
+            for gpu, host in pairs:
+                host.copy_(gpu, non_blocking=True)
+                gpu.record_stream(self.stream)  # the allocator may reuse it only after this copy
+
+    def begin_to_device(self) -> None:
+        self.stream.wait_stream(torch.cuda.current_stream(self.device))  # new memory may have had earlier tenants
+
+    def to_device(self, hosts: list[torch.Tensor]) -> tuple[list[torch.Tensor], Any]:
+        """Queue ``host -> device`` for one group; returns the device tensors and the group's event."""
+        with torch.no_grad(), torch.cuda.stream(self.stream):
+            out = []
+            for host in hosts:
+                gpu = torch.empty(host.shape, dtype=host.dtype, device=self.device)
+                gpu.copy_(host, non_blocking=True)
+                out.append(gpu)
+            event = torch.cuda.Event()
+            event.record(self.stream)
+        return out, event
+
+    def wait(self, event: Any) -> None:
+        torch.cuda.current_stream(self.device).wait_event(event)
+
+    def synchronize(self) -> None:
+        self.stream.synchronize()
+
+
 class LargeOffloader:
-    def __init__(self, model: torch.nn.Module) -> None:
+    """The large model's weights off the device and back, in groups (outside the blocks, then block by block)."""
+
+    def __init__(self, model: torch.nn.Module, blocks: Any = (), transfer: Any = None) -> None:
         self.model = model
         self.offloaded = False
+        self._blocks = list(blocks)
+        self._transfer = transfer
+        self._groups: list[tuple[torch.nn.Module, list[tuple[str, torch.Tensor]]]] = []
         self._host: dict[str, torch.Tensor] = {}
-        self._device: torch.device | None = None
-        self._stream = None
-        #: Recorded after the copies `prefetch` queued; None when none is in flight.
-        self._event: Any = None
+        #: Per group (by its module), the event its copies back record; popped once waited for.
+        self._events: dict[int, Any] = {}
+        self._hooks: list[Any] = []
         self.prepare()
 
-    def _tensors(self) -> list[tuple[str, torch.Tensor]]:
-        return list(self.model.named_parameters()) + [(f"buffer:{n}", b) for n, b in self.model.named_buffers()]
+    @property
+    def in_flight(self) -> bool:
+        return bool(self._events)
+
+    def _tensors(self, module: torch.nn.Module, prefix: str) -> list[tuple[str, torch.Tensor]]:
+        return [(f"{prefix}{n}", t) for n, t in module.named_parameters()] + \
+            [(f"{prefix}buffer:{n}", b) for n, b in module.named_buffers()]
+
+    def _group(self) -> None:
+        """The model's tensors in the order its forward needs them: outside the blocks first, then each block."""
+        in_blocks = {id(t) for block in self._blocks for _, t in self._tensors(block, "")}
+        rest = [(n, t) for n, t in self._tensors(self.model, "") if id(t) not in in_blocks]
+        self._groups = [(self.model, rest)] + [(block, self._tensors(block, f"block{i}.")) for i, block in
+                                               enumerate(self._blocks)]
 
     def prepare(self) -> bool:
-        """Pinned host buffers and a side stream, once; False where there is nothing to offload."""
-        if self._device is not None:
+        """The transfer, the groups and the host buffers, once; False where there is nothing to offload."""
+        if self._groups:
             return True
-        tensors = self._tensors()
-        if not tensors or tensors[0][1].device.type != "cuda":
+        tensors = self._tensors(self.model, "")
+        if not tensors:
             return False
-        self._device = tensors[0][1].device
-        self._stream = torch.cuda.Stream(self._device)
-        self._host = {name: torch.empty(t.shape, dtype=t.dtype, pin_memory=True) for name, t in tensors}
+        if self._transfer is None:
+            if tensors[0][1].device.type != "cuda":
+                return False
+            self._transfer = CudaTransfer(tensors[0][1].device)
+        self._group()
+        self._host = {name: self._transfer.host_buffer(t) for _, group in self._groups for name, t in group}
         return True
 
     def offload(self) -> None:
         """Queue the device-to-host copies behind the work already queued; return at once."""
         if self.offloaded or not self.prepare():
             return
-        stream = self._stream
-        stream.wait_stream(torch.cuda.current_stream(self._device))
-        with torch.no_grad(), torch.cuda.stream(stream):
-            for name, tensor in self._tensors():
-                gpu = tensor.data
-                host = self._host[name]
-                host.copy_(gpu, non_blocking=True)
-                gpu.record_stream(stream)  # the allocator may reuse it only after this copy
-                tensor.data = host
+        self.wait()  # a group whose forward did not run (its blocks skipped by a cache) is still in flight
+        pairs = [(t.data, self._host[name]) for _, group in self._groups for name, t in group]
+        self._transfer.to_host(pairs)
+        for _, group in self._groups:
+            for name, t in group:
+                t.data = self._host[name]
         self.offloaded = True
 
     def prefetch(self) -> None:
-        """Queue the host-to-device copies on the side stream and return at once; `wait` makes the device wait
-        for them before the large model's next kernels."""
-        if not self.offloaded or self._event is not None:
+        """Queue the host-to-device copies, group by group, and return at once: each group's forward waits for its
+        own copies (the hooks), not for the whole model's."""
+        if not self.offloaded or self.in_flight:
             return
-        stream = self._stream
-        stream.wait_stream(torch.cuda.current_stream(self._device))  # new memory may have had earlier tenants
-        with torch.no_grad(), torch.cuda.stream(stream):
-            for name, tensor in self._tensors():
-                gpu = torch.empty(tensor.shape, dtype=tensor.dtype, device=self._device)
-                gpu.copy_(self._host[name], non_blocking=True)
-                tensor.data = gpu
-            self._event = torch.cuda.Event()
-            self._event.record(stream)
-
-    def wait(self) -> None:
-        """The current stream waits (on the device, not the host) for the copies `prefetch` queued."""
-        if self._event is None:
-            return
-        torch.cuda.current_stream(self._device).wait_event(self._event)
-        self._event = None
+        self._install_hooks()
+        self._transfer.begin_to_device()
+        for module, group in self._groups:
+            device_tensors, event = self._transfer.to_device([self._host[name] for name, _ in group])
+            for (_, t), gpu in zip(group, device_tensors):
+                t.data = gpu
+            self._events[id(module)] = event
         self.offloaded = False
 
+    def _install_hooks(self) -> None:
+        if self._hooks:
+            return
+        for module, _ in self._groups:
+            self._hooks.append(module.register_forward_pre_hook(self._wait_for(id(module))))
+
+    def _wait_for(self, key: int) -> Any:
+        def hook(module: torch.nn.Module, args: Any) -> None:
+            event = self._events.pop(key, None)
+            if event is not None:
+                self._transfer.wait(event)
+        return hook
+
+    def wait(self) -> None:
+        """The device waits for every group still in flight (a model about to run outside its own forward)."""
+        for key in list(self._events):
+            self._transfer.wait(self._events.pop(key))
+
     def restore(self) -> None:
-        """Back before the large model's next step: the copies queued now unless `prefetch` did already, and the
-        current stream waits for them on the GPU, not the host."""
+        """Back before the large model's next step: the copies queued now unless `prefetch` did already; each
+        group's forward waits for its own."""
         self.prefetch()
-        self.wait()
 
     def release(self) -> None:
-        """Back on the GPU for good, pinned buffers freed (on `remove`)."""
-        self.restore()
-        if self._stream is not None:
-            self._stream.synchronize()
-        self._host = {}
-        self._device = self._stream = None
+        """Back on the device for good, hooks gone, host buffers freed (on `remove`)."""
+        self.prefetch()
+        self.wait()
+        for hook in self._hooks:
+            hook.remove()
+        self._hooks = []
+        if self._transfer is not None and self._groups:
+            self._transfer.synchronize()
+        self._host, self._groups = {}, []

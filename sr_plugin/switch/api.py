@@ -215,7 +215,7 @@ def _install_all(pipe: Any, router: Router, offload_large: bool) -> SRHandle:
         tracker.join("small", small)  # the accelerations attach theirs
         rollback.add(lambda: tracker.leave("small"))
         if offload_large:
-            router.offloader = LargeOffloader(large)
+            router.offloader = LargeOffloader(large, router.adapter.blocks(large))
             rollback.add(router.offloader.release)
             _restore_early(pipe, router, patches)
         handle = SRHandle(pipe, small, router, patches, undo_parallel)
