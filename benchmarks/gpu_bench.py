@@ -17,11 +17,17 @@ The rest of the stack (issue 11): "sr+flash" and "sr+cudnn" set diffusers' atten
 Wan2.2 T2V A14B's shape (the 14B-sized high-noise expert plus a second 14B-sized low-noise expert,
 boundary_ratio 0.875) and "wan22-sr" the high-noise expert alone with the 1.3B rendering from the boundary at
 the latest (speed-up and ideal against "wan22-both"; peak memory shows the expert saved); "float8" and
-"sr+float8" quantize both transformers with torchao's float8 dynamic config (int8 weight-only on the CPU smoke
-run) and run last, since quantization is in place.
+"sr+float8" quantize copies of both transformers with torchao's float8 dynamic config and compile their blocks
+(the path torchao documents; int8 weight-only with compile on the CPU smoke run), the compile warm-up reported
+apart, a float8 row slower than bf16 flagged. The schedule rows ("small-first", "sandwich", eager and compiled)
+run the small model first, or in the middle, against the ideal of their step counts. PAB rows report the bytes
+PAB holds per model.
 
 Each configuration is isolated (a failure is recorded, the run goes on), the JSON is rewritten after each
-one, and configurations that would start after --budget-s seconds are skipped (recorded as such).
+one, and configurations that would start after --budget-s seconds are skipped (recorded as such). Before the rows
+it prints how long they should take. ``--resume OUT.json`` keeps every row an earlier call finished (the
+large-only baselines among them) and runs the rest, rows with no figure yet first: two 10-minute calls cover
+every row.
 """
 
 from __future__ import annotations
@@ -58,8 +64,8 @@ def published(family: str) -> dict[str, Any]:
 #: Left out on real sizes: "sr-never" on Wan would be a whole extra large-only run (its overhead is measured on
 #: CogVideoX and per step on Wan's latents); offloading matters for Wan 14B's 28.6 GB, not for CogVideoX-5b.
 FAMILY_SKIPS = {"wan": {"sr-never"}, "cogvideox": {"sr+offload", "wan22-both", "wan22-sr"}}
-#: Configurations that change the models for good (torchao quantizes in place): they run after all others.
-LAST = ("float8", "sr+float8")
+#: The quantized rows: they run on quantized copies of the two transformers (the bf16 ones stay as they are).
+FLOAT8 = ("float8", "sr+float8")
 
 CONFIGS = ["large", "sr", "compile", "sr+compile", "small-first", "sandwich", "small-first+compile",
            "sandwich+compile", "teacache", "sr+teacache", "pab", "sr+all", "sr-never",
@@ -82,15 +88,18 @@ BACKENDS = {"sr+flash": ("flash", "_native_math"), "sr+cudnn": ("_native_cudnn",
 #: Wan2.2 T2V A14B's boundary: steps with t >= 0.875 * 1000 go to the high-noise expert.
 WAN22_BOUNDARY = 0.875
 #: The order of the runs, most important first, in case the time budget runs out.
+#: The baselines first, then the rows with no figure on a GPU yet (float8 with compile, the block-wise offload,
+#: the schedules), then the rest.
 PRIORITY = [("wan", "large"), ("wan", "sr"), ("cogvideox", "large"), ("cogvideox", "sr"), ("wan", "compile"),
-            ("wan", "sr+compile"), ("cogvideox", "compile"), ("cogvideox", "sr+compile"), ("wan", "small-first"),
-            ("wan", "sandwich"), ("cogvideox", "small-first"), ("cogvideox", "sandwich"), ("wan", "small-first+compile"),
-            ("wan", "sandwich+compile"), ("cogvideox", "small-first+compile"), ("cogvideox", "sandwich+compile"), ("cogvideox", "sr-never"),
+            ("cogvideox", "compile"), ("wan", "float8"), ("wan", "sr+float8"), ("cogvideox", "float8"),
+            ("cogvideox", "sr+float8"), ("wan", "sr+offload"), ("wan", "small-first"), ("wan", "sandwich"),
+            ("cogvideox", "small-first"), ("cogvideox", "sandwich"), ("wan", "sr+compile"), ("cogvideox", "sr+compile"),
+            ("wan", "small-first+compile"), ("wan", "sandwich+compile"), ("cogvideox", "small-first+compile"),
+            ("cogvideox", "sandwich+compile"), ("cogvideox", "sr-never"),
             ("wan", "sr+offload"), ("wan", "teacache"), ("wan", "sr+teacache"), ("cogvideox", "teacache"),
             ("cogvideox", "sr+teacache"), ("cogvideox", "pab"), ("cogvideox", "sr+all"), ("wan", "sr-never"),
             ("cogvideox", "sr+offload"), ("wan", "pab"), ("wan", "sr+all"), ("wan", "wan22-both"), ("wan", "wan22-sr"),
-            ("wan", "sr+flash"), ("wan", "sr+cudnn"), ("cogvideox", "sr+flash"), ("cogvideox", "sr+cudnn"),
-            ("wan", "float8"), ("wan", "sr+float8"), ("cogvideox", "float8"), ("cogvideox", "sr+float8")]
+            ("wan", "sr+flash"), ("wan", "sr+cudnn"), ("cogvideox", "sr+flash"), ("cogvideox", "sr+cudnn")]
 
 
 def log(*args: Any) -> None:
@@ -147,8 +156,10 @@ def build_loaded(family: str, large: str, small: str, device: torch.device) -> t
 class Run:
     """One timed pipeline call: wall time, per-step times, peak memory, memory at the end of the loop."""
 
-    def __init__(self, env: "Env", steps: int, reset_peak_at: int | None = None) -> None:
+    def __init__(self, env: "Env", steps: int, reset_peak_at: int | None = None, probe: Any = None) -> None:
         self.env, self.steps, self.reset_peak_at = env, steps, reset_peak_at
+        #: Called at every step end; returns a dict of numbers, whose maxima over the call are recorded.
+        self.probe = probe
 
     def __call__(self, pipe: Any) -> dict[str, Any]:
         env = self.env
@@ -156,9 +167,14 @@ class Run:
         rendering_peak: list[int] = []
         end_alloc: list[int] = []
 
+        probed: dict[str, float] = {}
+
         def on_step(p: Any, i: int, t: Any, kwargs: dict) -> dict:
             env.sync()
             marks.append(time.perf_counter())
+            if self.probe is not None:
+                for key, value in self.probe().items():
+                    probed[key] = max(probed.get(key, 0), value)
             if env.cuda and self.reset_peak_at is not None and i == self.reset_peak_at:
                 torch.cuda.reset_peak_memory_stats()
             if env.cuda and i == self.steps - 1:
@@ -175,7 +191,7 @@ class Run:
         env.sync()
         wall = time.perf_counter() - start
         step_times = [b - a for a, b in zip([start] + marks[:-1], marks)]
-        record = {"wall_s": wall, "step_s": step_times}
+        record = {"wall_s": wall, "step_s": step_times, **({"probe": probed} if probed else {})}
         if env.cuda:
             record["peak_gib"] = torch.cuda.max_memory_allocated() / 2**30
             if self.reset_peak_at is not None:
@@ -302,12 +318,17 @@ def run_stack_config(env: Env, name: str, steps: int, k: int) -> dict[str, Any]:
             rec.update(Run(env, steps)(two))
             if name == "wan22-sr":
                 rec["switch_step"], rec["switch_reason"] = handle.switch_step, handle.switch.reason
-        elif name in LAST:
-            rec["quantization"] = quantize_both(env)
+        elif name in FLOAT8:
+            qpipe, qsmall = quantized_pair(env, rec)
             if name == "sr+float8":
-                handle = sr_plugin.apply(pipe, small, switch_step=k)
+                handle = sr_plugin.apply(qpipe, qsmall, switch_step=k)
                 undo.append(handle.remove)
-            rec.update(Run(env, steps)(pipe))
+            accel = sr_plugin.accelerate(qpipe, compile={"backend": "eager"} if env.tiny else True)
+            undo.append(accel.remove)
+            t0 = time.perf_counter()
+            Run(env, steps if name == "sr+float8" else 2)(qpipe)  # compiles every block the timed call runs
+            rec["compile_warmup_s"] = time.perf_counter() - t0
+            rec.update(Run(env, steps)(qpipe))
             if name == "sr+float8":
                 rec["switch_step"] = handle.switch_step
     except Exception as err:  # recorded; the run goes on with the next configuration
@@ -336,28 +357,37 @@ def wan22_low_noise_expert(env: Env) -> Any:
     return env.low_expert
 
 
-def quantize_both(env: Env) -> str:
-    """Quantize both transformers in place, once: float8 dynamic activations and weights on a GPU, int8
-    weight-only on the CPU (torchao's float8 kernels need CUDA)."""
+def quantized_pair(env: Env, rec: dict[str, Any]) -> tuple[Any, Any]:
+    """A pipeline on quantized copies of both transformers, built once and kept: float8 dynamic activations and
+    weights on a GPU, int8 weight-only on the CPU (torchao's float8 kernels need CUDA)."""
     if getattr(env, "quantized", None) is None:
+        import copy
+
         from torchao.quantization import quantize_
 
         if env.cuda:
             from torchao.quantization import Float8DynamicActivationFloat8WeightConfig
 
-            config, env.quantized = Float8DynamicActivationFloat8WeightConfig(), "float8 dynamic (torchao)"
+            config, name = Float8DynamicActivationFloat8WeightConfig(), "float8 dynamic (torchao), compiled"
         else:
             from torchao.quantization import Int8WeightOnlyConfig
 
-            config, env.quantized = Int8WeightOnlyConfig(), "int8 weight-only (torchao; float8 needs CUDA)"
+            config, name = Int8WeightOnlyConfig(), "int8 weight-only (torchao; float8 needs CUDA), compiled"
         env.low_expert = None  # frees the Wan2.2 expert's memory
-        for model in (env.pipe.transformer, env.small):
+        t0 = time.perf_counter()
+        large, small = copy.deepcopy(env.pipe.transformer), copy.deepcopy(env.small)
+        for model in (large, small):
             quantize_(model, config)
-    return env.quantized
+        qpipe = type(env.pipe)(**{**env.pipe.components, "transformer": large})
+        qpipe.set_progress_bar_config(disable=True)
+        env.quantized = (name, qpipe, small, time.perf_counter() - t0)
+    name, qpipe, small, seconds = env.quantized
+    rec.update(quantization=name, quantize_s=seconds)
+    return qpipe, small
 
 
 def run_config(env: Env, name: str, steps: int, k: int, args: argparse.Namespace, results: dict) -> dict[str, Any]:
-    if name in BACKENDS or name.startswith("wan22") or name in LAST:
+    if name in BACKENDS or name.startswith("wan22") or name in FLOAT8:
         return run_stack_config(env, name, steps, k)
     pipe, small = env.pipe, env.small
     handles: list[Any] = []
@@ -398,7 +428,13 @@ def run_config(env: Env, name: str, steps: int, k: int, args: argparse.Namespace
             Run(env, steps if schedule is not None else k + 1 if sr else 2)(pipe)
             rec["compile_warmup_s"] = time.perf_counter() - t0
         reset_at = k + 1 if sr and schedule is None and k + 1 < steps else None
-        run = Run(env, steps, reset_peak_at=reset_at)
+        probe = None
+        if "pab" in accel_kwargs:  # what PAB holds per model (its largest over the call)
+            from sr_plugin.accel.pab import pab_cache_bytes
+
+            probe = lambda: {"pab_large_gib": pab_cache_bytes(pipe.transformer) / 2**30,  # noqa: E731
+                             "pab_small_gib": pab_cache_bytes(small) / 2**30}
+        run = Run(env, steps, reset_peak_at=reset_at, probe=probe)
         first = run(pipe)
         if name == "sr+offload":
             rec["first_call_wall_s"] = first["wall_s"]
@@ -449,7 +485,7 @@ def summarize(family_results: dict[str, dict], steps: int, k: int) -> dict[str, 
         if "wall_s" not in rec:
             continue
         base = compiled if "compile" in name and name != "compile" else large
-        if "all" in name:
+        if name.endswith("+all"):
             base = compiled if "wall_s" in compiled else large
         if name in own_base:
             base = family_results.get(own_base[name], {})
@@ -480,6 +516,14 @@ def summarize(family_results: dict[str, dict], steps: int, k: int) -> dict[str, 
         rec.update(ideal_speedup=ideal_speedup, measured_over_ideal=rec["speedup"] / ideal_speedup)
         summary[name] = {"schedule": rec["schedule"], "ideal": ideal_speedup, "measured": rec["speedup"],
                          "measured_over_ideal": rec["speedup"] / ideal_speedup}
+    for name in ("float8", "sr+float8"):
+        rec = family_results.get(name, {})
+        bf16 = family_results.get("compile" if name == "float8" else "sr+compile", {})
+        if "wall_s" in rec and "wall_s" in bf16:
+            rec["vs_bf16_compiled"] = bf16["wall_s"] / rec["wall_s"]
+            if rec["vs_bf16_compiled"] < 1:
+                rec["note"] = f"slower than bf16 compiled ({rec['vs_bf16_compiled']:.2f}x)"
+            summary[name] = {"vs_bf16_compiled": rec["vs_bf16_compiled"], "compile_warmup_s": rec.get("compile_warmup_s")}
     never = family_results.get("sr-never", {})
     if "wall_s" in never and "wall_s" in large:
         summary["never_switching_overhead"] = never["wall_s"] / large["wall_s"] - 1
@@ -522,6 +566,10 @@ def table(results: dict[str, Any]) -> str:
                 notes.append(f"vs {rec['speedup_over']}")
             if "compile_warmup_s" in rec:
                 notes.append(f"warm-up {rec['compile_warmup_s']:.0f} s")
+            if rec.get("note"):
+                notes.append(rec["note"])
+            if rec.get("probe"):
+                notes.append(", ".join(f"{k} {v:.2f}" for k, v in rec["probe"].items()))
             if "output_equals_sr" in rec:
                 notes.append(f"== sr: {rec['output_equals_sr']}, large on host after call: "
                              f"{rec.get('large_on_host_after_call')}, end alloc {rec.get('allocated_at_loop_end_gib')}")
@@ -530,6 +578,36 @@ def table(results: dict[str, Any]) -> str:
                          f"{fmt('ideal_speedup', '>7.2f')} {fmt('measured_over_ideal', '>10.4f')} "
                          f"{fmt('peak_gib', '>9.1f')} {fmt('teacache_skipped_fraction', '>17.2f')}  {'; '.join(notes)}")
     return "\n".join(lines)
+
+
+def finished_rows(path: str) -> dict[str, dict[str, Any]]:
+    """The rows an earlier call's JSON finished (a wall time and no error), by family."""
+    with open(path) as f:
+        earlier = json.load(f)
+    return {family: {name: rec for name, rec in fam.get("configs", {}).items() if "wall_s" in rec and "error" not in rec}
+            for family, fam in earlier.get("families", {}).items()}
+
+
+#: Seconds a compiled row's warm-up adds on the H200 (7-15 s per model, two models), and a float8 row's
+#: quantization of the copies, when no measured figure is at hand.
+WARMUP_GUESS_S, QUANTIZE_GUESS_S = 30.0, 60.0
+
+
+def estimate_s(order: list[tuple[str, str]], results: dict[str, Any], args: argparse.Namespace) -> float:
+    """How long the rows should take: each a call or two at its family's large-only (or SR) wall time, plus its
+    compile warm-up; large-only's own figure from an earlier call where there is one, else a guess from the
+    published per-step times (6.5 s and 1.8 s a large step: reference H200 figures)."""
+    total = 0.0
+    for family, name in order:
+        configs = results["families"][family]["configs"]
+        steps = results["families"][family]["steps"]
+        large = configs.get("large", {}).get("wall_s") or steps * (6.5 if family == "wan" else 1.8)
+        sr = configs.get("sr", {}).get("wall_s") or large / 2
+        wall = sr if name.startswith(("sr", "small-first", "sandwich")) else large
+        calls = 2 if name == "sr+offload" else 1
+        total += wall * calls + (WARMUP_GUESS_S if "compile" in name or name in FLOAT8 or "all" in name else 0)
+        total += QUANTIZE_GUESS_S if name == "float8" else 0
+    return total * (0.01 if args.tiny else 1.0)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -546,6 +624,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--large", help="a real large pipeline (id or path) instead of random weights")
     parser.add_argument("--small", help="a real small model (its 'transformer' subfolder)")
     parser.add_argument("--json", default="gpu_bench.json")
+    parser.add_argument("--resume", metavar="JSON", default=None,
+                        help="keep every row this earlier call's JSON finished (its baselines among them) and run the "
+                             "rest; the merged results go to --json")
     args = parser.parse_args(argv)
     if (args.large is None) != (args.small is None):
         parser.error("give both --large and --small, or neither")
@@ -567,6 +648,9 @@ def main(argv: list[str] | None = None) -> int:
         "weights": "tiny, random" if args.tiny else ("loaded" if args.large else "full-size configs, random bf16"),
         "families": {},
     }
+    earlier = finished_rows(args.resume) if args.resume else {}
+    if args.resume:
+        results["resumed_from"] = {"path": args.resume, "rows": sum(len(v) for v in earlier.values())}
     start = time.perf_counter()
 
     def save() -> None:
@@ -580,7 +664,8 @@ def main(argv: list[str] | None = None) -> int:
     envs: dict[str, Env] = {}
     for family in args.families:  # both families stay resident (about 46 GB of bf16 weights on an H200)
         steps = steps_by_family.get(family, tools_for(family).bench_steps)
-        fam: dict[str, Any] = {"steps": steps, "switch_step": args.switch_step, "configs": {}}
+        fam: dict[str, Any] = {"steps": steps, "switch_step": args.switch_step,
+                               "configs": dict(earlier.get(family, {}))}
         results["families"][family] = fam
         log(f"== {family}: building ({results['weights']}) ...")
         t0 = time.perf_counter()
@@ -598,13 +683,15 @@ def main(argv: list[str] | None = None) -> int:
         warm.remove()
         log(f"   built in {fam['build_s']:.1f} s; plugin per-step work {fam['plugin_step_cost']['per_step_ms']:.3f} ms")
         save()
-    # the planned order first, then any other registered family's configurations in the CONFIGS order
+    # the planned order first, then any other registered family's configurations in the CONFIGS order; rows an
+    # earlier call finished are kept as they are
     order = PRIORITY + [(f, c) for f in envs for c in CONFIGS if (f, c) not in PRIORITY]
+    order = [(f, c) for f, c in order if f in envs and c in args.configs and not (c.startswith("wan22") and f != "wan")
+             and (args.tiny or c not in FAMILY_SKIPS.get(f, ())) and "wall_s" not in results["families"][f]["configs"].get(c, {})]
+    log(f"== {len(order)} rows to run: about {estimate_s(order, results, args) / 60:.1f} minutes "
+        f"(budget {args.budget_s / 60:.1f}); kept from an earlier call: "
+        f"{sum(len(v) for v in earlier.values())}")
     for family, name in order:
-        if name.startswith("wan22") and family != "wan":
-            continue  # Wan2.2's experts are Wan models
-        if family not in envs or name not in args.configs or (not args.tiny and name in FAMILY_SKIPS.get(family, ())):
-            continue
         fam = results["families"][family]
         if time.perf_counter() - start > args.budget_s:
             fam["configs"][name] = {"config": name, "skipped": "time budget"}

@@ -62,12 +62,22 @@ def test_para_attn_wan_context_parallelism_is_refused():
     assert dict(vars(pipe)) == before
 
 
-def test_gpu_benchmark_script_runs_end_to_end_on_cpu_with_tiny(tmp_path: pathlib.Path):
+def test_gpu_benchmark_script_runs_end_to_end_on_cpu_with_tiny_in_two_resumed_calls(tmp_path: pathlib.Path):
+    """A first call that ran some rows (as one stopped by its time budget would), a second one resuming from its
+    JSON: every row once, the first call's rows kept as they were."""
     script = pathlib.Path(__file__).parents[1] / "benchmarks" / "gpu_bench.py"
-    out = tmp_path / "bench.json"
-    result = subprocess.run([sys.executable, str(script), "--tiny", "--json", str(out), "--steps", "4", "5"],
+    first, out = tmp_path / "first.json", tmp_path / "bench.json"
+    common = [sys.executable, str(script), "--tiny", "--steps", "4", "5"]
+    result = subprocess.run([*common, "--json", str(first), "--configs", "large", "sr", "teacache"],
                             capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    kept = {f: {n: r for n, r in fam["configs"].items() if "wall_s" in r}
+            for f, fam in json.loads(first.read_text())["families"].items()}
+    assert sum(map(len, kept.values())) == 6
+    result = subprocess.run([*common, "--json", str(out), "--resume", str(first)], capture_output=True, text=True,
+                            timeout=600)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert "rows to run: about" in result.stdout
     data = json.loads(out.read_text())
     for family, fam in data["families"].items():
         configs = fam["configs"]
@@ -76,8 +86,8 @@ def test_gpu_benchmark_script_runs_end_to_end_on_cpu_with_tiny(tmp_path: pathlib
                                 "sr-never", "sr+offload", "sr+flash", "sr+cudnn", "float8", "sr+float8"} | (
                                     {"wan22-both", "wan22-sr"} if family == "wan" else set())
         assert all("error" not in rec and rec["wall_s"] > 0 for rec in configs.values())
+        assert all(configs[n] == r for n, r in kept.get(family, {}).items())  # kept as the first call left them
         assert configs["sr"]["switch_step"] == 2 and configs["sr-never"]["switch_step"] is None
-        assert configs["sr+offload"]["output_equals_sr"] is True
         assert 0 < configs["teacache"]["teacache_skipped_fraction"] < 1
         passes = configs["sr+teacache"]["block_passes"]
         assert passes["computed"] > 0 and passes["skipped"] > 0
@@ -85,11 +95,15 @@ def test_gpu_benchmark_script_runs_end_to_end_on_cpu_with_tiny(tmp_path: pathlib
         for row in ("small-first", "sandwich", "small-first+compile", "sandwich+compile"):
             assert {"schedule", "ideal", "measured_over_ideal"} <= set(fam["summary"][row])
         assert [seg[0] for seg in configs["sandwich"]["segments"]] == ["large", "small", "large"]
-        assert configs["sr+float8"]["quantization"].startswith("int8 weight-only") and "sr+float8" in fam["summary"]
+        for row in ("float8", "sr+float8"):  # quantized copies, compiled, the warm-up apart, against bf16 compiled
+            assert configs[row]["quantization"].startswith("int8 weight-only") and "compile_warmup_s" in configs[row]
+            assert "vs_bf16_compiled" in fam["summary"][row]
+        assert configs["pab"]["probe"]["pab_large_gib"] > 0 and configs["sr+all"]["probe"]["pab_small_gib"] > 0
         if family == "wan":  # (diffusers 0.42's CogVideoX processors take no attention backend)
             assert configs["sr+flash"]["small_backends"] == ["AttentionBackendName._NATIVE_MATH"]
             assert configs["wan22-sr"]["switch_reason"] == "max_switch_step"  # the boundary, without the 2nd expert
             assert "wan22-sr" in fam["summary"]
+    assert data["resumed_from"]["rows"] == sum(map(len, kept.values()))
     assert "meas/ideal" in result.stdout  # the table at the end
 
 

@@ -105,3 +105,25 @@ def test_pab_trace_counts_modules_when_they_disagree():
     assert attention_summary(3, 3) == "computed"
     assert attention_summary(0, 3) == "reused"
     assert attention_summary(1, 3) == "reused 2 of 3"
+
+
+def test_pab_reports_the_memory_it_holds_per_model(pair, family):
+    """What the GPU bench reports per model: during a call, every PAB module's cached attention output, per CFG
+    branch; nothing once the call has ended."""
+    from sr_plugin.accel.pab import pab_cache_bytes
+
+    pipe, small = pair
+    sr_plugin.apply(pipe, small, switch_step=3)
+    sr_plugin.accelerate(pipe, pab=PABConfig(2, 2, (0, 1000)))
+    seen = {}
+
+    def probe(p, i, t, kwargs):
+        if i == 1:  # the large model's step
+            seen["large"] = pab_cache_bytes(pipe.transformer)
+        return kwargs
+
+    run(pipe, family, callback_on_step_end=probe)
+    branches = 2 if family == "wan" else 1
+    modules = [m for m, kind in sr_plugin.adapters.family(family).attention_modules(pipe.transformer)]
+    assert seen["large"] > 0 and seen["large"] % (len(modules) * branches) == 0
+    assert pab_cache_bytes(pipe.transformer) == 0 and pab_cache_bytes(small) == 0  # freed at the call's end

@@ -74,9 +74,12 @@ class CFGAwarePABHook(ModelHook):
         self.timestep_range = timestep_range
         self.current_timestep = current_timestep
         self.state_manager = StateManager(PABState)
+        #: Bytes of the attention output cached, per CFG branch (what PAB holds in memory for this module).
+        self.cached_bytes: dict[str, int] = {}
 
     def reset_state(self, module: torch.nn.Module) -> torch.nn.Module:
         self.state_manager.reset()
+        self.cached_bytes: dict[str, int] = {}
         return module
 
     @torch.compiler.disable  # Python state decides here: keep it out of compiled blocks (a graph break)
@@ -92,6 +95,8 @@ class CFGAwarePABHook(ModelHook):
         output = self.fn_ref.original_forward(*args, **kwargs) if compute else state.cache
         state.cache = output
         state.iteration += 1
+        if compute:
+            self.cached_bytes[self.state_manager.context.name] = _nbytes(output)
         return output
 
 
@@ -112,6 +117,26 @@ def apply_cfg_pab(model: torch.nn.Module, attention_modules: list[tuple[torch.nn
         count += 1
     HookRegistry.check_if_exists_or_initialize(model).invalidate_child_registries_cache()
     return count
+
+
+def _nbytes(value: Any) -> int:
+    if isinstance(value, torch.Tensor):
+        return value.numel() * value.element_size()
+    if isinstance(value, (tuple, list)):
+        return sum(_nbytes(v) for v in value)
+    return 0
+
+
+def pab_cache_bytes(model: torch.nn.Module) -> int:
+    """The bytes PAB holds for ``model`` now: the cached attention outputs of every module and CFG branch (read
+    during a call; the call tracker frees them at its end)."""
+    total = 0
+    for module in model.modules():
+        registry = compat.hook_registry(module)
+        hook = registry.get_hook(_PAB) if registry is not None else None
+        if hook is not None:
+            total += sum(hook.cached_bytes.values())
+    return total
 
 
 def remove_cfg_pab(model: torch.nn.Module) -> None:
