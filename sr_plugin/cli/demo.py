@@ -72,11 +72,10 @@ def side_by_side(results: list[FamilyResult]) -> list[np.ndarray]:
                 if run is None:
                     continue
                 right, asked = run.score.attributes
-                extra = f", k={run.switch_step}" if mode == "sr" else ""
-                if mode == "schedule":
-                    extra = ""
+                summary = res.summaries.get(mode)
+                speed = f" {summary.speedup:.1f}x" if summary is not None and mode != "large" else ""
                 left = gap + col * (clip + gap)
-                _caption(canvas, f"{LABELS[mode]}{extra}: {right}/{asked}", (left, top + head))
+                _caption(canvas, f"{LABELS[mode]}{speed}: {right}/{asked}", (left, top + head))
                 pixels = (np.clip(run.video[f], 0, 1) * 255).astype(np.uint8)
                 tile = Image.fromarray(pixels).resize((clip, clip), Image.NEAREST)
                 canvas.paste(tile, (left, top + head + label))
@@ -189,5 +188,5 @@ def run_demo(families: tuple[str, ...] = trained.FAMILY_NAMES, prompts: int = DE
         write_checked(record, lambda: record.write_text(json.dumps(results_json(results), indent=1, default=float)))
         say(f"wrote {record}")
     columns = " | ".join(LABELS[m] for m in dict.fromkeys(r.mode for res in results for r in res.runs))
-    say(f"\nwrote {gif} ({columns}; attributes right out of 6)")
+    say(f"\nwrote {gif} ({columns}; each with its measured speed-up and the attributes right out of 6)")
     return results
