@@ -5,11 +5,16 @@
     python benchmarks/schedules.py --family wan --stage stacked    # multi-segment schedules and the best of each
                                                                    #   order, alone, with TeaCache, with TeaCache + PAB
     python benchmarks/schedules.py --family wan --stage ship       # the chosen schedule beside the family's weights
+    python benchmarks/schedules.py --family wan --stage table      # the held-out table: large only, small only, SR,
+                                                                   #   the best of each order, TeaCache, the stacks
 
 Stage reports go to ``benchmarks/results/schedules_<stage>_<family>_cpu_<date>.{json,md}`` and the plot to
 ``docs/schedules_<stage>_<family>.png``; ``ship`` writes ``sr_plugin/trained/<family>/calibrated.json`` (read by the
-demo) from the newest ``stacked`` report's fastest schedule without accelerations, within the floor. The held-out
-table is `benchmarks/speed_quality.py` with ``--schedule`` / ``--stack`` rows (paired timing). Settings are chosen on
+demo) from the newest ``stacked`` report's fastest schedule without accelerations, within the floor. ``table`` runs
+`benchmarks/speed_quality.py`'s rows on the held-out pairs (paired timing against a plain copy of the pipeline, the
+speed-up also modelled from step costs): large only, small only, SR at its default, the best schedule of each order
+and the best of more than three segments from the two reports, TeaCache at ``STACKED`` alone and with PAB, and each
+schedule with both; written to ``speed_quality_<family>_rows_cpu_<date>.*``. Settings are chosen on
 validation pairs (training prompts with unused seeds) so that the held-out pairs stay for reporting them.
 One torch thread: the speed model uses step costs, robust to a busy machine, but a quiet one is better.
 """
@@ -46,11 +51,19 @@ def best_of_each_order(report: dict) -> list[str]:
     out = []
     for order in dict.fromkeys(r["order"] for r in rows):
         mine = [r for r in rows if r["order"] == order]
-        within = [r for r in mine if r["within_floor"]]
-        pick = max(within, key=lambda r: r["modelled_speedup"]) if within else \
-            min(mine, key=lambda r: (r["shortfall"], -r["modelled_speedup"]))
-        out.append(pick["schedule"])
+        out.append(pick_fastest(mine)["schedule"])
     return out
+
+
+def pick_fastest(rows: list[dict]) -> dict:
+    """The calibration's own rule on report rows: the fastest within the floor (among those within 1% of it, the
+    more accurate), else the closest to the floor."""
+    within = [r for r in rows if r["within_floor"]]
+    if not within:
+        return min(rows, key=lambda r: (r["shortfall"], -r["modelled_speedup"]))
+    fastest = max(r["modelled_speedup"] for r in within)
+    return max((r for r in within if r["modelled_speedup"] >= 0.99 * fastest),
+               key=lambda r: (r["accuracy"] or 0.0, r["ssim"] or 0.0))
 
 
 def newest(folder: pathlib.Path, stem: str) -> pathlib.Path:
@@ -63,7 +76,7 @@ def newest(folder: pathlib.Path, stem: str) -> pathlib.Path:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--family", choices=("wan", "cogvideox"), required=True)
-    parser.add_argument("--stage", choices=("orders", "stacked", "ship"), required=True)
+    parser.add_argument("--stage", choices=("orders", "stacked", "ship", "table"), required=True)
     parser.add_argument("--pairs", type=int, default=64)
     parser.add_argument("--steps", type=int, default=50)
     parser.add_argument("--tolerance", type=float, default=3.0)
@@ -72,6 +85,9 @@ def main() -> None:
     results = args.out
     if args.stage == "ship":
         ship(args.family, json.loads(newest(results, f"schedules_stacked_{args.family}").read_text()))
+        return
+    if args.stage == "table":
+        table(args.family, results, args.pairs, args.steps)
         return
     import sr_plugin
     from sr_plugin.calibration import Candidate, Floor, candidate_grid
@@ -104,12 +120,31 @@ def main() -> None:
     print(report.summary())
 
 
+def table_schedules(family: str, results: pathlib.Path) -> list[str]:
+    """The best schedule of each order (the orders report) and the best of more than three segments (the stacked
+    report's, without accelerations), each the fastest within the floor or else the closest."""
+    orders = best_of_each_order(json.loads(newest(results, f"schedules_orders_{family}").read_text()))
+    stacked = json.loads(newest(results, f"schedules_stacked_{family}").read_text())
+    multi = [r for r in stacked["rows"][1:] if r["schedule"] and not r["accel"] and r["schedule"].count(",") >= 3]
+    return orders + best_of_each_order({"rows": [stacked["rows"][0]] + multi})[:1]
+
+
+def table(family: str, results: pathlib.Path, pairs: int, steps: int) -> None:
+    import subprocess
+    import sys
+
+    schedules = table_schedules(family, results)
+    command = [sys.executable, str(ROOT / "benchmarks" / "speed_quality.py"), "--family", family, "--prompts",
+               str(pairs), "--steps", str(steps), "--out", str(results), "--rows", "small,sr delta=0.01",
+               "--stack", str(STACKED)] + [a for s in schedules for a in ("--schedule", s)]
+    print(" ".join(command), flush=True)
+    subprocess.run(command, check=True)
+
+
 def ship(family: str, report: dict) -> None:
     """The fastest schedule without accelerations within the floor (else the closest), beside the weights."""
-    rows = [r for r in report["rows"][1:] if r["schedule"] and not r["accel"] and r["order"] != "small only"]
-    within = [r for r in rows if r["within_floor"]]
-    pick = max(within, key=lambda r: r["modelled_speedup"]) if within else \
-        min(rows, key=lambda r: (r["shortfall"], -r["modelled_speedup"]))
+    pick = pick_fastest([r for r in report["rows"][1:] if r["schedule"] and not r["accel"]
+                         and r["order"] != "small only"])
     record = {"schedule": pick["schedule"], "order": pick["order"], "within_floor": pick["within_floor"],
               "floor": report["floor_text"], "modelled_speedup": pick["modelled_speedup"],
               "summary": f"{pick['accuracy']:.1f}% right on {len(report['pairs'])} validation pairs against "

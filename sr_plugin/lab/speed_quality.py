@@ -109,15 +109,16 @@ class Row:
 
 def schedule_configs(schedules: Sequence[str], stack_thresholds: Sequence[float] = ()) -> list[Config]:
     """Rows of cooperation schedules (named by the schedule, kind by their order), each also stacked with TeaCache at
-    ``stack_thresholds`` and PAB; and TeaCache alone (with and without PAB) at those thresholds."""
+    ``stack_thresholds``, alone and with PAB; and TeaCache alone (with and without PAB) at those thresholds."""
     from ..calibration import Candidate
 
     rows = [Config(s, Candidate(s).order, {"schedule": s}, {}) for s in schedules]
     for t in stack_thresholds:
         rows.append(Config(f"teacache {t}", "teacache", None, {"teacache": t}))
         rows.append(Config(f"teacache {t}+pab", "teacache+pab", None, {"teacache": t, "pab": PABConfig()}))
-        rows += [Config(f"{s}+teacache {t}+pab", Candidate(s).order + "+teacache+pab", {"schedule": s},
-                        {"teacache": t, "pab": PABConfig()}) for s in schedules]
+        for stack, accel in (("teacache", {"teacache": t}), ("teacache+pab", {"teacache": t, "pab": PABConfig()})):
+            rows += [Config(f"{s}+{stack.replace('teacache', f'teacache {t}')}", f"{Candidate(s).order}+{stack}",
+                            {"schedule": s}, dict(accel)) for s in schedules]
     return rows
 
 
