@@ -4,6 +4,8 @@
                                                                    #   --grid full --pairs 64`), 64 validation pairs
     python benchmarks/schedules.py --family wan --stage stacked    # multi-segment schedules and the best of each
                                                                    #   order, alone, with TeaCache, with TeaCache + PAB
+    python benchmarks/schedules.py --family wan --stage restack --threshold 0.2   # those within the floor, stacked
+                                                                   #   with TeaCache at another threshold
     python benchmarks/schedules.py --family wan --stage ship       # the chosen schedule beside the family's weights
     python benchmarks/schedules.py --family wan --stage table      # the held-out table: large only, small only, SR,
                                                                    #   the best of each order, TeaCache, the stacks
@@ -76,7 +78,10 @@ def newest(folder: pathlib.Path, stem: str) -> pathlib.Path:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--family", choices=("wan", "cogvideox"), required=True)
-    parser.add_argument("--stage", choices=("orders", "stacked", "ship", "table"), required=True)
+    parser.add_argument("--stage", choices=("orders", "stacked", "ship", "table", "restack"), required=True)
+    parser.add_argument("--threshold", type=float, default=0.2,
+                        help="restack: the TeaCache threshold to stack the stacked report's schedules within the floor "
+                             "with (alone and with PAB)")
     parser.add_argument("--pairs", type=int, default=64)
     parser.add_argument("--steps", type=int, default=50)
     parser.add_argument("--tolerance", type=float, default=3.0)
@@ -104,17 +109,25 @@ def main() -> None:
         candidates = [Candidate(None, {"teacache": t}) for t in ALONE]
         candidates.append(Candidate(None, {"teacache": STACKED, "pab": True}))
         candidates += [Candidate(s, a) for a in stacks for s in schedules]
+    if args.stage == "restack":  # the schedules that held the floor alone, stacked at another threshold
+        stacked = json.loads(newest(results, f"schedules_stacked_{args.family}").read_text())
+        schedules = [r["schedule"] for r in stacked["rows"][1:] if r["schedule"] and not r["accel"]
+                     and r["within_floor"] and r["order"] != "small only"]
+        t = args.threshold
+        candidates = [Candidate(None, {"teacache": t}), Candidate(None, {"teacache": t, "pab": True})]
+        candidates += [Candidate(s, a) for a in ({"teacache": t}, {"teacache": t, "pab": True}) for s in schedules]
     report = sr_plugin.calibrate(
         pipe, small, task.validation(args.pairs), floor=Floor(points=args.tolerance),
         scorer=lambda video, prompt: evaluate.score_video(video, prompt).right, candidates=candidates,
         num_inference_steps=args.steps, apply_kwargs=extra, say=lambda m: print(f"[{time.strftime('%H:%M:%S')}] {m}",
                                                                                flush=True),
         **trained.CALL, guidance_scale=trained.GUIDANCE[args.family])
-    stem = f"schedules_{args.stage}_{args.family}_cpu_{datetime.date.today().isoformat()}"
+    stage = args.stage if args.stage != "restack" else f"restack{args.threshold:g}"
+    stem = f"schedules_{stage}_{args.family}_cpu_{datetime.date.today().isoformat()}"
     results.mkdir(parents=True, exist_ok=True)
     report.to_json(results / f"{stem}.json")
     (results / f"{stem}.md").write_text(report.table() + "\n\n" + report.summary() + "\n")
-    report.plot(ROOT / "docs" / f"schedules_{args.stage}_{args.family}.png",
+    report.plot(ROOT / "docs" / f"schedules_{stage}_{args.family}.png",
                 f"{args.family}: {len(report.rows) - 1} candidates on {len(report.pairs)} validation pairs")
     print(report.table())
     print(report.summary())

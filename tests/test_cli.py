@@ -187,10 +187,14 @@ def test_demo_writes_the_side_by_side_gif_and_the_table(tmp_path: pathlib.Path):
     result = cli("demo", "--family", "cogvideox", "--prompts", "1", "--steps", "8", "--out", str(gif))
     assert result.returncode == 0, result.stderr
     assert "| cogvideox | sr |" in result.stdout and "prompt accuracy" in result.stdout
+    from sr_plugin.lab import trained
+
+    schedule = trained.calibrated("cogvideox")["schedule"]  # the calibrated schedule shipped beside the family
+    assert f"| cogvideox | schedule {schedule} |" in result.stdout
     import imageio.v3 as iio
 
     frames = iio.imread(gif)
-    assert frames.shape[0] == 9 and frames.shape[2] >= 3 * 128  # three 32-pixel clips zoomed 4x, side by side
+    assert frames.shape[0] == 9 and frames.shape[2] >= 4 * 128  # four 32-pixel clips zoomed 4x, side by side
     assert [p.name for p in tmp_path.iterdir()] == ["demo.gif"]  # no temporary file left behind
 
 

@@ -31,3 +31,11 @@ def test_without_such_a_prompt_the_showcase_is_the_first_where_large_only_is_rig
     assert showcase(result) == ("p2", 1)
     result.runs = [r for r in result.runs if r.prompt == "p1"]
     assert showcase(result) == ("p1", 1)
+
+
+def test_with_a_calibrated_schedule_the_showcase_is_where_it_and_large_only_are_right_and_small_only_is_not():
+    result = FamilyResult("wan", 50, None, "small:20%,large")
+    for prompt, (large, sr, schedule, small) in (("p1", (True, True, False, False)), ("p2", (True, False, True, False))):
+        result.runs += [run(prompt, "large", large), run(prompt, "sr", sr), run(prompt, "schedule", schedule),
+                        run(prompt, "small", small)]
+    assert showcase(result) == ("p2", 1)
