@@ -7,7 +7,7 @@
     python benchmarks/schedules.py --family wan --stage restack --threshold 0.2   # those within the floor, stacked
                                                                    #   with TeaCache at another threshold
     python benchmarks/schedules.py --family wan --stage ship       # the chosen schedule beside the family's weights
-    python benchmarks/schedules.py --family wan --stage table      # the held-out table: large only, small only, SR,
+    python benchmarks/schedules.py --family wan --stage table --threshold 0.1   # the held-out table: large only, small only, SR,
                                                                    #   the best of each order, TeaCache, the stacks
 
 Stage reports go to ``benchmarks/results/schedules_<stage>_<family>_cpu_<date>.{json,md}`` and the plot to
@@ -80,8 +80,8 @@ def main() -> None:
     parser.add_argument("--family", choices=("wan", "cogvideox"), required=True)
     parser.add_argument("--stage", choices=("orders", "stacked", "ship", "table", "restack"), required=True)
     parser.add_argument("--threshold", type=float, default=0.2,
-                        help="restack: the TeaCache threshold to stack the stacked report's schedules within the floor "
-                             "with (alone and with PAB)")
+                        help="restack and table: the TeaCache threshold stacked with the schedules (alone and with "
+                             "PAB); restack takes the stacked report's schedules within the floor")
     parser.add_argument("--pairs", type=int, default=64)
     parser.add_argument("--steps", type=int, default=50)
     parser.add_argument("--tolerance", type=float, default=3.0)
@@ -92,7 +92,7 @@ def main() -> None:
         ship(args.family, json.loads(newest(results, f"schedules_stacked_{args.family}").read_text()))
         return
     if args.stage == "table":
-        table(args.family, results, args.pairs, args.steps)
+        table(args.family, results, args.pairs, args.steps, args.threshold)
         return
     import sr_plugin
     from sr_plugin.calibration import Candidate, Floor, candidate_grid
@@ -142,14 +142,14 @@ def table_schedules(family: str, results: pathlib.Path) -> list[str]:
     return orders + best_of_each_order({"rows": [stacked["rows"][0]] + multi})[:1]
 
 
-def table(family: str, results: pathlib.Path, pairs: int, steps: int) -> None:
+def table(family: str, results: pathlib.Path, pairs: int, steps: int, threshold: float) -> None:
     import subprocess
     import sys
 
     schedules = table_schedules(family, results)
     command = [sys.executable, str(ROOT / "benchmarks" / "speed_quality.py"), "--family", family, "--prompts",
                str(pairs), "--steps", str(steps), "--out", str(results), "--rows", "small,sr delta=0.01",
-               "--stack", str(STACKED)] + [a for s in schedules for a in ("--schedule", s)]
+               "--stack", str(threshold)] + [a for s in schedules for a in ("--schedule", s)]
     print(" ".join(command), flush=True)
     subprocess.run(command, check=True)
 
