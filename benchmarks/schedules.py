@@ -139,7 +139,7 @@ def table_schedules(family: str, results: pathlib.Path) -> list[str]:
     orders = best_of_each_order(json.loads(newest(results, f"schedules_orders_{family}").read_text()))
     stacked = json.loads(newest(results, f"schedules_stacked_{family}").read_text())
     multi = [r for r in stacked["rows"][1:] if r["schedule"] and not r["accel"] and r["schedule"].count(",") >= 3]
-    return orders + best_of_each_order({"rows": [stacked["rows"][0]] + multi})[:1]
+    return orders + [pick_fastest(multi)["schedule"]]
 
 
 def table(family: str, results: pathlib.Path, pairs: int, steps: int, threshold: float) -> None:
