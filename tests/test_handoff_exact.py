@@ -6,7 +6,7 @@ import copy
 
 import pytest
 import torch
-from pipeline_helpers import STEPS, CallLog, run, seen_through
+from pipeline_helpers import STEPS, CallLog, run
 from diffusers import CogVideoXTransformer3DModel, WanPipeline
 
 import sr_plugin
@@ -125,30 +125,6 @@ def test_wan22_with_both_experts_follows_diffusers_until_the_switch():
 
 
 # --------------------------------------------------------------------------- CogVideoX latent-space mapping
-@pytest.mark.parametrize("k", [0, 3, 6])
-def test_cogvideox_mapping_reproduces_the_large_model_through_another_space(k):
-    from sr_plugin.lab.tiny import tiny_cogvideox
-
-    pipe, _ = tiny_cogvideox()
-    large_only = run(pipe, "cogvideox")
-    small_schedule = cogvideox_scheduler(3.0)  # the 2b schedule: SNR divided by 3
-    small_scale = 1.15258426  # the 2b latent scale (the pipeline's VAE says 0.7, as for 5b)
-    other = seen_through(pipe, small_scale, small_schedule)
-
-    handle = sr_plugin.apply(pipe, other, switch_step=k, small_vae_scaling_factor=small_scale,
-                             small_scheduler=small_schedule)
-    mapped = run(pipe, "cogvideox")
-    scale = large_only.abs().max().item()
-    assert torch.allclose(mapped, large_only, atol=1e-4 * scale, rtol=0), (mapped - large_only).abs().max()
-    handle.remove()
-
-    # Without the mapping (the same model handed latents of the wrong space), the output is clearly off.
-    sr_plugin.apply(pipe, other, switch_step=k, small_vae_scaling_factor=pipe.vae.config.scaling_factor,
-                    small_scheduler=pipe.scheduler)
-    unmapped = run(pipe, "cogvideox")
-    assert (unmapped - large_only).abs().max().item() > 1e-2 * scale
-
-
 def test_cogvideox_published_2b_defaults_for_a_sincos_small_model():
     """A 2b-style small model with a 5b-style large one gets the published 2b scale and SNR shift."""
     from sr_plugin.lab.tiny import tiny_cogvideox

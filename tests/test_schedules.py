@@ -65,7 +65,8 @@ def test_an_identical_copy_reproduces_large_only_in_every_order(pair, family, sc
     assert handle.segments == segments_of(roles_of(schedule, STEPS))
 
 
-@pytest.mark.parametrize("schedule", ["small:3,large", "large:2,small:6,large", "small:2,large:6,small"])
+@pytest.mark.parametrize("schedule", ["small", "large:3,small", "large:6,small", "small:3,large", "large:2,small:6,large",
+                                      "small:2,large:6,small"])
 def test_cogvideox_mapping_holds_in_every_order(schedule):
     """A model seen through the 2b latent scale and noise schedule, mapped in and out at every boundary,
     reproduces large only (to float tolerance) from the first step and across returns; unmapped it does not."""

@@ -42,7 +42,7 @@ def _check_step(name: str, value: int | None) -> None:
         raise ValueError(f"{name} must be >= 0, got {value}")
 
 
-def _plain_number(value: object) -> object:
+def plain_number(value: object) -> object:
     """numpy's scalars (registered as numbers.Integral / numbers.Real) as Python ints and floats."""
     if isinstance(value, bool) or type(value).__name__ == "bool_":
         return value
@@ -72,7 +72,7 @@ class SwitchOptions:
     ) -> "SwitchOptions":
         """Validate the user's arguments; every problem is a clear error before any generation."""
         delta, min_switch_step, max_switch_step, switch_step = map(
-            _plain_number, (delta, min_switch_step, max_switch_step, switch_step))
+            plain_number, (delta, min_switch_step, max_switch_step, switch_step))
         if switch_step is not None:
             _check_step("switch_step", switch_step)
             given = [n for n, v in (("delta", delta), ("min_switch_step", min_switch_step),

@@ -21,11 +21,10 @@ logic, no torch and no diffusers, so that it can be tested alone.
 from __future__ import annotations
 
 import math
-import numbers
 from dataclasses import dataclass
 from typing import Any, NamedTuple, Union
 
-from .policy import DEFAULT_DELTA, SwitchOptions, SwitchPolicy, SwitchSchedule
+from .policy import DEFAULT_DELTA, SwitchOptions, SwitchPolicy, SwitchSchedule, plain_number
 
 #: The two roles: the pipeline's own transformer and the one `apply` brings.
 ROLES: tuple[str, ...] = ("large", "small")
@@ -92,20 +91,9 @@ class AdaptiveEnd:
 End = Union[StepEnd, FractionEnd, NoiseEnd, AdaptiveEnd, None]
 
 
-def _plain(value: Any) -> Any:
-    """numpy's scalars as Python ints and floats (bools stay bools, to be refused)."""
-    if isinstance(value, bool) or type(value).__name__ == "bool_":
-        return value
-    if isinstance(value, numbers.Integral):
-        return int(value)
-    if isinstance(value, numbers.Real):
-        return float(value)
-    return value
-
-
 def parse_end(value: Any, where: str) -> End:
     """One segment's end from what the user wrote (int, float, str or an end object); a clear error otherwise."""
-    value = _plain(value)
+    value = plain_number(value)
     if value is None or isinstance(value, (StepEnd, FractionEnd, NoiseEnd, AdaptiveEnd)):
         return value
     if isinstance(value, bool):
