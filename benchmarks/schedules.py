@@ -7,6 +7,8 @@
     python benchmarks/schedules.py --family wan --stage restack --threshold 0.2   # those within the floor, stacked
                                                                    #   with TeaCache at another threshold
     python benchmarks/schedules.py --family wan --stage ship       # the chosen schedule beside the family's weights
+    python benchmarks/schedules.py --family wan --stage confirm    # the table's rows on a second seed of each held-out
+                                                                   #   prompt, and over both seeds (128 pairs)
     python benchmarks/schedules.py --family wan --stage table --threshold 0.1   # the held-out table: large only, small only, SR,
                                                                    #   the best of each order, TeaCache, the stacks
 
@@ -28,6 +30,7 @@ import datetime
 import json
 import pathlib
 import time
+from typing import Any
 
 import torch
 
@@ -78,7 +81,7 @@ def newest(folder: pathlib.Path, stem: str) -> pathlib.Path:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--family", choices=("wan", "cogvideox"), required=True)
-    parser.add_argument("--stage", choices=("orders", "stacked", "ship", "table", "restack"), required=True)
+    parser.add_argument("--stage", choices=("orders", "stacked", "ship", "table", "restack", "confirm"), required=True)
     parser.add_argument("--threshold", type=float, default=0.2,
                         help="restack and table: the TeaCache threshold stacked with the schedules (alone and with "
                              "PAB); restack takes the stacked report's schedules within the floor")
@@ -109,6 +112,12 @@ def main() -> None:
         candidates = [Candidate(None, {"teacache": t}) for t in ALONE]
         candidates.append(Candidate(None, {"teacache": STACKED, "pab": True}))
         candidates += [Candidate(s, a) for a in stacks for s in schedules]
+    if args.stage == "confirm":  # the held-out table's rows again on a second seed of every held-out prompt
+        rows = json.loads(newest(results, f"speed_quality_{args.family}_rows").read_text())["rows"]
+        candidates = [candidate_of(r["name"]) for r in rows[1:] if r["name"] not in ("small", "sr delta=0.01")]
+        pairs = [(p, seed + CONFIRM_SEED_OFFSET) for p, seed in task.held_out()[:args.pairs]]
+    else:
+        pairs = task.validation(args.pairs)
     if args.stage == "restack":  # the schedules that held the floor alone, stacked at another threshold
         stacked = json.loads(newest(results, f"schedules_stacked_{args.family}").read_text())
         schedules = [r["schedule"] for r in stacked["rows"][1:] if r["schedule"] and not r["accel"]
@@ -117,7 +126,7 @@ def main() -> None:
         candidates = [Candidate(None, {"teacache": t}), Candidate(None, {"teacache": t, "pab": True})]
         candidates += [Candidate(s, a) for a in ({"teacache": t}, {"teacache": t, "pab": True}) for s in schedules]
     report = sr_plugin.calibrate(
-        pipe, small, task.validation(args.pairs), floor=Floor(points=args.tolerance),
+        pipe, small, pairs, floor=Floor(points=args.tolerance),
         scorer=lambda video, prompt: evaluate.score_video(video, prompt).right, candidates=candidates,
         num_inference_steps=args.steps, apply_kwargs=extra, say=lambda m: print(f"[{time.strftime('%H:%M:%S')}] {m}",
                                                                                flush=True),
@@ -131,6 +140,49 @@ def main() -> None:
                 f"{args.family}: {len(report.rows) - 1} candidates on {len(report.pairs)} validation pairs")
     print(report.table())
     print(report.summary())
+    if args.stage == "confirm":
+        combined = combine(rows, report)
+        (results / f"{stem}_combined.md").write_text(combined + "\n")
+        print(combined)
+
+
+#: Seeds of the confirming pairs: the held-out prompts' own seeds plus this (no training or held-out run used them).
+CONFIRM_SEED_OFFSET = 500_000
+
+
+def candidate_of(row_name: str) -> "Any":
+    """The calibration candidate of a speed-quality row name ("small:20%,large+teacache 0.1+pab", "teacache 0.1")."""
+    from sr_plugin.calibration import Candidate
+
+    parts = row_name.split("+")
+    schedule = None if parts[0].startswith("teacache") else parts[0]
+    accel: dict = {}
+    for part in parts[0 if schedule is None else 1:]:
+        if part.startswith("teacache"):
+            accel["teacache"] = float(part.split()[1])
+        elif part == "pab":
+            accel["pab"] = True
+    if schedule == "sr delta=0.01":
+        schedule = "large:delta,small"
+    return Candidate(schedule, accel)
+
+
+def combine(table_rows: list[dict], report: Any) -> str:
+    """Each held-out row over both seeds (128 pairs): lost and gained against large only, and McNemar's exact test."""
+    from sr_plugin.calibration import paired
+
+    first = {candidate_of(r["name"]).name: r["right"] for r in table_rows[1:]}
+    reference = table_rows[0]["right"] + report.reference.right
+    lines = ["| row | prompts right (128 pairs) | lost / gained | McNemar p | points against large only |",
+             "|---|---|---|---|---|", f"| large | {100 * sum(reference) / len(reference):.1f}% | - | - | - |"]
+    for row in report.rows[1:]:
+        if row.name not in first:  # small only: the calibration's own reference run, not a table row here
+            continue
+        right = first[row.name] + row.right
+        p = paired(reference, right)
+        lines.append(f"| {row.name} | {100 * sum(right) / len(right):.1f}% | {p.lost} / {p.gained} | {p.p_value:.3f} "
+                     f"| {p.points:+.1f} |")
+    return "\n".join(lines)
 
 
 def table_schedules(family: str, results: pathlib.Path) -> list[str]:
