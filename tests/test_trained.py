@@ -1,6 +1,6 @@
 """The trained families shipped in the package: they load the way hub checkpoints do, the pair differs the way
 the published pairs differ, a broken folder gives one clear error, and on held-out prompts large only is
-right, SR stays close to it and small only falls below (thresholds from the measured table in the README)."""
+right, SR stays close to it and small only falls below (thresholds from the measured table in docs/results.md)."""
 
 from __future__ import annotations
 
@@ -90,7 +90,7 @@ def test_shipped_text_encoder_is_the_hand_set_one(family):
 
 #: The first 8 held-out pairs, 50 steps, default delta. Measured here (2-core CPU, torch 2.13, the retrained
 #: families of 2026-12-02, Wan's large model the 20-block focus one, `python -m sr_plugin demo --prompts 64
-#: --json ...`, README "Results"): prompts right out of 8, large / SR / small: Wan 8 / 0 / 0, CogVideoX 7 / 1 / 0;
+#: --json ...`, docs/results.md): prompts right out of 8, large / SR / small: Wan 8 / 0 / 0, CogVideoX 7 / 1 / 0;
 #: attributes right out of 48: Wan 48 / 21 / 13, CogVideoX 47 / 35 / 21; PSNR vs large, SR / small: Wan 11.68 /
 #: 9.53 dB, CogVideoX 14.27 / 11.19 dB. The thresholds leave a prompt, two or three attributes and about 0.4 dB
 #: of slack for float differences between machines.

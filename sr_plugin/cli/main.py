@@ -21,7 +21,7 @@ REGISTERED_FAMILIES = ("wan", "cogvideox")
 LAB_MODULES = ("skimage", "imageio", "imageio_ffmpeg", "matplotlib", "PIL")
 #: calibrate-delta fits a small step's time over a large one's from its paired runs (median of the per-run
 #: estimates): fewer than this many runs (prompts x settings) and one disturbed run moves the fit. Single paired
-#: runs on a shared 2-core VM move by about 10%; with 8 the median holds (README, "Speed against quality").
+#: runs on a shared 2-core VM move by about 10%; with 8 the median holds (docs/results.md, "Speed against quality").
 MIN_CALIBRATION_RUNS = 8
 #: Log lines of libraries below sr-plugin that say nothing to its users: torchao's CUDA kernels that a CPU
 #: build of torch cannot load, and the deprecation notes its import triggers in torch and diffusers.

@@ -21,7 +21,7 @@ The weights, in a model of the shipped width (d_model 32, heads of 8, 2 layers):
 - every other weight that could change a token (feed-forwards, layer 2's attention output) is zero, and every
   layer norm weight is 1.
 
-The families' rules differ by what their transformers were shown to need (README "Trained families"):
+The families' rules differ by what their transformers were shown to need (docs/trained-families.md):
 - CogVideoX: each colour token carries its own object's shape and direction (2 rules, 4 heads). Its large model
   gets 98% of held-out prompts right on it.
 - Wan: every content word carries its whole clause: the colour token its shape and direction, the shape token
@@ -29,7 +29,7 @@ The families' rules differ by what their transformers were shown to need (README
   rules Wan's large model stalled at 81% of held-out prompts: its cross-attention reads the text as a set of
   tokens, and it drew shapes from the bare shape words (replacing them with "a" dropped it from 81% to 25%),
   which name the prompt's shapes without saying whose; most of its wrong shapes were the other object's. On
-  these rules, from the same weights, it reached 89% in 4,500 steps (README "Trained families").
+  these rules, from the same weights, it reached 89% in 4,500 steps (docs/trained-families.md).
 """
 
 from __future__ import annotations

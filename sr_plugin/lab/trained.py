@@ -55,8 +55,8 @@ def call_defaults(family: str) -> dict[str, Any]:
 LATENT_CHANNELS = 8
 TEXT_DIM = 32
 #: Transformer sizes per family and role: (layers, heads); head dim 16. Chosen so that a large step costs over
-#: 3x a small one on a 2-core CPU, and the small one is too weak to bind every attribute (see README, "Trained
-#: families"). The shipped folders' configs are what loads; these build a model to train.
+#: 3x a small one on a 2-core CPU, and the small one is too weak to bind every attribute (see
+#: docs/trained-families.md). The shipped folders' configs are what loads; these build a model to train.
 SIZES: dict[str, dict[str, tuple[int, int]]] = {
     "wan": {"large": (20, 4), "small": (2, 2)},
     "cogvideox": {"large": (8, 4), "small": (2, 2)},
