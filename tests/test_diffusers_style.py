@@ -14,7 +14,7 @@ import pytest
 import torch
 from diffusers import (AutoencoderKLCogVideoX, AutoencoderKLWan, CogVideoXDDIMScheduler, CogVideoXDPMScheduler,
                        CogVideoXPipeline, CogVideoXTransformer3DModel, DDIMScheduler, DPMSolverMultistepScheduler,
-                       FirstBlockCacheConfig, PyramidAttentionBroadcastConfig, UniPCMultistepScheduler, WanPipeline,
+                       FasterCacheConfig, FirstBlockCacheConfig, PyramidAttentionBroadcastConfig, UniPCMultistepScheduler, WanPipeline,
                        WanTransformer3DModel)
 from pipeline_helpers import CallLog, seen_through
 from transformers import T5Config, T5EncoderModel
@@ -195,6 +195,26 @@ def test_diffusers_caches_beside_the_switch(cache):
         reference = by_hand(pipe, other, 1)
         sr_plugin.apply(pipe, small, switch_step=1)
         assert torch.equal(pipe(**inputs(pipe)).frames, reference)
+
+
+def test_diffusers_faster_cache_beside_the_switch():
+    """diffusers' FasterCache on CogVideoX's large model (batched CFG, the layout it approximates the unconditional
+    half of; its state lives on the large model) stays with the large model: the small model runs plain. Against the
+    plain pipeline with the transformer swapped by hand for an uncached copy, at the step FasterCache first reuses
+    and at a later one."""
+    for at in (2, 4):
+        pipe = cogvideox(layers=2)
+        other, small = copy.deepcopy(pipe.transformer), copy.deepcopy(pipe.transformer)
+        pipe.transformer.enable_cache(FasterCacheConfig(
+            spatial_attention_block_skip_range=2, spatial_attention_timestep_skip_range=(-1, 1000),
+            unconditional_batch_skip_range=2, unconditional_batch_timestep_skip_range=(-1, 1000),
+            tensor_format="BFCHW", current_timestep_callback=lambda p=pipe: p.current_timestep))
+        reference = by_hand(pipe, other, at, num_inference_steps=6)
+        handle = sr_plugin.apply(pipe, small, switch_step=at)
+        assert torch.equal(pipe(**inputs(pipe, num_inference_steps=6)).frames, reference)
+        handle.remove()
+        pipe.transformer.disable_cache()  # the cache acted: without it the same steps give another video
+        assert not torch.equal(pipe(**inputs(pipe, num_inference_steps=6)).frames, reference)
 
 
 def test_wan22_without_a_boundary_runs_every_step_on_transformer():
