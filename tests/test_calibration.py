@@ -129,6 +129,37 @@ def test_calibration_reports_none_when_nothing_holds_the_floor():
     assert "no candidate holds the floor" in report.summary()
 
 
+def test_confirm_reruns_the_choice_on_new_pairs_and_falls_back_to_the_next_fastest():
+    """The winner's curse, synthetic: on the calibration's prompts the judge lets the small model run 6 of 10 steps,
+    on the new ones 5. The calibration picks small:6,large; confirm tries it first on the new pairs, sees it miss
+    the floor, and stops at small:3,large, which holds it: two candidates run, the slower one chosen."""
+    from sr_plugin.calibration import confirm
+
+    new = ["a green tree", "a grey cat"]
+    pipe, small = tiny_pair("wan")
+
+    def scorer(video, prompt):
+        handle = sr_plugin.handle_of(pipe)
+        small_steps = 0 if handle is None else sum(s.end_step - s.first_step for s in handle.segments
+                                                   if s.role == "small")
+        return small_steps <= (5 if prompt in new else 6)
+
+    call = dict(num_inference_steps=STEPS, say=None, **TINY_CALL["wan"])
+    report = sr_plugin.calibrate(pipe, small, ["a red fox", "a blue car"], scorer=scorer,
+                                 candidates=["small:3,large", "small:6,large", "small"], **call)
+    assert report.chosen.name == "small:6,large"
+    checked = confirm(pipe, small, report, new, seed=100, scorer=scorer, **call)
+    assert [r.name for r in checked.rows] == ["large", "small:6,large", "small:3,large"]
+    assert [r.within_floor for r in checked.rows] == [True, False, True]
+    assert checked.chosen.name == "small:3,large" and checked.videos == 3 * 2
+    assert checked.rows[1].lost == 2 and checked.pairs == [("a green tree", 100), ("a grey cat", 101)]
+    nothing = confirm(pipe, small, ["small:6,large"], new, seed=100, scorer=scorer, **call)
+    assert nothing.chosen is None and nothing.closest.name == "small:6,large"
+    with pytest.raises(ValueError, match="must be new"):
+        confirm(pipe, small, report, ["a red fox"], seed=report.pairs[0][1], scorer=scorer, **call)
+    assert sr_plugin.handle_of(pipe) is None
+
+
 @pytest.mark.parametrize("kwargs, error, match", [
     ({"candidates": ["small:20,large"]}, ValueError, "beyond this call's 10 steps"),
     ({"candidates": ["small:3,large", "small:3,large"]}, ValueError, "given twice"),

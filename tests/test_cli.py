@@ -147,7 +147,8 @@ def test_generate_follows_a_schedule_and_reports_its_segments(tmp_path: pathlib.
 def test_calibrate_writes_its_report_and_plot(tmp_path: pathlib.Path):
     report, plot = tmp_path / "calibration.json", tmp_path / "calibration.png"
     result = cli("calibrate", "--family", "cogvideox", "--pairs", "1", "--steps", "6", "--schedules",
-                 "small:2,large", "large:2,small:4,large", "--json", str(report), "--plot", str(plot))
+                 "small:2,large", "large:2,small:4,large", "--tolerance", "100", "--confirm", "--json", str(report),
+                 "--plot", str(plot))
     assert result.returncode == 0, result.stderr
     assert "2 candidates + large only + small only on 1 pairs, 6 steps: 4 videos" in result.stdout
     data = json.loads(report.read_text())
@@ -155,7 +156,12 @@ def test_calibrate_writes_its_report_and_plot(tmp_path: pathlib.Path):
     from sr_plugin.lab import task
 
     assert data["pairs"] == [list(p) for p in task.validation(1)]
-    assert (data["chosen"] is None) != (data["closest"] is None)
+    (prompt, seed), = task.validation(1)
+    assert data["chosen"] is not None and data["closest"] is None  # a floor of 100 points: every candidate holds it
+    # --confirm: the choice rerun on the same prompt with a new seed, where (floor 100) it holds again
+    assert data["confirmation"]["pairs"] == [[prompt, seed + 500_000]]
+    assert [r["name"] for r in data["confirmation"]["rows"]] == ["large", data["chosen"]]
+    assert data["confirmation"]["chosen"] == data["chosen"] and "confirmed on new pairs" in result.stdout
     assert plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 

@@ -59,6 +59,8 @@ class CalibrationReport:
     #: Without a choice: the candidate nearest the floor (the fastest among the nearest).
     closest: CandidateResult | None = None
     environment: dict[str, Any] = field(default_factory=dict)
+    #: `confirm`'s report of the choice rerun on new pairs, where one was made.
+    confirmation: "CalibrationReport | None" = None
 
     @classmethod
     def build(cls, rows: list[CandidateResult], floor: Floor, pairs: list[tuple[str, int]], steps: int, videos: int,
@@ -106,7 +108,8 @@ class CalibrationReport:
                 "steps": self.steps, "videos": self.videos, "seconds": self.seconds, "step_costs": self.step_costs,
                 "chosen": self.chosen.name if self.chosen else None,
                 "closest": self.closest.name if self.closest else None, "summary": self.summary(),
-                "environment": self.environment, "rows": [r.as_dict() for r in self.rows]}
+                "environment": self.environment, "rows": [r.as_dict() for r in self.rows],
+                "confirmation": None if self.confirmation is None else self.confirmation.as_dict()}
 
     def to_json(self, path: Any) -> None:
         with open(path, "w") as f:

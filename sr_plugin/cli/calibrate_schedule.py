@@ -18,8 +18,8 @@ from .outputs import UserError, check_output, write_checked
 def run_calibrate(family: str | None, pairs: int, grid: str, schedules: list[str] | None, tolerance: float,
                   teacache: list[float] | None, pab: bool, steps: int, json_out: str | None, plot_out: str | None,
                   large: str | None = None, small: str | None = None, prompts: list[str] | None = None,
-                  min_ssim: float | None = None, seed: int = 0, say: Any = print) -> Any:
-    from ..calibration import Candidate, Floor, calibrate, candidate_grid
+                  min_ssim: float | None = None, seed: int = 0, confirm_choice: bool = False, say: Any = print) -> Any:
+    from ..calibration import Candidate, Floor, calibrate, candidate_grid, confirm, new_seeds
     from . import call_defaults
     from .generate import load_models
 
@@ -56,6 +56,12 @@ def run_calibrate(family: str | None, pairs: int, grid: str, schedules: list[str
     say("")
     say(report.table())
     say(report.summary())
+    if confirm_choice and report.chosen is not None:
+        say("")
+        report.confirmation = confirm(pipe, small_model, report, new_seeds(report.pairs), scorer=scorer,
+                                      num_inference_steps=steps, apply_kwargs=extra, say=say, **call)
+        say(report.confirmation.table())
+        say("confirmed on new pairs: " + report.confirmation.summary())
     if record is not None:
         write_checked(record, lambda: report.to_json(record))
         say(f"wrote {record}")

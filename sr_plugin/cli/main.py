@@ -215,6 +215,9 @@ def _add_calibrate(sub: Any) -> argparse.ArgumentParser:
                        help="a prompt to calibrate on (repeat it; seeds 0, 1, ...); with --large/--small")
     calib.add_argument("--min-ssim", type=_fraction, default=None,
                        help="with --large/--small: the mean SSIM against large only to keep (default 0.9)")
+    calib.add_argument("--confirm", action="store_true",
+                       help="rerun the choice on new pairs (the same prompts, new seeds) and, where it misses the "
+                            "floor there, the next fastest within it: a guard against picking a lucky candidate")
     calib.add_argument("--json", default=None, metavar="PATH", help="write the report as JSON")
     calib.add_argument("--plot", default=None, metavar="PATH", help="draw quality against speed-up (PNG)")
     return calib
@@ -364,7 +367,7 @@ def _run_calibrate(args: argparse.Namespace) -> None:
 
     run_calibrate(args.family, args.pairs, args.grid, args.schedules, args.tolerance, args.teacache, args.pab,
                   args.steps, args.json, args.plot, large=args.large, small=args.small, prompts=args.prompt,
-                  min_ssim=args.min_ssim)
+                  min_ssim=args.min_ssim, confirm_choice=args.confirm)
 
 
 def _run_calibrate_delta(args: argparse.Namespace) -> None:
