@@ -21,8 +21,7 @@ from ..pipeline.timing import StepClock
 from .candidates import Candidate
 from .costs import StepCosts
 from .report import CalibrationReport
-from .search import (DEFAULT_MIN_SSIM, DEFAULT_POINTS, _candidates, _measure, _pairs, _result, _run, _Runs, _set_up,
-                     _take_down)
+from .search import (_candidates, _checked_floor, _measure, _pairs, _result, _run, _Runs, _set_up, _take_down)
 from .stats import Floor
 
 
@@ -98,11 +97,4 @@ def _order(candidates: Any, floor: Floor | None, scorer: Any) -> tuple[list[Cand
         floor = floor if floor is not None else candidates.floor
     else:
         order = _candidates(candidates, ())
-        floor = floor if floor is not None else (Floor(points=DEFAULT_POINTS) if scorer is not None
-                                                 else Floor(min_ssim=DEFAULT_MIN_SSIM))
-    if not isinstance(floor, Floor):
-        raise TypeError(f"floor must be a sr_plugin.calibration.Floor, got {type(floor).__name__}")
-    if floor.needs_scorer and scorer is None:
-        raise ValueError("a floor in points of accuracy needs a scorer (a judge of each video); without one, give "
-                         "Floor(min_ssim=...) or Floor(min_psnr=...)")
-    return order, floor
+    return order, _checked_floor(floor, scorer)

@@ -133,13 +133,7 @@ def _check(pipe: Any, small: Any, prompts: Sequence[Any], floor: Floor | None, s
            apply_kwargs: Mapping[str, Any]) -> tuple[Floor, list[tuple[str, int]], list[Candidate]]:
     """Every input checked before the first video (each candidate applied and removed once); the floor, the pairs
     and the candidates."""
-    floor = floor if floor is not None else (Floor(points=DEFAULT_POINTS) if scorer is not None
-                                             else Floor(min_ssim=DEFAULT_MIN_SSIM))
-    if not isinstance(floor, Floor):
-        raise TypeError(f"floor must be a sr_plugin.calibration.Floor, got {type(floor).__name__}")
-    if floor.needs_scorer and scorer is None:
-        raise ValueError("a floor in points of accuracy needs a scorer (a judge of each video); without one, give "
-                         "Floor(min_ssim=...) or Floor(min_psnr=...)")
+    floor = _checked_floor(floor, scorer)
     if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
         raise ValueError(f"num_inference_steps must be a positive int, got {steps!r}")
     pairs = _pairs(prompts, seed)
@@ -150,6 +144,18 @@ def _check(pipe: Any, small: Any, prompts: Sequence[Any], floor: Floor | None, s
         sr, acc = _set_up(pipe, small, candidate, apply_kwargs)
         _take_down(sr, acc)
     return floor, pairs, chosen
+
+
+def _checked_floor(floor: Floor | None, scorer: Any) -> Floor:
+    """The floor given, or the default (points of accuracy with a scorer, else SSIM), checked against the scorer."""
+    floor = floor if floor is not None else (Floor(points=DEFAULT_POINTS) if scorer is not None
+                                             else Floor(min_ssim=DEFAULT_MIN_SSIM))
+    if not isinstance(floor, Floor):
+        raise TypeError(f"floor must be a sr_plugin.calibration.Floor, got {type(floor).__name__}")
+    if floor.needs_scorer and scorer is None:
+        raise ValueError("a floor in points of accuracy needs a scorer (a judge of each video); without one, give "
+                         "Floor(min_ssim=...) or Floor(min_psnr=...)")
+    return floor
 
 
 def _set_up(pipe: Any, small: Any, candidate: Candidate, apply_kwargs: Mapping[str, Any]) -> tuple[Any, Any]:
