@@ -1,6 +1,6 @@
 """CogVideoX (`CogVideoXPipeline`): 5b sketches, 2b renders.
 
-Everything here is specific to CogVideoX (reference section 3):
+Everything here is specific to CogVideoX (docs/method.md, "The latent-space hand-off"):
 
 - Latents are [B, F, C, H, W]; CFG is one batched call (uncond first), so each step is one call.
 - 2b and 5b share the VAE weights and the T5 encoder, but were trained on differently scaled latents
@@ -27,8 +27,8 @@ PUBLISHED_2B_VAE_SCALING_FACTOR = 1.15258426
 PUBLISHED_2B_SNR_SHIFT_SCALE = 3.0
 
 
-#: TeaCache rescale polynomials published for CogVideoX 2b and 5b (ali-vilab/TeaCache, as collected in the
-#: project's reference notes), numpy poly1d order; they decide on the time embedding.
+#: TeaCache rescale polynomials published for CogVideoX 2b and 5b (ali-vilab/TeaCache;
+#: docs/method.md, "TeaCache"), numpy poly1d order; they decide on the time embedding.
 COGVIDEOX_TEACACHE_COEFFICIENTS: dict[str, tuple[float, ...]] = {
     "cogvideox-2b": (-3.10658903e01, 2.54732368e01, -5.92380459e00, 1.75769064e00, -3.61568434e-03),
     "cogvideox-5b": (-1.53880483e03, 8.43202495e02, -1.34363087e02, 7.97131516e00, -5.23162339e-02),

@@ -9,6 +9,8 @@ version it was checked against. Widening a version pin is a reading of this file
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from typing import Any, Callable
 
 import torch
@@ -130,6 +132,22 @@ def cogvideox_rotary_embeddings(transformer: torch.nn.Module, vae_scale_factor_s
 
     view = SimpleNamespace(transformer=transformer, vae_scale_factor_spatial=vae_scale_factor_spatial)
     return CogVideoXPipeline._prepare_rotary_positional_embeddings(view, height, width, num_frames, device)
+
+
+@contextlib.contextmanager
+def quiet_progress_bar(pipe: Any) -> Iterator[None]:
+    """No progress bar for the calls inside the block; the pipeline's own setting (``set_progress_bar_config``,
+    kept in ``DiffusionPipeline._progress_bar_config``) comes back after it."""
+    had = "_progress_bar_config" in vars(pipe)
+    before = vars(pipe).get("_progress_bar_config")
+    pipe.set_progress_bar_config(**{**(before or {}), "disable": True})
+    try:
+        yield
+    finally:
+        if had:
+            pipe._progress_bar_config = before
+        else:
+            del pipe._progress_bar_config
 
 
 # ------------------------------------------------------------------------------------ torch (2.13)

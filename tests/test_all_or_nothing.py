@@ -12,6 +12,7 @@ import sr_plugin.accel.compile as compile_module  # where compile attaches
 import sr_plugin.accel.pab as pab_module  # where PAB attaches
 import sr_plugin.accel.teacache as teacache_module  # where TeaCache attaches
 import sr_plugin.switch.api as api_module
+import sr_plugin.switch.routing as routing_module  # where the large model's offloader is made
 from sr_plugin import PABConfig, TeaCacheConfig
 from sr_plugin.pipeline.calls import CallTracker
 from sr_plugin.lab.tiny import tiny_pair
@@ -42,7 +43,7 @@ def failing(*args, **kwargs):
 
 # (module, attribute) of each installation step, in the order apply and accelerate take them
 APPLY_STEPS = [(api_module, "parallelize_like"), (api_module, "Router"), (CallTracker, "add"),
-               (CallTracker, "track"), (CallTracker, "join"), (api_module, "LargeOffloader"),
+               (CallTracker, "track"), (CallTracker, "join"), (routing_module, "LargeOffloader"),
                (api_module, "_restore_early"), (api_module, "SRHandle")]
 ATTACH_STEPS = [(teacache_module, "apply_teacache"), (pab_module, "apply_cfg_pab"), (CallTracker, "track")]
 

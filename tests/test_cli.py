@@ -150,7 +150,8 @@ def test_calibrate_writes_its_report_and_plot(tmp_path: pathlib.Path):
                  "small:2,large", "large:2,small:4,large", "--tolerance", "100", "--confirm", "--json", str(report),
                  "--plot", str(plot))
     assert result.returncode == 0, result.stderr
-    assert "2 candidates + large only + small only on 1 pairs, 6 steps: 4 videos" in result.stdout
+    assert "2 candidates on 1 pairs, 6 steps, fastest search" in result.stdout
+    assert "step costs here" in result.stdout and "model steps" in result.stdout  # the cost, before the videos
     data = json.loads(report.read_text())
     assert [r["name"] for r in data["rows"]] == ["large", "small:2,large", "large:2,small:4,large"]
     from sr_plugin.lab import task
@@ -224,12 +225,14 @@ def test_help_and_argument_errors_import_neither_torch_nor_diffusers():
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
                             cwd=pathlib.Path(__file__).parent)  # the installed package, not a checkout's copy
     assert result.returncode == 0, result.stderr[-2000:]
-    from sr_plugin import cli
-    from sr_plugin.lab import trained
+    from sr_plugin.adapters import family_keys
+    from sr_plugin.lab import shipped
     from sr_plugin.lab.bench import ACCELERATIONS
     from sr_plugin.lab.bench_configs import ACCELERATION_NAMES
 
-    assert cli.FAMILIES == trained.FAMILY_NAMES and tuple(ACCELERATIONS) == ACCELERATION_NAMES
+    folders = {p.name for p in shipped.ROOT.iterdir() if (p / "large" / "model_index.json").is_file()}
+    assert set(shipped.FAMILY_NAMES) == folders and set(folders) <= set(family_keys())
+    assert tuple(ACCELERATIONS) == ACCELERATION_NAMES
 
 
 def test_version(capsys):

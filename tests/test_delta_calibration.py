@@ -101,7 +101,7 @@ def test_paired_rounds_alternate_so_a_first_run_penalty_does_not_bias_the_promis
     def synthetic(pipe, prompt, seed, steps, **call):
         video, _, total = real(pipe, prompt, seed, steps, **call)
         handle = sr_plugin.handle_of(pipe)
-        k = steps if handle is None or handle.switch_step is None else handle.switch_step
+        k = steps if handle is None else next((r.index for r in handle.trace if r.model == "small"), steps)
         first = len(position) % 2 == 1  # position counts runs after the untimed warm-up run
         position.append(first)
         return video, (k + rho * (steps - k)) / steps * (1.1 if first else 1.0), total

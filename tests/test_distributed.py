@@ -15,7 +15,7 @@ import sys
 import pytest
 import torch
 
-from sr_plugin.switch.policy import SwitchOptions, SwitchPolicy
+from sr_plugin.switch.policy import DEFAULT_DELTA, AdaptiveBounds, AdaptiveDecider
 
 WORKER = pathlib.Path(__file__).with_name("dist_worker.py")
 PROCESS_LIMIT_S = 240
@@ -68,12 +68,12 @@ def test_a_rank_with_another_view_of_the_metric_still_switches_with_the_others(t
     assert ranks[0]["trace"] == ranks[1]["trace"]
 
     def local_switch(d: list[float]) -> int | None:  # what rank 1 would have decided on its own
-        policy = SwitchPolicy(SwitchOptions().resolve(10))
+        decider = AdaptiveDecider(AdaptiveBounds.resolve(DEFAULT_DELTA, None, None, 10))
         values = [None, *d]
         for j in range(10):
-            if policy.use_small(j):
+            if decider.decide(j) is not None:
                 return j
-            policy.observe(j, values[j] if j < len(values) else None)
+            decider.observe(j, values[j] if j < len(values) else None)
         return None
 
     assert local_switch(ranks[1]["local_d"]) != ranks[0]["switch_step"]  # the perturbation mattered

@@ -174,7 +174,7 @@ def test_a_scheduler_sr_plugin_cannot_use_is_refused_at_apply_and_a_refused_call
     pipe.scheduler = FlowMatchHeunDiscreteScheduler()  # swapped after apply: refused at the call
     with pytest.raises(ValueError, match="has order 2"):
         run(pipe, "wan")
-    assert handle.switch_step is None and handle.trace == [] and handle.switch.step is None
+    assert handle.switch_step is None and handle.trace == [] and handle.switch is None
 
 
 def test_a_text_length_the_sincos_small_model_cannot_take_is_refused_before_the_first_step():

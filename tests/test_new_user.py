@@ -11,7 +11,7 @@ import sys
 import pytest
 from test_cli import cli
 
-from sr_plugin.cli import call_defaults
+from sr_plugin.lab import call_defaults
 from sr_plugin.lab import trained
 
 PROMPT = "a red square moving left and a blue circle moving up"
@@ -127,7 +127,6 @@ cases = {
     'vocabulary': ['generate', '--prompt', 'a purple fox', '--out', 'x.mp4'],
     'extension': ['generate', '--prompt', 'x', '--tiny', '--out', 'x.avi'],
     'folder': ['generate', '--prompt', 'x', '--tiny', '--out', 'no/such/x.mp4'],
-    'family': ['generate', '--prompt', 'x', '--tiny', '--out', 'x.mp4', '--family', 'hunyuan'],
     'bounds': ['generate', '--prompt', 'x', '--tiny', '--out', 'x.mp4', '--min-switch-step', '9',
                '--max-switch-step', '3'],
     'caches': ['generate', '--prompt', 'x', '--tiny', '--out', 'x.mp4', '--teacache', '0.1', '--fbcache', '0.1'],
@@ -146,6 +145,14 @@ for name, argv in cases.items():
     assert len(lines) == 2 and lines[0].startswith('usage: sr-plugin ') and lines[0].endswith(' [options]'), lines
     assert 'error:' in lines[1], lines
 assert 'torch' not in sys.modules and 'diffusers' not in sys.modules, 'imported'
+# a family name is checked against the adapters' registry: torch, but not diffusers nor any model
+err = io.StringIO()
+with contextlib.redirect_stderr(err), contextlib.redirect_stdout(io.StringIO()):
+    try:
+        cli.main(['generate', '--prompt', 'x', '--tiny', '--out', 'x.mp4', '--family', 'hunyuan'])
+    except SystemExit as e:
+        assert e.code == 2 and "unknown family 'hunyuan'; known: wan, cogvideox" in err.getvalue(), err.getvalue()
+assert 'diffusers' not in sys.modules, 'imported'
 """
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
                             cwd=pathlib.Path(__file__).parent)  # the installed package, not a checkout's copy
@@ -173,13 +180,14 @@ def test_wording():
 
     from sr_plugin.lab.bench import about_minutes
     from sr_plugin.cli.generate import describe_switch
-    from sr_plugin.switch.policy import SwitchOptions
+    from sr_plugin.switch.schedule import Schedule, Segment
 
     assert about_minutes(0.2) == "under a minute" and about_minutes(1.1) == "about 1 minute"
-    fixed = SimpleNamespace(step=None, reason=None, min_switch_step=60, max_switch_step=60, delta=None, num_steps=50)
-    assert describe_switch(fixed) == "did not switch (the fixed switch step 60 is not below the 50 steps: large only)"
+    assert describe_switch(None, [Segment("large", 0, 3)]) == "did not hand over to the small model (ran large 0-2)"
+    fixed = SimpleNamespace(step=4, reason="fixed", min_switch_step=4, max_switch_step=4, delta=None, num_steps=10)
+    assert describe_switch(fixed, []) == "switched before step 4 of 10 (fixed switch step)"
     with pytest.raises(ValueError, match="delta applies only to the adaptive switch"):
-        SwitchOptions.from_user(0.02, None, None, 3)
+        Schedule.one_switch(0.02, None, None, 3)
 
 
 def test_timings_the_step_times_do_not_allow_are_called_unreliable():

@@ -43,7 +43,7 @@ def test_wan_branches_never_exchange_cached_attention_but_each_reuses_its_own():
 
 def test_diffusers_pab_hands_the_cond_attention_to_the_uncond_call():
     """Why this PAB exists: diffusers' hook keeps one state per module, so on Wan's two CFG calls the
-    uncond call returns what the cond call just cached (reference section 5). If diffusers fixes this, this
+    uncond call returns what the cond call just cached (docs/method.md, "diffusers' caches and classifier-free guidance"). If diffusers fixes this, this
     test fails: revisit then."""
     from diffusers import PyramidAttentionBroadcastConfig
 

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import pathlib
+import subprocess
+import sys
 import tomllib
 
 ROOT = pathlib.Path(__file__).parents[1]
@@ -77,4 +79,18 @@ def test_a_checkout_runs_as_one_package_beside_an_installed_copy():
     import sr_plugin.adapters
 
     if pathlib.Path(sr_plugin.__file__).parent == ROOT / "sr_plugin":
-        assert pathlib.Path(sr_plugin.adapters.__file__).parent == ROOT / "adapters"
+        assert pathlib.Path(sr_plugin.adapters.__file__).parent.resolve() == ROOT / "adapters"
+
+
+def test_the_api_runs_from_the_folder_the_package_was_installed_from():
+    """A non-editable install, then Python started in the checkout's root (the README's set-up): the checkout's
+    sr_plugin/ comes first on the path, and its adapters are found through the sr_plugin/adapters link to the
+    top-level adapters/ folder."""
+    check = ("import pathlib, sr_plugin; from sr_plugin.lab import trained; trained.load('wan'); "
+             "import sr_plugin.adapters as a; print(pathlib.Path(a.__file__).resolve())")
+    ran = subprocess.run([sys.executable, "-c", check], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert ran.returncode == 0, ran.stderr[-2000:]
+    assert ran.stdout.strip() == str(ROOT / "adapters" / "__init__.py")
+    module = subprocess.run([sys.executable, "-m", "sr_plugin", "--version"], cwd=ROOT, capture_output=True,
+                            text=True, timeout=120)
+    assert module.returncode == 0 and module.stdout.startswith("sr-plugin"), module.stderr[-2000:]

@@ -6,8 +6,9 @@ whose user turns diffusers' First Block Cache on and off on its transformer. Aft
 equal, bit for bit, a freshly built pipeline put in the same state; a failing sequence is shrunk and printed.
 Half the seeds run Wan, half CogVideoX (whose hand-off maps latents, so a doubled mapping shows). Half the
 operations follow from the one before (`FOLLOW`: a call after an interruption, the sharing pipeline's call, a
-second switch on the shared small model, ...), so that 200 operations reach the orders in which state leaks;
-with each fix of issue 12 reverted, the CI-size run fails (see the issue's note).
+second switch on the shared small model, ...), so that 200 operations reach the orders in which state leaks: with
+any of the state-leak fixes reverted (a small model's per-call state kept on it, a cache context reused across
+pipelines, ...), the CI-size run fails.
 
     SR_SEQUENCE_OPS=5000 python -m pytest tests/test_random_sequences.py   # a nightly-size run
 """

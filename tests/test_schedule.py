@@ -8,9 +8,8 @@ import pathlib
 import pytest
 
 import sr_plugin.switch.schedule as schedule_module
-from sr_plugin.switch.policy import SwitchOptions
-from sr_plugin.switch.schedule import (AdaptiveEnd, FractionEnd, NoiseEnd, Schedule, Segment, StepEnd, ideal_speedup,
-                                       roles_of, segments_of)
+from sr_plugin.pipeline.costs import ideal_speedup
+from sr_plugin.switch.schedule import AdaptiveEnd, FractionEnd, NoiseEnd, Schedule, Segment, StepEnd, roles_of, segments_of
 
 
 def runs(spec, n=50, **kw):
@@ -58,8 +57,10 @@ def test_a_noise_level_end_runs_the_steps_at_or_above_it_as_wan22s_boundary_does
     ({"small": 3}, TypeError, "must be a string"),
     ("medium:3,large", ValueError, "unknown role 'medium'"),
     ([(3, 4), ("large", None)], TypeError, "role must be"),
-    ([("small",)], TypeError, r"\(role, end\) pair"),
-    (["small:3", "large"], TypeError, r"\(role, end\) pair"),
+    ([("small", 3, 4), ("large",)], TypeError, r"\(role, end\) pair"),
+    (["small:3", "large"], ValueError, "unknown role 'small:3'"),
+    ("small:20%,large:80%", ValueError, r"last segment but ends at 80%.*leave its end out"),
+    ("large:10,small:t=0.2", ValueError, "last segment but ends at t=0.2"),
     ("small:20,large:10,small", ValueError, "ends must increase"),
     ("small:20,large:20,small", ValueError, "ends must increase"),
     ("large:t=0.5,small:t=0.9,large", ValueError, "noise levels must decrease"),
@@ -90,9 +91,10 @@ def test_bad_schedules_are_clear_errors(spec, error, match):
 
 @pytest.mark.parametrize("spec, n, match", [
     ("small:20,large", 10, "beyond this call's 10 steps"),
-    ("small:10,large", 10, r"segment 2 \(large\) is empty"),
+    ("small:10,large", 10, r"segment 2 \(large\) gets no step of a call of 10 steps \(it would start and end at step 10\)"),
     ("small:20,large:30", 50, "last segment but ends at step 30"),
-    ("small:10%,large", 4, r"segment 1 \(small:10%\) is empty"),  # 0.4 rounds to 0
+    ("small:10%,large", 4, r"segment 1 \(small:10%\) gets no step .* start and end at step 0"),  # 0.4 rounds to 0
+    ("small:5,large:40%,small", 10, r"segment 2 \(large:40%\) gets no step .* end at step 4, before it starts at step 5"),
     ("large:3,small:4,large", 50, None),
 ])
 def test_a_schedule_that_does_not_fit_the_calls_steps_is_an_error_when_resolved(spec, n, match):
@@ -125,16 +127,19 @@ def test_the_adaptive_end_is_srdiffusions_rule_and_the_one_switch_form_is_a_sche
     n = 20
     d = d_with_s([0.05, 0.04, 0.03, 0.005, 0.001] + [0.001] * 20)  # s_5 = 0.005 in (0, 0.01): switch before 6
     timesteps = [1000.0 * (1 - j / n) for j in range(n)]
-    for schedule in (Schedule.parse("large:delta,small"), Schedule.single_switch(SwitchOptions())):
+    for schedule in (Schedule.parse("large:delta,small"), Schedule.one_switch()):
         plan = schedule.plan(timesteps, 1000)
         roles = follow(plan, d[:n])
         assert segments_of(roles) == [Segment("large", 0, 6), Segment("small", 6, n)]
-        assert plan.switch() == (6, "delta", 3, 12, 0.01)
+        b = plan.handover
+        assert (b.step, b.reason, b.min_switch_step, b.max_switch_step, b.delta) == (6, "delta", 3, 12, 0.01)
+        assert plan.boundaries == [b]
     # In a sandwich the adaptive hand-off leaves the following small segment at least one step.
     plan = Schedule.parse("large:delta=1e-9,small:8,large").plan(timesteps, 1000)  # the rule alone never fires
     roles = follow(plan, d[:n])
     assert segments_of(roles) == [Segment("large", 0, 7), Segment("small", 7, 8), Segment("large", 8, n)]
-    assert plan.switch()[:2] == (7, "max_switch_step")
+    assert [(b.step, b.reason, b.leaving, b.entering) for b in plan.boundaries] == [
+        (7, "max_switch_step", "large", "small"), (8, "fixed", "small", "large")]
     # Its clamps, as apply's min_switch_step / max_switch_step.
     bounded = Schedule.parse("large:delta,small").with_bounds(8, 9)
     assert follow(bounded.plan(timesteps, 1000), d[:n]).index("small") == 8
@@ -144,12 +149,28 @@ def test_the_adaptive_end_is_srdiffusions_rule_and_the_one_switch_form_is_a_sche
         Schedule.parse("large:delta,small").with_bounds(9, 4)
 
 
-def test_the_one_switch_keywords_keep_their_meaning():
+def test_the_one_switch_keywords_are_the_schedules_they_stand_for():
     timesteps = [1000.0 * (1 - j / 6) for j in range(6)]
-    for k, expected in ((0, ["small"] * 6), (2, ["large"] * 2 + ["small"] * 4), (6, ["large"] * 6), (60, ["large"] * 6)):
-        plan = Schedule.single_switch(SwitchOptions.from_user(switch_step=k)).plan(timesteps, 1000)
+    assert Schedule.one_switch(switch_step=0).parts == Schedule.parse("small").parts
+    assert Schedule.one_switch(switch_step=2).parts == Schedule.parse("large:2,small").parts
+    assert Schedule.one_switch(delta=0.02).parts == Schedule.parse("large:delta=0.02,small").parts
+    for k, expected in ((0, ["small"] * 6), (2, ["large"] * 2 + ["small"] * 4)):
+        plan = Schedule.one_switch(switch_step=k).plan(timesteps, 1000)
         assert follow(plan, [None] * 6) == expected
-        assert plan.switch() == ((k if k < 6 else None), ("fixed" if k < 6 else None), k, k, None)
+        assert [(b.step, b.reason, b.min_switch_step, b.delta) for b in plan.boundaries] == (
+            [] if k == 0 else [(k, "fixed", k, None)])
+    for k in (6, 60):  # "large:6,small" does not fit a call of 6 steps: refused in the keyword's words
+        with pytest.raises(ValueError, match=f"switch_step={k} hands over to the small model at step {k}, but this "
+                                             "call has 6 steps"):
+            Schedule.one_switch(switch_step=k).plan(timesteps, 1000)
+
+
+def test_only_an_adaptive_end_may_find_the_call_too_short_and_the_plan_says_so():
+    timesteps = [1000.0 * (1 - j / 3) for j in range(3)]
+    plan = Schedule.one_switch().plan(timesteps, 1000)
+    assert follow(plan, [None, 0.5, 0.49]) == ["large"] * 3 and plan.handover is None
+    assert "adaptive hand-off ('delta') comes at step 3 at the earliest" in plan.warning
+    assert Schedule.one_switch().plan([1000.0 * (1 - j / 10) for j in range(10)], 1000).warning is None
 
 
 def test_a_pipeline_that_cannot_run_its_large_model_late_caps_or_refuses():
@@ -161,7 +182,7 @@ def test_a_pipeline_that_cannot_run_its_large_model_late_caps_or_refuses():
     with pytest.raises(ValueError, match=r"up to step 6.*from step 4 on \(no low-noise expert\)"):
         Schedule.parse("small:3,large:7,small").plan(timesteps, 1000, large_until=(4, "no low-noise expert"))
     with pytest.raises(ValueError, match="switch_step=6 is after step 4"):
-        Schedule.single_switch(SwitchOptions(switch_step=6)).plan(timesteps, 1000, large_until=(4, "why"))
+        Schedule.one_switch(switch_step=6).plan(timesteps, 1000, large_until=(4, "why"))
 
 
 def test_steps_are_decided_in_order_and_the_next_return_is_known_ahead():

@@ -49,7 +49,10 @@ def test_wan_every_order_equals_swapping_the_transformer_by_hand(schedule):
     assert log.calls == [r for r in roles for _ in range(2)]  # cond + uncond on one model per step
     assert handle.segments == segments_of(roles)
     assert [r.model for r in handle.trace] == roles
-    assert handle.switch_step == (roles.index("small") if "small" in roles else None)
+    handovers = [j for j in range(1, len(roles)) if roles[j - 1:j + 1] == ["large", "small"]]
+    assert handle.switch_step == (handovers[0] if handovers else None)  # the first large -> small hand-over
+    assert [(b.step, b.leaving, b.entering) for b in handle.boundaries] == [
+        (j, roles[j - 1], roles[j]) for j in range(1, len(roles)) if roles[j] != roles[j - 1]]
     handle.remove()
     assert torch.equal(run(pipe, "wan", output_type="pt"), by_hand(pipe, small, ["large"] * STEPS))
 

@@ -1,5 +1,5 @@
 """The shipped text encoders carry which shape and direction belong to which colour (the pairing a random
-frozen encoder loses, reference section 7): a linear probe from each colour token's embedding, as the pipeline
+frozen encoder loses, docs/trained-families.md): a linear probe from each colour token's embedding, as the pipeline
 makes it, recovers its own object's shape and direction on held-out prompts. Wan's encoder also gives each shape
 and direction word its own clause (`task_encoder.COPY_RULES`), and no encoder gives a filler word anything."""
 

@@ -37,7 +37,8 @@ def test_quantized_models_hand_off_exactly(which):
     quantize_(small, Int8WeightOnlyConfig())
     if which == "both":
         quantize_(pipe.transformer, Int8WeightOnlyConfig())
-    assert "Int8" in type(small.blocks[0].attn1.to_q.weight).__name__
+    weight = small.blocks[0].attn1.to_q.weight
+    assert type(weight) not in (torch.Tensor, torch.nn.Parameter)  # torchao's quantized tensor subclass
     expected = swapping_reference(pipe, small)
     handle = sr_plugin.apply(pipe, small, switch_step=K)
     assert torch.equal(run(pipe, "wan"), expected)

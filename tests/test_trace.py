@@ -6,7 +6,7 @@ import pytest
 from pipeline_helpers import STEPS, CallLog, run
 
 import sr_plugin
-from sr_plugin.switch.policy import SwitchOptions, SwitchPolicy
+from sr_plugin.switch.policy import AdaptiveBounds, AdaptiveDecider
 
 
 def test_trace_fields_follow_the_definitions(pair, family):
@@ -31,12 +31,14 @@ def test_recorded_metric_reproduces_the_switch(pair, family):
     pipe, small = pair
     handle = sr_plugin.apply(pipe, small, delta=0.02)
     run(pipe, family)
-    policy = SwitchPolicy(SwitchOptions(delta=0.02).resolve(STEPS))
+    decider = AdaptiveDecider(AdaptiveBounds.resolve(0.02, None, None, STEPS))
+    switch = None
     for r in handle.trace:
-        if policy.use_small(r.index):
+        if decider.decide(r.index) is not None:
+            switch = r.index
             break
-        policy.observe(r.index, r.d)
-    assert policy.switch_step == handle.switch_step
+        decider.observe(r.index, r.d)
+    assert switch == handle.switch_step is not None
 
 
 def test_switch_falls_on_a_step_boundary_whatever_the_calls_per_step(pair, family):
@@ -50,11 +52,24 @@ def test_switch_falls_on_a_step_boundary_whatever_the_calls_per_step(pair, famil
     assert log.calls == ["large"] * per_step * k + ["small"] * per_step * (STEPS - k)
 
 
-def test_never_switching_run_reports_no_switch(pair, family):
+def test_a_switch_step_the_call_never_reaches_is_refused_before_step_0(pair, family):
+    """``switch_step=k`` is the schedule "large:k,small": a call of k steps or fewer does not fit it."""
     pipe, small = pair
     handle = sr_plugin.apply(pipe, small, switch_step=STEPS)
-    run(pipe, family)
-    assert handle.switch_step is None and {r.model for r in handle.trace} == {"large"}
+    log = CallLog(large=pipe.transformer, small=small)
+    with pytest.raises(ValueError, match=f"switch_step={STEPS} hands over to the small model at step {STEPS}, but "
+                                         f"this call has {STEPS} steps"):
+        run(pipe, family)
+    log.close()
+    assert log.calls == [] and handle.switch_step is None and handle.trace == []
+
+
+def test_a_call_too_short_for_the_adaptive_switch_says_it_ran_large_only(pair, family):
+    pipe, small = pair
+    handle = sr_plugin.apply(pipe, small)  # the adaptive rule hands over at step 3 at the earliest
+    with pytest.warns(UserWarning, match="this call has 3 steps, and the adaptive hand-off .* step 3 at the earliest"):
+        run(pipe, family, steps=3)
+    assert handle.switch is None and [r.model for r in handle.trace] == ["large"] * 3
 
 
 def test_metric_is_computed_from_the_guided_output_the_scheduler_receives(family):
@@ -99,8 +114,7 @@ def test_metric_is_computed_from_the_guided_output_the_scheduler_receives(family
         assert not torch.equal(run(pipe, family), run(pipe, family, **extra))  # dynamic CFG matters
 
 
-@pytest.mark.parametrize("kwargs,reason", [({"switch_step": 4}, "fixed"), ({"delta": 1e-9}, "max_switch_step"),
-                                           ({"switch_step": STEPS}, None)])
+@pytest.mark.parametrize("kwargs,reason", [({"switch_step": 4}, "fixed"), ({"delta": 1e-9}, "max_switch_step")])
 def test_handle_reports_why_and_within_which_bounds_the_call_switched(kwargs, reason):
     from sr_plugin.lab.tiny import tiny_pair
 

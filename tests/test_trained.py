@@ -13,7 +13,7 @@ import torch
 from sr_plugin.lab import task, trained
 from sr_plugin.lab.quality import run_modes
 
-#: All shipped weights together stay under this (the issue's budget).
+#: All shipped weights together stay under this (tens of MB at most).
 MAX_WEIGHTS_BYTES = 40 * 2**20
 
 
@@ -69,13 +69,7 @@ def test_a_missing_or_corrupted_folder_gives_one_clear_error(tmp_path: pathlib.P
         trained.load("hunyuan")
 
 
-#: Families whose shipped folders hold the retrained weights on `task_encoder`'s encoder (issue 18).
-SHIPPED_ON_TASK_ENCODER = ("cogvideox", "wan")
-
-
-@pytest.mark.parametrize("family", [f if f in SHIPPED_ON_TASK_ENCODER else pytest.param(
-    f, marks=pytest.mark.xfail(strict=True, reason="its retrained family is not shipped yet (issue 18)"))
-    for f in trained.FAMILY_NAMES])
+@pytest.mark.parametrize("family", trained.FAMILY_NAMES)
 def test_shipped_text_encoder_is_the_hand_set_one(family):
     """What the shipped models were trained on is what `trained.text_encoder` builds (both roles share it)."""
     from sr_plugin.lab import task_encoder

@@ -38,7 +38,7 @@ import torch
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
-from sr_plugin.cli import call_defaults
+from sr_plugin.lab import call_defaults
 from sr_plugin.lab import task, trained  # noqa: E402
 
 COND_DROPOUT = 0.1
@@ -205,8 +205,11 @@ class Objective:
     """The family's noising and target: flow matching (Wan) or v-prediction in the role's space (CogVideoX)."""
 
     def __init__(self, family: str, role: str, pipe, render_from: int = 0, sampling_steps: int = 50,
-                 focus: tuple[float, float, float] | None = None) -> None:
+                 focus: tuple[float, float, float] | None = None, distill: float = 0.0) -> None:
         self.family = family
+        # --distill W (small model): the shipped large model's prediction as (a W share of) the target
+        self.distill = distill
+        self.teacher = Teacher(family) if distill > 0 else None
         # --focus LO HI FRAC (Wan): a FRAC share of each batch draws sigma from [LO, HI] instead of the whole
         # schedule, to train more where the shapes are bound (Wan's turn over between sigma 0.67 and 0.43,
         # train/shape_decided.py); the rest keeps the sampler's own distribution.
@@ -263,7 +266,7 @@ class Objective:
             s = sigma.view(b, 1, 1, 1, 1)
             xt = (1 - s) * x0 + s * noise
             pred = model(hidden_states=xt, timestep=sigma * 1000, encoder_hidden_states=text, return_dict=False)[0]
-            return (pred - (noise - x0)).pow(2).mean()
+            return self._mix(pred, noise - x0, xt, sigma * 1000, text)
         top = 1000 if self.ceiling is None else int(self.ceiling) + 1
         t = torch.randint(0, top, (b,), generator=gen)
         a = self.abar[t].view(b, 1, 1, 1, 1)
@@ -271,7 +274,85 @@ class Objective:
         target = a.sqrt() * noise - (1 - a).sqrt() * x0
         pred = model(hidden_states=xt, encoder_hidden_states=text, timestep=t, image_rotary_emb=self.rotary,
                      return_dict=False)[0]
-        return (pred - target).pow(2).mean()
+        return self._mix(pred, target, xt, t, text)
+
+    def _mix(self, pred: torch.Tensor, target: torch.Tensor, xt: torch.Tensor, timestep: torch.Tensor,
+             text: torch.Tensor) -> torch.Tensor:
+        """The data loss, or with a teacher (--distill W): W x the distance to the teacher's prediction for the
+        same noisy sample plus (1 - W) x the data loss."""
+        data = (pred - target).pow(2).mean()
+        if self.teacher is None:
+            return data
+        taught = (pred - self.teacher.target(xt, timestep, text)).pow(2).mean()
+        return self.distill * taught + (1 - self.distill) * data
+
+
+class Teacher:
+    """The shipped large model as a distillation teacher: its prediction for the student's own noisy sample,
+    expressed as the student's target (Wan: the same flow-matching velocity; CogVideoX: the large model sees the
+    sample mapped into its latent space and schedule, and its v-prediction is mapped back into the small one's,
+    exactly as the hand-off maps them the other way)."""
+
+    def __init__(self, family: str) -> None:
+        self.family = family
+        self.model = type(trained.transformer(family, "large")).from_pretrained(
+            trained.folder(family, "large") / "transformer").eval().requires_grad_(False)
+        self.space = None
+        if family == "cogvideox":
+            from sr_plugin.adapters.cogvideox import LatentSpaceMap
+
+            # small -> large: the map the hand-off uses, with the roles swapped
+            self.space = LatentSpaceMap(trained.scheduler(family, "small").alphas_cumprod,
+                                        trained.scheduler(family, "large").alphas_cumprod,
+                                        trained.COGVIDEOX_SPACE["large"][0] / trained.COGVIDEOX_SPACE["small"][0])
+            pipe = trained.build_pipeline(family, "large", self.model, trained.vae(family),
+                                          trained.text_encoder(family))
+            self.rotary = pipe._prepare_rotary_positional_embeddings(task.HEIGHT, task.WIDTH, 3, "cpu")
+
+    @torch.no_grad()
+    def target(self, xt: torch.Tensor, timestep: torch.Tensor, text: torch.Tensor) -> torch.Tensor:
+        if self.space is None:
+            return self.model(hidden_states=xt, timestep=timestep, encoder_hidden_states=text, return_dict=False)[0]
+        coef = self.space.coefficients(timestep)
+        shape = (-1, 1, 1, 1, 1)
+        out = self.model(hidden_states=xt * coef["k"].float().view(shape), timestep=coef["t_small"].float(),
+                         encoder_hidden_states=text, image_rotary_emb=self.rotary, return_dict=False)[0]
+        return coef["coef_x"].float().view(shape) * xt + coef["coef_v"].float().view(shape) * out
+
+
+def init_from_large(model: torch.nn.Module, family: str, blocks: list[int]) -> None:
+    """Start a small model as a shortened copy of the shipped large one: every tensor outside the blocks whose
+    shape matches (embeddings, time and text projections, output head), and large block ``blocks[i]`` as small
+    block ``i`` (the small model must have the large one's width)."""
+    large = type(model).from_pretrained(trained.folder(family, "large") / "transformer").state_dict()
+    own = model.state_dict()
+    prefix = "transformer_blocks." if family == "cogvideox" else "blocks."
+    copied = {}
+    for key, value in own.items():
+        source = key
+        if key.startswith(prefix):
+            index, rest = key[len(prefix):].split(".", 1)
+            source = f"{prefix}{blocks[int(index)]}.{rest}"
+            if ".net.0.proj." in key and large[source].shape != value.shape:  # a narrower feed-forward
+                copied.update(prune_feed_forward(large, source, key, value.shape[0]))
+                continue
+        if source in large and large[source].shape == value.shape:
+            copied.setdefault(key, large[source])
+    model.load_state_dict(copied, strict=False)
+    log(f"small: {len(copied)} of {len(own)} tensors copied from the shipped large model (blocks {blocks})")
+
+
+def prune_feed_forward(large: dict[str, torch.Tensor], source: str, key: str, width: int) -> dict[str, torch.Tensor]:
+    """A large block's feed-forward cut to ``width`` hidden units: the units with the largest product of their
+    input and output weights' norms (the input projection ``net.0.proj`` and the output ``net.2``)."""
+    w_in, b_in = large[source.replace(".bias", ".weight")], large[source.replace(".weight", ".bias")]
+    out = source.replace(".net.0.proj.", ".net.2.").replace(".bias", ".weight")
+    w_out = large[out]
+    keep = (w_in.norm(dim=1) * w_out.norm(dim=0)).topk(width).indices.sort().values
+    key_w, key_b = key.replace(".bias", ".weight"), key.replace(".weight", ".bias")
+    out_key = key_w.replace(".net.0.proj.", ".net.2.")
+    return {key_w: w_in[keep], key_b: b_in[keep], out_key: w_out[:, keep],
+            out_key.replace(".weight", ".bias"): large[out.replace(".weight", ".bias")]}
 
 
 def grow(shipped: torch.nn.Module, model: torch.nn.Module) -> None:
@@ -305,6 +386,8 @@ def stage_transformer(args: argparse.Namespace, work: pathlib.Path, role: str) -
     elif checkpoint is None and args.grow_from:  # a pilot's EMA weights, grown to --large-layers
         grow(checkpoint_model(args.grow_from / args.family / f"{role}.pt", args.family, role), model)
         log(f"{role}: warm start from {args.grow_from}")
+    elif checkpoint is None and role == "small" and args.init_from_large:
+        init_from_large(model, args.family, args.init_from_large)
     elif checkpoint is None and args.from_shipped:
         shipped = type(model).from_pretrained(trained.folder(args.family, role) / "transformer")
         if shipped.config.num_layers == model.config.num_layers:
@@ -315,7 +398,10 @@ def stage_transformer(args: argparse.Namespace, work: pathlib.Path, role: str) -
     model.train()
     pipe = trained.build_pipeline(args.family, role, model, vae, trained.text_encoder(args.family))
     objective = Objective(args.family, role, pipe, render_from=args.render_from if role == "small" else 0,
-                          focus=tuple(args.focus) if args.focus else None)
+                          focus=tuple(args.focus) if args.focus else None,
+                          distill=args.distill if role == "small" else 0.0)
+    if objective.teacher is not None:
+        log(f"{role}: distilled from the shipped large model (weight {args.distill})")
     if objective.focus is not None:
         log(f"{role}: {args.focus[2]:.0%} of each batch at sigma {args.focus[0]}-{args.focus[1]}")
     if objective.ceiling is not None:
@@ -419,12 +505,13 @@ def checkpoint_model(path: pathlib.Path, family: str, role: str) -> torch.nn.Mod
     depth = 1 + max(int(k.split(".")[1]) for k in blocks)
     query = next(k for k in blocks if k.endswith("attn1.to_q.weight"))  # [heads x head dim, heads x head dim]
     heads = checkpoint["model"][query].shape[0] // trained.HEAD_DIM
-    model = trained.transformer(family, role, layers=depth, heads=heads)
+    ffn = checkpoint["model"][next(k for k in blocks if k.endswith("net.0.proj.weight"))].shape[0]
+    model = trained.transformer(family, role, layers=depth, heads=heads, ffn=ffn)
     model.load_state_dict(checkpoint["model"])
     with torch.no_grad():
         for p, e in zip(model.parameters(), checkpoint["ema"]):
             p.copy_(e)
-    log(f"{role}: EMA weights of step {checkpoint['step']} from {path} ({depth} blocks, {heads} heads)")
+    log(f"{role}: EMA weights of step {checkpoint['step']} from {path} ({depth} blocks, {heads} heads, ffn {ffn})")
     model.trained_steps = checkpoint["step"]
     return model.eval()
 
@@ -499,6 +586,14 @@ def main() -> None:
     parser.add_argument("--grow-from", type=pathlib.Path, default=None,
                         help="a checkpoints folder whose <family>/<role>.pt EMA weights start the run, grown to "
                              "--large-layers (new blocks start as identities)")
+    parser.add_argument("--small-size", type=int, nargs=3, default=None, metavar=("LAYERS", "HEADS", "FFN"),
+                        help="the small model's depth, width (heads of 16) and feed-forward width (0: 4 x the "
+                             "width) instead of SIZES'")
+    parser.add_argument("--init-from-large", type=lambda v: [int(b) for b in v.split(",")], default=None,
+                        metavar="B1,B2,...", help="small model: start as the shipped large model with only these "
+                        "blocks (its width: --small-size L 4)")
+    parser.add_argument("--distill", type=float, default=0.0, metavar="W",
+                        help="small model: W x the shipped large model's prediction + (1 - W) x the data as target")
     parser.add_argument("--curve", type=pathlib.Path, default=None,
                         help="learning-curve file (default: train/curves/<family>-<role>.csv)")
     parser.add_argument("--eval-every", type=int, default=0, help="learning-curve evaluation period (0: none)")
@@ -509,8 +604,16 @@ def main() -> None:
         parser.error("--focus is implemented for Wan's flow-matching sigmas only")
     if args.focus is not None and not (0 <= args.focus[0] < args.focus[1] <= 1 and 0 < args.focus[2] <= 1):
         parser.error(f"--focus LO HI FRAC needs 0 <= LO < HI <= 1 and 0 < FRAC <= 1, got {args.focus}")
+    if args.small_size:
+        layers, heads, ffn = args.small_size
+        trained.SIZES[args.family]["small"] = (layers, heads, ffn or None)
+    if args.init_from_large and len(args.init_from_large) != trained.SIZES[args.family]["small"][0]:
+        parser.error(f"--init-from-large names {len(args.init_from_large)} blocks for a small model of "
+                     f"{trained.SIZES[args.family]['small'][0]} (--small-size)")
+    if not 0 <= args.distill <= 1:
+        parser.error(f"--distill W needs 0 <= W <= 1, got {args.distill}")
     if args.large_layers:
-        trained.SIZES[args.family]["large"] = (args.large_layers, trained.SIZES[args.family]["large"][1])
+        trained.SIZES[args.family]["large"] = (args.large_layers, *trained.SIZES[args.family]["large"][1:])
     torch.set_num_threads(args.threads)
     work = args.work or ROOT / "train" / "runs" / args.family
     work.mkdir(parents=True, exist_ok=True)

@@ -133,6 +133,12 @@ class AccelHandle:
         accel.pipe.__dict__.pop(ACCEL_ATTR, None)
         self.removed = True
 
+    def __repr__(self) -> str:
+        if self.removed:
+            return f"AccelHandle({type(self._accel.pipe).__name__}, removed)"
+        kinds = ", ".join(f"{keyword}={config!r}" for keyword, config in self._accel.configs.items())
+        return f"AccelHandle({type(self._accel.pipe).__name__}, {kinds}, on {', '.join(self._accel.models) or 'no model'})"
+
 
 def accelerate(pipe: Any, *configs: Any, **accelerations: Any) -> AccelHandle:
     """Stack accelerations on the pipeline's transformer and, with the switch, on the small one too.

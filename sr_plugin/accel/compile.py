@@ -21,7 +21,7 @@ from .registry import Acceleration, register_acceleration
 if TYPE_CHECKING:
     from . import Accelerations
 
-#: Defaults: the issue's regional compile is fullgraph (one graph per block); static shapes, so that the
+#: Defaults: regional compile is fullgraph (one graph per block); static shapes, so that the
 #: large and the small model each get their own graph instead of one dynamic-shape graph after a recompile.
 DEFAULT_OPTIONS: dict[str, Any] = {"fullgraph": True, "dynamic": False}
 

@@ -4,31 +4,32 @@ Picking the fastest of many candidates that hold a floor on the same pairs favou
 those pairs (the winner's curse): with tens of candidates, 64 pairs and a floor of one or two prompts, the chosen
 one is often just above the floor by chance, and falls below it on other pairs. ``confirm`` reruns the candidates
 that held the floor, fastest first, on fresh (prompt, seed) pairs with large only as the reference on the same
-pairs, and stops at the first that holds the floor there too. What it returns is a `CalibrationReport` of the
+pairs, and stops at the first that holds the floor there too. It runs the way the fastest-first search does
+(`search.Search`): large only on every pair first, each candidate pair by pair and dropped as soon as it can no
+longer hold the floor, steps shared with an earlier run replayed. What it returns is a `CalibrationReport` of the
 fresh pairs: its ``chosen`` is that candidate (or None and the closest of those tried).
 
-Cost: large only plus each candidate tried, on the fresh pairs: ``(tried + 1) x len(prompts)`` videos.
+Cost: large only on the fresh pairs, and each candidate tried until it holds or drops.
 """
 
 from __future__ import annotations
 
-import statistics
 import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
-from ..pipeline.timing import StepClock
 from .candidates import Candidate
-from .costs import StepCosts
 from .report import CalibrationReport
-from .search import (_candidates, _checked_floor, _measure, _pairs, _result, _run, _Runs, _set_up, _take_down)
+from .runner import Runner
+from .search import Search, checked_candidates, checked_floor, checked_pairs, checked_steps, finished_report
 from .stats import Floor
+from .tape import DEFAULT_TAPE_BYTES
 
 
 def confirm(pipe: Any, small: Any, candidates: Any, prompts: Sequence[Any], *, floor: Floor | None = None,
             scorer: Callable[[Any, str], bool] | None = None, num_inference_steps: int = 50, seed: int = 0,
-            apply_kwargs: Mapping[str, Any] | None = None, say: Callable[[str], Any] | None = print,
-            **call: Any) -> CalibrationReport:
+            apply_kwargs: Mapping[str, Any] | None = None, tape_bytes: int = DEFAULT_TAPE_BYTES,
+            say: Callable[[str], Any] | None = print, **call: Any) -> CalibrationReport:
     """Rerun ``candidates`` on ``prompts``, in order, until one holds ``floor`` against large only on them.
 
     Args:
@@ -39,46 +40,32 @@ def confirm(pipe: Any, small: Any, candidates: Any, prompts: Sequence[Any], *, f
         floor, scorer, num_inference_steps, apply_kwargs, call: as for `sr_plugin.calibrate`.
     """
     order, floor = _order(candidates, floor, scorer)
-    pairs = _pairs(prompts, seed)
+    pairs = checked_pairs(prompts, seed)
     if isinstance(candidates, CalibrationReport):
         reused = sorted(set(pairs) & {tuple(p) for p in candidates.pairs})
         if reused:
             raise ValueError(f"confirming pairs must be new: {reused[0]} was one of the calibration's pairs")
     if not order:
         raise ValueError("no candidate to confirm: the calibration found none within its floor")
-    if isinstance(num_inference_steps, bool) or not isinstance(num_inference_steps, int) or num_inference_steps < 1:
-        raise ValueError(f"num_inference_steps must be a positive int, got {num_inference_steps!r}")
-    apply_kwargs = dict(apply_kwargs or {})
+    steps = checked_steps(num_inference_steps)
+    runner = Runner(pipe, small, steps=steps, call=call, scorer=scorer, apply_kwargs=apply_kwargs,
+                    tape_bytes=tape_bytes)
     for candidate in order:  # each one applies (and is removed) before the first video
-        _take_down(*_set_up(pipe, small, candidate, apply_kwargs))
+        runner.check(candidate)
     say = say or (lambda _: None)
     say(f"sr-plugin confirm: up to {len(order)} candidates, fastest first, + large only on {len(pairs)} new pairs; "
         f"floor: {floor.describe()}")
     start = time.perf_counter()
-    clock = StepClock().install(pipe)
-    measured: list[tuple[Candidate, _Runs]] = []
-    try:
-        _run(pipe, pairs, num_inference_steps, call, scorer)  # one-off first-call costs, untimed
-        clock.calls.clear()
-        reference = _measure(pipe, small, Candidate(None), pairs, num_inference_steps, call, scorer, apply_kwargs,
-                             clock)
-        for i, candidate in enumerate(order):
-            runs = _measure(pipe, small, candidate, pairs, num_inference_steps, call, scorer, apply_kwargs, clock)
-            measured.append((candidate, runs))
-            costs = StepCosts([c for r in [reference] + [m for _, m in measured] for c in r.calls])
-            row = _result(candidate, runs, reference, costs, floor, scorer is not None)
-            say(f"[{i + 1}/{len(order)}] {candidate.name}: {'holds' if row.within_floor else 'misses'} the floor on "
-                f"the new pairs, {statistics.mean(runs.loop_s):.2f} s a video")
-            if row.within_floor:
-                break
-    finally:
-        clock.remove()
-    costs = StepCosts([c for r in [reference] + [m for _, m in measured] for c in r.calls])
-    rows = [_result(Candidate(None), reference, reference, costs, floor, scorer is not None)]
-    rows += [_result(c, runs, reference, costs, floor, scorer is not None) for c, runs in measured]
-    videos = (len(measured) + 1) * len(pairs)
-    return CalibrationReport.build(rows, floor, pairs, num_inference_steps, videos, time.perf_counter() - start,
-                                   costs)
+    state = Search(runner, pairs, floor, scorer is not None, say)
+    for i in range(len(pairs)):
+        state.run_reference(i)
+    for i, candidate in enumerate(order):
+        holds = state.evaluate(candidate, drop=True)
+        say(f"[{i + 1}/{len(order)}] {candidate.name}: {'holds' if holds else 'misses'} the floor on the new pairs "
+            f"({state.status[candidate.name]})")
+        if holds:
+            break
+    return finished_report(state, [c for c in order if c.name in state.tallies], start)
 
 
 #: The seeds of confirming pairs made from a calibration's own pairs: each pair's seed plus this.
@@ -96,5 +83,5 @@ def _order(candidates: Any, floor: Floor | None, scorer: Any) -> tuple[list[Cand
         order = [Candidate(r.schedule, r.accel) for r in within]
         floor = floor if floor is not None else candidates.floor
     else:
-        order = _candidates(candidates, ())
-    return order, _checked_floor(floor, scorer)
+        order = checked_candidates(candidates, ())
+    return order, checked_floor(floor, scorer)

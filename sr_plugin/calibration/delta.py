@@ -24,6 +24,7 @@ import numpy as np
 
 from ..switch.api import apply
 from .fidelity import fidelity
+from ..pipeline.costs import mean_time_ratio, one_switch_roles
 from ..pipeline.timing import timed_run
 
 #: Deltas swept by default: a decade on either side of SRDiffusion's 0.01.
@@ -100,9 +101,7 @@ def step_ratio_doubt(switch_steps: Sequence[int], time_ratios: Sequence[float], 
 
 def modelled_time_ratio(switch_steps: Sequence[int], num_steps: int, step_ratio: float) -> float:
     """The time of runs switching at ``switch_steps`` (``num_steps``: never) over as many large-only runs."""
-    if not switch_steps:
-        raise ValueError("no runs to model")
-    return statistics.mean((k + step_ratio * (num_steps - k)) / num_steps for k in switch_steps)
+    return mean_time_ratio([one_switch_roles(k, num_steps) for k in switch_steps], {"large": 1.0, "small": step_ratio})
 
 
 @dataclass
@@ -181,11 +180,14 @@ def sweep_switch(pipe: Any, small: Any, prompts: Sequence[str], *,
         for i, prompt in enumerate(prompts):
             runs = {}
             for side in (("large", "sr") if i % 2 == 0 else ("sr", "large")):
-                handle = apply(pipe, small, **{kind: value}, **apply_kwargs) if side == "sr" else None
+                # a fixed switch at or after the last step is the large model alone (it never hands over)
+                never = kind == "switch_step" and value >= n
+                handle = apply(pipe, small, **{kind: value}, **apply_kwargs) if side == "sr" and not never else None
                 try:
                     runs[side] = _run(pipe, prompt, seed + i, n, call_kwargs)
-                    if handle is not None:
-                        ks.append(n if handle.switch_step is None else handle.switch_step)
+                    if side == "sr":  # the steps the large model ran before the small one took over
+                        ks.append(n if handle is None else next(
+                            (r.index for r in handle.trace if r.model == "small"), n))
                 finally:
                     if handle is not None:
                         handle.remove()

@@ -37,12 +37,31 @@ class CandidateResult:
     within_floor: bool
     shortfall: float
     right: list[bool] = field(default_factory=list, repr=False)
+    #: On how many of the pairs it ran, and why it stopped ("held", "dropped after k pairs", "missed the floor",
+    #: "not needed": slower than the answer, never run on every pair).
+    pairs_run: int = 0
+    status: str = ""
 
     def as_dict(self) -> dict[str, Any]:
         out = asdict(self)
         out["accel"] = {k: (v if isinstance(v, (int, float, bool, str, type(None))) else repr(v))
                         for k, v in self.accel.items()}
         return out
+
+
+@dataclass
+class Cost:
+    """What a calibration spent: model steps computed and replayed (by role), videos and seconds."""
+
+    computed: dict[str, int]
+    replayed: dict[str, int]
+    videos: int
+    seconds: float
+
+    def describe(self) -> str:
+        return (f"{self.computed.get('large', 0):,} large and {self.computed.get('small', 0):,} small model steps "
+                f"computed, {sum(self.replayed.values()):,} replayed, {self.videos} videos, {self.seconds / 60:.1f} "
+                "minutes")
 
 
 @dataclass
@@ -61,11 +80,16 @@ class CalibrationReport:
     environment: dict[str, Any] = field(default_factory=dict)
     #: `confirm`'s report of the choice rerun on new pairs, where one was made.
     confirmation: "CalibrationReport | None" = None
+    #: The model steps and time the search spent.
+    cost: Cost | None = None
+    #: Every result pair by pair, as `calibrate(resume=...)` reads it back.
+    progress: dict[str, Any] | None = None
 
     @classmethod
     def build(cls, rows: list[CandidateResult], floor: Floor, pairs: list[tuple[str, int]], steps: int, videos: int,
-              seconds: float, costs: Any) -> "CalibrationReport":
-        report = cls(rows, floor, pairs, steps, videos, seconds, costs.as_dict(), environment=_environment())
+              seconds: float, costs: Any, cost: Cost | None = None) -> "CalibrationReport":
+        report = cls(rows, floor, pairs, steps, videos, seconds, costs.as_dict(), environment=_environment(),
+                     cost=cost)
         candidates = rows[1:]
         within = [r for r in candidates if r.within_floor]
         if within:  # the fastest; among those within 1% of it, the best quality (accuracy, then SSIM)
@@ -74,7 +98,8 @@ class CalibrationReport:
             report.chosen = max(near, key=lambda r: (r.accuracy if r.accuracy is not None else 0.0,
                                                      r.ssim if r.ssim is not None else 0.0, r.modelled_speedup))
         elif candidates:
-            report.closest = min(candidates, key=lambda r: (r.shortfall, -r.modelled_speedup))
+            ran = [r for r in candidates if r.pairs_run] or candidates
+            report.closest = min(ran, key=lambda r: (r.shortfall, -r.pairs_run, -r.modelled_speedup))
         return report
 
     @property
@@ -93,14 +118,18 @@ class CalibrationReport:
     def table(self) -> str:
         fmt = lambda v, spec: "-" if v is None else format(v, spec)  # noqa: E731
         lines = ["| candidate | order | prompts right | lost / gained | McNemar p | PSNR (dB) | SSIM | small steps | "
-                 "speed-up modelled | measured | within floor |", "|---|---|---|---|---|---|---|---|---|---|---|"]
+                 "speed-up modelled | measured | within floor | pairs run |",
+                 "|---|---|---|---|---|---|---|---|---|---|---|---|"]
         for r in self.rows:
             mark = " **chosen**" if r is self.chosen else (" (closest)" if r is self.closest else "")
             lg = "-" if r.lost is None or r is self.reference else f"{r.lost} / {r.gained}"
             lines.append(f"| {r.name}{mark} | {r.order} | {fmt(r.accuracy, '.1f')}{'%' if r.accuracy is not None else ''}"
                          f" | {lg} | {fmt(None if r is self.reference else r.p_value, '.3f')} | {fmt(r.psnr, '.2f')} | "
                          f"{fmt(r.ssim, '.3f')} | {r.small_share:.0%} | {r.modelled_speedup:.2f}x | "
-                         f"{r.measured_speedup:.2f}x | {'yes' if r.within_floor else 'no'} |")
+                         f"{r.measured_speedup:.2f}x | {'yes' if r.within_floor else 'no'} | {r.pairs_run}"
+                         f"{'' if r.status in ('', 'reference', 'held', 'missed the floor') else f' ({r.status})'} |")
+        if self.cost is not None:
+            lines.append(f"\nsearch cost: {self.cost.describe()}")
         return "\n".join(lines)
 
     def as_dict(self) -> dict[str, Any]:
@@ -109,7 +138,8 @@ class CalibrationReport:
                 "chosen": self.chosen.name if self.chosen else None,
                 "closest": self.closest.name if self.closest else None, "summary": self.summary(),
                 "environment": self.environment, "rows": [r.as_dict() for r in self.rows],
-                "confirmation": None if self.confirmation is None else self.confirmation.as_dict()}
+                "confirmation": None if self.confirmation is None else self.confirmation.as_dict(),
+                "cost": None if self.cost is None else asdict(self.cost), "progress": self.progress}
 
     def to_json(self, path: Any) -> None:
         with open(path, "w") as f:
@@ -126,11 +156,12 @@ class CalibrationReport:
 
         scored = self.reference.accuracy is not None
         quality = (lambda r: r.accuracy) if scored else (lambda r: 1.0 if r is self.reference else r.ssim)
-        orders = list(dict.fromkeys(r.order for r in self.rows))
+        shown = [r for r in self.rows if r.pairs_run and quality(r) is not None or r is self.reference]
+        orders = list(dict.fromkeys(r.order for r in shown))
         markers = dict(zip(orders, "*osD^vP<>Xph"))
         fig, ax = plt.subplots(figsize=(7.5, 5))
         for order in orders:
-            pts = [r for r in self.rows if r.order == order]
+            pts = [r for r in shown if r.order == order]
             ax.scatter([r.modelled_speedup for r in pts], [quality(r) for r in pts], marker=markers[order], s=45,
                        label=order, alpha=0.85)
         if scored and self.floor.points is not None:

@@ -153,9 +153,9 @@ def results_json(results: list[FamilyResult]) -> dict[str, Any]:
 
 def run_demo(families: tuple[str, ...] = trained.FAMILY_NAMES, prompts: int = DEMO_PROMPTS, steps: int = 50,
              delta: float | None = None, out: str = "sr-plugin-demo.gif", json_out: str | None = None,
-             say: Any = print) -> list[FamilyResult]:
-    """Large only, SR, the calibrated schedule (where one is shipped) and small only on the first ``prompts``
-    held-out pairs of each family."""
+             say: Any = print, small: str = "competent") -> list[FamilyResult]:
+    """Large only, SR, the calibrated schedule (where one is shipped, for the competent small model) and small only
+    on the first ``prompts`` held-out pairs of each family."""
     for family in families:
         trained.check_family(family)
     if not 1 <= prompts <= task.HELD_OUT_SIZE:
@@ -163,16 +163,16 @@ def run_demo(families: tuple[str, ...] = trained.FAMILY_NAMES, prompts: int = DE
     gif = check_output(out, (".gif",))
     record = check_output(json_out, (".json",)) if json_out is not None else None
     pairs = task.held_out()[:prompts]
-    say(f"sr-plugin demo: the trained families (sr_plugin/trained/) on {prompts} held-out "
-        f"prompt{'' if prompts == 1 else 's'}, {steps} steps, "
+    say(f"sr-plugin demo: the trained families (sr_plugin/trained/) with their {small} small model on {prompts} "
+        f"held-out prompt{'' if prompts == 1 else 's'}, {steps} steps, SR at "
         f"delta={delta if delta is not None else 0.01}; CPU")
     results = []
     for family in families:
-        shipped = trained.calibrated(family)
+        shipped = trained.calibrated(family) if small == "competent" else None
         schedule = shipped["schedule"] if shipped else None
         if shipped:
             say(f"{family}: calibrated schedule {schedule} ({shipped['summary']})")
-        results.append(evaluate_family(family, pairs, steps, delta, say=say, schedule=schedule))
+        results.append(evaluate_family(family, pairs, steps, delta, say=say, schedule=schedule, small=small))
     say("")
     say(format_table(results))
     for res in results:

@@ -4,6 +4,8 @@ anything loads."""
 
 from __future__ import annotations
 
+import dataclasses
+
 import json
 import pathlib
 import time
@@ -19,7 +21,8 @@ from ..lab.trained import first_line as _first_line
 from ..pipeline.seeded import run_seeded
 from ..switch.api import apply
 from ..switch.policy import DEFAULT_DELTA
-from . import call_defaults
+from ..lab import call_defaults
+from ..lab.shipped import shipped_schedule
 from .generate_checks import DTYPES, GenerateOptions, check_local_pair, check_options, placement
 from .outputs import OutputError, UserError, write_checked
 
@@ -131,17 +134,10 @@ def plot_trace(trace: list[dict[str, Any]], delta: float | None, switch_step: in
     plt.close(fig)
 
 
-def describe_switch(switch: Any) -> str:
+def describe_switch(switch: Any, segments: list[Any]) -> str:
     """One phrase: where the call switched and why, with the bounds that applied."""
-    if switch is not None and switch.step is None and switch.delta is None:  # a fixed switch at or beyond N
-        return (f"did not switch (the fixed switch step {switch.min_switch_step} is not below the "
-                f"{switch.num_steps} steps: large only)")
-    if switch is not None and switch.step is None and switch.min_switch_step >= switch.num_steps:
-        return (f"did not switch (the earliest switch step, {switch.min_switch_step}, is not below the "
-                f"{switch.num_steps} steps: large only)")
-    if switch is None or switch.step is None:
-        bounds = "" if switch is None else f" (bounds {switch.min_switch_step}..{switch.max_switch_step})"
-        return f"did not switch{bounds}"
+    if switch is None:
+        return f"did not hand over to the small model ({describe_segments(segments)})"
     why = {"fixed": "fixed switch step",
            "delta": f"0 < s < delta={switch.delta} after step {switch.step - 1}",
            "max_switch_step": f"reached max_switch_step={switch.max_switch_step}"}[switch.reason]
@@ -188,7 +184,7 @@ def _call_arguments(options: GenerateOptions, family: str, source: str, defaults
 
 def generate(options: GenerateOptions, say: Any = print) -> dict[str, str]:
     """Generate one video; returns the paths written (video, trace JSON, plot PNG). Without call arguments, a
-    model folder's ``call_defaults.json`` (`sr_plugin.cli.call_defaults`) says the size, frames, text length,
+    model folder's ``call_defaults.json`` (`sr_plugin.lab.call_defaults`) says the size, frames, text length,
     guidance and fps it was made for."""
     from ..adapters import family_keys
 
@@ -205,6 +201,10 @@ def generate(options: GenerateOptions, say: Any = print) -> dict[str, str]:
     elif source == "trained":
         say(f"sr-plugin: no --large/--small given: using the trained {family} family shipped in the package "
             "(sr_plugin/trained/), trained on its shapes task")
+        shipped = shipped_schedule(family)
+        if not options.rule_given and shipped is not None:
+            options = dataclasses.replace(options, schedule=shipped)
+            say(f"sr-plugin: its shipped calibrated schedule {shipped} (--delta for SRDiffusion's rule)")
     handle, accel = _set_up(pipe, small_model, options, source, extra)
     pipe.set_progress_bar_config(disable=False, desc="denoising")
     call = _call_arguments(options, family, source, defaults)
@@ -249,7 +249,8 @@ def _write_outputs(out_path: pathlib.Path, video: Any, fps: int, options: Genera
     trace_path = out_path.with_suffix(".trace.json")
     write_checked(trace_path, lambda: trace_path.write_text(json.dumps(record, indent=2)))
     plot_path = out_path.with_suffix(".switch.png")
-    why = describe_switch(handle.switch) if options.schedule is None else describe_segments(handle.segments)
+    why = (describe_switch(handle.switch, handle.segments) if options.schedule is None
+           else describe_segments(handle.segments))
     write_checked(plot_path, lambda: plot_trace(trace, rule.get("delta"), handle.switch_step, plot_path,
                                                 f"{family}: {why}"))
     steps = f"{len(trace)} step{'s' if len(trace) != 1 else ''}"

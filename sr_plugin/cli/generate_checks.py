@@ -11,7 +11,7 @@ import pathlib
 from typing import Any
 
 from ..lab import task
-from . import call_defaults
+from ..lab import call_defaults
 from .outputs import UserError, check_output
 
 #: The most denoising steps a call may take: the training schedules have 1,000 timesteps.
@@ -55,6 +55,11 @@ class GenerateOptions:
     @classmethod
     def from_args(cls, args: argparse.Namespace) -> "GenerateOptions":
         return cls(**{f.name: getattr(args, f.name) for f in dataclasses.fields(cls)})
+
+    @property
+    def rule_given(self) -> bool:
+        """Whether the switching rule was given (--delta, --switch-step or --schedule)."""
+        return any(v is not None for v in (self.delta, self.switch_step, self.schedule))
 
     @property
     def source(self) -> str:

@@ -102,7 +102,7 @@ class WanTools(FamilyTools):
     tiny_call = {"height": 64, "width": 64, "num_frames": 9}
     tiny_size_multiple = 16
     tiny_teacache_threshold = 1.5
-    published_sizes = {  # Wan2.1 T2V 14B and 1.3B (shared/reference.md section 1), 480p
+    published_sizes = {  # Wan2.1 T2V 14B and 1.3B (docs/method.md, "Published sizes"), 480p
         "large": dict(num_layers=40, num_attention_heads=40, attention_head_dim=128, ffn_dim=13824, text_dim=4096,
                       in_channels=16, out_channels=16, patch_size=(1, 2, 2)),
         "small": dict(num_layers=30, num_attention_heads=12, attention_head_dim=128, ffn_dim=8960, text_dim=4096,
@@ -160,7 +160,7 @@ class CogVideoXTools(FamilyTools):
     tiny_call = {"height": 64, "width": 64, "num_frames": 9}
     tiny_size_multiple = 16
     tiny_teacache_threshold = 1.2
-    published_sizes = {  # CogVideoX-5b and -2b (shared/reference.md section 1), 720 x 480, 49 frames
+    published_sizes = {  # CogVideoX-5b and -2b (docs/method.md, "Published sizes"), 720 x 480, 49 frames
         "large": dict(num_layers=42, num_attention_heads=48, attention_head_dim=64, use_rotary_positional_embeddings=True,
                       text_embed_dim=4096, sample_frames=49, sample_height=60, sample_width=90, patch_size=2),
         "small": dict(num_layers=30, num_attention_heads=30, attention_head_dim=64,

@@ -36,7 +36,7 @@ STACKED_THRESHOLDS: tuple[float, ...] = (0.05, 0.1, 0.2)
 TEACACHE_THRESHOLDS: tuple[float, ...] = (0.02, 0.05, 0.1, 0.2)
 #: diffusers' First Block Cache threshold of today's matrix.
 FBCACHE = 0.1
-#: How many accuracy points below large only still count as "within" (the issue's target).
+#: How many accuracy points below large only still count as "within" (the quality floor the tables use).
 TOLERANCE_POINTS = 3.0
 
 
@@ -135,7 +135,7 @@ def add_paired(rows: Sequence[Row]) -> None:
 def add_modelled(rows: Sequence[Row]) -> None:
     """Each row's speed-up modelled from the step costs fitted on every row's timed steps (large only's time at
     the cost of a plain large step)."""
-    from ..calibration.costs import StepCosts
+    from ..pipeline.costs import StepCosts
 
     costs = StepCosts([c for row in rows for c in row.calls])
     large = costs.plain("large")

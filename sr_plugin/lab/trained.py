@@ -24,11 +24,8 @@ from typing import Any
 import torch
 
 from . import task
-
-FAMILY_NAMES: tuple[str, ...] = ("wan", "cogvideox")
-ROLES: tuple[str, ...] = ("large", "small")
-#: The shipped folders: package data beside the rooms (sr_plugin/trained/<family>/<role>/).
-ROOT = pathlib.Path(__file__).parents[1] / "trained"
+from .shipped import (CALIBRATED_FILE, FAMILY_NAMES, ROLES, ROOT, SMALL_MODELS, calibrated,  # noqa: F401
+                      check_family, folder)
 
 #: Text tokens per prompt: a task prompt has 11 words plus the end token. The CogVideoX small model
 #: (sincos position embeddings) was built for exactly this many.
@@ -40,54 +37,30 @@ CALL: dict[str, Any] = {"height": task.HEIGHT, "width": task.WIDTH, "num_frames"
 GUIDANCE: dict[str, float] = {"wan": 5.0, "cogvideox": 6.0}
 FPS: dict[str, int] = {"wan": 8, "cogvideox": 8}
 
-#: CogVideoX-style latent scales and schedule shifts (reference section 3): the 5b-like large model's and the
-#: 2b-like small model's.
+#: CogVideoX-style latent scales and schedule shifts (docs/adapters.md, "CogVideoX"): the 5b-like large model's and
+#: the 2b-like small model's.
 COGVIDEOX_SPACE: dict[str, tuple[float, float]] = {"large": (0.7, 1.0), "small": (1.15258426, 3.0)}
 
 
 
 def call_defaults(family: str) -> dict[str, Any]:
-    """What each folder of the family says it was made for (`sr_plugin.cli.call_defaults`: its
+    """What each folder of the family says it was made for (`sr_plugin.lab.call_defaults`: its
     ``call_defaults.json``): the call geometry, the guidance scale and the frames per second."""
     return {**CALL, "guidance_scale": GUIDANCE[check_family(family)], "fps": FPS[family]}
 
 
 LATENT_CHANNELS = 8
 TEXT_DIM = 32
-#: Transformer sizes per family and role: (layers, heads); head dim 16. Chosen so that a large step costs over
-#: 3x a small one on a 2-core CPU, and the small one is too weak to bind every attribute (see
-#: docs/trained-families.md). The shipped folders' configs are what loads; these build a model to train.
-SIZES: dict[str, dict[str, tuple[int, int]]] = {
-    "wan": {"large": (20, 4), "small": (2, 2)},
-    "cogvideox": {"large": (8, 4), "small": (2, 2)},
+#: Transformer sizes per family and role: (layers, heads, feed-forward width or None for 4 x the width); head dim
+#: 16. The small models are the large ones shortened (and, for Wan, with half the feed-forward width), so that a
+#: pipeline step of the large model costs about 5x (Wan) and 2.6x (CogVideoX) one of the small on a 2-core CPU,
+#: like the published pairs (docs/trained-families.md). The weak small models of the first release were 2 x 2. The
+#: shipped folders' configs are what loads; these build a model to train.
+SIZES: dict[str, dict[str, tuple[int, int, int | None]]] = {
+    "wan": {"large": (20, 4, None), "small": (4, 4, 128), "small-weak": (2, 2, None)},
+    "cogvideox": {"large": (8, 4, None), "small": (3, 4, None), "small-weak": (2, 2, None)},
 }
 HEAD_DIM = 16
-
-
-#: The calibrated cooperation schedule of a family, beside its folders (`sr-plugin calibrate --family F --ship`).
-CALIBRATED_FILE = "calibrated.json"
-
-
-def calibrated(family: str) -> dict[str, Any] | None:
-    """What the family's shipped calibration found: ``{"schedule": ..., "within_floor": ..., "summary": ...,
-    "command": ..., ...}``, or None if none is shipped."""
-    import json
-
-    path = ROOT / check_family(family) / CALIBRATED_FILE
-    return json.loads(path.read_text()) if path.is_file() else None
-
-
-def check_family(family: str) -> str:
-    if family not in FAMILY_NAMES:
-        raise ValueError(f"unknown family {family!r}; the trained families are: {', '.join(FAMILY_NAMES)}")
-    return family
-
-
-def folder(family: str, role: str) -> pathlib.Path:
-    check_family(family)
-    if role not in ROLES:
-        raise ValueError(f"unknown role {role!r}; roles: {', '.join(ROLES)}")
-    return ROOT / family / role
 
 
 # --------------------------------------------------------------------------------------- architectures
@@ -144,12 +117,15 @@ def scheduler(family: str, role: str = "large") -> Any:
 
 
 def transformer(family: str, role: str, seed: int = 0, layers: int | None = None,
-                heads: int | None = None) -> torch.nn.Module:
-    """A freshly initialised transformer of the family's role, ``layers`` deep and ``heads`` wide if given (else
-    SIZES')."""
-    default_layers, default_heads = SIZES[family][role]
+                heads: int | None = None, ffn: int | None = None) -> torch.nn.Module:
+    """A freshly initialised transformer of the family's role, ``layers`` deep, ``heads`` wide and with a
+    feed-forward width ``ffn`` if given (else SIZES')."""
+    default_layers, default_heads, default_ffn = SIZES[family][role]
     layers = layers or default_layers
     heads = heads or default_heads
+    ffn = ffn or default_ffn or 4 * heads * HEAD_DIM
+    if family == "cogvideox" and ffn != 4 * heads * HEAD_DIM:
+        raise ValueError("CogVideoXTransformer3DModel takes no feed-forward width: it is 4 x the model width")
     torch.manual_seed(seed)
     if family == "wan":
         from diffusers import WanTransformer3DModel
@@ -157,7 +133,7 @@ def transformer(family: str, role: str, seed: int = 0, layers: int | None = None
         return WanTransformer3DModel(
             patch_size=(1, 2, 2), num_attention_heads=heads, attention_head_dim=HEAD_DIM,
             in_channels=LATENT_CHANNELS, out_channels=LATENT_CHANNELS, text_dim=TEXT_DIM, freq_dim=64,
-            ffn_dim=4 * heads * HEAD_DIM, num_layers=layers, rope_max_seq_len=32,
+            ffn_dim=ffn, num_layers=layers, rope_max_seq_len=32,
         )
     from diffusers import CogVideoXTransformer3DModel
 
@@ -198,14 +174,20 @@ class TrainedFamilyError(RuntimeError):
     """A shipped family folder is missing or unreadable."""
 
 
-def load(family: str, dtype: torch.dtype = torch.float32) -> tuple[Any, torch.nn.Module, dict[str, Any]]:
+def load(family: str, dtype: torch.dtype = torch.float32,
+         small: str = "competent") -> tuple[Any, torch.nn.Module, dict[str, Any]]:
     """``(pipe, small_transformer, apply_kwargs)`` for a trained family, loaded with ``from_pretrained``.
 
-    ``apply_kwargs`` holds what `sr_plugin.apply` needs beyond the two models: for CogVideoX, the small model's
-    latent scale and schedule, read from its own folder (as one would from CogVideoX-2b's).
+    ``small``: "competent" (the default partner, distilled from the large model) or "weak" (the first release's
+    small model, which gets no prompt right alone: what a partner's competence buys). ``apply_kwargs`` holds what
+    `sr_plugin.apply` needs beyond the two models (``sr_plugin.apply(pipe, small, **apply_kwargs)``, and
+    ``calibrate(..., apply_kwargs=apply_kwargs)``): for CogVideoX, the small model's latent scale and schedule, read
+    from its own folder (as one would from CogVideoX-2b's).
     """
     check_family(family)
-    return load_folders(folder(family, "large"), folder(family, "small"), dtype)
+    if small not in SMALL_MODELS:
+        raise ValueError(f"small={small!r}: the trained families ship the small models {', '.join(SMALL_MODELS)}")
+    return load_folders(folder(family, "large"), folder(family, SMALL_MODELS[small]), dtype)
 
 
 def load_folders(large: str | pathlib.Path, small: str | pathlib.Path,
@@ -241,7 +223,6 @@ def load_folders(large: str | pathlib.Path, small: str | pathlib.Path,
     for module in pipe.components.values():
         if isinstance(module, torch.nn.Module):
             module.eval()
-    pipe.set_progress_bar_config(disable=True)
     return pipe, small_model.eval(), extra
 
 

@@ -9,6 +9,7 @@ from typing import Any, Iterator
 
 import numpy as np
 
+from ..compat import quiet_progress_bar
 from .calls import CallListener, CallTracker
 from .seeded import run_seeded
 
@@ -45,8 +46,9 @@ def loop_timer(pipe: Any) -> Iterator[list[float]]:
 
 
 def timed_run(pipe: Any, prompt: str, seed: int, steps: int, **call: Any) -> tuple[np.ndarray, float, float]:
-    """One video ([F, H, W, 3] in [0, 1]), its denoising seconds and its total seconds."""
-    with loop_timer(pipe) as loops:
+    """One video ([F, H, W, 3] in [0, 1]), its denoising seconds and its total seconds; no progress bar (the
+    project's own loops run many videos), the pipeline's own setting kept for its other calls."""
+    with loop_timer(pipe) as loops, quiet_progress_bar(pipe):
         start = time.perf_counter()
         frames = run_seeded(pipe, prompt, seed, output_type="np", num_inference_steps=steps, **call)[0]
         total = time.perf_counter() - start

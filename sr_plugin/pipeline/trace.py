@@ -29,19 +29,22 @@ class StepRecord:
 
 @dataclass(frozen=True)
 class SwitchRecord:
-    """Why the last call switched where it did: its effective bounds and the rule that fired.
+    """One boundary of a call: at ``step`` the ``leaving`` model hands over to the ``entering`` one, and why.
 
-    ``reason`` is "fixed" (``switch_step``), "delta" (``0 < s < delta`` after the step before), or
-    "max_switch_step" (the upper clamp), and None if the call never switched. For a fixed switch,
-    ``min_switch_step == max_switch_step`` is the fixed step and ``delta`` is None.
+    ``reason`` is "fixed" (an end at a given step, fraction or noise level: ``switch_step``), "delta"
+    (``0 < s < delta`` after the step before: SRDiffusion's adaptive rule), or "max_switch_step" (its upper clamp).
+    ``min_switch_step`` / ``max_switch_step`` are the bounds the boundary had in this call (for a fixed end both
+    are its step) and ``delta`` the adaptive threshold (None for a fixed end).
     """
 
-    step: int | None
-    reason: str | None
+    step: int
+    reason: str
     min_switch_step: int
     max_switch_step: int
     delta: float | None
     num_steps: int
+    leaving: str = "large"
+    entering: str = "small"
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)

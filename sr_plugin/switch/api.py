@@ -12,10 +12,8 @@ from ..adapters import adapter_for
 from ..integrations.cache_dit_mirror import check_cache_dit, check_cache_dit_schedule
 from ..pipeline.calls import CallTracker, check_scheduler_order
 from ..integrations.distributed import parallelize_like
-from ..integrations.offload_large import LargeOffloader
 from ..integrations.offload import join_model_offload, leave_model_offload, model_offload_active, parse_to_args
 from ..instance.patching import InstancePatches, Rollback
-from .policy import SwitchOptions
 from .schedule import Schedule, Segment
 from .routing import Router
 from ..pipeline.trace import StepRecord, SwitchRecord
@@ -37,8 +35,8 @@ class SRHandle:
         self.removed = False
         #: The cooperation schedule every call follows (`apply(schedule=...)`, or the one-switch forms).
         self.schedule: Schedule = router.schedule
-        #: After `remove`: the last call's (trace, switch_step, switch, segments), kept without the models.
-        self._last: tuple[list[StepRecord], int | None, SwitchRecord | None, list[Segment]] | None = None
+        #: After `remove`: the last call's (trace, boundaries, segments), kept without the models.
+        self._last: tuple[list[StepRecord], list[SwitchRecord], list[Segment]] | None = None
 
     @property
     def trace(self) -> list[StepRecord]:
@@ -46,21 +44,26 @@ class SRHandle:
         return list(self._last[0] if self._last is not None else self._router.trace)
 
     @property
-    def switch_step(self) -> int | None:
-        """The first step the small model ran in the last call (None: it never ran): with a large-first schedule,
-        the step of the hand-off."""
-        return self._last[1] if self._last is not None else self._router.switch_step
+    def boundaries(self) -> list[SwitchRecord]:
+        """Every boundary of the last call, in order: where one model handed over to the other, and why."""
+        return list(self._last[1] if self._last is not None else self._router.boundaries)
 
     @property
     def switch(self) -> SwitchRecord | None:
-        """Why the last call switched where it did: its effective min/max switch steps and the reason
-        ("delta", "max_switch_step", "fixed"; None if it never switched). None before the first call."""
-        return self._last[2] if self._last is not None else self._router.switch
+        """The last call's first hand-over from the large model to the small one (SRDiffusion's switch): its
+        step, reason ("delta", "max_switch_step", "fixed") and bounds. None before the first call, and for a call
+        with no such hand-over (large only, small only, a small-first schedule that never returns to small)."""
+        return next((b for b in self.boundaries if b.leaving == "large" and b.entering == "small"), None)
+
+    @property
+    def switch_step(self) -> int | None:
+        """The step of `switch`: the first step the small model ran after the large one (None: no such step)."""
+        return None if self.switch is None else self.switch.step
 
     @property
     def segments(self) -> list[Segment]:
         """The last call's segments, in order: ``Segment(role, first_step, end_step)`` (end exclusive)."""
-        return list(self._last[3] if self._last is not None else self._router.segments)
+        return list(self._last[2] if self._last is not None else self._router.segments)
 
     @property
     def router(self) -> Router | None:
@@ -77,17 +80,14 @@ class SRHandle:
         tracker.leave("small")  # the accelerations take theirs off it (a no-op if it never joined)
         tracker.untrack(self.small)
         tracker.discard(self._router)
-        self._router.mirror.undo()
-        if self._router.offloader is not None:
-            self._router.offloader.release()
+        self._router.release()
         self._patches.undo()
         if self._undo_parallel is not None:
             self._undo_parallel()
         leave_model_offload(self.pipe, self.small)
         # Nothing of sr_plugin holds the small model once removed (its memory is the user's to free): the handle
         # keeps the last call's report, not the router and the models behind it.
-        self._last = (list(self._router.trace), self._router.switch_step, self._router.switch,
-                      list(self._router.segments))
+        self._last = (list(self._router.trace), list(self._router.boundaries), list(self._router.segments))
         self._router = None
         self._patches = InstancePatches()
         self._undo_parallel = None
@@ -128,7 +128,8 @@ def apply(
         delta: adaptive threshold on the decrease ``s`` of the relative change of x0 (default 0.01).
         min_switch_step / max_switch_step: clamps of the adaptive switch (defaults: max(3, ceil(0.1 N))
             and floor(0.6 N) for N steps).
-        switch_step: a fixed switch instead: steps >= k run on the small model (0: small only; >= N: large only).
+        switch_step: a fixed switch instead: the schedule ``"large:k,small"`` (steps >= k on the small model; 0:
+            the small model alone). A call of k steps or fewer is refused, as any schedule that does not fit it.
         schedule: which model runs which steps, as segments ``[(role, end), ...]`` or a string such as
             ``"small:20,large"`` or ``"large:10,small:35,large"`` (role "large" or "small"; end a step, a fraction
             ``0.4`` / ``"40%"``, a noise level ``"t=0.875"``, ``"delta[=D]"`` for SRDiffusion's rule on a large
@@ -182,6 +183,9 @@ def _check_pair(pipe: Any, small: Any, adapter: Any, plan: Schedule) -> torch.nn
     if large is None:
         raise ValueError(f"this {type(pipe).__name__} has no transformer to sketch with")
     if not isinstance(small, torch.nn.Module):
+        if isinstance(getattr(small, "transformer", None), torch.nn.Module):
+            raise TypeError(f"small_transformer is a {type(small).__name__}, a whole pipeline: give its transformer, "
+                            "sr_plugin.apply(pipe, small_pipe.transformer)")
         raise TypeError(f"small_transformer must be a torch.nn.Module, got {type(small).__name__}")
     if small is large:
         raise ValueError("small_transformer is the pipeline's own transformer (pipe.transformer, the large model): "
@@ -215,8 +219,7 @@ def _install_all(pipe: Any, router: Router, offload_large: bool) -> SRHandle:
         tracker.join("small", small)  # the accelerations attach theirs
         rollback.add(lambda: tracker.leave("small"))
         if offload_large:
-            router.offloader = LargeOffloader(large, router.adapter.blocks(large))
-            rollback.add(router.offloader.release)
+            rollback.add(router.start_offloading())
             _restore_early(pipe, router, patches)
         handle = SRHandle(pipe, small, router, patches, undo_parallel)
         patches.set(pipe, HANDLE_ATTR, handle)
@@ -230,7 +233,7 @@ def _schedule_from(delta: Any, min_switch_step: Any, max_switch_step: Any, switc
                    schedule: Any) -> Schedule:
     """The cooperation schedule the user asked for: ``schedule=``, or the one-switch keywords (the default)."""
     if schedule is None:
-        return Schedule.single_switch(SwitchOptions.from_user(delta, min_switch_step, max_switch_step, switch_step))
+        return Schedule.one_switch(delta, min_switch_step, max_switch_step, switch_step)
     given = [n for n, v in (("delta", delta), ("switch_step", switch_step)) if v is not None]
     if given:
         raise ValueError(f"schedule= says which model runs which steps; {' and '.join(given)} "

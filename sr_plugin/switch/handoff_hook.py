@@ -1,7 +1,8 @@
 """The hook on the small transformer while it stands in for the large one during a pipeline call.
 
-Registered at the switch and removed when the call ends, so it is always the outermost hook: caching
-hooks on the small model (TeaCache, First Block Cache, ...) see the inputs the small model really gets.
+Registered when a call starts (after the caches mirrored onto the small model) and removed when it ends, so it is
+over every hook an acceleration or a cache put on the small model: they see the inputs the small model really
+gets. Only a hook registered for the call after it (the calibration's replay) sits above it.
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""The per-step observation: relative change of the denoised estimate (reference section 2)."""
+"""The per-step observation: relative change of the denoised estimate (docs/method.md, "The adaptive rule")."""
 
 from __future__ import annotations
 

@@ -11,6 +11,7 @@ so a model that comes back never reuses what it cached before the other one ran.
 from __future__ import annotations
 
 import uuid
+import warnings
 from typing import Any, Callable
 
 import torch
@@ -26,6 +27,7 @@ from ..integrations.distributed import cp_group
 from .handoff_hook import HandoffHook
 from .metric import relative_change
 from ..integrations.offload import model_offload_active
+from ..integrations.offload_large import LargeOffloader
 from ..instance.patching import InstancePatches, drop_hook_residue_at
 from .policy import decreases
 from .schedule import Plan, Schedule, Segment, segments_of
@@ -67,8 +69,8 @@ class Router(CallListener):
         self.hook_name = f"sr_plugin_handoff_{uuid.uuid4().hex[:8]}"
         self.trace: list[StepRecord] = []
         self.segments: list[Segment] = []
-        self.switch_step: int | None = None
-        self.switch: SwitchRecord | None = None
+        #: Every boundary of the last call, in order; the first from the large model to the small one is `switch`.
+        self.boundaries: list[SwitchRecord] = []
         self.plan: Plan | None = None
         self.large: torch.nn.Module = pipe.transformer
         self._checked_large: torch.nn.Module | None = pipe.transformer
@@ -76,13 +78,12 @@ class Router(CallListener):
         self._slots = InstancePatches()
         self._hooked: torch.nn.Module | None = None
         self._pending: str | None = None
-        self.running = "large"
         self._prefetch_at: int | None = None
 
     # ------------------------------------------------------------------ call bracket
     def begin(self, calls: CallTracker) -> None:
         """Start of the denoising loop: every check first, then fresh per-call state."""
-        self.trace, self.segments, self.switch_step, self.switch = [], [], None, None  # a refused call: no steps
+        self.trace, self.segments, self.boundaries = [], [], []  # a refused call: no steps
         self._d = []
         self._check_small_free()
         pipe = self.pipe
@@ -102,10 +103,14 @@ class Router(CallListener):
                                        self.adapter.latest_switch_step(pipe, calls.timesteps))
         self.handoff.begin_call(pipe)
         self.mirror.sync(large)
+        if self.plan.warning is not None:
+            warnings.warn(f"sr_plugin: {self.plan.warning}", stacklevel=2)
         self.large = large
         self._prev_x0: torch.Tensor | None = None
         self._d: list[torch.Tensor | None] = []
-        self.running, self._pending, self._prefetch_at = "large", None, None
+        self._pending, self._prefetch_at = None, None
+        if self.small is not large:  # on for the whole call, over every hook a cache put on the small model
+            self._hook_small()
         self._show(calls, "large")
         first = self.plan.role_at(0) if calls.num_steps else "large"
         if first == "small":
@@ -127,7 +132,7 @@ class Router(CallListener):
         if j + 1 >= calls.num_steps:
             return
         role = self.plan.role_at(j + 1)
-        if role == self.running:
+        if role == calls.running:
             if self._prefetch_at == j + 1:
                 self._prefetch_at = None
                 self.offloader.prefetch()  # the large model returns in PREFETCH_STEPS steps
@@ -152,7 +157,6 @@ class Router(CallListener):
                 self._unhook(self._hooked)
         finally:
             self._hooked = None
-            self.running = "large"
             self.mirror.end_call()
             self._write_trace(calls)
 
@@ -172,17 +176,22 @@ class Router(CallListener):
             self._to_small(calls, step)
         else:
             self._to_large(calls, step)
-        calls.running = self.running = role
+        calls.running = role
         self._show(calls, role)
 
-    def _to_small(self, calls: CallTracker, step: int) -> None:
+    def _hook_small(self) -> None:
+        """The hand-off hook on the small model, for the rest of the call (it acts on the small model only)."""
         small = self.small
-        if self._hooked is None:  # the hand-off hook stays on for the rest of the call (it acts on the small model)
+        if self._hooked is None:
             self._had = ("forward" in vars(small), hasattr(small, compat.HOOK_REGISTRY_ATTR))
             HookRegistry.check_if_exists_or_initialize(small).register_hook(
                 HandoffHook(self.handoff, self.small_device, self.small_call_contexts), self.hook_name
             )
             self._hooked = small
+
+    def _to_small(self, calls: CallTracker, step: int) -> None:
+        small = self.small
+        self._hook_small()
         self._slots.set(self.pipe, "transformer", small)
         for slot in self.adapter.expert_slots(self.pipe):  # e.g. Wan2.2's low-noise expert: the small one renders
             self._slots.set(self.pipe, slot, small)
@@ -227,8 +236,27 @@ class Router(CallListener):
         self.segments = segments_of(list(calls.ran))
         if self.plan is None:
             return
-        switch, reason, lo, hi, delta = self.plan.switch()
-        self.switch_step = switch if switch is not None and switch < len(calls.ran) else None
-        self.switch = SwitchRecord(self.switch_step, reason if self.switch_step is not None else None, lo, hi, delta,
-                                   self.plan.num_steps)
+        self.boundaries = [b for b in self.plan.boundaries if b.step < len(calls.ran)]
         self.trace = calls.records(d, s)
+
+    @property
+    def switch(self) -> SwitchRecord | None:
+        """The last call's first hand-over from the large model to the small one (None: there was none)."""
+        return next((b for b in self.boundaries if b.leaving == "large" and b.entering == "small"), None)
+
+    @property
+    def switch_step(self) -> int | None:
+        return None if self.switch is None else self.switch.step
+
+    # ------------------------------------------------------------------ what apply installs and remove undoes
+    def start_offloading(self) -> Callable[[], None]:
+        """``offload_large``: the large model's weights leave the device during small segments; returns the undo."""
+        self.offloader = LargeOffloader(self.large, self.adapter.blocks(self.large))
+        return self.offloader.release
+
+    def release(self) -> None:
+        """Undo what the router holds beyond the call tracker: the caches mirrored onto the small model and the
+        large model's offloading."""
+        self.mirror.undo()
+        if self.offloader is not None:
+            self.offloader.release()

@@ -11,11 +11,18 @@ The same as a string: ``"small:20,large"``, ``"large:10,small:35,large"``. An en
   ``num_train_timesteps`` (Wan2.2's ``boundary_ratio``; on Wan's flow matching this is sigma itself);
 - SRDiffusion's adaptive rule: ``"delta"`` or ``"delta=0.003"``, only on a large segment followed by a small one:
   the large model hands over once the decrease ``s`` of the denoised estimate's relative change falls in
-  ``(0, delta)`` (`policy.SwitchPolicy`), within the clamps ``min_switch_step`` / ``max_switch_step``.
+  ``(0, delta)`` (`policy.AdaptiveDecider`), within the clamps ``min_switch_step`` / ``max_switch_step``.
+
+The last segment runs to the end of the call: its end is left out (or is the call's step count). `apply`'s
+one-switch keywords are schedules too (`Schedule.one_switch`): ``delta=D`` is ``"large:delta=D,small"``,
+``switch_step=k`` is ``"large:k,small"`` and ``switch_step=0`` is ``"small"``.
 
 `Schedule.parse` validates what the user wrote (before anything changes); `Schedule.plan` resolves it for one
-call's steps and timesteps into a `Plan`, which the router asks, step by step, which role runs next. Plain float
-logic, no torch and no diffusers, so that it can be tested alone.
+call's steps and timesteps into a `Plan`, which the router asks, step by step, which role runs next, and which
+records every boundary it crossed (`SwitchRecord`). Every segment of a fixed end must get at least one step of
+the call, else the call is refused before its first step; only an adaptive end may find the call too short (it
+then never hands over, and the plan says so in `Plan.warning`). Plain float logic, no torch and no diffusers, so
+that it can be tested alone.
 """
 
 from __future__ import annotations
@@ -24,7 +31,9 @@ import math
 from dataclasses import dataclass
 from typing import Any, NamedTuple, Union
 
-from .policy import DEFAULT_DELTA, SwitchOptions, SwitchPolicy, SwitchSchedule, plain_number
+from ..pipeline.trace import SwitchRecord
+from .policy import (DEFAULT_DELTA, AdaptiveBounds, AdaptiveDecider, check_bounds, check_delta, check_step,
+                     plain_number)
 
 #: The two roles: the pipeline's own transformer and the one `apply` brings.
 ROLES: tuple[str, ...] = ("large", "small")
@@ -77,8 +86,8 @@ class NoiseEnd:
 
 @dataclass(frozen=True)
 class AdaptiveEnd:
-    """SRDiffusion's rule (`policy.SwitchPolicy`): the large model hands over when ``0 < s < delta``, not before
-    ``min_step`` and at ``max_step`` at the latest (None: the defaults, scaled to the call)."""
+    """SRDiffusion's rule (`policy.AdaptiveDecider`): the large model hands over when ``0 < s < delta``, not
+    before ``min_step`` and at ``max_step`` at the latest (None: the defaults, scaled to the call)."""
 
     delta: float = DEFAULT_DELTA
     min_step: int | None = None
@@ -155,20 +164,31 @@ def _parse_end_text(text: str, where: str) -> End:
     return parse_end(number, where)
 
 
+#: A segment as the user may write it in a list: ``(role, end)``, ``(role,)`` or ``role`` (the last two: no end).
+def _pair(item: Any, where: str) -> tuple[Any, Any]:
+    if isinstance(item, str):
+        return item, None
+    if isinstance(item, (tuple, list)) and len(item) in (1, 2):
+        return (item[0], None) if len(item) == 1 else (item[0], item[1])
+    raise TypeError(f"{where}: each segment is a (role, end) pair, or (role,) / role alone for the last one, got "
+                    f"{item!r}")
+
+
 @dataclass(frozen=True)
 class Schedule:
     """Which model runs which stretch of every call: ``parts`` of ``(role, end)``, validated.
 
-    ``lenient`` is for the single-switch keywords (``switch_step=0`` runs the small model only, a switch step at or
-    beyond the call's steps never switches): there an empty segment is dropped instead of refused."""
+    ``origin`` names the keyword the schedule came from (``"switch_step=30"``), so that a call it does not fit is
+    refused in the words the user wrote."""
 
     parts: tuple[tuple[str, End], ...]
-    lenient: bool = False
+    origin: str | None = None
 
     # ------------------------------------------------------------------ building
     @classmethod
-    def parse(cls, spec: Any) -> "Schedule":
-        """A schedule from a string (``"small:20,large"``), a list of ``(role, end)`` pairs, or a `Schedule`."""
+    def parse(cls, spec: Any) -> Schedule:
+        """A schedule from a string (``"small:20,large"``), a list of ``(role, end)`` pairs (the last may be
+        ``(role,)`` or ``role``), or a `Schedule`."""
         if isinstance(spec, Schedule):
             return spec
         if isinstance(spec, str):
@@ -182,18 +202,15 @@ class Schedule:
                     raise ValueError(f"schedule segment {i + 1} ({item.strip()!r}): the end after ':' is missing")
                 pairs.append((role.strip(), end.strip() if sep else None))
         elif isinstance(spec, (list, tuple)):
-            pairs = list(spec)
-            if not pairs:
+            if not spec:
                 raise ValueError("schedule is empty; give at least one (role, end) segment")
+            pairs = [_pair(item, f"schedule segment {i + 1}") for i, item in enumerate(spec)]
         else:
             raise TypeError(f"schedule must be a string such as 'small:20,large' or a list of (role, end) pairs, "
                             f"got {type(spec).__name__}")
         parts = []
-        for i, pair in enumerate(pairs):
+        for i, (role, end) in enumerate(pairs):
             where = f"schedule segment {i + 1}"
-            if isinstance(pair, str) or not isinstance(pair, (tuple, list)) or len(pair) != 2:
-                raise TypeError(f"{where}: each segment is a (role, end) pair, got {pair!r}")
-            role, end = pair
             if not isinstance(role, str):
                 raise TypeError(f"{where}: the role must be 'large' or 'small', got {role!r}")
             if role not in ROLES:
@@ -204,23 +221,35 @@ class Schedule:
         return schedule
 
     @classmethod
-    def single_switch(cls, options: SwitchOptions) -> "Schedule":
-        """The `apply(delta=...)` / `apply(switch_step=...)` forms: large, then small for the rest."""
-        if options.switch_step is not None:
-            return cls((("large", StepEnd(options.switch_step)), ("small", None)), lenient=True)
-        return cls((("large", AdaptiveEnd(options.delta, options.min_switch_step, options.max_switch_step)),
-                    ("small", None)), lenient=True)
+    def one_switch(cls, delta: Any = None, min_switch_step: Any = None, max_switch_step: Any = None,
+                   switch_step: Any = None) -> Schedule:
+        """`apply`'s one-switch keywords as the schedule they stand for: ``switch_step=k`` is ``"large:k,small"``
+        (``0``: ``"small"``, the small model alone); otherwise ``"large:delta=D,small"`` with the clamps."""
+        k = check_step("switch_step", switch_step)
+        if k is not None:
+            given = [n for n, v in (("delta", delta), ("min_switch_step", min_switch_step),
+                                    ("max_switch_step", max_switch_step)) if v is not None]
+            if given:
+                raise ValueError(
+                    f"switch_step={k} is a fixed switch; {' and '.join(given)} "
+                    f"{'applies' if len(given) == 1 else 'apply'} only to the adaptive switch. Pass one or the other."
+                )
+            if k == 0:
+                return cls((("small", None),), origin="switch_step=0")
+            return cls((("large", StepEnd(k)), ("small", None)), origin=f"switch_step={k}")
+        lo, hi = check_bounds(min_switch_step, max_switch_step)
+        return cls((("large", AdaptiveEnd(check_delta(delta), lo, hi)), ("small", None)))
 
-    def with_bounds(self, min_switch_step: int | None, max_switch_step: int | None) -> "Schedule":
+    def with_bounds(self, min_switch_step: Any, max_switch_step: Any) -> Schedule:
         """The schedule with its adaptive end clamped (`apply(schedule=..., min_switch_step=...)`)."""
         if min_switch_step is None and max_switch_step is None:
             return self
         if self.adaptive is None:
             raise ValueError("min_switch_step and max_switch_step clamp an adaptive end ('delta'); this schedule "
                              "has none")
-        SwitchOptions.from_user(self.adaptive.delta, min_switch_step, max_switch_step)  # the same checks
-        bounded = AdaptiveEnd(self.adaptive.delta, min_switch_step, max_switch_step)
-        return Schedule(tuple((r, bounded if isinstance(e, AdaptiveEnd) else e) for r, e in self.parts), self.lenient)
+        lo, hi = check_bounds(min_switch_step, max_switch_step)
+        bounded = AdaptiveEnd(self.adaptive.delta, lo, hi)
+        return Schedule(tuple((r, bounded if isinstance(e, AdaptiveEnd) else e) for r, e in self.parts), self.origin)
 
     def _check(self) -> None:
         """Everything that can be said without knowing a call's steps."""
@@ -231,6 +260,9 @@ class Schedule:
             if end is None and not last:
                 raise ValueError(f"{where} has no end but is not the last segment; only the last runs to the end "
                                  "of the call")
+            if last and isinstance(end, (FractionEnd, NoiseEnd)):
+                raise ValueError(f"{where} is the last segment but ends at {end}, which stops before the call's "
+                                 "last step: leave its end out, the last segment runs to the end of the call")
             if i > 0 and parts[i - 1][0] == role:
                 raise ValueError(f"{where} follows another {role} segment: merge the two into one")
             if isinstance(end, AdaptiveEnd) and (role != "large" or last or parts[i + 1][0] != "small"):
@@ -258,39 +290,55 @@ class Schedule:
     def __str__(self) -> str:
         return ",".join(role if end is None else f"{role}:{end}" for role, end in self.parts)
 
+    def _where(self, i: int) -> str:
+        role, end = self.parts[i]
+        return f"schedule segment {i + 1} ({role}{'' if end is None else f':{end}'})"
+
     # ------------------------------------------------------------------ one call
     def plan(self, timesteps: list[float], num_train_timesteps: float,
-             large_until: tuple[int, str] | None = None) -> "Plan":
+             large_until: tuple[int, str] | None = None) -> Plan:
         """This schedule for one call whose steps have these ``timesteps``: every fixed end as a step index, the
-        adaptive end's clamps. ``large_until``: ``(step, why)`` when the pipeline cannot run its large model from
+        adaptive end's bounds. ``large_until``: ``(step, why)`` when the pipeline cannot run its large model from
         that step on. A schedule that does not fit the call is a clear error (before its first step)."""
         n = len(timesteps)
-        resolved: list[tuple[str, int | SwitchSchedule]] = []
+        try:
+            resolved = self._resolve(n, timesteps, num_train_timesteps)
+        except ValueError as err:
+            if self.origin is None or not self.origin.startswith("switch_step="):
+                raise
+            k = self.parts[0][1].step if isinstance(self.parts[0][1], StepEnd) else 0
+            raise ValueError(f"{self.origin} hands over to the small model at step {k}, but this call has {n} "
+                             f"steps: give a switch_step below num_inference_steps, or call handle.remove() to "
+                             "run the large model alone") from err
+        plan = Plan(n, resolved, self)
+        if large_until is not None:
+            plan.cap_large(*large_until)
+        return plan
+
+    def _resolve(self, n: int, timesteps: list[float], num_train_timesteps: float) -> list[tuple[str, int | AdaptiveBounds]]:
+        resolved: list[tuple[str, int | AdaptiveBounds]] = []
         start = 0
         for i, (role, end) in enumerate(self.parts):
-            where = f"schedule segment {i + 1} ({role}{'' if end is None else f':{end}'})"
+            where = self._where(i)
             if isinstance(end, AdaptiveEnd):
                 bounds = self._adaptive_bounds(end, i, start, n, timesteps, num_train_timesteps, where)
                 resolved.append((role, bounds))
                 start = bounds.min_step
                 continue
             step = self._end_step(end, n, timesteps, num_train_timesteps)
-            if step > n and not self.lenient:
+            if step > n:
                 raise ValueError(f"{where} ends at step {step}, beyond this call's {n} steps")
-            step = min(step, n)
-            if end is not None and i == len(self.parts) - 1 and step != n and not self.lenient:
+            if end is not None and i == len(self.parts) - 1 and step != n:
                 raise ValueError(f"{where} is the last segment but ends at step {step} of {n}: leave its end out "
                                  "to run it to the end of the call")
-            if step <= start and not self.lenient:
-                raise ValueError(f"{where} is empty in a call of {n} steps (it would run steps {start} to "
-                                 f"{step - 1}); give more steps or move its end")
-            if end is None and i == len(self.parts) - 1 or step > start or not self.lenient:
-                resolved.append((role, step))
-                start = max(start, step)
-        plan = Plan(n, resolved, self)
-        if large_until is not None:
-            plan.cap_large(*large_until)
-        return plan
+            if step <= start and not (i > 0 and isinstance(self.parts[i - 1][1], AdaptiveEnd) and start >= n):
+                span = (f"it would start and end at step {step}" if step == start
+                        else f"it would end at step {step}, before it starts at step {start}")
+                raise ValueError(f"{where} gets no step of a call of {n} steps ({span}): give the call more steps "
+                                 "or move the end")
+            resolved.append((role, step))
+            start = max(start, step)
+        return resolved
 
     @staticmethod
     def _end_step(end: End, n: int, timesteps: list[float], num_train_timesteps: float) -> int:
@@ -300,13 +348,14 @@ class Schedule:
             return end.step
         if isinstance(end, FractionEnd):
             return end.step(n)
+        assert isinstance(end, NoiseEnd)
         return end.step(timesteps, num_train_timesteps)
 
     def _adaptive_bounds(self, end: AdaptiveEnd, i: int, start: int, n: int, timesteps: list[float],
-                         num_train_timesteps: float, where: str) -> SwitchSchedule:
-        sched = SwitchOptions(end.delta, end.min_step, end.max_step).resolve(n)
+                         num_train_timesteps: float, where: str) -> AdaptiveBounds:
+        bounds = AdaptiveBounds.resolve(end.delta, end.min_step, end.max_step, n)
         floor = start + 1 if i > 0 else 0  # after a segment of another model: at least one large step
-        lo, hi = max(sched.min_step, floor), max(sched.max_step, floor)
+        lo, hi = max(bounds.min_step, floor), max(bounds.max_step, floor)
         following = self.parts[i + 1][1]
         if following is not None:  # the small segment after it has a fixed end: leave it at least one step
             nxt = min(self._end_step(following, n, timesteps, num_train_timesteps), n)
@@ -314,25 +363,33 @@ class Schedule:
             if lo > hi:
                 raise ValueError(f"{where}: no room for the adaptive end in a call of {n} steps (not before step "
                                  f"{lo}, and the next segment ends at step {nxt})")
-        return SwitchSchedule(n, end.delta, lo, max(hi, lo), fixed=False)
+        return AdaptiveBounds(end.delta, lo, max(hi, lo))
 
 
 class Plan:
     """One call's schedule, asked step by step (in order) which role runs; the adaptive end, if any, is decided
-    from the observed relative changes ``d`` (`observe`)."""
+    from the observed relative changes ``d`` (`observe`). Every boundary crossed is recorded (`boundaries`)."""
 
-    def __init__(self, num_steps: int, parts: list[tuple[str, int | SwitchSchedule]], schedule: Schedule) -> None:
+    def __init__(self, num_steps: int, parts: list[tuple[str, int | AdaptiveBounds]], schedule: Schedule) -> None:
         self.num_steps = num_steps
         self.schedule = schedule
         self._parts = parts
         self._index = 0
-        adaptive = next((e for _, e in parts if isinstance(e, SwitchSchedule)), None)
-        self._policy = SwitchPolicy(adaptive) if adaptive is not None else None
-        self._observed = 0
+        adaptive = next((e for _, e in parts if isinstance(e, AdaptiveBounds)), None)
+        self._decider = AdaptiveDecider(adaptive) if adaptive is not None else None
         #: The role of each step decided so far.
         self.roles: list[str] = []
-        #: Why each segment after the first started where it did: ("fixed" | "delta" | "max_switch_step").
-        self._reasons: dict[int, str] = {}
+        #: Every boundary crossed so far, in order.
+        self.boundaries: list[SwitchRecord] = []
+
+    @property
+    def warning(self) -> str | None:
+        """Why this call will not hand over as its schedule says, if so: an adaptive end the call is too short for."""
+        for role, end in self._parts:
+            if isinstance(end, AdaptiveBounds) and end.min_step >= self.num_steps:
+                return (f"this call has {self.num_steps} steps, and the adaptive hand-off ('delta') comes at step "
+                        f"{end.min_step} at the earliest: the {role} model runs every step")
+        return None
 
     def cap_large(self, latest: int, why: str) -> None:
         """The large model cannot run from step ``latest`` on: an adaptive end is clamped there; a fixed large
@@ -340,17 +397,15 @@ class Plan:
         for i, (role, end) in enumerate(self._parts):
             if role != "large":
                 continue
-            if isinstance(end, SwitchSchedule):
-                capped = SwitchSchedule(end.num_steps, end.delta, min(end.min_step, latest), min(end.max_step, latest),
-                                        fixed=False)
+            if isinstance(end, AdaptiveBounds):
+                capped = AdaptiveBounds(end.delta, min(end.min_step, latest), min(end.max_step, latest))
                 self._parts[i] = (role, capped)
-                self._policy = SwitchPolicy(capped)
+                self._decider = AdaptiveDecider(capped)
                 continue
             if end > latest:
-                if self.schedule.lenient:  # switch_step=k: the familiar message
-                    k = self.schedule.parts[0][1].step
-                    raise ValueError(f"switch_step={k} is after step {latest}, the latest this pipeline allows "
-                                     f"({why})")
+                origin = self.schedule.origin
+                if origin is not None:
+                    raise ValueError(f"{origin} is after step {latest}, the latest this pipeline allows ({why})")
                 raise ValueError(f"schedule segment {i + 1} runs the large model up to step {end - 1}, but this "
                                  f"pipeline cannot run it from step {latest} on ({why})")
 
@@ -358,17 +413,19 @@ class Plan:
         if i == 0:
             return 0
         end = self._parts[i - 1][1]
-        return end.min_step if isinstance(end, SwitchSchedule) else end
+        return end.min_step if isinstance(end, AdaptiveBounds) else end
 
     # ------------------------------------------------------------------ step by step
     def needs_metric(self) -> bool:
         """Whether the next observed ``d`` can still change a decision (else it need not reach the host)."""
-        return self._policy is not None and not self._policy.switched
+        if self._decider is None:
+            return False
+        return any(isinstance(end, AdaptiveBounds) for _, end in self._parts[self._index:-1])
 
     def observe(self, step: int, d: float | None) -> None:
         """``d_step`` after step ``step`` (None where undefined or not needed)."""
-        if self._policy is not None:
-            self._policy.observe(step, d)
+        if self._decider is not None:
+            self._decider.observe(step, d)
 
     def role_at(self, step: int) -> str:
         """The role that runs ``step``; call once per step, in order, before it runs."""
@@ -376,15 +433,19 @@ class Plan:
             raise ValueError(f"steps must be decided in order: expected step {len(self.roles)}, got {step}")
         while self._index < len(self._parts) - 1:
             role, end = self._parts[self._index]
-            if isinstance(end, SwitchSchedule):
-                ended = self._policy.use_small(step)
-                reason = self._policy.switch_reason
+            if isinstance(end, AdaptiveBounds):
+                assert self._decider is not None
+                reason = self._decider.decide(step) if step < self.num_steps else None
+                lo, hi, delta = end.min_step, end.max_step, end.delta
             else:
-                ended, reason = step >= end, "fixed"
-            if not ended:
+                reason = "fixed" if step >= end else None
+                lo = hi = end
+                delta = None
+            if reason is None:
                 break
             self._index += 1
-            self._reasons[step] = reason
+            self.boundaries.append(SwitchRecord(step, reason, lo, hi, delta, self.num_steps, role,
+                                                self._parts[self._index][0]))
         role = self._parts[self._index][0]
         self.roles.append(role)
         return role
@@ -396,7 +457,7 @@ class Plan:
             if i > self._index and self._parts[i][0] == role:
                 start = self._start_of(i)
                 end = self._parts[i - 1][1]
-                return None if isinstance(end, SwitchSchedule) else (start if start > after else None)
+                return None if isinstance(end, AdaptiveBounds) else (start if start > after else None)
         return None
 
     # ------------------------------------------------------------------ after the call
@@ -404,20 +465,10 @@ class Plan:
     def segments(self) -> list[Segment]:
         return segments_of(self.roles)
 
-    def switch(self) -> tuple[int | None, str | None, int, int, float | None]:
-        """The first step the small model ran, why the segment it starts began there, and the bounds of that
-        hand-off: ``(step, reason, min_step, max_step, delta)`` (a fixed end has ``min_step == max_step``)."""
-        step = next((j for j, r in enumerate(self.roles) if r == "small"), None)
-        reason = None if step is None else self._reasons.get(step, "fixed")
-        for role, end in self._parts:
-            if role == "large" and isinstance(end, SwitchSchedule):
-                return step, reason, end.min_step, end.max_step, end.delta
-        if self.schedule.lenient and isinstance(self.schedule.parts[0][1], StepEnd):  # switch_step=k, as given
-            first_small = self.schedule.parts[0][1].step
-        else:
-            first_small = next((self._start_of(i) for i, (r, _) in enumerate(self._parts) if r == "small"),
-                               self.num_steps)
-        return step, reason, first_small, first_small, None
+    @property
+    def handover(self) -> SwitchRecord | None:
+        """The first boundary from the large model to the small one (SRDiffusion's switch), or None."""
+        return next((b for b in self.boundaries if b.leaving == "large" and b.entering == "small"), None)
 
 
 def segments_of(roles: list[str]) -> list[Segment]:
@@ -429,19 +480,6 @@ def segments_of(roles: list[str]) -> list[Segment]:
         else:
             out.append(Segment(role, j, j + 1))
     return out
-
-
-def modelled_time(roles: list[str], step_cost: dict[str, float]) -> float:
-    """The time of a call whose steps ran on these roles, from each role's cost per step."""
-    return sum(step_cost[r] for r in roles)
-
-
-def ideal_speedup(roles: list[str], ratio: float) -> float:
-    """Large only's time over this call's, a large step costing ``ratio`` small ones (SRDiffusion's
-    ``N / (k + (N - k) / r)`` for one switch at ``k``)."""
-    if not roles:
-        return 1.0
-    return len(roles) / modelled_time(roles, {"large": 1.0, "small": 1.0 / ratio})
 
 
 def roles_of(schedule: Any, num_steps: int, num_train_timesteps: float = 1000.0,
