@@ -213,6 +213,14 @@ class CogVideoXAdapter(FamilyAdapter):
     pipeline_class_names = ("CogVideoXPipeline",)
     transformer_class_name = "CogVideoXTransformer3DModel"
     pair_fields = ("in_channels", "out_channels", "patch_size", "patch_size_t", "text_embed_dim")
+    def guided(self, outputs: list[torch.Tensor], guidance_scale: float) -> torch.Tensor:
+        # CFG as one batched call, the unconditional half first; the pipeline guides in float32.
+        (output,) = outputs
+        if guidance_scale <= 1.0:
+            return output.float()
+        uncond, cond = output.float().chunk(2)
+        return uncond + guidance_scale * (cond - uncond)
+
     def check_pipeline(self, pipe: Any) -> None:
         if getattr(pipe, "vae", None) is None:
             raise ValueError("this CogVideoXPipeline has no vae: its scaling_factor defines the latent space")

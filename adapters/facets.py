@@ -76,6 +76,14 @@ class Handover:
     #: Otherwise it swaps right after ``scheduler.step``.
     step_ends_with_progress_update: bool = False
 
+    def guided(self, outputs: list[torch.Tensor], guidance_scale: float) -> torch.Tensor:
+        """One step's guided prediction from its transformer calls' outputs (in call order), combined as the
+        pipeline combines them: here CFG as two calls, the conditional one first (Wan)."""
+        if len(outputs) == 1:
+            return outputs[0]
+        cond, uncond = outputs
+        return uncond + guidance_scale * (cond - uncond)
+
     def latest_switch_step(self, pipe: Any, timesteps: list[float]) -> tuple[int, str] | None:
         """The step by which the small model must have taken over in this call, and why (a pipeline whose
         large model cannot run all steps), or None."""

@@ -2,8 +2,8 @@
 test_wan_22.py, tests/pipelines/cogvideo/test_cogvideox.py: their dummy components and inputs, their default
 schedulers, Wan2.2's `transformer_2` with and without a boundary, TI2V's `expand_timesteps`), each checked with the
 switch applied to an identical copy of its transformer, which must change nothing: the common checks (save and
-load, `to(dtype)`, callbacks, CFG on and off, batches) and diffusers' own caches beside the switch. The hub's tiny
-T5 is replaced by a local one of the same width (nothing is downloaded)."""
+load, `to(dtype)`, callbacks, CFG on and off, batches); diffusers' own caches beside the switch are in
+`test_diffusers_caches`. The hub's tiny T5 is replaced by a local one of the same width (nothing is downloaded)."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ import pytest
 import torch
 from diffusers import (AutoencoderKLCogVideoX, AutoencoderKLWan, CogVideoXDDIMScheduler, CogVideoXDPMScheduler,
                        CogVideoXPipeline, CogVideoXTransformer3DModel, DDIMScheduler, DPMSolverMultistepScheduler,
-                       FasterCacheConfig, FirstBlockCacheConfig, PyramidAttentionBroadcastConfig, UniPCMultistepScheduler, WanPipeline,
+                       UniPCMultistepScheduler, WanPipeline,
                        WanTransformer3DModel)
 from pipeline_helpers import CallLog, seen_through
 from transformers import T5Config, T5EncoderModel
@@ -160,61 +160,6 @@ def test_cfg_on_and_off_and_batches(guidance_scale):
         handle = identity(pipe)
         assert torch.equal(pipe(**inputs(pipe, **call)).frames, plain)
         handle.remove()
-
-
-def by_hand(pipe, other, at: int, **call):
-    """The reference: the plain pipeline, its transformer swapped by hand for ``other`` from step ``at`` on."""
-    large = pipe.transformer
-
-    def swap(p, i, t, kwargs):
-        if i + 1 == at:
-            p.transformer = other
-        return kwargs
-
-    try:
-        return pipe(**inputs(pipe, callback_on_step_end=swap, **call)).frames
-    finally:
-        pipe.transformer = large
-
-
-@pytest.mark.parametrize("cache", ["fbcache", "pab"])
-def test_diffusers_caches_beside_the_switch(cache):
-    """First Block Cache on the large model is given to the small one (its own state, from its first step);
-    diffusers' PAB stays on the large model alone. Against the plain pipeline with the transformer swapped by hand
-    for a copy carrying the same cache (FBC) or none (PAB). (CogVideoX with 2 blocks: First Block Cache needs a
-    tail.)"""
-    for pipe in (wan(), cogvideox(layers=2)):
-        other, small = copy.deepcopy(pipe.transformer), copy.deepcopy(pipe.transformer)
-        if cache == "fbcache":
-            pipe.transformer.enable_cache(FirstBlockCacheConfig(threshold=0.2))
-            other.enable_cache(FirstBlockCacheConfig(threshold=0.2))
-        else:
-            pipe.transformer.enable_cache(PyramidAttentionBroadcastConfig(
-                spatial_attention_block_skip_range=2, spatial_attention_timestep_skip_range=(0, 1000),
-                current_timestep_callback=lambda p=pipe: p.current_timestep))
-        reference = by_hand(pipe, other, 1)
-        sr_plugin.apply(pipe, small, switch_step=1)
-        assert torch.equal(pipe(**inputs(pipe)).frames, reference)
-
-
-def test_diffusers_faster_cache_beside_the_switch():
-    """diffusers' FasterCache on CogVideoX's large model (batched CFG, the layout it approximates the unconditional
-    half of; its state lives on the large model) stays with the large model: the small model runs plain. Against the
-    plain pipeline with the transformer swapped by hand for an uncached copy, at the step FasterCache first reuses
-    and at a later one."""
-    for at in (2, 4):
-        pipe = cogvideox(layers=2)
-        other, small = copy.deepcopy(pipe.transformer), copy.deepcopy(pipe.transformer)
-        pipe.transformer.enable_cache(FasterCacheConfig(
-            spatial_attention_block_skip_range=2, spatial_attention_timestep_skip_range=(-1, 1000),
-            unconditional_batch_skip_range=2, unconditional_batch_timestep_skip_range=(-1, 1000),
-            tensor_format="BFCHW", current_timestep_callback=lambda p=pipe: p.current_timestep))
-        reference = by_hand(pipe, other, at, num_inference_steps=6)
-        handle = sr_plugin.apply(pipe, small, switch_step=at)
-        assert torch.equal(pipe(**inputs(pipe, num_inference_steps=6)).frames, reference)
-        handle.remove()
-        pipe.transformer.disable_cache()  # the cache acted: without it the same steps give another video
-        assert not torch.equal(pipe(**inputs(pipe, num_inference_steps=6)).frames, reference)
 
 
 def test_wan22_without_a_boundary_runs_every_step_on_transformer():

@@ -32,6 +32,8 @@ def main() -> None:
     parser.add_argument("--prompts", type=int, default=16)
     parser.add_argument("--steps", type=int, default=50)
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--roles", nargs="+", choices=trained.ROLES, default=list(trained.ROLES),
+                        help="whose teacache.json is written (the other's fit is printed only)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     pipe, small, extra = trained.load(args.family)
@@ -42,6 +44,8 @@ def main() -> None:
     note = (f"sr_plugin.calibrate_teacache: {args.prompts} training prompts (random.Random({PROMPT_SEED})), "
             f"{args.steps} steps, switch at the default delta")
     for role, model in (("large", pipe.transformer), ("small", small)):
+        if role not in args.roles:
+            continue
         folder = trained.folder(args.family, role) / "transformer"
         path = save_beside_weights(folder, model, calibration.coefficients[role], calibration.r_squared[role],
                                    note=note)

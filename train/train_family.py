@@ -538,7 +538,7 @@ def checkpoint_pipeline(family: str, role: str, work: pathlib.Path | None = None
 def stage_export(args: argparse.Namespace, work: pathlib.Path) -> None:
     vae = type(trained.vae(args.family)).from_pretrained(work / "vae").eval()
     encoder = trained.text_encoder(args.family)
-    for role in trained.ROLES:
+    for role in args.roles:
         model = ema_model(args, work, role)
         pipe = trained.build_pipeline(args.family, role, model, vae, encoder)
         out = trained.folder(args.family, role)
@@ -594,6 +594,8 @@ def main() -> None:
                         "blocks (its width: --small-size L 4)")
     parser.add_argument("--distill", type=float, default=0.0, metavar="W",
                         help="small model: W x the shipped large model's prediction + (1 - W) x the data as target")
+    parser.add_argument("--roles", nargs="+", choices=trained.ROLES, default=list(trained.ROLES),
+                        help="export: the roles whose folders are written")
     parser.add_argument("--curve", type=pathlib.Path, default=None,
                         help="learning-curve file (default: train/curves/<family>-<role>.csv)")
     parser.add_argument("--eval-every", type=int, default=0, help="learning-curve evaluation period (0: none)")

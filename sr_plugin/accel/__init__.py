@@ -14,7 +14,8 @@ import torch
 
 from ..adapters import FamilyAdapter, adapter_for
 from ..instance.patching import drop_hook_residue
-from ..pipeline.calls import CallListener, CallTracker, models_in_play
+from ..instance.events import CallListener
+from ..pipeline.calls import CallTracker, models_in_play
 from ..pipeline.trace import StepRecord
 from .calibrate import TeaCacheCalibration, calibrate_teacache, fit_rescale
 from .compile import CompileConfig  # each acceleration's module registers it (registry.register_acceleration)
@@ -72,7 +73,7 @@ class Accelerations(CallListener):
         self.check(model, role)
         self.models[role] = model
         model.__dict__[_OWNER_ATTR] = self
-        self.tracker.track(model)
+        self.tracker.models.track(model)
         try:
             for kind in self.kinds.values():
                 kind.attach(self, model, role)
@@ -84,7 +85,7 @@ class Accelerations(CallListener):
         model = self.models.pop(role, None)
         if model is None:
             return
-        self.tracker.untrack(model)
+        self.tracker.models.untrack(model)
         for kind in reversed(list(self.kinds.values())):
             kind.detach(self, model, role)
         drop_hook_residue(model)

@@ -182,9 +182,9 @@ class PyramidAttentionBroadcast(Acceleration):
         config = self.config
         if config.current_timestep_callback is None:
             config = dataclasses.replace(config, current_timestep_callback=lambda: tracker.current_timestep)
-        tracker.renderers["attention"] = lambda counts: attention_summary(*counts)
+        tracker.notes.renderers["attention"] = lambda counts: attention_summary(*counts)
         apply_cfg_pab(model, ctx.adapter.attention_modules(model), config,
-                      log=lambda branch, computed: tracker.note("attention", role, branch, (int(computed), 1),
+                      log=lambda branch, computed: tracker.notes.note("attention", role, branch, (int(computed), 1),
                                                                 merge=add_counts))
 
     def detach(self, ctx: "Accelerations", model: torch.nn.Module, role: str) -> None:

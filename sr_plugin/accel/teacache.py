@@ -273,7 +273,7 @@ class _BlockHook(ModelHook):
             tracker = sh.tracker
             compute = state.decide(modulated, tracker.step, tracker.num_steps, sh.threshold, sh.coefficients,
                                    sh.warmup, tracker.agree)
-            tracker.note("cache", sh.role, sh.state_manager.context.name, "computed" if compute else "skipped")
+            tracker.notes.note("cache", sh.role, sh.state_manager.context.name, "computed" if compute else "skipped")
             sh.skip = not compute
             if compute:
                 sh.block_input = {name: bound[name] for name in sh.streams}

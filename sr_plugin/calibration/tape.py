@@ -30,7 +30,8 @@ from diffusers.hooks import HookRegistry, ModelHook
 
 from .. import compat
 from ..instance.patching import drop_hook_residue_at
-from ..pipeline.calls import CallListener, CallTracker
+from ..instance.events import CallListener
+from ..pipeline.calls import CallTracker
 
 #: The default budget of a `TapeStore` in host memory.
 DEFAULT_TAPE_BYTES = 4 * 2**30

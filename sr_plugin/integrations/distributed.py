@@ -24,6 +24,7 @@ import torch
 from diffusers.hooks import HookRegistry
 
 from .. import compat
+from ..instance.events import CallListener
 from ..instance.patching import InstancePatches
 
 
@@ -188,7 +189,7 @@ def keep_context_parallel_outermost(model: torch.nn.Module) -> None:
         HookRegistry.check_if_exists_or_initialize(model).invalidate_child_registries_cache()
 
 
-class ContextParallelCall:
+class ContextParallelCall(CallListener):
     """A standard listener of every pipeline's call tracker (`sr_plugin.pipeline.calls`): at the start of each call,
     the context-parallel group of ``pipe.transformer`` (None on one process) and the agreement of its ranks on the
     tracker, for every decision taken from a local view (the switch's metric, the caches'); once the other listeners
@@ -208,12 +209,3 @@ class ContextParallelCall:
             return
         for model in calls.in_play:
             prepare_parallel_call(model, calls.blocks(model), calls.group)
-
-    def after_step(self, calls: Any, model_output: Any, sample: Any) -> None:
-        pass
-
-    def step_ended(self, calls: Any) -> None:
-        pass
-
-    def end(self, calls: Any) -> None:
-        pass

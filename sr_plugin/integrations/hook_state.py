@@ -9,6 +9,7 @@ from typing import Any
 import torch
 
 from .. import compat
+from ..instance.events import CallListener
 
 
 def reset_caches(model: torch.nn.Module) -> None:
@@ -18,21 +19,12 @@ def reset_caches(model: torch.nn.Module) -> None:
         registry.reset_stateful_hooks()
 
 
-class FreshHookState:
+class FreshHookState(CallListener):
     """A standard listener of every pipeline's call tracker (`sr_plugin.pipeline.calls`)."""
-
-    def begin(self, calls: Any) -> None:
-        pass
 
     def prepare(self, calls: Any) -> None:
         for model in calls.in_play:  # after the other listeners, which may have added caches
             reset_caches(model)
-
-    def after_step(self, calls: Any, model_output: Any, sample: Any) -> None:
-        pass
-
-    def step_ended(self, calls: Any) -> None:
-        pass
 
     def end(self, calls: Any) -> None:
         for model in calls.in_play:  # their tensors can be large (PAB: one attention output per module)

@@ -1,8 +1,12 @@
 """Caches the user enabled directly on the large transformer, given to the small one with its own state.
 
-- diffusers' First Block Cache (``transformer.enable_cache(FirstBlockCacheConfig(...))``): the small model
-  gets the same configuration for the length of each call (its hooks keep their own per-branch state), so a
-  small model shared with another pipeline never carries this pipeline's cache into that one's calls.
+- every cache diffusers ships (``transformer.enable_cache(config)``: First Block Cache, Pyramid Attention
+  Broadcast, FasterCache, MagCache, TaylorSeer, SeaCache, TextKV): the small model gets the same configuration
+  (its ``current_timestep_callback`` and other callbacks included) for the length of each call, with hooks and
+  state of its own, so a small model shared with another pipeline never carries this pipeline's cache into that
+  one's calls. A configuration fitted to the large model (MagCache's ``mag_ratios``) is not reused: the small
+  model takes the one given to `apply` (``small_cache_config``), and without one the call is refused
+  (`check_small_cache`). A cache the user enabled on the small model directly is left as it is.
 - para-attn's First Block Cache (``apply_cache_on_pipe``): it patches only ``pipe.transformer`` and keeps its
   buffers in one context per pipeline call, by name: a small model running inside that context would compare
   against, and reuse, the large model's residuals. The small model is patched the same way and runs inside
@@ -32,12 +36,57 @@ _PARA_STATE_FIELDS = {"buffers", "incremental_name_counters", "executed_steps", 
                       "alter_taylorseer"}
 
 
+def diffusers_cache_configs() -> tuple[type, ...]:
+    """The cache configurations diffusers' `CacheMixin.enable_cache` takes."""
+    import diffusers
+
+    return tuple(getattr(diffusers, name) for name in (
+        "FirstBlockCacheConfig", "PyramidAttentionBroadcastConfig", "FasterCacheConfig", "MagCacheConfig",
+        "TaylorSeerCacheConfig", "SeaCacheConfig", "TextKVCacheConfig") if hasattr(diffusers, name))
+
+
+def check_small_cache_config(config: Any) -> None:
+    """``apply(small_cache_config=...)``: None or one of diffusers' cache configurations."""
+    if config is not None and not isinstance(config, diffusers_cache_configs()):
+        names = ", ".join(c.__name__ for c in diffusers_cache_configs())
+        raise TypeError(f"small_cache_config must be one of diffusers' cache configurations ({names}), got "
+                        f"{type(config).__name__}")
+
+
+def fitted_to_its_model(config: Any) -> str | None:
+    """Why a cache configuration's numbers belong to the model they were fitted on (None: they do not)."""
+    from diffusers import MagCacheConfig
+
+    if isinstance(config, MagCacheConfig) and not config.calibrate:
+        return "its mag_ratios were fitted to the large model's magnitudes"
+    return None
+
+
+def small_cache_for(large_config: Any, given: Any) -> Any:
+    """The configuration the small model gets for the large model's diffusers cache: ``given`` if any, else the
+    large model's own (a copy), unless that one was fitted to the large model: then a clear error."""
+    if large_config is None or not isinstance(large_config, diffusers_cache_configs()):
+        return None
+    if given is not None:
+        return given
+    why = fitted_to_its_model(large_config)
+    if why is not None:
+        name = type(large_config).__name__
+        raise ValueError(f"the large transformer's {name} is not reused on the small model ({why}): give the small "
+                         f"model its own, sr_plugin.apply(pipe, small, small_cache_config={name}(...)) (for "
+                         f"MagCache, fit the small model's ratios with MagCacheConfig(calibrate=True) on it alone)")
+    return large_config
+
+
 class UserCacheMirror:
-    def __init__(self, small: torch.nn.Module, block_lists: list[Any] | None = None) -> None:
+    def __init__(self, small: torch.nn.Module, block_lists: list[Any] | None = None,
+                 small_cache_config: Any = None) -> None:
         self.small = small
         #: cache-dit on the large model, given to the small one with a context of its own.
         self.cache_dit = CacheDitMirror(small, block_lists or [])
-        self._enabled_fbc = False
+        #: The small model's own configuration for the large model's diffusers cache (`apply`'s).
+        self.small_cache_config = small_cache_config
+        self._enabled = False
         #: para-attn's patch of the small model: what it replaced, undone exactly (its `_is_cached` and `forward`).
         self._para_patched: InstancePatches | None = None
         self._para_parent: Any = None
@@ -55,17 +104,12 @@ class UserCacheMirror:
             return
         self._sync_attention_backend(large)
         self.cache_dit.sync(large)
-        from diffusers import FirstBlockCacheConfig
-
-        config = compat.cache_config(large)
-        fbc = config if isinstance(config, FirstBlockCacheConfig) else None
-        if self._enabled_fbc and (fbc is None or compat.cache_config(small) != fbc):  # taken back or changed
-            small.disable_cache()
-            drop_hook_residue(small)
-            self._enabled_fbc = False
-        if fbc is not None and compat.cache_config(small) is None:
-            small.enable_cache(dataclasses.replace(fbc))
-            self._enabled_fbc = True
+        wanted = small_cache_for(compat.cache_config(large), self.small_cache_config)
+        if self._enabled:  # from a call that did not end (interrupted before its end): taken off first
+            self._disable_cache()
+        if wanted is not None and compat.cache_config(small) is None:
+            small.enable_cache(dataclasses.replace(wanted))  # hooks and state of its own
+            self._enabled = True
         if (compat.para_attn_cached(large) and not compat.para_attn_cached(small)
                 and cache_dit_config(large) is None):  # para-attn's First Block Cache (cache-dit sets the flag too)
             from para_attn.first_block_cache.diffusers_adapters import apply_cache_on_transformer
@@ -91,12 +135,15 @@ class UserCacheMirror:
                     self._backend_set.append(processor)
 
     def end_call(self) -> None:
-        """End of a call: the mirrored First Block Cache comes off the small model (put on again at the next
+        """End of a call: the mirrored diffusers cache comes off the small model (put on again at the next
         call's start), so that another pipeline sharing the small model never runs with this one's cache."""
-        if self._enabled_fbc:
+        self._disable_cache()
+
+    def _disable_cache(self) -> None:
+        if self._enabled:
             self.small.disable_cache()
             drop_hook_residue(self.small)
-            self._enabled_fbc = False
+            self._enabled = False
 
     def small_enters(self, step: int, num_steps: int) -> None:
         """A small segment starts at ``step``: its caches start afresh there (cache-dit's context, whose step mask
@@ -139,15 +186,11 @@ class UserCacheMirror:
         return utils.cache_context(self._para_context)
 
     def undo(self) -> None:
-        small = self.small
         self.cache_dit.undo()
         for processor in self._backend_set:
             compat.set_attention_backend(processor, None)
         self._backend_set, self._backend = [], None
-        if self._enabled_fbc:
-            small.disable_cache()
-            drop_hook_residue(small)
-            self._enabled_fbc = False
+        self._disable_cache()
         if self._para_patched is not None:
             self._para_patched.undo()
             self._para_patched = None

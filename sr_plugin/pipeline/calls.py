@@ -1,4 +1,4 @@
-"""Per-pipeline call tracking, shared by the switch and the accelerations.
+"""Per-pipeline call tracking, shared by the switch and the accelerations: the event bus of one pipeline's calls.
 
 It rides on two things diffusers pipelines already do, patched on the instance only:
 
@@ -7,11 +7,11 @@ It rides on two things diffusers pipelines already do, patched on the instance o
 - ``self.scheduler.step(guided_output, t, sample)`` runs once per step with the guided model output (after
   CFG, with the scale that step really used): the step counter advances there, and listeners observe it.
 
-Listeners (the router of the switch, the caching accelerations) get ``begin``, ``after_step`` and ``end``.
-
-It is also where the switch and the accelerations meet without knowing each other: the models in play by role
-(``"large"`` is ``pipe.transformer``; the switch brings ``"small"``), announced to the listeners as they join
-and leave (``check_model`` before anything changes, ``model_joined``, ``model_left``).
+Listeners (`sr_plugin.instance.events.CallListener`: the router of the switch, the caching accelerations, the
+calibration's tools) get ``begin``, ``prepare``, ``after_step``, ``step_ended`` and ``end``. The tracker also holds
+what is shared between them without their knowing each other: which role's model runs now (`running`, set by the
+switch), the models in play by role (`models`, `sr_plugin.pipeline.models`) and what was noted for the trace
+(`notes`, `sr_plugin.pipeline.notes`).
 """
 
 from __future__ import annotations
@@ -22,51 +22,23 @@ from typing import Any, Callable
 
 import torch
 
+from ..adapters import adapter_for
+from ..instance.arguments import binder
+from ..instance.events import CallListener
+from ..instance.patching import InstancePatches
 from ..integrations.distributed import ContextParallelCall, identity
 from ..integrations.hook_state import FreshHookState
-from ..instance.arguments import binder
-from ..instance.patching import InstancePatches
+from .models import ModelsInPlay
+from .notes import StepNotes
 from .trace import StepRecord
 
-
-class CallListener:
-    """What the tracker tells the switch and the accelerations. Every method is a no-op here: a listener writes
-    the ones it needs.
-
-    Per call: ``begin`` (after the pipeline set its timesteps), ``prepare`` (once every listener began, and may
-    have added caches: the models in play set up for the call), ``after_step`` (the guided output and sample of
-    each step), ``step_ended`` (after the step's callback), ``end``. Per model in play: ``check_model`` (every
-    error before anything changes), ``model_joined``, ``model_left``."""
-
-    def begin(self, calls: "CallTracker") -> None:
-        pass
-
-    def prepare(self, calls: "CallTracker") -> None:
-        pass
-
-    def after_step(self, calls: "CallTracker", model_output: torch.Tensor, sample: torch.Tensor) -> None:
-        pass
-
-    def step_ended(self, calls: "CallTracker") -> None:
-        pass
-
-    def end(self, calls: "CallTracker") -> None:
-        pass
-
-    def check_model(self, model: torch.nn.Module, role: str) -> None:
-        pass
-
-    def model_joined(self, model: torch.nn.Module, role: str) -> None:
-        pass
-
-    def model_left(self, model: torch.nn.Module, role: str) -> None:
-        pass
+__all__ = ["CallListener", "CallTracker", "check_scheduler_order", "models_in_play"]
 
 
 def models_in_play(pipe: Any) -> dict[str, torch.nn.Module]:
     """The pipeline's models by role, without installing anything: ``{"large": pipe.transformer, ...}``."""
     tracker = CallTracker.existing(pipe)
-    return {"large": pipe.transformer, **(tracker.roles if tracker is not None else {})}
+    return {"large": pipe.transformer, **(tracker.models.roles if tracker is not None else {})}
 
 
 class CallTracker:
@@ -75,12 +47,12 @@ class CallTracker:
     ATTR = "_sr_plugin_calls"
 
     @classmethod
-    def existing(cls, pipe: Any) -> "CallTracker | None":
+    def existing(cls, pipe: Any) -> CallTracker | None:
         """The pipeline's tracker if one is installed (looking changes nothing)."""
         return pipe.__dict__.get(cls.ATTR)
 
     @classmethod
-    def of(cls, pipe: Any) -> "CallTracker":
+    def of(cls, pipe: Any) -> CallTracker:
         tracker = pipe.__dict__.get(cls.ATTR)
         if tracker is None:
             tracker = cls(pipe)
@@ -88,19 +60,21 @@ class CallTracker:
 
     def __init__(self, pipe: Any) -> None:
         self.pipe = pipe
+        #: The family's adapter: where the models' blocks are, for the listeners that need them.
+        self.adapter = adapter_for(pipe)
         self.listeners: list[CallListener] = []
         self.active = False
         self.timesteps: list[float] = []
         self.step = 0
-        #: The role whose model runs the steps from now on ("large" until the switch says "small").
+        #: The role whose model runs the steps from now on ("large" until the switch says otherwise): the one place
+        #: this is kept.
         self.running = "large"
         #: Per step of the current/last call: the role that ran it.
         self.ran: list[str] = []
-        #: Per step of the current/last call, what listeners noted for the trace: {field: {(role, branch): value}},
-        #: a field being a `StepRecord` field ("cache", "attention"); the tracker does not read the values.
-        self.notes: list[dict[str, dict[tuple[str, str], Any]]] = []
-        #: How a field's noted value reads in the trace (set by the listener that notes it), by field.
-        self.renderers: dict[str, Callable[[Any], Any]] = {}
+        #: What listeners noted for the trace, per step.
+        self.notes = StepNotes()
+        #: The models in play by role, and the ones whose caches are kept fresh per call.
+        self.models = ModelsInPlay(lambda: self.listeners, lambda: self.active)
         #: Makes every rank of a context-parallel group use the same value (identity on one process), and that group
         #: (None on one process): set for each call by `ContextParallelCall`.
         self.agree: Callable[[torch.Tensor], torch.Tensor] = identity
@@ -108,10 +82,6 @@ class CallTracker:
         #: What every call gets before the added listeners, from the rooms that own it: the context-parallel
         #: group's agreement, and fresh cache state in every model in play.
         self._standard: list[CallListener] = [ContextParallelCall(), FreshHookState()]
-        #: Models whose caches this tracker manages besides pipe.transformer (the small model, ...), counted.
-        self._tracked: dict[int, list[Any]] = {}
-        #: Models in play besides pipe.transformer ("large"), by role: the switch's small model is "small".
-        self.roles: dict[str, torch.nn.Module] = {}
         self._in_play: list[torch.nn.Module] = []
         self.bar: Any = None
         self._install = InstancePatches()
@@ -129,7 +99,10 @@ class CallTracker:
     def add(self, listener: CallListener, first: bool = False) -> None:
         if self.active:
             raise RuntimeError("sr_plugin: cannot change a pipeline while it is running")
-        self.listeners.insert(0, listener) if first else self.listeners.append(listener)
+        if first:
+            self.listeners.insert(0, listener)
+        else:
+            self.listeners.append(listener)
 
     def discard(self, listener: CallListener) -> None:
         """Forget a listener; the last one out restores the pipeline's progress bar."""
@@ -140,55 +113,6 @@ class CallTracker:
         if not self.listeners:
             self._install.undo()
 
-    # ------------------------------------------------------------------ models in play, by role
-    def check_join(self, role: str, model: torch.nn.Module) -> None:
-        """Every error a listener would raise for ``model`` joining as ``role``, before anything changes."""
-        for listener in list(self.listeners):
-            listener.check_model(model, role)
-
-    def join(self, role: str, model: torch.nn.Module) -> None:
-        if self.active:
-            raise RuntimeError("sr_plugin: cannot change a pipeline while it is running")
-        if role in self.roles or role == "large":
-            raise ValueError(f"a {role} model is already in play on this pipeline")
-        self.roles[role] = model
-        done: list[Any] = []
-        try:
-            for listener in list(self.listeners):
-                listener.model_joined(model, role)  # all or nothing on its side (it undoes its own part on failure)
-                done.append(listener)
-        except BaseException:
-            for listener in reversed(done):
-                listener.model_left(model, role)
-            del self.roles[role]
-            raise
-
-    def leave(self, role: str) -> None:
-        if self.active:
-            raise RuntimeError("sr_plugin: cannot change a pipeline while it is running")
-        model = self.roles.pop(role, None)
-        if model is None:
-            return
-        for listener in reversed(self.listeners):
-            listener.model_left(model, role)
-
-    def track(self, model: torch.nn.Module) -> None:
-        """Manage ``model``'s caches per call (fresh at the start, released at the end), as diffusers does for
-        the pipeline's own components only."""
-        entry = self._tracked.setdefault(id(model), [model, 0])
-        entry[1] += 1
-
-    def untrack(self, model: torch.nn.Module) -> None:
-        entry = self._tracked.get(id(model))
-        if entry is not None:
-            entry[1] -= 1
-            if entry[1] <= 0:
-                del self._tracked[id(model)]
-
-    def _models(self, first: torch.nn.Module | None) -> list[torch.nn.Module]:
-        models = [] if first is None else [first]
-        return models + [m for m, _ in self._tracked.values() if all(m is not x for x in models)]
-
     @property
     def in_play(self) -> list[torch.nn.Module]:
         """The models of the running call: ``pipe.transformer`` and every tracked one (the small model, ...)."""
@@ -196,9 +120,7 @@ class CallTracker:
 
     def blocks(self, model: torch.nn.Module) -> Any:
         """``model``'s transformer blocks, by the pipeline's family."""
-        from ..adapters import adapter_for
-
-        return adapter_for(self.pipe).blocks(model)
+        return self.adapter.blocks(model)
 
     def _all(self) -> list[CallListener]:
         return self._standard + list(self.listeners)
@@ -212,33 +134,9 @@ class CallTracker:
         """The timestep of the step now running, as a host float (no device read)."""
         return self.timesteps[self.step] if self.active and self.step < len(self.timesteps) else None
 
-    def note(self, field: str, role: str, branch: str, value: Any,
-             merge: Callable[[Any, Any], Any] | None = None) -> None:
-        """Note ``value`` for the step now running (``merge(old, new)`` when one was noted already)."""
-        if self.active and self.step < len(self.timesteps):
-            while len(self.notes) <= self.step:
-                self.notes.append({})
-            noted = self.notes[self.step].setdefault(field, {})
-            key = (role, branch)
-            noted[key] = merge(noted[key], value) if merge is not None and key in noted else value
-
-    def notes_at(self, step: int, field: str) -> dict[tuple[str, str], Any]:
-        """What was noted for ``field`` at one step, per (role, branch), as the trace shows it."""
-        noted = self.notes[step].get(field, {}) if step < len(self.notes) else {}
-        render = self.renderers.get(field)
-        return {key: render(value) for key, value in noted.items()} if render is not None else dict(noted)
-
     def records(self, d: list[float | None] | None = None, s: list[float | None] | None = None) -> list[StepRecord]:
-        """The last call as one `StepRecord` per step (the one trace type of both handles): which role ran it,
-        and that model's cache and attention decisions by branch. ``d``/``s`` are the switch's metric, if any."""
-        out = []
-        for j, role in enumerate(self.ran):
-            out.append(StepRecord(
-                index=j, timestep=self.timesteps[j], model=role,
-                d=d[j] if d is not None and j < len(d) else None, s=s[j] if s is not None and j < len(s) else None,
-                cache={b: what for (r, b), what in self.notes_at(j, "cache").items() if r == role},
-                attention={b: what for (r, b), what in self.notes_at(j, "attention").items() if r == role}))
-        return out
+        """The last call as one `StepRecord` per step (`StepNotes.records`); ``d``/``s``: the switch's metric."""
+        return self.notes.records(self.ran, self.timesteps, d, s)
 
     # ------------------------------------------------------------------ one call
     def begin(self, bar: Any) -> None:
@@ -249,10 +147,11 @@ class CallTracker:
         self.step = 0
         self.running = "large"
         self.ran = []
-        self.notes = []
+        self.notes.clear()
+        self.notes.step = 0
         self.bar = bar
         self.active = True
-        self._in_play = self._models(self.pipe.transformer)
+        self._in_play = self.models.for_call(self.pipe.transformer)
         started: list[CallListener] = []
         try:
             self._observe_steps(scheduler)
@@ -278,6 +177,7 @@ class CallTracker:
 
     def _finish(self, listeners: list[CallListener]) -> None:
         self.active = False
+        self.notes.step = None
         self._call.undo()
         errors = []
         for listener in reversed(listeners):
@@ -306,6 +206,7 @@ class CallTracker:
                 for listener in self._all():
                     listener.after_step(self, bound["model_output"], bound["sample"])
             self.step += 1
+            self.notes.step = self.step if self.step < len(self.timesteps) else None
             return out
 
         self._call.set(scheduler, "step", step)

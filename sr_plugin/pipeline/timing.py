@@ -10,7 +10,8 @@ from typing import Any, Iterator
 import numpy as np
 
 from ..compat import quiet_progress_bar
-from .calls import CallListener, CallTracker
+from ..instance.events import CallListener
+from .calls import CallTracker
 from .seeded import run_seeded
 
 

@@ -9,7 +9,9 @@ from typing import Any
 import torch
 
 from ..adapters import adapter_for
+from .. import compat
 from ..integrations.cache_dit_mirror import check_cache_dit, check_cache_dit_schedule
+from ..integrations.user_cache_mirror import check_small_cache_config, small_cache_for
 from ..pipeline.calls import CallTracker, check_scheduler_order
 from ..integrations.distributed import parallelize_like
 from ..integrations.offload import join_model_offload, leave_model_offload, model_offload_active, parse_to_args
@@ -77,8 +79,8 @@ class SRHandle:
         tracker = CallTracker.of(self.pipe)
         if tracker.active:
             raise RuntimeError("sr_plugin: cannot remove the switch while the pipeline is running")
-        tracker.leave("small")  # the accelerations take theirs off it (a no-op if it never joined)
-        tracker.untrack(self.small)
+        tracker.models.leave("small")  # the accelerations take theirs off it (a no-op if it never joined)
+        tracker.models.untrack(self.small)
         tracker.discard(self._router)
         self._router.release()
         self._patches.undo()
@@ -118,6 +120,7 @@ def apply(
     small_device: str | torch.device | None = None,
     offload_large: bool = False,
     family_options: Mapping[str, Any] | None = None,
+    small_cache_config: Any = None,
 ) -> SRHandle:
     """Let ``small_transformer`` run some of the denoising steps of ``pipe``'s large transformer: by default the
     late ones (SRDiffusion's adaptive switch), or any cooperation ``schedule``.
@@ -144,6 +147,10 @@ def apply(
             ``small_scheduler``; the keywords above stay as shorthands); the adapter validates them.
         offload_large: after the switch, move the large model's weights to pinned host memory on a side stream,
             overlapped with the small model's steps; they come back at the start of the next call (CUDA only).
+        small_cache_config: the small model's own configuration for the diffusers cache enabled on the large
+            model (``pipe.transformer.enable_cache(config)``); by default the small model gets the large model's,
+            with state of its own, except a configuration fitted to the large model (MagCache's ``mag_ratios``),
+            which is refused without one.
 
     A context-parallel large transformer (diffusers' `enable_parallelism`, or para-attn's `parallelize_pipe`
     for CogVideoX) makes the small one parallel on the same mesh, and all ranks switch at the same step:
@@ -155,6 +162,8 @@ def apply(
     plan = _schedule_from(delta, min_switch_step, max_switch_step, switch_step, schedule)
     adapter = adapter_for(pipe)
     large = _check_pair(pipe, small_transformer, adapter, plan)
+    check_small_cache_config(small_cache_config)
+    small_cache_for(compat.cache_config(large), small_cache_config)  # a cache fitted to the large model: refused
     handoff = adapter.make_handoff(pipe, small_transformer, **_family_options(
         adapter, family_options, small_vae_scaling_factor=small_vae_scaling_factor, small_scheduler=small_scheduler))
     if not isinstance(offload_large, bool):
@@ -167,9 +176,10 @@ def apply(
         small_device = _check_device(small_device)
     existing = CallTracker.existing(pipe)
     if existing is not None:
-        existing.check_join("small", small_transformer)  # e.g. accelerations that cannot go on it
+        existing.models.check_join("small", small_transformer)  # e.g. accelerations that cannot go on it
     _check_loaded(small_transformer)
-    router = Router(pipe, small_transformer, adapter, handoff, plan, small_device=small_device)
+    router = Router(pipe, small_transformer, adapter, handoff, plan, small_device=small_device,
+                    small_cache_config=small_cache_config)
     return _install_all(pipe, router, offload_large)
 
 
@@ -216,8 +226,8 @@ def _install_all(pipe: Any, router: Router, offload_large: bool) -> SRHandle:
         rollback.add(patches.undo)
         _install(pipe, small, router, patches, rollback)
         tracker = CallTracker.of(pipe)
-        tracker.join("small", small)  # the accelerations attach theirs
-        rollback.add(lambda: tracker.leave("small"))
+        tracker.models.join("small", small)  # the accelerations attach theirs
+        rollback.add(lambda: tracker.models.leave("small"))
         if offload_large:
             rollback.add(router.start_offloading())
             _restore_early(pipe, router, patches)
@@ -345,8 +355,8 @@ def _install(pipe: Any, small: torch.nn.Module, router: Router, patches: Instanc
     rollback.add(lambda: tracker.discard(router))
     if original_encode is not None:  # the family's text-length check, right after the prompt is encoded
         patches.set(pipe, "encode_prompt", encode_prompt)
-    tracker.track(small)
-    rollback.add(lambda: tracker.untrack(small))
+    tracker.models.track(small)
+    rollback.add(lambda: tracker.models.untrack(small))
     patches.set(pipe, "to", to)
     patches.set(pipe, "enable_model_cpu_offload", enable_model_cpu_offload)
     if router.small_device is not None:

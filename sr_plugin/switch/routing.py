@@ -22,7 +22,8 @@ from ..integrations.cache_dit_mirror import check_cache_dit_schedule
 from ..integrations.user_cache_mirror import UserCacheMirror
 from ..adapters import FamilyAdapter, Handoff
 from ..integrations.hook_state import reset_caches
-from ..pipeline.calls import CallListener, CallTracker
+from ..instance.events import CallListener
+from ..pipeline.calls import CallTracker
 from ..integrations.distributed import cp_group
 from .handoff_hook import HandoffHook
 from .metric import relative_change
@@ -53,6 +54,7 @@ class Router(CallListener):
         handoff: Handoff,
         schedule: Schedule,
         small_device: torch.device | None = None,
+        small_cache_config: Any = None,
     ) -> None:
         self.pipe = pipe
         self.small = small
@@ -61,7 +63,7 @@ class Router(CallListener):
         self.schedule = schedule
         self.small_device = small_device
         #: Caches the user enabled on the large model, mirrored onto the small one with their own state.
-        self.mirror = UserCacheMirror(small, adapter.block_lists(small))
+        self.mirror = UserCacheMirror(small, adapter.block_lists(small), small_cache_config)
         #: Factories of context managers entered around every call of the small model.
         self.small_call_contexts: list[Callable[[], Any]] = [self.mirror.small_call_context]
         #: With offload_large: moves the large model's weights off the GPU while the small model runs.
