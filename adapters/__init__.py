@@ -5,8 +5,10 @@ from __future__ import annotations
 
 from typing import Any
 
-from . import wan  # noqa: F401, I001  (registers itself; Wan first, as the docs list them)
-from . import cogvideox  # noqa: F401, E402
+from . import (
+    cogvideox,  # noqa: F401, E402
+    wan,  # noqa: F401, I001  (registers itself; Wan first, as the docs list them)
+)
 from .base import FamilyAdapter, Handoff, register_family, registered_families, unregister_family
 
 
@@ -36,5 +38,14 @@ def adapter_for(pipe: Any) -> FamilyAdapter:
     )
 
 
-__all__ = ["FamilyAdapter", "Handoff", "adapter_for", "family", "family_keys", "register_family",
-           "registered_families", "supported_pipelines", "unregister_family"]
+__all__ = [
+    "FamilyAdapter",
+    "Handoff",
+    "adapter_for",
+    "family",
+    "family_keys",
+    "register_family",
+    "registered_families",
+    "supported_pipelines",
+    "unregister_family",
+]

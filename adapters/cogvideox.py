@@ -77,8 +77,9 @@ def _as_x0_eps(kind: str, a: torch.Tensor, k: torch.Tensor) -> tuple[torch.Tenso
     return zero, one, k * inv, -sa * inv
 
 
-def _from_x0_eps(kind: str, a: torch.Tensor, x0: tuple[torch.Tensor, torch.Tensor],
-                 eps: tuple[torch.Tensor, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+def _from_x0_eps(
+    kind: str, a: torch.Tensor, x0: tuple[torch.Tensor, torch.Tensor], eps: tuple[torch.Tensor, torch.Tensor]
+) -> tuple[torch.Tensor, torch.Tensor]:
     """The model output of ``kind`` at abar ``a`` from x0 and eps (each a pair of coefficients on x and output)."""
     if kind == "v_prediction":  # v = sqrt(a) eps - sqrt(1-a) x0
         sa, s1a = a.sqrt(), (1.0 - a).sqrt()
@@ -96,8 +97,14 @@ class LatentSpaceMap:
     large scheduler's type: ``out = A x_t + B out'`` (coefficients below; epsilon, v_prediction or sample).
     """
 
-    def __init__(self, abar_large: torch.Tensor, abar_small: torch.Tensor, scale_ratio: float,
-                 large_type: str = "v_prediction", small_type: str = "v_prediction") -> None:
+    def __init__(
+        self,
+        abar_large: torch.Tensor,
+        abar_small: torch.Tensor,
+        scale_ratio: float,
+        large_type: str = "v_prediction",
+        small_type: str = "v_prediction",
+    ) -> None:
         self.abar_large = abar_large.double()
         self.abar_small = abar_small.double()
         self.c = float(scale_ratio)
@@ -133,7 +140,7 @@ def _bcast(coef: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
 
 
 class CogVideoXHandoff(Handoff):
-    def __init__(self, pipe: Any, small: torch.nn.Module, small_scale: float | None, small_scheduler: Any) -> None:
+    def __init__(self, pipe: Any, small: Any, small_scale: float | None, small_scheduler: Any) -> None:
         self.small = small
         self.vae_scale_factor_spatial = pipe.vae_scale_factor_spatial
         self._small_scale = small_scale
@@ -160,14 +167,17 @@ class CogVideoXHandoff(Handoff):
         if self._small_scheduler is not None:
             abar_small = self._small_scheduler.alphas_cumprod
         elif self._published_2b_defaults:
-            abar_small = type(scheduler).from_config(
-                scheduler.config, snr_shift_scale=PUBLISHED_2B_SNR_SHIFT_SCALE
-            ).alphas_cumprod
+            abar_small = (
+                type(scheduler)
+                .from_config(scheduler.config, snr_shift_scale=PUBLISHED_2B_SNR_SHIFT_SCALE)
+                .alphas_cumprod
+            )
         else:
             abar_small = scheduler.alphas_cumprod
         small_type = prediction_type(self._small_scheduler if self._small_scheduler is not None else scheduler)
-        self.space = LatentSpaceMap(scheduler.alphas_cumprod, abar_small, small_scale / large_scale,
-                                    prediction_type(scheduler), small_type)
+        self.space = LatentSpaceMap(
+            scheduler.alphas_cumprod, abar_small, small_scale / large_scale, prediction_type(scheduler), small_type
+        )
         self._space_key = key
 
     def _small_rotary(self, hidden_states: torch.Tensor) -> Any:
@@ -178,9 +188,14 @@ class CogVideoXHandoff(Handoff):
         if self._rotary is None or self._rotary[0] != key:
             # The pipeline's own computation, read from the small model's config instead of pipe.transformer.
             _, frames, _, h, w = hidden_states.shape
-            emb = cogvideox_rotary_embeddings(self.small, self.vae_scale_factor_spatial,
-                                              h * self.vae_scale_factor_spatial, w * self.vae_scale_factor_spatial,
-                                              frames, hidden_states.device)
+            emb = cogvideox_rotary_embeddings(
+                self.small,
+                self.vae_scale_factor_spatial,
+                h * self.vae_scale_factor_spatial,
+                w * self.vae_scale_factor_spatial,
+                frames,
+                hidden_states.device,
+            )
             self._rotary = (key, emb)
         return self._rotary[1]
 
@@ -213,6 +228,7 @@ class CogVideoXAdapter(FamilyAdapter):
     pipeline_class_names = ("CogVideoXPipeline",)
     transformer_class_name = "CogVideoXTransformer3DModel"
     pair_fields = ("in_channels", "out_channels", "patch_size", "patch_size_t", "text_embed_dim")
+
     def guided(self, outputs: list[torch.Tensor], guidance_scale: float) -> torch.Tensor:
         # CFG as one batched call, the unconditional half first; the pipeline guides in float32.
         (output,) = outputs
@@ -229,12 +245,14 @@ class CogVideoXAdapter(FamilyAdapter):
         if not hasattr(scheduler, "alphas_cumprod"):
             raise ValueError(
                 f"{type(scheduler).__name__} has no `alphas_cumprod`; CogVideoX's denoised estimate (x0 from the "
-                "sample, the noise level and the model's prediction) needs a DDPM-style schedule (CogVideoXDDIMScheduler, "
-                "CogVideoXDPMScheduler, DDIMScheduler, DPMSolverMultistepScheduler, ...)"
+                "sample, the noise level and the model's prediction) needs a DDPM-style schedule "
+                "(CogVideoXDDIMScheduler, CogVideoXDPMScheduler, DDIMScheduler, DPMSolverMultistepScheduler, ...)"
             )
         if prediction_type(scheduler) not in PREDICTION_TYPES:
-            raise ValueError(f"{type(scheduler).__name__} has prediction_type={prediction_type(scheduler)!r}; "
-                             f"sr_plugin reads x0 for {', '.join(PREDICTION_TYPES)}")
+            raise ValueError(
+                f"{type(scheduler).__name__} has prediction_type={prediction_type(scheduler)!r}; "
+                f"sr_plugin reads x0 for {', '.join(PREDICTION_TYPES)}"
+            )
 
     def denoised(
         self, scheduler: Any, step_index: int, timestep: float, sample: torch.Tensor, model_output: torch.Tensor
@@ -252,16 +270,18 @@ class CogVideoXAdapter(FamilyAdapter):
     def noise_level(self, scheduler: Any, step_index: int) -> tuple[str, float] | None:
         return "abar", float(scheduler.alphas_cumprod[int(scheduler.timesteps[step_index])])
 
-    def make_handoff(
+    def make_handoff(  # type: ignore[override]  # its options by name (option_names), as apply passes them
         self,
         pipe: Any,
-        small: torch.nn.Module,
+        small: Any,
         small_vae_scaling_factor: float | None = None,
         small_scheduler: Any = None,
     ) -> Handoff:
         if small_vae_scaling_factor is not None and not (
-            isinstance(small_vae_scaling_factor, (int, float)) and not isinstance(small_vae_scaling_factor, bool)
-            and math.isfinite(small_vae_scaling_factor) and small_vae_scaling_factor > 0
+            isinstance(small_vae_scaling_factor, (int, float))
+            and not isinstance(small_vae_scaling_factor, bool)
+            and math.isfinite(small_vae_scaling_factor)
+            and small_vae_scaling_factor > 0
         ):
             raise ValueError(f"small_vae_scaling_factor must be a positive number, got {small_vae_scaling_factor!r}")
         if small_scheduler is not None:
@@ -273,7 +293,7 @@ class CogVideoXAdapter(FamilyAdapter):
                 )
         return CogVideoXHandoff(pipe, small, small_vae_scaling_factor, small_scheduler)
 
-    def check_prompt_embeds(self, small: torch.nn.Module, prompt_embeds: torch.Tensor) -> None:
+    def check_prompt_embeds(self, small: Any, prompt_embeds: torch.Tensor) -> None:
         # A sincos (2b-style) model's position table covers exactly max_text_seq_length text tokens.
         c = small.config
         if not c.use_rotary_positional_embeddings and prompt_embeds.shape[1] != c.max_text_seq_length:
@@ -289,32 +309,40 @@ class CogVideoXAdapter(FamilyAdapter):
     # need not be in it (a test keeps the two in agreement for Wan's and CogVideoX's).
     block_layout = ("hidden_states", "encoder_hidden_states")
 
-    def blocks(self, model: torch.nn.Module) -> torch.nn.ModuleList:
+    def blocks(self, model: Any) -> Any:
         return model.transformer_blocks
 
-    def attention_modules(self, model: torch.nn.Module) -> list[tuple[torch.nn.Module, str]]:
+    def attention_modules(self, model: Any) -> list[tuple[torch.nn.Module, str]]:
         # One joint (text + video) self-attention per block; CogVideoX has no separate cross-attention.
         return [(b.attn1, "self") for b in model.transformer_blocks]
 
-    def teacache_input(self, model: torch.nn.Module, ret_steps: bool) -> tuple[str, Any]:
+    def teacache_input(self, model: Any, ret_steps: bool) -> tuple[Any, ...]:
         if ret_steps:
             raise ValueError("TeaCache's ret_steps mode was published for Wan only; CogVideoX has no such coefficients")
         return ("block_arg", "temb")
 
-    def teacache_modulated_input(self, model: torch.nn.Module, timestep: torch.Tensor,
-                                 encoder_hidden_states: torch.Tensor, ret_steps: bool) -> torch.Tensor:
+    def teacache_modulated_input(
+        self, model: Any, timestep: torch.Tensor, encoder_hidden_states: torch.Tensor, ret_steps: bool
+    ) -> torch.Tensor:
         return model.time_embedding(model.time_proj(timestep).to(encoder_hidden_states.dtype), None)
 
-    def teacache_preset(self, model: torch.nn.Module, ret_steps: bool) -> str | None:
+    def teacache_preset(self, model: Any, ret_steps: bool) -> str | None:
         c = model.config
         return _COGVIDEOX_SIZES.get((c.num_layers, c.num_attention_heads, c.use_rotary_positional_embeddings))
+
 
 def published_scheduler(snr_shift_scale: float) -> Any:
     """CogVideoX's published DDIM scheduler config; 5b uses snr_shift_scale 1.0, 2b 3.0."""
     from diffusers import CogVideoXDDIMScheduler
 
     return CogVideoXDDIMScheduler(
-        beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012, clip_sample=False,
-        prediction_type="v_prediction", rescale_betas_zero_snr=True, set_alpha_to_one=True,
-        snr_shift_scale=snr_shift_scale, timestep_spacing="trailing",
+        beta_schedule="scaled_linear",
+        beta_start=0.00085,
+        beta_end=0.012,
+        clip_sample=False,
+        prediction_type="v_prediction",
+        rescale_betas_zero_snr=True,
+        set_alpha_to_one=True,
+        snr_shift_scale=snr_shift_scale,
+        timestep_spacing="trailing",
     )

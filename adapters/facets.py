@@ -45,16 +45,16 @@ class Identity:
     def check_pipeline(self, pipe: Any) -> None:
         """Raise if this pipeline instance is set up in a way the hand-off cannot serve."""
 
-    def check_pair(self, large: torch.nn.Module, small: torch.nn.Module) -> None:
+    def check_pair(self, large: Any, small: Any) -> None:
         """Raise a clear error if ``small`` cannot stand in for ``large``."""
         cls = self.transformer_class()
-        if not isinstance(small, cls):
+        if not isinstance(small, cls):  # narrows nothing: the models are read through their configs
             raise TypeError(
-                f"the small transformer must be a {cls.__name__} for a {self.name} pipeline, "
-                f"got {type(small).__name__}"
+                f"the small transformer must be a {cls.__name__} for a {self.name} pipeline, got {type(small).__name__}"
             )
+        pair: tuple[Any, Any] = (large, small)  # (the isinstance check above narrows small to `object`)
         for field in self.pair_fields:
-            a, b = large.config.get(field), small.config.get(field)
+            a, b = (model.config.get(field) for model in pair)
             if _norm(a) != _norm(b):
                 raise ValueError(
                     f"the small transformer's {field}={b!r} does not match the large transformer's {a!r}; "
@@ -65,6 +65,9 @@ class Identity:
 class Handover:
     """How the small model takes the large one's place: the step boundary, the mapping of its inputs and outputs,
     the pipeline's other slots, what it cannot take."""
+
+    #: The family's name (`Identity.name`), for errors.
+    name: str
 
     required: tuple[str, ...] = ()
 
@@ -94,7 +97,7 @@ class Handover:
         low-noise expert ``transformer_2``): after the switch the small model stands in them too."""
         return ()
 
-    def check_prompt_embeds(self, small: torch.nn.Module, prompt_embeds: torch.Tensor) -> None:
+    def check_prompt_embeds(self, small: Any, prompt_embeds: torch.Tensor) -> None:
         """Raise if the small model cannot take this call's text embeddings (checked right after the pipeline
         encodes the prompt, before its first step)."""
 
@@ -104,13 +107,15 @@ class Handover:
     #: Names of the family-only hand-off options (`apply(..., family_options={...})`); none by default.
     option_names: tuple[str, ...] = ()
 
-    def make_handoff(self, pipe: Any, small: torch.nn.Module, **options: Any) -> Handoff:
+    def make_handoff(self, pipe: Any, small: Any, **options: Any) -> Handoff:
         """Build the mapping used while the small model runs. Unknown options are an error."""
         if any(v is not None for v in options.values()):
             given = ", ".join(k for k, v in options.items() if v is not None)
             verb = "applies" if "," not in given else "apply"
-            raise TypeError(f"{given} only {verb} to pipelines whose two models use different latent spaces "
-                            f"(CogVideoX); a {self.name} pair hands over unchanged")
+            raise TypeError(
+                f"{given} only {verb} to pipelines whose two models use different latent spaces "
+                f"(CogVideoX); a {self.name} pair hands over unchanged"
+            )
         return Handoff()
 
 
@@ -145,27 +150,29 @@ class Blocks:
     #: What the blocks return, by argument name: ``("hidden_states",)`` for a tensor, or a tuple's layout
     #: such as ``("hidden_states", "encoder_hidden_states")``. Per block list with `block_layouts`.
     block_layout: tuple[str, ...] = ("hidden_states",)
-    def block_lists(self, model: torch.nn.Module) -> list[torch.nn.ModuleList]:
+
+    def block_lists(self, model: Any) -> list[torch.nn.ModuleList]:
         """The model's block lists in call order (one for Wan and CogVideoX; two for dual- then single-stream
         models). Default: the single list `blocks` gives."""
         return [self.blocks(model)]
 
-    def block_layouts(self, model: torch.nn.Module) -> list[tuple[str, ...]]:
+    def block_layouts(self, model: Any) -> list[tuple[str, ...]]:
         """The return layout of each block list (default: `block_layout` for all)."""
         return [self.block_layout] * len(self.block_lists(model))
 
-    def blocks(self, model: torch.nn.Module) -> list[torch.nn.Module]:
+    def blocks(self, model: Any) -> Any:
         """Every transformer block, in call order (regional compilation and block caches work on these).
         Single-list families override this; others override `block_lists`."""
         if type(self).block_lists is Blocks.block_lists:
             raise NotImplementedError(f"{type(self).__name__} must define blocks or block_lists")
         return [b for blocks in self.block_lists(model) for b in blocks]
 
-    def blocks_with_layouts(self, model: torch.nn.Module) -> list[tuple[torch.nn.Module, tuple[str, ...]]]:
-        return [(b, layout) for blocks, layout in zip(self.block_lists(model), self.block_layouts(model))
-                for b in blocks]
+    def blocks_with_layouts(self, model: Any) -> list[tuple[torch.nn.Module, tuple[str, ...]]]:
+        return [
+            (b, layout) for blocks, layout in zip(self.block_lists(model), self.block_layouts(model)) for b in blocks
+        ]
 
-    def attention_modules(self, model: torch.nn.Module) -> list[tuple[torch.nn.Module, str]]:
+    def attention_modules(self, model: Any) -> list[tuple[torch.nn.Module, str]]:
         """``(module, "self" | "cross")`` for every attention layer Pyramid Attention Broadcast may reuse."""
         raise NotImplementedError
 
@@ -178,19 +185,21 @@ class TeaCacheInputs:
     #: TeaCache's published rescale polynomials (numpy poly1d order, highest degree first), by name.
     teacache_coefficients: dict[str, tuple[float, ...]] = {}
 
-    def teacache_input(self, model: torch.nn.Module, ret_steps: bool) -> tuple[str, Any]:
+    def teacache_input(self, model: Any, ret_steps: bool) -> tuple[Any, ...]:
         """Where TeaCache reads the timestep-modulated input: ``("block_arg", name)`` of the first block's
         arguments, or ``("output_of", submodule, index)``."""
         raise NotImplementedError
 
-    def teacache_modulated_input(self, model: torch.nn.Module, timestep: torch.Tensor,
-                                 encoder_hidden_states: torch.Tensor, ret_steps: bool) -> torch.Tensor:
+    def teacache_modulated_input(
+        self, model: Any, timestep: torch.Tensor, encoder_hidden_states: torch.Tensor, ret_steps: bool
+    ) -> torch.Tensor:
         """TeaCache's modulated input for ``timestep`` without running the blocks (to calibrate thresholds)."""
         raise NotImplementedError
 
-    def teacache_preset(self, model: torch.nn.Module, ret_steps: bool) -> str | None:
+    def teacache_preset(self, model: Any, ret_steps: bool) -> str | None:
         """The published coefficient set for this model's config, or None if it matches none."""
         return None
+
 
 def _norm(value: Any) -> Any:
     return tuple(value) if isinstance(value, list) else value

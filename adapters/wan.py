@@ -18,7 +18,6 @@ import torch
 
 from .base import FamilyAdapter, register_family
 
-
 #: TeaCache rescale polynomials published for Wan2.1 T2V (ali-vilab/TeaCache, TeaCache4Wan2.1), numpy
 #: poly1d order. "-ret" sets go with ``ret_steps``: decide on the time projection e0 and always compute
 #: the first 5 steps; the others decide on the time embedding e.
@@ -42,9 +41,11 @@ class WanAdapter(FamilyAdapter):
     pipeline_class_names = ("WanPipeline",)
     transformer_class_name = "WanTransformer3DModel"
     pair_fields = ("in_channels", "out_channels", "patch_size", "text_dim")
-    para_attn_refusal = ("para-attn's Wan context-parallel adapter fails on diffusers >= 0.35 (RoPE returns a tuple); "
-                         "use diffusers' own: pipe.transformer.enable_parallelism(config=ContextParallelConfig("
-                         "ulysses_degree=N))")
+    para_attn_refusal = (
+        "para-attn's Wan context-parallel adapter fails on diffusers >= 0.35 (RoPE returns a tuple); "
+        "use diffusers' own: pipe.transformer.enable_parallelism(config=ContextParallelConfig("
+        "ulysses_degree=N))"
+    )
 
     def _boundary(self, pipe: Any) -> float | None:
         ratio = pipe.config.get("boundary_ratio")
@@ -56,8 +57,9 @@ class WanAdapter(FamilyAdapter):
             return None
         # Without the low-noise expert, the first step below the boundary must be the small model's.
         first_low = next((j for j, t in enumerate(timesteps) if t < boundary), len(timesteps))
-        return first_low, (f"Wan2.2 boundary_ratio={pipe.config.boundary_ratio}: the low-noise expert "
-                           "(transformer_2) is not loaded")
+        return first_low, (
+            f"Wan2.2 boundary_ratio={pipe.config.boundary_ratio}: the low-noise expert (transformer_2) is not loaded"
+        )
 
     def expert_slots(self, pipe: Any) -> tuple[str, ...]:
         return ("transformer_2",) if self._boundary(pipe) is not None else ()
@@ -84,26 +86,28 @@ class WanAdapter(FamilyAdapter):
 
     teacache_coefficients = WAN_TEACACHE_COEFFICIENTS
 
-    def blocks(self, model: torch.nn.Module) -> torch.nn.ModuleList:
+    def blocks(self, model: Any) -> Any:
         return model.blocks
 
-    def attention_modules(self, model: torch.nn.Module) -> list[tuple[torch.nn.Module, str]]:
+    def attention_modules(self, model: Any) -> list[tuple[torch.nn.Module, str]]:
         return [(m, kind) for b in model.blocks for m, kind in ((b.attn1, "self"), (b.attn2, "cross"))]
 
-    def teacache_input(self, model: torch.nn.Module, ret_steps: bool) -> tuple[str, Any]:
+    def teacache_input(self, model: Any, ret_steps: bool) -> tuple[Any, ...]:
         # The blocks get the time projection e0 (`timestep_proj`) as their third argument; the time
         # embedding e before projection only leaves the model's `condition_embedder` (first output).
         return ("block_arg", "temb") if ret_steps else ("output_of", model.condition_embedder, 0)
 
-    def teacache_modulated_input(self, model: torch.nn.Module, timestep: torch.Tensor,
-                                 encoder_hidden_states: torch.Tensor, ret_steps: bool) -> torch.Tensor:
+    def teacache_modulated_input(
+        self, model: Any, timestep: torch.Tensor, encoder_hidden_states: torch.Tensor, ret_steps: bool
+    ) -> torch.Tensor:
         temb, timestep_proj, _, _ = model.condition_embedder(timestep, encoder_hidden_states, None)
         return timestep_proj.unflatten(1, (6, -1)) if ret_steps else temb
 
-    def teacache_preset(self, model: torch.nn.Module, ret_steps: bool) -> str | None:
+    def teacache_preset(self, model: Any, ret_steps: bool) -> str | None:
         c = model.config
         name = _WAN_SIZES.get((c.num_layers, c.num_attention_heads, c.attention_head_dim))
         return None if name is None else name + ("-ret" if ret_steps else "")
+
 
 def published_scheduler() -> Any:
     """The published 480p Wan2.1 T2V scheduler: UniPC on flow matching, flow shift 3.0."""

@@ -16,8 +16,11 @@ def pytest_terminal_summary(terminalreporter: Any, config: Any) -> None:
         ratio = b.extra_info.get("paired_ratio")
         if ratio is None:
             continue
-        notes = "".join(f"  {k}={v:.2f}" if isinstance(v, float) else f"  {k}={v}" for k, v in b.extra_info.items()
-                        if k not in ("reference_median_s", "paired_ratio", "median_s") and v is not None)
+        notes = "".join(
+            f"  {k}={v:.2f}" if isinstance(v, float) else f"  {k}={v}"
+            for k, v in b.extra_info.items()
+            if k not in ("reference_median_s", "paired_ratio", "median_s") and v is not None
+        )
         terminalreporter.write_line(
             f"{b.group or '':<18} {b.name:<40} median {b.stats.median * 1e3:8.2f} ms "
             f"(unpatched {b.extra_info['reference_median_s'] * 1e3:8.2f} ms)  {ratio:6.3f}x  "

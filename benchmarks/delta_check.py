@@ -26,9 +26,9 @@ ROOT = pathlib.Path(__file__).resolve().parents[1]
 
 import diffusers  # noqa: E402
 
+from sr_plugin.cli.calibrate_delta import run_calibrate_delta  # noqa: E402
 from sr_plugin.lab import speed_quality as sq  # noqa: E402
 from sr_plugin.lab import trained  # noqa: E402
-from sr_plugin.cli.calibrate_delta import run_calibrate_delta  # noqa: E402
 
 #: The target: the best SSIM among settings that take at most this fraction of large only's time.
 TARGET_TIME_RATIO = 0.6
@@ -48,17 +48,39 @@ def main() -> None:
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)  # before the run, not after it
     torch.set_num_threads(1)
-    env = {"torch": torch.__version__, "diffusers": diffusers.__version__, "threads": 1,
-           "machine": platform.machine(), "processor": platform.processor(), "cpus": os.cpu_count()}
+    env = {
+        "torch": torch.__version__,
+        "diffusers": diffusers.__version__,
+        "threads": 1,
+        "machine": platform.machine(),
+        "processor": platform.processor(),
+        "cpus": os.cpu_count(),
+    }
     for family in args.family or list(trained.FAMILY_NAMES):
         start = time.time()
         picked, sweep, check = run_calibrate_delta(
-            family, args.prompts, args.steps, list(sq.DELTAS), list(sq.SWITCH_STEPS), None, TARGET_TIME_RATIO,
-            say=log, check_prompts=args.check_prompts)
-        result = {"environment": env, "family": family, "steps": args.steps, "calibration_prompts": args.prompts,
-                  "check_prompts": args.check_prompts, "target_time_ratio": TARGET_TIME_RATIO,
-                  "step_ratio": sweep.step_ratio, "rows": [r.as_dict() for r in sweep.rows],
-                  "check": check.as_dict(), "minutes": (time.time() - start) / 60}
+            family,
+            args.prompts,
+            args.steps,
+            list(sq.DELTAS),
+            list(sq.SWITCH_STEPS),
+            None,
+            TARGET_TIME_RATIO,
+            say=log,
+            check_prompts=args.check_prompts,
+        )
+        result = {
+            "environment": env,
+            "family": family,
+            "steps": args.steps,
+            "calibration_prompts": args.prompts,
+            "check_prompts": args.check_prompts,
+            "target_time_ratio": TARGET_TIME_RATIO,
+            "step_ratio": sweep.step_ratio,
+            "rows": [r.as_dict() for r in sweep.rows],
+            "check": check.as_dict(),
+            "minutes": (time.time() - start) / 60,
+        }
         path = args.out / f"delta_check_{family}_cpu_{datetime.date.today().isoformat()}.json"
         path.write_text(json.dumps(result, indent=1))
         log(f"wrote {path}")

@@ -69,14 +69,35 @@ FAMILY_SKIPS = {"wan": {"sr-never"}, "cogvideox": {"sr+offload", "wan22-both", "
 #: The quantized rows: they run on quantized copies of the two transformers (the bf16 ones stay as they are).
 FLOAT8 = ("float8", "sr+float8")
 
-CONFIGS = ["large", "sr", "compile", "sr+compile", "small-first", "sandwich", "small-first+compile",
-           "sandwich+compile", "teacache", "sr+teacache", "pab", "sr+all", "sr-never",
-           "sr+offload", "sr+flash", "sr+cudnn", "wan22-both", "wan22-sr", "float8", "sr+float8"]
+CONFIGS = [
+    "large",
+    "sr",
+    "compile",
+    "sr+compile",
+    "small-first",
+    "sandwich",
+    "small-first+compile",
+    "sandwich+compile",
+    "teacache",
+    "sr+teacache",
+    "pab",
+    "sr+all",
+    "sr-never",
+    "sr+offload",
+    "sr+flash",
+    "sr+cudnn",
+    "wan22-both",
+    "wan22-sr",
+    "float8",
+    "sr+float8",
+]
 #: Cooperation schedules of the schedule rows, from the switch step k and the step count N: the small model first
 #: for k steps; large - small - large with the small model from k to N - k (for N = 6, k = 2: two steps each; at
 #: least one small step).
-SCHEDULES = {"small-first": lambda k, n: f"small:{k},large",
-             "sandwich": lambda k, n: f"large:{k},small:{max(k + 1, n - k)},large"}
+SCHEDULES = {
+    "small-first": lambda k, n: f"small:{k},large",
+    "sandwich": lambda k, n: f"large:{k},small:{max(k + 1, n - k)},large",
+}
 
 
 def schedule_of(name: str, k: int, steps: int) -> str | None:
@@ -92,16 +113,47 @@ WAN22_BOUNDARY = 0.875
 #: The order of the runs, most important first, in case the time budget runs out.
 #: The baselines first, then the rows with no figure on a GPU yet (float8 with compile, the block-wise offload,
 #: the schedules), then the rest.
-PRIORITY = [("wan", "large"), ("wan", "sr"), ("cogvideox", "large"), ("cogvideox", "sr"), ("wan", "compile"),
-            ("cogvideox", "compile"), ("wan", "float8"), ("wan", "sr+float8"), ("cogvideox", "float8"),
-            ("cogvideox", "sr+float8"), ("wan", "sr+offload"), ("wan", "small-first"), ("wan", "sandwich"),
-            ("cogvideox", "small-first"), ("cogvideox", "sandwich"), ("wan", "sr+compile"), ("cogvideox", "sr+compile"),
-            ("wan", "small-first+compile"), ("wan", "sandwich+compile"), ("cogvideox", "small-first+compile"),
-            ("cogvideox", "sandwich+compile"), ("cogvideox", "sr-never"),
-            ("wan", "sr+offload"), ("wan", "teacache"), ("wan", "sr+teacache"), ("cogvideox", "teacache"),
-            ("cogvideox", "sr+teacache"), ("cogvideox", "pab"), ("cogvideox", "sr+all"), ("wan", "sr-never"),
-            ("cogvideox", "sr+offload"), ("wan", "pab"), ("wan", "sr+all"), ("wan", "wan22-both"), ("wan", "wan22-sr"),
-            ("wan", "sr+flash"), ("wan", "sr+cudnn"), ("cogvideox", "sr+flash"), ("cogvideox", "sr+cudnn")]
+PRIORITY = [
+    ("wan", "large"),
+    ("wan", "sr"),
+    ("cogvideox", "large"),
+    ("cogvideox", "sr"),
+    ("wan", "compile"),
+    ("cogvideox", "compile"),
+    ("wan", "float8"),
+    ("wan", "sr+float8"),
+    ("cogvideox", "float8"),
+    ("cogvideox", "sr+float8"),
+    ("wan", "sr+offload"),
+    ("wan", "small-first"),
+    ("wan", "sandwich"),
+    ("cogvideox", "small-first"),
+    ("cogvideox", "sandwich"),
+    ("wan", "sr+compile"),
+    ("cogvideox", "sr+compile"),
+    ("wan", "small-first+compile"),
+    ("wan", "sandwich+compile"),
+    ("cogvideox", "small-first+compile"),
+    ("cogvideox", "sandwich+compile"),
+    ("cogvideox", "sr-never"),
+    ("wan", "sr+offload"),
+    ("wan", "teacache"),
+    ("wan", "sr+teacache"),
+    ("cogvideox", "teacache"),
+    ("cogvideox", "sr+teacache"),
+    ("cogvideox", "pab"),
+    ("cogvideox", "sr+all"),
+    ("wan", "sr-never"),
+    ("cogvideox", "sr+offload"),
+    ("wan", "pab"),
+    ("wan", "sr+all"),
+    ("wan", "wan22-both"),
+    ("wan", "wan22-sr"),
+    ("wan", "sr+flash"),
+    ("wan", "sr+cudnn"),
+    ("cogvideox", "sr+flash"),
+    ("cogvideox", "sr+cudnn"),
+]
 
 
 def log(*args: Any) -> None:
@@ -146,8 +198,9 @@ def build_loaded(family: str, large: str, small: str, device: torch.device) -> t
     from diffusers import DiffusionPipeline
 
     pipe = DiffusionPipeline.from_pretrained(large, dtype=torch.bfloat16)
-    small_model = adapter_for(pipe).transformer_class().from_pretrained(small, subfolder="transformer",
-                                                                        dtype=torch.bfloat16)
+    small_model = (
+        adapter_for(pipe).transformer_class().from_pretrained(small, subfolder="transformer", dtype=torch.bfloat16)
+    )
     pipe.to(device)
     small_model.to(device).eval()
     pipe.set_progress_bar_config(disable=True)
@@ -158,7 +211,7 @@ def build_loaded(family: str, large: str, small: str, device: torch.device) -> t
 class Run:
     """One timed pipeline call: wall time, per-step times, peak memory, memory at the end of the loop."""
 
-    def __init__(self, env: "Env", steps: int, reset_peak_at: int | None = None, probe: Any = None) -> None:
+    def __init__(self, env: Env, steps: int, reset_peak_at: int | None = None, probe: Any = None) -> None:
         self.env, self.steps, self.reset_peak_at = env, steps, reset_peak_at
         #: Called at every step end; returns a dict of numbers, whose maxima over the call are recorded.
         self.probe = probe
@@ -188,8 +241,16 @@ class Run:
             torch.cuda.reset_peak_memory_stats()
         env.sync()
         start = time.perf_counter()
-        out = run_seeded(pipe, None, 0, prompt_embeds=env.embeds[0], negative_prompt_embeds=env.embeds[1],
-                         num_inference_steps=self.steps, callback_on_step_end=on_step, **env.call)
+        out = run_seeded(
+            pipe,
+            None,
+            0,
+            prompt_embeds=env.embeds[0],
+            negative_prompt_embeds=env.embeds[1],
+            num_inference_steps=self.steps,
+            callback_on_step_end=on_step,
+            **env.call,
+        )
         env.sync()
         wall = time.perf_counter() - start
         step_times = [b - a for a, b in zip([start] + marks[:-1], marks)]
@@ -197,8 +258,9 @@ class Run:
         if env.cuda:
             record["peak_gib"] = torch.cuda.max_memory_allocated() / 2**30
             if self.reset_peak_at is not None:
-                record["peak_after_step_%d_gib" % self.reset_peak_at] = rendering_peak[0] / 2**30 if rendering_peak \
-                    else None
+                record[f"peak_after_step_{self.reset_peak_at}_gib"] = (
+                    rendering_peak[0] / 2**30 if rendering_peak else None
+                )
             record["allocated_at_loop_end_gib"] = end_alloc[0] / 2**30 if end_alloc else None
         record["_out"] = out
         return record
@@ -225,8 +287,9 @@ def steady(step_s: list[float], start: int, stop: int | None = None) -> float | 
     return statistics.median(values) if values else None
 
 
-def calibrate_teacache(env: Env, model: Any, role: str, steps: int, target_skip: float,
-                       first_step: int = 0) -> tuple[float, float]:
+def calibrate_teacache(
+    env: Env, model: Any, role: str, steps: int, target_skip: float, first_step: int = 0
+) -> tuple[float, float]:
     """The threshold that makes TeaCache skip the fraction of calls closest to ``target_skip`` for the steps
     ``model`` runs: replays the published rule on the modulated inputs of the schedule (no block runs)."""
     scheduler = env.pipe.scheduler
@@ -234,8 +297,10 @@ def calibrate_teacache(env: Env, model: Any, role: str, steps: int, target_skip:
     config = TeaCacheConfig(0.0)
     coefficients = resolve_coefficients(config, env.adapter, model, role) if not env.tiny else IDENTITY_COEFFICIENTS
     with torch.no_grad():
-        inputs = [env.adapter.teacache_modulated_input(model, t.expand(1).to(env.embeds[0].device), env.embeds[0],
-                                                       False) for t in scheduler.timesteps[first_step:]]
+        inputs = [
+            env.adapter.teacache_modulated_input(model, t.expand(1).to(env.embeds[0].device), env.embeds[0], False)
+            for t in scheduler.timesteps[first_step:]
+        ]
 
     def skip_fraction(threshold: float) -> float:
         state, skipped = TeaCacheState(), 0
@@ -255,11 +320,13 @@ def calibrate_teacache(env: Env, model: Any, role: str, steps: int, target_skip:
 
 def teacache_config(env: Env, steps: int, k: int | None, target_skip: float, calibration: dict) -> TeaCacheConfig:
     thresholds: dict[str, float] = {}
-    thresholds["large"], calibration["large_predicted_skip"] = calibrate_teacache(env, env.pipe.transformer, "large",
-                                                                                  steps, target_skip)
+    thresholds["large"], calibration["large_predicted_skip"] = calibrate_teacache(
+        env, env.pipe.transformer, "large", steps, target_skip
+    )
     if k is not None:
-        thresholds["small"], calibration["small_predicted_skip"] = calibrate_teacache(env, env.small, "small", steps,
-                                                                                      target_skip, first_step=k)
+        thresholds["small"], calibration["small_predicted_skip"] = calibrate_teacache(
+            env, env.small, "small", steps, target_skip, first_step=k
+        )
     calibration.update({f"{r}_threshold": t for r, t in thresholds.items()})
     coefficients = "identity" if env.tiny else None
     return TeaCacheConfig(thresholds, coefficients)
@@ -303,16 +370,27 @@ def run_stack_config(env: Env, name: str, steps: int, k: int) -> dict[str, Any]:
             handle = sr_plugin.apply(pipe, small, switch_step=k)
             undo.append(handle.remove)
             rec.update(Run(env, steps)(pipe))
-            rec["small_backends"] = sorted({str(getattr(m.processor, "_attention_backend", None))
-                                            for m in small.modules() if hasattr(m, "processor")})
+            rec["small_backends"] = sorted(
+                {
+                    str(getattr(m.processor, "_attention_backend", None))
+                    for m in small.modules()
+                    if hasattr(m, "processor")
+                }
+            )
             rec["switch_step"] = handle.switch_step
         elif name in ("wan22-both", "wan22-sr"):
             expert = wan22_low_noise_expert(env)
             from diffusers import WanPipeline
 
-            two = WanPipeline(tokenizer=None, text_encoder=None, vae=None, transformer=pipe.transformer,
-                              transformer_2=expert if name == "wan22-both" else None, scheduler=pipe.scheduler,
-                              boundary_ratio=WAN22_BOUNDARY)
+            two = WanPipeline(
+                tokenizer=None,
+                text_encoder=None,
+                vae=None,
+                transformer=pipe.transformer,
+                transformer_2=expert if name == "wan22-both" else None,
+                scheduler=pipe.scheduler,
+                boundary_ratio=WAN22_BOUNDARY,
+            )
             two.set_progress_bar_config(disable=True)
             if name == "wan22-sr":  # the high-noise expert sketches; the 1.3B renders from the boundary at the latest
                 handle = sr_plugin.apply(two, small)
@@ -399,7 +477,7 @@ def run_config(env: Env, name: str, steps: int, k: int, args: argparse.Namespace
     rec: dict[str, Any] = {"config": name}
     schedule = schedule_of(name, k, steps)
     sr = name.startswith("sr") or schedule is not None
-    compile_opts = ({"backend": "eager"} if env.tiny else True)
+    compile_opts = {"backend": "eager"} if env.tiny else True
     # Self-attention only: Wan's cross-attention (512 text tokens) is cheap, and caching its output per module
     # and CFG branch would cost as much memory as the self-attention's (40 x 2 x 335 MB at 81 x 480 x 832).
     # The whole schedule: at 6-10 steps the default range (100, 800) would leave PAB almost nothing to reuse.
@@ -438,8 +516,12 @@ def run_config(env: Env, name: str, steps: int, k: int, args: argparse.Namespace
         if "pab" in accel_kwargs:  # what PAB holds per model (its largest over the call)
             from sr_plugin.accel.pab import pab_cache_bytes
 
-            probe = lambda: {"pab_large_gib": pab_cache_bytes(pipe.transformer) / 2**30,  # noqa: E731
-                             "pab_small_gib": pab_cache_bytes(small) / 2**30}
+            def probe() -> dict[str, float]:
+                return {
+                    "pab_large_gib": pab_cache_bytes(pipe.transformer) / 2**30,
+                    "pab_small_gib": pab_cache_bytes(small) / 2**30,
+                }
+
         run = Run(env, steps, reset_peak_at=reset_at, probe=probe)
         first = run(pipe)
         if name == "sr+offload":
@@ -503,8 +585,12 @@ def summarize(family_results: dict[str, dict], steps: int, k: int) -> dict[str, 
         r, bound = ideal(base, sr_rec)
         if bound and "speedup" in sr_rec:
             sr_rec.update(r=r, ideal_speedup=bound, measured_over_ideal=sr_rec["speedup"] / bound)
-            summary[sr_name] = {"r": r, "ideal": bound, "measured": sr_rec["speedup"],
-                                "measured_over_ideal": sr_rec["speedup"] / bound}
+            summary[sr_name] = {
+                "r": r,
+                "ideal": bound,
+                "measured": sr_rec["speedup"],
+                "measured_over_ideal": sr_rec["speedup"] / bound,
+            }
     for name, rec in family_results.items():  # schedules: each step at its model's steady step time
         if rec.get("schedule") is None or "speedup" not in rec:
             continue
@@ -517,8 +603,12 @@ def summarize(family_results: dict[str, dict], steps: int, k: int) -> dict[str, 
             continue
         bound = speedup(roles_of(rec["schedule"], steps), {"large": t_large, "small": t_small})
         rec.update(ideal_speedup=bound, measured_over_ideal=rec["speedup"] / bound)
-        summary[name] = {"schedule": rec["schedule"], "ideal": bound, "measured": rec["speedup"],
-                         "measured_over_ideal": rec["speedup"] / bound}
+        summary[name] = {
+            "schedule": rec["schedule"],
+            "ideal": bound,
+            "measured": rec["speedup"],
+            "measured_over_ideal": rec["speedup"] / bound,
+        }
     for name in ("float8", "sr+float8"):
         rec = family_results.get(name, {})
         bf16 = family_results.get("compile" if name == "float8" else "sr+compile", {})
@@ -526,7 +616,10 @@ def summarize(family_results: dict[str, dict], steps: int, k: int) -> dict[str, 
             rec["vs_bf16_compiled"] = bf16["wall_s"] / rec["wall_s"]
             if rec["vs_bf16_compiled"] < 1:
                 rec["note"] = f"slower than bf16 compiled ({rec['vs_bf16_compiled']:.2f}x)"
-            summary[name] = {"vs_bf16_compiled": rec["vs_bf16_compiled"], "compile_warmup_s": rec.get("compile_warmup_s")}
+            summary[name] = {
+                "vs_bf16_compiled": rec["vs_bf16_compiled"],
+                "compile_warmup_s": rec.get("compile_warmup_s"),
+            }
     never = family_results.get("sr-never", {})
     if "wall_s" in never and "wall_s" in large:
         summary["never_switching_overhead"] = never["wall_s"] / large["wall_s"] - 1
@@ -555,8 +648,10 @@ def plugin_step_cost(env: Env, repeats: int = 50) -> dict[str, float]:
 
 
 def table(results: dict[str, Any]) -> str:
-    lines = [f"{'family':<10} {'config':<20} {'wall s':>8} {'speed-up':>9} {'ideal':>7} {'meas/ideal':>10} "
-             f"{'peak GiB':>9} {'TeaCache skipped':>17}  notes"]
+    lines = [
+        f"{'family':<10} {'config':<20} {'wall s':>8} {'speed-up':>9} {'ideal':>7} {'meas/ideal':>10} "
+        f"{'peak GiB':>9} {'TeaCache skipped':>17}  notes"
+    ]
     for family, fam in results["families"].items():
         for name, rec in fam["configs"].items():
             if "wall_s" not in rec:
@@ -574,12 +669,16 @@ def table(results: dict[str, Any]) -> str:
             if rec.get("probe"):
                 notes.append(", ".join(f"{k} {v:.2f}" for k, v in rec["probe"].items()))
             if "output_equals_sr" in rec:
-                notes.append(f"== sr: {rec['output_equals_sr']}, large on host after call: "
-                             f"{rec.get('large_on_host_after_call')}, end alloc {rec.get('allocated_at_loop_end_gib')}")
-            fmt = lambda key, spec: format(rec[key], spec) if rec.get(key) is not None else "-"  # noqa: E731
-            lines.append(f"{family:<10} {name:<20} {rec['wall_s']:>8.2f} {fmt('speedup', '>8.2f')}x "
-                         f"{fmt('ideal_speedup', '>7.2f')} {fmt('measured_over_ideal', '>10.4f')} "
-                         f"{fmt('peak_gib', '>9.1f')} {fmt('teacache_skipped_fraction', '>17.2f')}  {'; '.join(notes)}")
+                notes.append(
+                    f"== sr: {rec['output_equals_sr']}, large on host after call: "
+                    f"{rec.get('large_on_host_after_call')}, end alloc {rec.get('allocated_at_loop_end_gib')}"
+                )
+            fmt = lambda key, spec, rec=rec: format(rec[key], spec) if rec.get(key) is not None else "-"  # noqa: E731
+            lines.append(
+                f"{family:<10} {name:<20} {rec['wall_s']:>8.2f} {fmt('speedup', '>8.2f')}x "
+                f"{fmt('ideal_speedup', '>7.2f')} {fmt('measured_over_ideal', '>10.4f')} "
+                f"{fmt('peak_gib', '>9.1f')} {fmt('teacache_skipped_fraction', '>17.2f')}  {'; '.join(notes)}"
+            )
     return "\n".join(lines)
 
 
@@ -587,8 +686,10 @@ def finished_rows(path: str) -> dict[str, dict[str, Any]]:
     """The rows an earlier call's JSON finished (a wall time and no error), by family."""
     with open(path) as f:
         earlier = json.load(f)
-    return {family: {name: rec for name, rec in fam.get("configs", {}).items() if "wall_s" in rec and "error" not in rec}
-            for family, fam in earlier.get("families", {}).items()}
+    return {
+        family: {name: rec for name, rec in fam.get("configs", {}).items() if "wall_s" in rec and "error" not in rec}
+        for family, fam in earlier.get("families", {}).items()
+    }
 
 
 #: Seconds a compiled row's warm-up adds on the H200 (7-15 s per model, two models), and a float8 row's
@@ -618,18 +719,26 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--tiny", action="store_true", help="the built-in tiny pair on the CPU (a smoke run)")
     parser.add_argument("--families", nargs="+", choices=FAMILY_KEYS, default=list(FAMILY_KEYS))
     parser.add_argument("--configs", nargs="+", choices=CONFIGS, default=CONFIGS)
-    parser.add_argument("--steps", type=int, nargs="+", default=None,
-                        help="steps per family, in --families order (default: each family's bench_steps: 6 for Wan, "
-                             "10 for CogVideoX)")
+    parser.add_argument(
+        "--steps",
+        type=int,
+        nargs="+",
+        default=None,
+        help="steps per family, in --families order (default: each family's bench_steps: 6 for Wan, 10 for CogVideoX)",
+    )
     parser.add_argument("--switch-step", type=int, default=2)
     parser.add_argument("--teacache-skip", type=float, default=0.5, help="target fraction of skipped calls")
     parser.add_argument("--budget-s", type=float, default=440, help="start no configuration after this many seconds")
     parser.add_argument("--large", help="a real large pipeline (id or path) instead of random weights")
     parser.add_argument("--small", help="a real small model (its 'transformer' subfolder)")
     parser.add_argument("--json", default="gpu_bench.json")
-    parser.add_argument("--resume", metavar="JSON", default=None,
-                        help="keep every row this earlier call's JSON finished (its baselines among them) and run the "
-                             "rest; the merged results go to --json")
+    parser.add_argument(
+        "--resume",
+        metavar="JSON",
+        default=None,
+        help="keep every row this earlier call's JSON finished (its baselines among them) and run the "
+        "rest; the merged results go to --json",
+    )
     args = parser.parse_args(argv)
     if (args.large is None) != (args.small is None):
         parser.error("give both --large and --small, or neither")
@@ -645,9 +754,13 @@ def main(argv: list[str] | None = None) -> int:
     results: dict[str, Any] = {
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "device": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "cpu",
-        "versions": {"torch": torch.__version__, "diffusers": diffusers.__version__,
-                     "transformers": transformers.__version__, "python": platform.python_version(),
-                     "sr_plugin": sr_plugin.__version__},
+        "versions": {
+            "torch": torch.__version__,
+            "diffusers": diffusers.__version__,
+            "transformers": transformers.__version__,
+            "python": platform.python_version(),
+            "sr_plugin": sr_plugin.__version__,
+        },
         "weights": "tiny, random" if args.tiny else ("loaded" if args.large else "full-size configs, random bf16"),
         "families": {},
     }
@@ -667,8 +780,11 @@ def main(argv: list[str] | None = None) -> int:
     envs: dict[str, Env] = {}
     for family in args.families:  # both families stay resident (about 46 GB of bf16 weights on an H200)
         steps = steps_by_family.get(family, tools_for(family).bench_steps)
-        fam: dict[str, Any] = {"steps": steps, "switch_step": args.switch_step,
-                               "configs": dict(earlier.get(family, {}))}
+        fam: dict[str, Any] = {
+            "steps": steps,
+            "switch_step": args.switch_step,
+            "configs": dict(earlier.get(family, {})),
+        }
         results["families"][family] = fam
         log(f"== {family}: building ({results['weights']}) ...")
         t0 = time.perf_counter()
@@ -689,11 +805,20 @@ def main(argv: list[str] | None = None) -> int:
     # the planned order first, then any other registered family's configurations in the CONFIGS order; rows an
     # earlier call finished are kept as they are
     order = PRIORITY + [(f, c) for f in envs for c in CONFIGS if (f, c) not in PRIORITY]
-    order = [(f, c) for f, c in order if f in envs and c in args.configs and not (c.startswith("wan22") and f != "wan")
-             and (args.tiny or c not in FAMILY_SKIPS.get(f, ())) and "wall_s" not in results["families"][f]["configs"].get(c, {})]
-    log(f"== {len(order)} rows to run: about {estimate_s(order, results, args) / 60:.1f} minutes "
+    order = [
+        (f, c)
+        for f, c in order
+        if f in envs
+        and c in args.configs
+        and not (c.startswith("wan22") and f != "wan")
+        and (args.tiny or c not in FAMILY_SKIPS.get(f, ()))
+        and "wall_s" not in results["families"][f]["configs"].get(c, {})
+    ]
+    log(
+        f"== {len(order)} rows to run: about {estimate_s(order, results, args) / 60:.1f} minutes "
         f"(budget {args.budget_s / 60:.1f}); kept from an earlier call: "
-        f"{sum(len(v) for v in earlier.values())}")
+        f"{sum(len(v) for v in earlier.values())}"
+    )
     for family, name in order:
         fam = results["families"][family]
         if time.perf_counter() - start > args.budget_s:
@@ -709,8 +834,9 @@ def main(argv: list[str] | None = None) -> int:
     log(table(results))
     for family, fam in results["families"].items():
         log(f"{family} summary: {json.dumps(fam.get('summary', {}), default=lambda o: None)}")
-    return 0 if all("error" not in rec for fam in results["families"].values()
-                    for rec in fam["configs"].values()) else 1
+    return (
+        0 if all("error" not in rec for fam in results["families"].values() for rec in fam["configs"].values()) else 1
+    )
 
 
 if __name__ == "__main__":

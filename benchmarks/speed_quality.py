@@ -32,17 +32,24 @@ ROOT = pathlib.Path(__file__).resolve().parents[1]
 
 import diffusers  # noqa: E402
 
-from sr_plugin.lab import task, trained  # noqa: E402
 from sr_plugin.lab import speed_quality as sq  # noqa: E402
+from sr_plugin.lab import task, trained  # noqa: E402
 from sr_plugin.lab.quality import generate_video  # noqa: E402
+
 
 def log(msg: str) -> None:
     print(f"[{time.strftime('%H:%M:%S')}] {msg}", flush=True)
 
 
-def run_family(family: str, n_pairs: int, steps: int, only: list[str] | None = None,
-               accuracy: str = "prompt_accuracy", schedules: list[str] | None = None,
-               stack: list[float] | None = None) -> dict:
+def run_family(
+    family: str,
+    n_pairs: int,
+    steps: int,
+    only: list[str] | None = None,
+    accuracy: str = "prompt_accuracy",
+    schedules: list[str] | None = None,
+    stack: list[float] | None = None,
+) -> dict:
     from sr_plugin.pipeline.timing import StepClock
 
     pipe, small, extra = trained.load(family)
@@ -64,14 +71,26 @@ def run_family(family: str, n_pairs: int, steps: int, only: list[str] | None = N
     start = time.time()
     clock = StepClock().install(pipe)
     for i, config in enumerate(configs):
-        row, outputs = sq.run_config(pipe, small, extra, family, config, pairs, steps, reference,
-                                     warmup_prompt=warm if "compile" in config.accel else None, plain=plain,
-                                     clock=clock)
+        row, outputs = sq.run_config(
+            pipe,
+            small,
+            extra,
+            family,
+            config,
+            pairs,
+            steps,
+            reference,
+            warmup_prompt=warm if "compile" in config.accel else None,
+            plain=plain,
+            clock=clock,
+        )
         if config.kind == "large":
             reference = {pair: video for pair, (video, _) in zip(pairs, outputs)}
         rows.append(row)
-        log(f"{family} [{i + 1}/{len(configs)}] {row.name}: attribute {row.attribute_accuracy:.1f}%, prompt "
-            f"{row.prompt_accuracy:.1f}%, speed-up {row.speedup:.2f}x ({(time.time() - start) / 60:.1f} min)")
+        log(
+            f"{family} [{i + 1}/{len(configs)}] {row.name}: attribute {row.attribute_accuracy:.1f}%, prompt "
+            f"{row.prompt_accuracy:.1f}%, speed-up {row.speedup:.2f}x ({(time.time() - start) / 60:.1f} min)"
+        )
     clock.remove()
     sq.add_paired(rows)
     sq.add_modelled(rows)
@@ -80,13 +99,22 @@ def run_family(family: str, n_pairs: int, steps: int, only: list[str] | None = N
 
     large = getattr(rows[0], accuracy)
     groups = [("stacked", ("sr+teacache+pab", "sr+all")), ("sr", ("sr", "sr fixed")), ("teacache", ("teacache",))]
-    groups += [(kind, (kind,)) for kind in dict.fromkeys(r.kind for r in rows) if kind not in
-               ("large", "small", "sr", "sr fixed", "teacache", "sr+teacache+pab", "sr+all")]
+    groups += [
+        (kind, (kind,))
+        for kind in dict.fromkeys(r.kind for r in rows)
+        if kind not in ("large", "small", "sr", "sr fixed", "teacache", "sr+teacache+pab", "sr+all")
+    ]
     best = {name: sq.fastest_within(rows, kinds, large, accuracy=accuracy) for name, kinds in groups}
-    return {"family": family, "pairs": n_pairs, "steps": steps, "accuracy": accuracy,
-            "rows": [r.as_dict() for r in rows],
-            "large_only_paired_ratio": drift,
-            "within_tolerance": {k: (None if v is None else v.as_dict()) for k, v in best.items()}, "_rows": rows}
+    return {
+        "family": family,
+        "pairs": n_pairs,
+        "steps": steps,
+        "accuracy": accuracy,
+        "rows": [r.as_dict() for r in rows],
+        "large_only_paired_ratio": drift,
+        "within_tolerance": {k: (None if v is None else v.as_dict()) for k, v in best.items()},
+        "_rows": rows,
+    }
 
 
 def main() -> None:
@@ -96,19 +124,41 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=50)
     parser.add_argument("--out", type=pathlib.Path, default=ROOT / "benchmarks" / "results")
     parser.add_argument("--plot", type=pathlib.Path, default=ROOT / "docs" / "speed_quality.png")
-    parser.add_argument("--rows", type=lambda v: [r.strip() for r in v.split(",") if r.strip()], default=None,
-                        help="comma-separated row names to run (with large only; no plot): "
-                             "results go to speed_quality_<family>_rows_cpu_<date>.*")
-    parser.add_argument("--schedule", action="append", default=None, metavar="SPEC",
-                        help="a cooperation schedule row (repeat it); with --rows or --stack, only those rows and "
-                             "these run beside large only; results go to speed_quality_<family>_rows_cpu_<date>.*")
-    parser.add_argument("--stack", type=float, action="append", default=None, metavar="THRESHOLD",
-                        help="also TeaCache at this threshold alone, with PAB, and each --schedule with both")
-    parser.add_argument("--accuracy", choices=sq.ACCURACIES, default="prompt_accuracy",
-                        help="what 'within 3 points of large only' is judged on (default: whole prompts right)")
-    parser.add_argument("--replot", metavar="DATE", default=None,
-                        help="only redraw the plot from that date's results: the full run's rows, then any --rows "
-                             "run's rows not in it")
+    parser.add_argument(
+        "--rows",
+        type=lambda v: [r.strip() for r in v.split(",") if r.strip()],
+        default=None,
+        help="comma-separated row names to run (with large only; no plot): "
+        "results go to speed_quality_<family>_rows_cpu_<date>.*",
+    )
+    parser.add_argument(
+        "--schedule",
+        action="append",
+        default=None,
+        metavar="SPEC",
+        help="a cooperation schedule row (repeat it); with --rows or --stack, only those rows and "
+        "these run beside large only; results go to speed_quality_<family>_rows_cpu_<date>.*",
+    )
+    parser.add_argument(
+        "--stack",
+        type=float,
+        action="append",
+        default=None,
+        metavar="THRESHOLD",
+        help="also TeaCache at this threshold alone, with PAB, and each --schedule with both",
+    )
+    parser.add_argument(
+        "--accuracy",
+        choices=sq.ACCURACIES,
+        default="prompt_accuracy",
+        help="what 'within 3 points of large only' is judged on (default: whole prompts right)",
+    )
+    parser.add_argument(
+        "--replot",
+        metavar="DATE",
+        default=None,
+        help="only redraw the plot from that date's results: the full run's rows, then any --rows run's rows not in it",
+    )
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)  # before the run, not after it
     if args.replot:
@@ -116,8 +166,14 @@ def main() -> None:
         return
     torch.set_num_threads(1)
     torch.manual_seed(0)
-    env = {"torch": torch.__version__, "diffusers": diffusers.__version__, "threads": 1,
-           "machine": platform.machine(), "processor": platform.processor(), "cpus": os.cpu_count()}
+    env = {
+        "torch": torch.__version__,
+        "diffusers": diffusers.__version__,
+        "threads": 1,
+        "machine": platform.machine(),
+        "processor": platform.processor(),
+        "cpus": os.cpu_count(),
+    }
     date = datetime.date.today().isoformat()
     results = {}
     for family in args.family or list(trained.FAMILY_NAMES):
@@ -132,8 +188,10 @@ def main() -> None:
         print(table)
         for key, row in result["within_tolerance"].items():
             found = "none" if row is None else f"{row['name']} at {row['speedup']:.2f}x"
-            print(f"fastest {key} row within {sq.TOLERANCE_POINTS:g} points of large only's "
-                  f"{args.accuracy.replace('_', ' ')}: {found}")
+            print(
+                f"fastest {key} row within {sq.TOLERANCE_POINTS:g} points of large only's "
+                f"{args.accuracy.replace('_', ' ')}: {found}"
+            )
     if not (args.rows or args.schedule or args.stack):
         sq.plot_pareto(results, args.plot)
         log(f"wrote {args.plot}")

@@ -10,14 +10,18 @@ version it was checked against. Widening a version pin is a reading of this file
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator
-from typing import Any, Callable
+from collections.abc import Callable, Iterator
+from typing import Any
 
 import torch
 
 #: The versions every name below was checked against (CPU: torch 2.13.0; GPU: torch 2.11.0).
-CHECKED_AGAINST: dict[str, str] = {"diffusers": "0.42.1", "torch": "2.13.0", "para_attn": "0.3.38",
-                                   "cache_dit": "1.5.3"}
+CHECKED_AGAINST: dict[str, str] = {
+    "diffusers": "0.42.1",
+    "torch": "2.13.0",
+    "para_attn": "0.3.38",
+    "cache_dit": "1.5.3",
+}
 
 # ------------------------------------------------------------------------------ diffusers: hooks (0.42.1)
 #: Where `diffusers.hooks.HookRegistry.check_if_exists_or_initialize` keeps a module's registry.
@@ -59,7 +63,7 @@ def replace_fbc_decision(hook: Any, should_compute: Callable[[torch.Tensor], boo
     hook._should_compute_remaining_blocks = should_compute
 
 
-def remove_context_parallel(model: torch.nn.Module) -> None:
+def remove_context_parallel(model: Any) -> None:
     """Undo `model.enable_parallelism(...)`: its split/gather hooks (`remove_context_parallel` with the model's
     `_cp_plan`), then the parallel config on the model and its attention processors."""
     from diffusers.hooks.context_parallel import remove_context_parallel as remove
@@ -121,8 +125,9 @@ def offload_device(pipe: Any) -> Any:
     return pipe._offload_device
 
 
-def cogvideox_rotary_embeddings(transformer: torch.nn.Module, vae_scale_factor_spatial: int, height: int,
-                                width: int, num_frames: int, device: Any) -> Any:
+def cogvideox_rotary_embeddings(
+    transformer: torch.nn.Module, vae_scale_factor_spatial: int, height: int, width: int, num_frames: int, device: Any
+) -> Any:
     """CogVideoX's 3D rotary embeddings for ``transformer``'s config: the pipeline's own computation (its private
     `_prepare_rotary_positional_embeddings`, which reads ``self.transformer`` and ``self.vae_scale_factor_spatial``
     only), on a view that holds the given ones."""

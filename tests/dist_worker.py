@@ -15,7 +15,7 @@ import torch
 
 sys.path.insert(0, os.path.dirname(__file__))
 
-from pipeline_helpers import CallLog, LINEAR, MIX, run  # noqa: E402
+from pipeline_helpers import LINEAR, MIX, CallLog, run  # noqa: E402
 
 import sr_plugin  # noqa: E402
 import sr_plugin.switch.routing  # noqa: E402
@@ -61,8 +61,10 @@ def main(scenario: str, out_dir: str) -> None:
     #: A sandwich whose first hand-off is adaptive: every rank must cross both boundaries at the same step.
     schedule = "large:delta,small:8,large" if "sandwich" in scenario else None
     handle = sr_plugin.apply(pipe, small, schedule=schedule)
-    tail = CallLog(large=(pipe.transformer.blocks if family == "wan" else pipe.transformer.transformer_blocks)[1],
-                   small=(small.blocks if family == "wan" else small.transformer_blocks)[1])
+    tail = CallLog(
+        large=(pipe.transformer.blocks if family == "wan" else pipe.transformer.transformer_blocks)[1],
+        small=(small.blocks if family == "wan" else small.transformer_blocks)[1],
+    )
     accel = None
     if "teacache" in scenario:
         accel = sr_plugin.accelerate(pipe, teacache=TeaCacheConfig(MIX[family], LINEAR))
@@ -71,10 +73,18 @@ def main(scenario: str, out_dir: str) -> None:
         # shards): a rank deciding alone would disagree with the other.
         accel = sr_plugin.accelerate(pipe, fbcache=0.095)
     out = run(pipe, family)
-    torch.save({"out": out, "switch_step": handle.switch_step, "trace": [r.as_dict() for r in handle.trace],
-                "accel": [r.as_dict() for r in accel.trace] if accel else None, "tail_calls": tail.calls, "local_d": local_d,
-                "segments": [tuple(x) for x in handle.segments]},
-               os.path.join(out_dir, f"rank{rank}.pt"))
+    torch.save(
+        {
+            "out": out,
+            "switch_step": handle.switch_step,
+            "trace": [r.as_dict() for r in handle.trace],
+            "accel": [r.as_dict() for r in accel.trace] if accel else None,
+            "tail_calls": tail.calls,
+            "local_d": local_d,
+            "segments": [tuple(x) for x in handle.segments],
+        },
+        os.path.join(out_dir, f"rank{rank}.pt"),
+    )
     if parallel:
         torch.distributed.barrier()
         torch.distributed.destroy_process_group()

@@ -13,8 +13,8 @@ import torch
 from diffusers import CogVideoXTransformer3DModel
 
 from sr_plugin.instance.patching import InstancePatches
-from sr_plugin.pipeline.seeded import run_seeded
 from sr_plugin.lab.tiny import TINY_CALL
+from sr_plugin.pipeline.seeded import run_seeded
 
 PROMPT = "a red car drives through a snowy city at night"
 STEPS = 10
@@ -68,8 +68,14 @@ class SeenThrough(CogVideoXTransformer3DModel):
     at fractional timesteps by linear interpolation of abar between training timesteps (numpy.interp).
     """
 
-    def configure(self, abar_large: torch.Tensor, abar_small: torch.Tensor, c: float, large_type: str = "v_prediction",
-                  small_type: str = "v_prediction") -> "SeenThrough":
+    def configure(
+        self,
+        abar_large: torch.Tensor,
+        abar_small: torch.Tensor,
+        c: float,
+        large_type: str = "v_prediction",
+        small_type: str = "v_prediction",
+    ) -> SeenThrough:
         self.abar_l = abar_large.double().numpy()
         self.abar_s = abar_small.double().numpy()
         self.c = c
@@ -80,14 +86,22 @@ class SeenThrough(CogVideoXTransformer3DModel):
         steps = np.arange(len(self.abar_s), dtype=np.float64)
         t_small = timestep.double().numpy()
         a_s = np.interp(t_small, steps, self.abar_s)
-        c2 = self.c ** 2
+        c2 = self.c**2
         a = c2 * a_s / (1 - a_s + c2 * a_s)  # SNR_l = c^2 SNR_s, written in abar
         t = np.interp(-a, -self.abar_l, steps)  # abar_l decreases: interpolate on the increasing -abar
         k = np.sqrt((1 - a_s) / np.maximum(1 - a, 1e-300))
         as_col = lambda v: torch.from_numpy(v).reshape(-1, 1, 1, 1, 1)  # noqa: E731
         x = (hidden_states.double() / as_col(k)).to(hidden_states.dtype)
-        out = super().forward(hidden_states=x, encoder_hidden_states=encoder_hidden_states,
-                              timestep=torch.from_numpy(t).to(torch.float32), **kwargs)[0].double()
+        out = (
+            super()
+            .forward(
+                hidden_states=x,
+                encoder_hidden_states=encoder_hidden_states,
+                timestep=torch.from_numpy(t).to(torch.float32),
+                **kwargs,
+            )[0]
+            .double()
+        )
         xd = x.double()
         sa, s1a = as_col(np.sqrt(a)), as_col(np.sqrt(1 - a))
         if self.large_type == "v_prediction":  # the large model's prediction, of the large scheduler's type
@@ -97,17 +111,26 @@ class SeenThrough(CogVideoXTransformer3DModel):
         else:
             x0, eps = out, (xd - sa * out) / s1a
         x0_small = self.c * x0  # the same video in the small space; the noise is the same
-        small = {"v_prediction": as_col(np.sqrt(a_s)) * eps - as_col(np.sqrt(1 - a_s)) * x0_small,
-                 "epsilon": eps, "sample": x0_small}[self.small_type]
+        small = {
+            "v_prediction": as_col(np.sqrt(a_s)) * eps - as_col(np.sqrt(1 - a_s)) * x0_small,
+            "epsilon": eps,
+            "sample": x0_small,
+        }[self.small_type]
         return (small.to(hidden_states.dtype),)
 
 
 def seen_through(pipe, small_scale: float, small_schedule) -> SeenThrough:
-    """The large model as one that predicts in ``small_schedule``'s prediction type, on its schedule and latent scale."""
+    """The large model as one that predicts in ``small_schedule``'s prediction type, on its schedule and latent
+    scale."""
     large = pipe.transformer
     model = SeenThrough.from_config(large.config)
     model.load_state_dict(large.state_dict())
     model.eval()
     c = small_scale / pipe.vae.config.scaling_factor
-    return model.configure(pipe.scheduler.alphas_cumprod, small_schedule.alphas_cumprod, c,
-                           pipe.scheduler.config.prediction_type, small_schedule.config.prediction_type)
+    return model.configure(
+        pipe.scheduler.alphas_cumprod,
+        small_schedule.alphas_cumprod,
+        c,
+        pipe.scheduler.config.prediction_type,
+        small_schedule.config.prediction_type,
+    )

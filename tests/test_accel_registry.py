@@ -19,11 +19,16 @@ from sr_plugin.lab.tiny import tiny_pair
 
 @pytest.mark.parametrize("stack", ["teacache+pab", "fbcache", "compile"])
 def test_the_keyword_and_the_typed_forms_give_bit_equal_outputs(family, stack):
-    typed = {"teacache+pab": (TeaCacheConfig(MIX[family], LINEAR), PABConfig(2, 2, (0, 1000))),
-             "fbcache": (FirstBlockCacheConfig(threshold=0.2),),
-             "compile": (CompileConfig({"backend": "eager"}),)}[stack]
-    keywords = {"teacache+pab": {"teacache": TeaCacheConfig(MIX[family], LINEAR), "pab": PABConfig(2, 2, (0, 1000))},
-                "fbcache": {"fbcache": 0.2}, "compile": {"compile": {"backend": "eager"}}}[stack]
+    typed = {
+        "teacache+pab": (TeaCacheConfig(MIX[family], LINEAR), PABConfig(2, 2, (0, 1000))),
+        "fbcache": (FirstBlockCacheConfig(threshold=0.2),),
+        "compile": (CompileConfig({"backend": "eager"}),),
+    }[stack]
+    keywords = {
+        "teacache+pab": {"teacache": TeaCacheConfig(MIX[family], LINEAR), "pab": PABConfig(2, 2, (0, 1000))},
+        "fbcache": {"fbcache": 0.2},
+        "compile": {"compile": {"backend": "eager"}},
+    }[stack]
     outputs = []
     for form in ("typed", "keywords"):
         pipe, small = tiny_pair(family)
@@ -67,8 +72,12 @@ class Scale(Acceleration):
     def attach(self, ctx, model, role):
         block = ctx.adapter.blocks(model)[0]
         self.handle = getattr(self, "handles", {})
-        self.handles = {**self.handle, role: block.register_forward_hook(
-            lambda module, args, out: out * self.config.factor if isinstance(out, torch.Tensor) else out)}
+        self.handles = {
+            **self.handle,
+            role: block.register_forward_hook(
+                lambda module, args, out: out * self.config.factor if isinstance(out, torch.Tensor) else out
+            ),
+        }
 
     def detach(self, ctx, model, role):
         self.handles.pop(role).remove()

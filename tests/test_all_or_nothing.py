@@ -14,8 +14,8 @@ import sr_plugin.accel.teacache as teacache_module  # where TeaCache attaches
 import sr_plugin.switch.api as api_module
 import sr_plugin.switch.routing as routing_module  # where the large model's offloader is made
 from sr_plugin import PABConfig, TeaCacheConfig
-from sr_plugin.pipeline.calls import CallTracker
 from sr_plugin.lab.tiny import tiny_pair
+from sr_plugin.pipeline.calls import CallTracker
 
 
 def snapshot(pipe, *models):
@@ -27,8 +27,11 @@ def snapshot(pipe, *models):
         for name, module in model.named_modules():
             registry = vars(module).get("_diffusers_hook")
             hooks = sorted(registry.hooks) if registry is not None and registry.hooks else None
-            own = {k: id(v) for k, v in vars(module).items()
-                   if not k.startswith("_") or k == "_sr_plugin_accelerated_by" or (k == "_diffusers_hook" and hooks)}
+            own = {
+                k: id(v)
+                for k, v in vars(module).items()
+                if not k.startswith("_") or k == "_sr_plugin_accelerated_by" or (k == "_diffusers_hook" and hooks)
+            }
             state[(i, name)] = (own, hooks)
     return state
 
@@ -42,17 +45,23 @@ def failing(*args, **kwargs):
 
 
 # (module, attribute) of each installation step, in the order apply and accelerate take them
-APPLY_STEPS = [(api_module, "parallelize_like"), (api_module, "Router"), (CallTracker, "add"),
-               (CallTracker, "track"), (CallTracker, "join"), (routing_module, "LargeOffloader"),
-               (api_module, "_restore_early"), (api_module, "SRHandle")]
+APPLY_STEPS = [
+    (api_module, "parallelize_like"),
+    (api_module, "Router"),
+    (CallTracker, "add"),
+    (CallTracker, "track"),
+    (CallTracker, "join"),
+    (routing_module, "LargeOffloader"),
+    (api_module, "_restore_early"),
+    (api_module, "SRHandle"),
+]
 ATTACH_STEPS = [(teacache_module, "apply_teacache"), (pab_module, "apply_cfg_pab"), (CallTracker, "track")]
 
 
 @pytest.mark.parametrize("step", APPLY_STEPS + ATTACH_STEPS, ids=lambda s: s[1])
 def test_a_failed_apply_leaves_everything_as_it_was(monkeypatch, family, step):
     pipe, small = tiny_pair(family)
-    sr_plugin.accelerate(pipe, teacache=TeaCacheConfig(0.0, "identity"),
-                         pab=PABConfig(1, 1, (0, 1000)))
+    sr_plugin.accelerate(pipe, teacache=TeaCacheConfig(0.0, "identity"), pab=PABConfig(1, 1, (0, 1000)))
     expected_output = run(pipe, family)
     before = snapshot(pipe, pipe.transformer, small)
     monkeypatch.setattr(*step, failing)
@@ -85,8 +94,9 @@ def test_a_failed_accelerate_leaves_everything_as_it_was(monkeypatch, step, with
 
     monkeypatch.setattr(*step, fail_on_second_model)
     with pytest.raises(Injected):
-        sr_plugin.accelerate(pipe, teacache=TeaCacheConfig(0.5, "identity"),
-                             pab=PABConfig(2, 2, (0, 1000)), compile={"backend": "eager"})
+        sr_plugin.accelerate(
+            pipe, teacache=TeaCacheConfig(0.5, "identity"), pab=PABConfig(2, 2, (0, 1000)), compile={"backend": "eager"}
+        )
     monkeypatch.undo()
     assert snapshot(pipe, pipe.transformer, small) == before
     assert torch.equal(run(pipe, "wan"), expected_output)
@@ -129,8 +139,7 @@ def test_a_pipeline_sharing_an_accelerated_model_runs_it_plainly():
     pipe_b, _ = tiny_pair("wan")
     pipe_b.transformer = pipe_a.transformer
     expected = run(pipe_b, "wan")
-    sr_plugin.accelerate(pipe_a, teacache=TeaCacheConfig(1.5, "identity"),
-                         pab=PABConfig(2, 2, (0, 1000)))
+    sr_plugin.accelerate(pipe_a, teacache=TeaCacheConfig(1.5, "identity"), pab=PABConfig(2, 2, (0, 1000)))
 
     def interrupt(p, i, t, kwargs):
         p._interrupt = i >= 4
@@ -151,7 +160,11 @@ def test_a_mirrored_first_block_cache_is_taken_back_with_the_large_models():
         pipe.transformer.enable_cache(FirstBlockCacheConfig(threshold=0.5))
         sr_plugin.apply(pipe, small, switch_step=3)
         seen = []
-        run(pipe, family, callback_on_step_end=lambda p, i, t, kw: seen.append(small._cache_config) or kw)
+        run(
+            pipe,
+            family,
+            callback_on_step_end=lambda p, i, t, kw, seen=seen, small=small: seen.append(small._cache_config) or kw,
+        )
         assert isinstance(seen[-1], FirstBlockCacheConfig)
         pipe.transformer.disable_cache()
         assert torch.equal(run(pipe, family), expected)
@@ -165,7 +178,9 @@ def test_first_block_cache_on_a_one_block_model_is_refused_before_anything_chang
     one_block = tiny_wan_transformer(num_layers=1, num_heads=2, seed=5)
     sr_plugin.apply(pipe, one_block, switch_step=3)
     before = snapshot(pipe, pipe.transformer, one_block)
-    with pytest.raises(ValueError, match="First Block Cache needs at least two transformer blocks .*the small transformer has 1"):
+    with pytest.raises(
+        ValueError, match="First Block Cache needs at least two transformer blocks .*the small transformer has 1"
+    ):
         sr_plugin.accelerate(pipe, fbcache=0.1)
     assert snapshot(pipe, pipe.transformer, one_block) == before
 

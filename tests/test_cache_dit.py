@@ -33,16 +33,18 @@ def restore_pipeline_classes():
                 setattr(cls, name, before[name])
 
 
-def never_skip() -> "cache_dit.DBCacheConfig":
+def never_skip() -> cache_dit.DBCacheConfig:
     # threshold 0: no residual difference is ever below it, so every block is computed
-    return cache_dit.DBCacheConfig(Fn_compute_blocks=1, Bn_compute_blocks=0, residual_diff_threshold=0.0,
-                                   max_warmup_steps=0)
+    return cache_dit.DBCacheConfig(
+        Fn_compute_blocks=1, Bn_compute_blocks=0, residual_diff_threshold=0.0, max_warmup_steps=0
+    )
 
 
-def skipping() -> "cache_dit.DBCacheConfig":
+def skipping() -> cache_dit.DBCacheConfig:
     # no warm-up: a context that is not fresh at the switch could skip the small model's first step
-    return cache_dit.DBCacheConfig(Fn_compute_blocks=1, Bn_compute_blocks=0, residual_diff_threshold=0.6,
-                                   max_warmup_steps=0)
+    return cache_dit.DBCacheConfig(
+        Fn_compute_blocks=1, Bn_compute_blocks=0, residual_diff_threshold=0.6, max_warmup_steps=0
+    )
 
 
 def context(model: torch.nn.Module):
@@ -102,10 +104,17 @@ def test_the_small_model_caches_in_its_own_fresh_context(pair, family):
 def test_taylorseer_and_a_step_mask_are_given_to_the_small_model_from_the_switch(pair, family):
     pipe, small = pair
     mask = [1, 1, 0, 1, 1, 1, 0, 1, 0, 1]
-    config = cache_dit.DBCacheConfig(Fn_compute_blocks=1, Bn_compute_blocks=0, residual_diff_threshold=0.6,
-                                     max_warmup_steps=0, steps_computation_mask=mask, num_inference_steps=STEPS)
-    cache_dit.enable_cache(pipe, cache_config=config,
-                           calibrator_config=cache_dit.TaylorSeerCalibratorConfig(taylorseer_order=1))
+    config = cache_dit.DBCacheConfig(
+        Fn_compute_blocks=1,
+        Bn_compute_blocks=0,
+        residual_diff_threshold=0.6,
+        max_warmup_steps=0,
+        steps_computation_mask=mask,
+        num_inference_steps=STEPS,
+    )
+    cache_dit.enable_cache(
+        pipe, cache_config=config, calibrator_config=cache_dit.TaylorSeerCalibratorConfig(taylorseer_order=1)
+    )
     handle = sr_plugin.apply(pipe, small, switch_step=SWITCH)
     try:
         first = run(pipe, family)
@@ -162,8 +171,9 @@ def test_a_setup_that_cannot_carry_over_is_refused_at_apply(pair, family, monkey
     cache_dit.enable_cache(pipe, cache_config=skipping())
     before = instance_state(pipe, small)
     supported = BlockAdapterRegister.is_supported
-    monkeypatch.setattr(BlockAdapterRegister, "is_supported", classmethod(
-        lambda cls, obj: False if obj is small else supported(obj)))
+    monkeypatch.setattr(
+        BlockAdapterRegister, "is_supported", classmethod(lambda cls, obj: False if obj is small else supported(obj))
+    )
     try:
         with pytest.raises(ValueError, match="cache-dit has no block adapter for the small .*disable cache-dit"):
             sr_plugin.apply(pipe, small, switch_step=SWITCH)

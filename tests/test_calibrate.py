@@ -12,8 +12,8 @@ from pipeline_helpers import CallLog
 import sr_plugin
 from sr_plugin.accel import TeaCacheCalibration, calibrate_teacache, fit_rescale
 from sr_plugin.accel.teacache import rescale
-from sr_plugin.pipeline.seeded import run_seeded
 from sr_plugin.lab.tiny import TINY_CALL, tiny_pair
+from sr_plugin.pipeline.seeded import run_seeded
 
 KNOWN = (3.0, -2.0, 0.5, 1.5, -0.01)
 
@@ -28,13 +28,16 @@ def test_fit_recovers_a_known_polynomial():
     assert np.abs(np.polyval(coefficients, x) - np.polyval(KNOWN, x)).max() < 0.06 and 0.9 < r2 < 1.0
 
 
-@pytest.mark.parametrize("x,degree,message", [
-    ([0.1, 0.2, 0.3], 4, "more than 4 distinct x values"),
-    ([0.1] * 10, 2, "more than 2 distinct x values"),
-    ([0.1, 0.2, 0.3], 0, "degree must be an int from 1 to 8"),
-    ([0.1, 0.2, 0.3], True, "degree must be an int from 1 to 8"),
-    ([0.1, math.nan, 0.3, 0.4], 1, "finite"),
-])
+@pytest.mark.parametrize(
+    "x,degree,message",
+    [
+        ([0.1, 0.2, 0.3], 4, "more than 4 distinct x values"),
+        ([0.1] * 10, 2, "more than 2 distinct x values"),
+        ([0.1, 0.2, 0.3], 0, "degree must be an int from 1 to 8"),
+        ([0.1, 0.2, 0.3], True, "degree must be an int from 1 to 8"),
+        ([0.1, math.nan, 0.3, 0.4], 1, "finite"),
+    ],
+)
 def test_fit_refuses_what_cannot_fix_a_polynomial(x, degree, message):
     with pytest.raises(ValueError, match=message):
         fit_rescale(x, [1.0] * len(x), degree)
@@ -44,16 +47,21 @@ def test_calibrated_coefficients_reproduce_teacache_decisions_with_the_switch():
     pipe, small = tiny_pair("wan")
     sr_plugin.apply(pipe, small, switch_step=5)
     steps, call = 12, dict(TINY_CALL["wan"])
-    calibration = calibrate_teacache(pipe, ["a red fox", "a blue boat at sea"], num_inference_steps=steps, degree=2,
-                                     **call)
+    calibration = calibrate_teacache(
+        pipe, ["a red fox", "a blue boat at sea"], num_inference_steps=steps, degree=2, **call
+    )
     assert set(calibration.coefficients) == {"large", "small"}  # the small model calibrated on its own steps
     assert all(math.isfinite(r2) for r2 in calibration.r_squared.values())
     # every sequence: None at the model's first call of a branch, then one x per call
     assert calibration.sequences["0/large/0"][0] is None and len(calibration.sequences["0/large/0"]) == 5
     assert len(calibration.sequences["0/small/1"]) == steps - 5
     # a threshold between the rescaled distances, so that some calls skip and some compute
-    rescaled = [rescale(calibration.coefficients[k.split("/")[1]], x)
-                for k, seq in calibration.sequences.items() for x in seq[1:] if k.startswith("0/")]
+    rescaled = [
+        rescale(calibration.coefficients[k.split("/")[1]], x)
+        for k, seq in calibration.sequences.items()
+        for x in seq[1:]
+        if k.startswith("0/")
+    ]
     threshold = 1.5 * float(np.median(rescaled))
     accel = sr_plugin.accelerate(pipe, teacache=calibration.config(threshold))
     run_seeded(pipe, "a red fox", 0, num_inference_steps=steps, **call)
@@ -80,8 +88,9 @@ def test_calibrated_coefficients_reproduce_teacache_decisions_with_the_switch():
 
 
 def test_calibration_saves_and_loads(tmp_path):
-    calibration = TeaCacheCalibration({"large": KNOWN, "small": (1.0, 0.0, 0.0, 0.0, 0.0)},
-                                      {"large": 0.97, "small": 0.5}, 4)
+    calibration = TeaCacheCalibration(
+        {"large": KNOWN, "small": (1.0, 0.0, 0.0, 0.0, 0.0)}, {"large": 0.97, "small": 0.5}, 4
+    )
     calibration.save(tmp_path / "c.json")
     loaded = TeaCacheCalibration.load(tmp_path / "c.json")
     assert loaded.coefficients == calibration.coefficients and loaded.r_squared == calibration.r_squared
@@ -90,11 +99,14 @@ def test_calibration_saves_and_loads(tmp_path):
         TeaCacheCalibration.load(tmp_path / "bad.json")
 
 
-@pytest.mark.parametrize("kwargs,message", [
-    ({"prompts": []}, "non-empty list of strings"),
-    ({"prompts": "a fox"}, "non-empty list of strings"),
-    ({"prompts": ["a fox"], "degree": 9}, "degree must be an int from 1 to 8"),
-])
+@pytest.mark.parametrize(
+    "kwargs,message",
+    [
+        ({"prompts": []}, "non-empty list of strings"),
+        ({"prompts": "a fox"}, "non-empty list of strings"),
+        ({"prompts": ["a fox"], "degree": 9}, "degree must be an int from 1 to 8"),
+    ],
+)
 def test_calibration_refuses_bad_input_before_any_generation(kwargs, message):
     pipe, small = tiny_pair("wan")
     log = CallLog(large=pipe.transformer)
@@ -112,11 +124,14 @@ def test_calibration_refuses_a_pipeline_with_caching_on():
     assert log.calls == []
 
 
-@pytest.mark.parametrize("coefficients,message", [
-    ((1.0, math.nan, 0.0), "finite"),
-    ((), "1 to 9 numbers"),
-    (tuple(range(12)), "1 to 9 numbers"),
-])
+@pytest.mark.parametrize(
+    "coefficients,message",
+    [
+        ((1.0, math.nan, 0.0), "finite"),
+        ((), "1 to 9 numbers"),
+        (tuple(range(12)), "1 to 9 numbers"),
+    ],
+)
 def test_coefficients_of_the_wrong_length_or_with_nan_are_refused(coefficients, message):
     pipe, small = tiny_pair("wan")
     with pytest.raises(ValueError, match=message):
@@ -129,9 +144,9 @@ def test_shipped_families_use_their_fitted_coefficients_by_default(family_name):
     each model gets its own fitted polynomial (they match no published preset)."""
     import json
 
-    from sr_plugin.lab import trained
     from sr_plugin.accel import accelerations_of
     from sr_plugin.accel.teacache import CALIBRATION_FILE, resolve_coefficients
+    from sr_plugin.lab import trained
 
     pipe, small, extra = trained.load(family_name)
     sr_plugin.apply(pipe, small, **extra)
@@ -139,7 +154,9 @@ def test_shipped_families_use_their_fitted_coefficients_by_default(family_name):
     accel = accelerations_of(pipe)
     for role, model in (("large", pipe.transformer), ("small", small)):
         shipped = json.loads((trained.folder(family_name, role) / "transformer" / CALIBRATION_FILE).read_text())
-        assert resolve_coefficients(accel.configs["teacache"], accel.adapter, model, role) == tuple(shipped["coefficients"])
+        assert resolve_coefficients(accel.configs["teacache"], accel.adapter, model, role) == tuple(
+            shipped["coefficients"]
+        )
         assert 0.0 < shipped["r_squared"] <= 1.0
     large_c = resolve_coefficients(accel.configs["teacache"], accel.adapter, pipe.transformer, "large")
     assert large_c != resolve_coefficients(accel.configs["teacache"], accel.adapter, small, "small")

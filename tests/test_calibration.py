@@ -5,19 +5,25 @@ from __future__ import annotations
 import json
 
 import pytest
+from pipeline_helpers import STEPS
 
 import sr_plugin
-from sr_plugin.calibration import Candidate, CandidateResult, CalibrationReport, Floor, candidate_grid, mcnemar_exact, paired
+from sr_plugin.calibration import (
+    CalibrationReport,
+    Candidate,
+    CandidateResult,
+    Floor,
+    candidate_grid,
+    mcnemar_exact,
+    paired,
+)
+from sr_plugin.lab.tiny import TINY_CALL, tiny_pair
 from sr_plugin.pipeline.costs import StepCosts
 from sr_plugin.pipeline.trace import StepRecord
-from sr_plugin.lab.tiny import tiny_pair
-
-from pipeline_helpers import STEPS
-from sr_plugin.lab.tiny import TINY_CALL
 
 
 def test_mcnemar_exact_and_paired_counts():
-    assert mcnemar_exact(0, 6) == pytest.approx(2 * 0.5 ** 6)  # 6 lost, none gained: p = 0.03125
+    assert mcnemar_exact(0, 6) == pytest.approx(2 * 0.5**6)  # 6 lost, none gained: p = 0.03125
     assert mcnemar_exact(3, 3) == 1.0 and mcnemar_exact(0, 0) == 1.0
     assert mcnemar_exact(1, 4) == pytest.approx(0.375)
     p = paired([True, True, False, True, False], [True, False, True, False, False])
@@ -37,8 +43,24 @@ def test_the_floor_in_points_and_in_fidelity():
 
 
 def row(name: str, speedup: float, within: bool, shortfall: float = 0.0) -> CandidateResult:
-    return CandidateResult(name, "small-first", name, {}, None, None, None, None, None, None, None, speedup, speedup,
-                           0.5, within, shortfall)
+    return CandidateResult(
+        name,
+        "small-first",
+        name,
+        {},
+        None,
+        None,
+        None,
+        None,
+        None,
+        None,
+        None,
+        speedup,
+        speedup,
+        0.5,
+        within,
+        shortfall,
+    )
 
 
 class Costs:
@@ -49,11 +71,25 @@ class Costs:
 def test_the_choice_is_the_fastest_within_the_floor_or_none_and_the_closest():
     floor = Floor(min_ssim=0.9)
     reference = row("large", 1.0, True)
-    report = CalibrationReport.build([reference, row("a", 1.5, True), row("b", 2.5, False, 0.1), row("c", 1.9, True)],
-                                     floor, [("p", 0)], 10, 4, 1.0, Costs())
+    report = CalibrationReport.build(
+        [reference, row("a", 1.5, True), row("b", 2.5, False, 0.1), row("c", 1.9, True)],
+        floor,
+        [("p", 0)],
+        10,
+        4,
+        1.0,
+        Costs(),
+    )
     assert report.chosen.name == "c" and report.closest is None
-    report = CalibrationReport.build([reference, row("a", 1.5, False, 0.3), row("b", 2.5, False, 0.1),
-                                      row("c", 1.9, False, 0.1)], floor, [("p", 0)], 10, 4, 1.0, Costs())
+    report = CalibrationReport.build(
+        [reference, row("a", 1.5, False, 0.3), row("b", 2.5, False, 0.1), row("c", 1.9, False, 0.1)],
+        floor,
+        [("p", 0)],
+        10,
+        4,
+        1.0,
+        Costs(),
+    )
     assert report.chosen is None and report.closest.name == "b"  # nearest the floor, then fastest
     assert "no candidate holds the floor" in report.summary() and "b" in report.summary()
     tied = [reference, row("a", 2.0, True), row("b", 2.01, True), row("c", 1.5, True)]
@@ -65,8 +101,11 @@ def test_the_choice_is_the_fastest_within_the_floor_or_none_and_the_closest():
 def test_step_costs_are_medians_per_kind_of_step():
     def rec(model, cache=None):
         return StepRecord(0, 0.0, model, None, None, cache or {})
-    calls = [[(rec("large"), 1.0), (rec("large"), 1.2), (rec("small"), 0.2)],
-             [(rec("large"), 9.0), (rec("small", {"cond": "skipped"}), 0.05), (rec("small"), 0.2)]]
+
+    calls = [
+        [(rec("large"), 1.0), (rec("large"), 1.2), (rec("small"), 0.2)],
+        [(rec("large"), 9.0), (rec("small", {"cond": "skipped"}), 0.05), (rec("small"), 0.2)],
+    ]
     costs = StepCosts(calls)
     assert costs.plain("large") == 1.2 and costs.plain("small") == 0.2
     assert costs.time(calls[1]) == pytest.approx(1.2 + 0.05 + 0.2)
@@ -75,7 +114,14 @@ def test_step_costs_are_medians_per_kind_of_step():
 def test_the_grids_cover_every_order_and_carry_the_accelerations():
     cheap = candidate_grid("cheap", [{}, {"teacache": 0.1}])
     orders = {c.order for c in cheap}
-    assert {"small only", "large-first", "small-first", "large-small-large", "small-large-small", "large only"} <= orders
+    assert {
+        "small only",
+        "large-first",
+        "small-first",
+        "large-small-large",
+        "small-large-small",
+        "large only",
+    } <= orders
     assert Candidate(None, {"teacache": 0.1}) in cheap and Candidate("small:20%,large") in cheap
     assert len(candidate_grid("full")) > len(candidate_grid("cheap"))
     assert Candidate("small:20%,large", {"teacache": 0.1, "pab": True}).name == "small:20%,large + teacache 0.1 + pab"
@@ -92,13 +138,23 @@ def calibrate_tiny(family, scorer_rule, **kwargs):
 
     def scorer(video, prompt):
         handle = sr_plugin.handle_of(pipe)
-        small_steps = 0 if handle is None else sum(s.end_step - s.first_step for s in handle.segments
-                                                   if s.role == "small")
+        small_steps = (
+            0 if handle is None else sum(s.end_step - s.first_step for s in handle.segments if s.role == "small")
+        )
         return scorer_rule(small_steps)
 
     candidates = ["small:3,large", "small:6,large", "large:3,small", "small"]
-    report = sr_plugin.calibrate(pipe, small, ["a red fox", "a blue car"], scorer=scorer, candidates=candidates,
-                                 num_inference_steps=STEPS, say=None, **TINY_CALL[family], **kwargs)
+    report = sr_plugin.calibrate(
+        pipe,
+        small,
+        ["a red fox", "a blue car"],
+        scorer=scorer,
+        candidates=candidates,
+        num_inference_steps=STEPS,
+        say=None,
+        **TINY_CALL[family],
+        **kwargs,
+    )
     return pipe, report
 
 
@@ -108,8 +164,13 @@ def test_calibration_picks_the_fastest_candidate_within_the_floor(tmp_path):
     assert names == ["large", "small:3,large", "small:6,large", "large:3,small", "small"]
     by = {r.name: r for r in report.rows}
     assert [by[n].within_floor for n in names] == [True, True, False, False, False]
-    assert by["small"].modelled_speedup > by["large:3,small"].modelled_speedup > by["small:6,large"].modelled_speedup \
-        > by["small:3,large"].modelled_speedup > 1.0  # the tiny small model is cheaper per step
+    assert (
+        by["small"].modelled_speedup
+        > by["large:3,small"].modelled_speedup
+        > by["small:6,large"].modelled_speedup
+        > by["small:3,large"].modelled_speedup
+        > 1.0
+    )  # the tiny small model is cheaper per step
     assert report.chosen.name == "small:3,large" and report.closest is None
     assert by["small:6,large"].lost == 2 and by["small:6,large"].gained == 0
     assert report.videos == (4 + 1) * 2 and report.reference.accuracy == 100.0
@@ -131,9 +192,14 @@ def test_fastest_first_gives_the_grids_answer_and_runs_no_slower_candidate():
     pipe, fastest = calibrate_tiny("wan", lambda small_steps: small_steps <= 5)
     assert fastest.chosen.name == grid.chosen.name == "small:3,large"
     by = {r.name: r for r in fastest.rows}
-    assert [(n, by[n].pairs_run, by[n].status) for n in ("small", "large:3,small", "small:6,large", "small:3,large")] \
-        == [("small", 1, "dropped after 1 pairs"), ("large:3,small", 1, "dropped after 1 pairs"),
-            ("small:6,large", 1, "dropped after 1 pairs"), ("small:3,large", 2, "held")]
+    assert [
+        (n, by[n].pairs_run, by[n].status) for n in ("small", "large:3,small", "small:6,large", "small:3,large")
+    ] == [
+        ("small", 1, "dropped after 1 pairs"),
+        ("large:3,small", 1, "dropped after 1 pairs"),
+        ("small:6,large", 1, "dropped after 1 pairs"),
+        ("small:3,large", 2, "held"),
+    ]
     assert fastest.videos == 2 + 1 + 1 + 1 + 2 < grid.videos
     assert fastest.cost.computed["large"] < grid.cost.computed["large"]
     assert sr_plugin.handle_of(pipe) is None
@@ -158,13 +224,20 @@ def test_confirm_reruns_the_choice_on_new_pairs_and_falls_back_to_the_next_faste
 
     def scorer(video, prompt):
         handle = sr_plugin.handle_of(pipe)
-        small_steps = 0 if handle is None else sum(s.end_step - s.first_step for s in handle.segments
-                                                   if s.role == "small")
+        small_steps = (
+            0 if handle is None else sum(s.end_step - s.first_step for s in handle.segments if s.role == "small")
+        )
         return small_steps <= (5 if prompt in new else 6)
 
     call = dict(num_inference_steps=STEPS, say=None, **TINY_CALL["wan"])
-    report = sr_plugin.calibrate(pipe, small, ["a red fox", "a blue car"], scorer=scorer,
-                                 candidates=["small:3,large", "small:6,large", "small"], **call)
+    report = sr_plugin.calibrate(
+        pipe,
+        small,
+        ["a red fox", "a blue car"],
+        scorer=scorer,
+        candidates=["small:3,large", "small:6,large", "small"],
+        **call,
+    )
     assert report.chosen.name == "small:6,large"
     checked = confirm(pipe, small, report, new, seed=100, scorer=scorer, **call)
     assert [r.name for r in checked.rows] == ["large", "small:6,large", "small:3,large"]
@@ -179,20 +252,26 @@ def test_confirm_reruns_the_choice_on_new_pairs_and_falls_back_to_the_next_faste
     assert sr_plugin.handle_of(pipe) is None
 
 
-@pytest.mark.parametrize("kwargs, error, match", [
-    ({"candidates": ["small:20,large"]}, ValueError, "beyond this call's 10 steps"),
-    ({"candidates": ["small:3,large", "small:3,large"]}, ValueError, "given twice"),
-    ({"candidates": 3}, TypeError, "grid name"),
-    ({"floor": Floor(points=3.0), "scorer": None}, ValueError, "needs a scorer"),
-    ({"num_inference_steps": 0}, ValueError, "positive int"),
-    ({"accelerations": [{"teacache": -1}]}, ValueError, "threshold"),
-    ({"scorer": "yes"}, TypeError, "scorer must be a function"),
-    ({"candidates": ["small:3,large", "large:5,small:8,large"], "num_inference_steps": 2}, ValueError,
-     "candidate 'small:3,large' with num_inference_steps=2"),
-    ({"search": "random"}, ValueError, "search must be one of fastest, grid"),
-    ({"step_times": (1.0, -2)}, ValueError, "step_times"),
-    ({"resume": "/no/such/report.json"}, ValueError, "no such report"),
-])
+@pytest.mark.parametrize(
+    "kwargs, error, match",
+    [
+        ({"candidates": ["small:20,large"]}, ValueError, "beyond this call's 10 steps"),
+        ({"candidates": ["small:3,large", "small:3,large"]}, ValueError, "given twice"),
+        ({"candidates": 3}, TypeError, "grid name"),
+        ({"floor": Floor(points=3.0), "scorer": None}, ValueError, "needs a scorer"),
+        ({"num_inference_steps": 0}, ValueError, "positive int"),
+        ({"accelerations": [{"teacache": -1}]}, ValueError, "threshold"),
+        ({"scorer": "yes"}, TypeError, "scorer must be a function"),
+        (
+            {"candidates": ["small:3,large", "large:5,small:8,large"], "num_inference_steps": 2},
+            ValueError,
+            "candidate 'small:3,large' with num_inference_steps=2",
+        ),
+        ({"search": "random"}, ValueError, "search must be one of fastest, grid"),
+        ({"step_times": (1.0, -2)}, ValueError, "step_times"),
+        ({"resume": "/no/such/report.json"}, ValueError, "no such report"),
+    ],
+)
 def test_bad_calibration_input_is_refused_before_any_video(kwargs, error, match):
     pipe, small = tiny_pair("wan")
     called = []
@@ -207,9 +286,12 @@ def test_bad_calibration_input_is_refused_before_any_video(kwargs, error, match)
 def test_resuming_a_calibration_cut_off_halfway_gives_the_report_of_an_uninterrupted_one(tmp_path):
     """The judge stops the run part way (as a killed process would); `resume=` continues from the pairs its
     saved report finished, and the report equals an uninterrupted run's (every figure but the times)."""
+
     def fields(report):
-        return [(r.name, r.accuracy, r.lost, r.gained, r.psnr, r.ssim, r.within_floor, r.pairs_run, r.status)
-                for r in report.rows], report.chosen.name
+        return [
+            (r.name, r.accuracy, r.lost, r.gained, r.psnr, r.ssim, r.within_floor, r.pairs_run, r.status)
+            for r in report.rows
+        ], report.chosen.name
 
     rule = lambda small_steps: small_steps <= 5  # noqa: E731
     times = {"step_times": (1.0, 0.25)}  # the order from given step times: the same in both runs

@@ -7,8 +7,8 @@ import inspect
 
 import pytest
 import torch
+from diffusers import CogVideoXDPMScheduler, FlowMatchEulerDiscreteScheduler, FlowMatchHeunDiscreteScheduler
 from pipeline_helpers import STEPS, run
-from diffusers import (CogVideoXDPMScheduler, FlowMatchEulerDiscreteScheduler, FlowMatchHeunDiscreteScheduler)
 
 import sr_plugin
 
@@ -91,7 +91,9 @@ def test_callback_gets_the_right_arguments_and_can_edit_latents(pair, family):
 
     unpatched = run(pipe, family, callback_on_step_end=halve_at_step_4)
     unpatched_seen, seen[:] = list(seen), []
-    handle = sr_plugin.apply(pipe, copy.deepcopy(pipe.transformer), switch_step=2)  # identity: outputs must match exactly
+    handle = sr_plugin.apply(
+        pipe, copy.deepcopy(pipe.transformer), switch_step=2
+    )  # identity: outputs must match exactly
     patched = run(pipe, family, callback_on_step_end=halve_at_step_4)
     assert torch.equal(patched, unpatched)
     assert seen == unpatched_seen
@@ -100,12 +102,15 @@ def test_callback_gets_the_right_arguments_and_can_edit_latents(pair, family):
     assert not torch.equal(patched, run(pipe, family))  # the edit had an effect
 
 
-@pytest.mark.parametrize("family,scheduler_factory", [
-    ("wan", lambda s: FlowMatchEulerDiscreteScheduler(shift=3.0)),
-    # CogVideoX's DPM scheduler draws fresh noise from the generator at every step: the pipeline passes it
-    # only if scheduler.step's signature names it, so this also checks the wrapped step keeps its signature.
-    ("cogvideox", lambda s: CogVideoXDPMScheduler.from_config(s.config)),
-])
+@pytest.mark.parametrize(
+    "family,scheduler_factory",
+    [
+        ("wan", lambda s: FlowMatchEulerDiscreteScheduler(shift=3.0)),
+        # CogVideoX's DPM scheduler draws fresh noise from the generator at every step: the pipeline passes it
+        # only if scheduler.step's signature names it, so this also checks the wrapped step keeps its signature.
+        ("cogvideox", lambda s: CogVideoXDPMScheduler.from_config(s.config)),
+    ],
+)
 def test_replacing_the_scheduler_after_apply_works(family, scheduler_factory):
     from sr_plugin.lab.tiny import tiny_pair
 
@@ -174,8 +179,8 @@ def test_the_large_models_attention_backend_is_the_small_ones_unless_it_has_its_
     diffusers 0.42 do not take one). CPU backends: native and math."""
     from diffusers.models.attention_dispatch import AttentionBackendName
 
-    from sr_plugin.lab.tiny import tiny_wan
     from sr_plugin.integrations.user_cache_mirror import _attention_processors
+    from sr_plugin.lab.tiny import tiny_wan
 
     pipe, small = tiny_wan()
     if small_own is not None:
@@ -183,8 +188,9 @@ def test_the_large_models_attention_backend_is_the_small_ones_unless_it_has_its_
     pipe.transformer.set_attention_backend("_native_math")
     handle = sr_plugin.apply(pipe, small, switch_step=3)
     seen = []
-    hook = small.register_forward_pre_hook(lambda m, a: seen.append({p._attention_backend for p in
-                                                                     _attention_processors(small)}))
+    hook = small.register_forward_pre_hook(
+        lambda m, a: seen.append({p._attention_backend for p in _attention_processors(small)})
+    )
     run(pipe, "wan")
     hook.remove()
     expected = AttentionBackendName("_native_math" if small_own is None else small_own)

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 import torch
-from pipeline_helpers import LINEAR, MIX, run
 from diffusers import FirstBlockCacheConfig, WanTransformer3DModel
+from pipeline_helpers import LINEAR, MIX, run
 
 import sr_plugin
 from sr_plugin import PABConfig, TeaCacheConfig
@@ -31,8 +31,11 @@ def test_second_call_that_switches_does_not_recompile(family, stack):
     torch._dynamo.reset()
     pipe, small = tiny_pair(family)
     handle = sr_plugin.apply(pipe, small)
-    extra = {} if stack == "compile" else {"teacache": TeaCacheConfig(MIX[family], LINEAR),
-                                           "pab": PABConfig(2, 2, (0, 1000))}
+    extra = (
+        {}
+        if stack == "compile"
+        else {"teacache": TeaCacheConfig(MIX[family], LINEAR), "pab": PABConfig(2, 2, (0, 1000))}
+    )
     sr_plugin.accelerate(pipe, compile={"backend": "eager"}, **extra)  # dynamo's guards without inductor's cost
     warm = run(pipe, family)  # warm-up: compiles the large and the small model's blocks
     assert handle.switch_step is not None
@@ -41,9 +44,8 @@ def test_second_call_that_switches_does_not_recompile(family, stack):
         run(pipe, family, seed=1, steps=12)  # another seed and step count: still no recompile
     assert torch.equal(again, warm)
     # The detector works: new latent shapes do recompile.
-    with pytest.raises(Exception, match="(?i)recompil"):
-        with torch._dynamo.config.patch(error_on_recompile=True):
-            run(pipe, family, height=96)
+    with pytest.raises(Exception, match="(?i)recompil"), torch._dynamo.config.patch(error_on_recompile=True):
+        run(pipe, family, height=96)
 
 
 def test_compile_on_a_model_that_cannot_be_compiled_is_refused():
@@ -79,8 +81,9 @@ def test_a_sandwich_crosses_every_boundary_without_recompiling(family, schedule)
     torch._dynamo.reset()
     pipe, small = tiny_pair(family)
     handle = sr_plugin.apply(pipe, small, schedule=schedule)
-    sr_plugin.accelerate(pipe, compile={"backend": "eager"}, teacache=TeaCacheConfig(MIX[family], LINEAR),
-                         pab=PABConfig(2, 2, (0, 1000)))
+    sr_plugin.accelerate(
+        pipe, compile={"backend": "eager"}, teacache=TeaCacheConfig(MIX[family], LINEAR), pab=PABConfig(2, 2, (0, 1000))
+    )
     warm = run(pipe, family)
     assert len(handle.segments) == 3
     with torch._dynamo.config.patch(error_on_recompile=True):

@@ -9,16 +9,18 @@ from pipeline_helpers import CallLog
 from sr_plugin.calibration.delta import DeltaCalibration, SweepRow, calibrate_delta, sweep_switch
 from sr_plugin.lab.tiny import TINY_CALL, tiny_pair
 
-SWEEP = DeltaCalibration([
-    SweepRow("delta=0.001", 0.001, None, 20.0, 0.80, 35.0, 0.990),
-    SweepRow("delta=0.01", 0.01, None, 10.0, 0.45, 30.0, 0.960),
-    SweepRow("delta=0.1", 0.1, None, 5.0, 0.35, 24.0, 0.900),
-    SweepRow("k=8", None, 8, 8.0, 0.40, 28.0, 0.950),
-])
+SWEEP = DeltaCalibration(
+    [
+        SweepRow("delta=0.001", 0.001, None, 20.0, 0.80, 35.0, 0.990),
+        SweepRow("delta=0.01", 0.01, None, 10.0, 0.45, 30.0, 0.960),
+        SweepRow("delta=0.1", 0.1, None, 5.0, 0.35, 24.0, 0.900),
+        SweepRow("k=8", None, 8, 8.0, 0.40, 28.0, 0.950),
+    ]
+)
 
 
 def test_pick_takes_the_largest_speedup_that_keeps_the_quality():
-    assert SWEEP.pick(min_ssim=0.95).setting == "k=8"          # 0.40 beats 0.45 and 0.80
+    assert SWEEP.pick(min_ssim=0.95).setting == "k=8"  # 0.40 beats 0.45 and 0.80
     assert SWEEP.pick(min_ssim=0.96).setting == "delta=0.01"
     assert SWEEP.pick(min_ssim=0.5).setting == "delta=0.1"
 
@@ -36,13 +38,16 @@ def test_a_target_no_setting_reaches_is_an_error_naming_the_closest():
         SWEEP.pick(max_time_ratio=0.3)
 
 
-@pytest.mark.parametrize("kwargs,message", [
-    ({}, "exactly one target"),
-    ({"min_ssim": 0.9, "max_time_ratio": 0.5}, "exactly one target"),
-    ({"min_ssim": 1.5}, r"min_ssim must be a number in \(0, 1\]"),
-    ({"min_ssim": 0.0}, r"min_ssim must be a number in \(0, 1\]"),
-    ({"max_time_ratio": -0.1}, r"max_time_ratio must be a number in \(0, 1\]"),
-])
+@pytest.mark.parametrize(
+    "kwargs,message",
+    [
+        ({}, "exactly one target"),
+        ({"min_ssim": 0.9, "max_time_ratio": 0.5}, "exactly one target"),
+        ({"min_ssim": 1.5}, r"min_ssim must be a number in \(0, 1\]"),
+        ({"min_ssim": 0.0}, r"min_ssim must be a number in \(0, 1\]"),
+        ({"max_time_ratio": -0.1}, r"max_time_ratio must be a number in \(0, 1\]"),
+    ],
+)
 def test_targets_outside_the_unit_interval_are_refused_before_any_generation(kwargs, message):
     with pytest.raises(ValueError, match=message):
         SWEEP.pick(**kwargs)
@@ -65,8 +70,15 @@ def test_bad_sweeps_are_refused_before_any_generation():
 
 def test_sweep_on_a_tiny_pipeline_knows_its_extremes():
     pipe, small = tiny_pair("cogvideox")
-    sweep = sweep_switch(pipe, small, ["a fox", "a boat"], deltas=(), switch_steps=(0, 3, 6), num_inference_steps=6,
-                         **TINY_CALL["cogvideox"])
+    sweep = sweep_switch(
+        pipe,
+        small,
+        ["a fox", "a boat"],
+        deltas=(),
+        switch_steps=(0, 3, 6),
+        num_inference_steps=6,
+        **TINY_CALL["cogvideox"],
+    )
     never, k3, small_only = {r.switch_step: r for r in sweep.rows}[6], sweep.rows[1], sweep.rows[0]
     assert never.ssim == 1.0 and never.mean_switch_step is None  # k = N: the large-only video itself
     assert small_only.mean_switch_step == 0 and k3.mean_switch_step == 3
@@ -108,8 +120,9 @@ def test_paired_rounds_alternate_so_a_first_run_penalty_does_not_bias_the_promis
 
     monkeypatch.setattr(delta_calibration, "timed_run", synthetic)
     pipe, small = tiny_pair("wan")
-    sweep = sweep_switch(pipe, small, ["a fox", "a boat"], deltas=(), switch_steps=(0, 2, 4),
-                         num_inference_steps=n, **TINY_CALL["wan"])
+    sweep = sweep_switch(
+        pipe, small, ["a fox", "a boat"], deltas=(), switch_steps=(0, 2, 4), num_inference_steps=n, **TINY_CALL["wan"]
+    )
     assert sweep.step_ratio == pytest.approx(rho, abs=0.01)
     for row in sweep.rows:
         k = row.switch_step
@@ -119,8 +132,9 @@ def test_paired_rounds_alternate_so_a_first_run_penalty_does_not_bias_the_promis
     picked = sweep.pick(max_time_ratio=0.6)
     assert picked.setting == "k=2"
     position.clear()
-    check = delta_calibration.check_promise(pipe, small, picked, ["a cat", "a tree"], num_inference_steps=n,
-                                            **TINY_CALL["wan"])
+    check = delta_calibration.check_promise(
+        pipe, small, picked, ["a cat", "a tree"], num_inference_steps=n, **TINY_CALL["wan"]
+    )
     assert check.setting == "k=2" and check.measured_mean_switch_step == 2
     assert abs(check.relative_error) < 0.01 and check.promised_relative_se == 0.0
 

@@ -15,8 +15,12 @@ def run(prompt: str, mode: str, right: bool) -> SimpleNamespace:
 
 def test_the_showcase_is_the_first_prompt_where_large_and_sr_are_right_and_small_is_wrong():
     result = FamilyResult("wan", 50, None)
-    for prompt, (large, sr, small) in (("p1", (True, False, False)), ("p2", (True, True, True)),
-                                       ("p3", (True, True, False)), ("p4", (True, True, False))):
+    for prompt, (large, sr, small) in (
+        ("p1", (True, False, False)),
+        ("p2", (True, True, True)),
+        ("p3", (True, True, False)),
+        ("p4", (True, True, False)),
+    ):
         result.runs += [run(prompt, "large", large), run(prompt, "sr", sr), run(prompt, "small", small)]
     assert showcase(result) == ("p3", 1)
     result.runs = [r for r in result.runs if r.prompt in ("p1", "p2")]
@@ -25,8 +29,11 @@ def test_the_showcase_is_the_first_prompt_where_large_and_sr_are_right_and_small
 
 def test_without_such_a_prompt_the_showcase_is_the_first_where_large_only_is_right():
     result = FamilyResult("wan", 50, None)
-    for prompt, (large, sr, small) in (("p1", (False, False, False)), ("p2", (True, False, False)),
-                                       ("p3", (True, False, False))):
+    for prompt, (large, sr, small) in (
+        ("p1", (False, False, False)),
+        ("p2", (True, False, False)),
+        ("p3", (True, False, False)),
+    ):
         result.runs += [run(prompt, "large", large), run(prompt, "sr", sr), run(prompt, "small", small)]
     assert showcase(result) == ("p2", 1)
     result.runs = [r for r in result.runs if r.prompt == "p1"]
@@ -35,7 +42,14 @@ def test_without_such_a_prompt_the_showcase_is_the_first_where_large_only_is_rig
 
 def test_with_a_calibrated_schedule_the_showcase_is_where_it_and_large_only_are_right_and_small_only_is_not():
     result = FamilyResult("wan", 50, None, "small:20%,large")
-    for prompt, (large, sr, schedule, small) in (("p1", (True, True, False, False)), ("p2", (True, False, True, False))):
-        result.runs += [run(prompt, "large", large), run(prompt, "sr", sr), run(prompt, "schedule", schedule),
-                        run(prompt, "small", small)]
+    for prompt, (large, sr, schedule, small) in (
+        ("p1", (True, True, False, False)),
+        ("p2", (True, False, True, False)),
+    ):
+        result.runs += [
+            run(prompt, "large", large),
+            run(prompt, "sr", sr),
+            run(prompt, "schedule", schedule),
+            run(prompt, "small", small),
+        ]
     assert showcase(result) == ("p2", 1)

@@ -35,7 +35,9 @@ def test_small_device_gets_inputs_in_its_device_and_dtype_and_hands_back(pair, f
 def test_offload_large_is_a_no_op_off_the_gpu_and_checks_its_argument(pair, family):
     pipe, small = pair
     expected = run(pipe, family, output_type="latent")
-    handle = sr_plugin.apply(pipe, copy.deepcopy(pipe.transformer), switch_step=3, offload_large=True)  # identity: exact
+    handle = sr_plugin.apply(
+        pipe, copy.deepcopy(pipe.transformer), switch_step=3, offload_large=True
+    )  # identity: exact
     assert torch.equal(run(pipe, family), expected)
     handle.remove()
     assert "check_inputs" not in vars(pipe)
@@ -68,23 +70,46 @@ def test_gpu_benchmark_script_runs_end_to_end_on_cpu_with_tiny_in_two_resumed_ca
     script = pathlib.Path(__file__).parents[1] / "benchmarks" / "gpu_bench.py"
     first, out = tmp_path / "first.json", tmp_path / "bench.json"
     common = [sys.executable, str(script), "--tiny", "--steps", "4", "5"]
-    result = subprocess.run([*common, "--json", str(first), "--configs", "large", "sr", "teacache"],
-                            capture_output=True, text=True, timeout=600)
+    result = subprocess.run(
+        [*common, "--json", str(first), "--configs", "large", "sr", "teacache"],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-    kept = {f: {n: r for n, r in fam["configs"].items() if "wall_s" in r}
-            for f, fam in json.loads(first.read_text())["families"].items()}
+    kept = {
+        f: {n: r for n, r in fam["configs"].items() if "wall_s" in r}
+        for f, fam in json.loads(first.read_text())["families"].items()
+    }
     assert sum(map(len, kept.values())) == 6
-    result = subprocess.run([*common, "--json", str(out), "--resume", str(first)], capture_output=True, text=True,
-                            timeout=600)
+    result = subprocess.run(
+        [*common, "--json", str(out), "--resume", str(first)], capture_output=True, text=True, timeout=600
+    )
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     assert "rows to run: about" in result.stdout
     data = json.loads(out.read_text())
     for family, fam in data["families"].items():
         configs = fam["configs"]
-        assert set(configs) == {"large", "sr", "compile", "sr+compile", "small-first", "sandwich", "small-first+compile",
-                                "sandwich+compile", "teacache", "sr+teacache", "pab", "sr+all",
-                                "sr-never", "sr+offload", "sr+flash", "sr+cudnn", "float8", "sr+float8"} | (
-                                    {"wan22-both", "wan22-sr"} if family == "wan" else set())
+        assert set(configs) == {
+            "large",
+            "sr",
+            "compile",
+            "sr+compile",
+            "small-first",
+            "sandwich",
+            "small-first+compile",
+            "sandwich+compile",
+            "teacache",
+            "sr+teacache",
+            "pab",
+            "sr+all",
+            "sr-never",
+            "sr+offload",
+            "sr+flash",
+            "sr+cudnn",
+            "float8",
+            "sr+float8",
+        } | ({"wan22-both", "wan22-sr"} if family == "wan" else set())
         assert all("error" not in rec and rec["wall_s"] > 0 for rec in configs.values())
         assert all(configs[n] == r for n, r in kept.get(family, {}).items())  # kept as the first call left them
         assert configs["sr"]["switch_step"] == 2 and configs["sr-never"]["switch_step"] is None

@@ -10,8 +10,15 @@ import copy
 
 import pytest
 import torch
-from diffusers import (FasterCacheConfig, FirstBlockCacheConfig, MagCacheConfig, PyramidAttentionBroadcastConfig,
-                       SeaCacheConfig, TaylorSeerCacheConfig, TextKVCacheConfig)
+from diffusers import (
+    FasterCacheConfig,
+    FirstBlockCacheConfig,
+    MagCacheConfig,
+    PyramidAttentionBroadcastConfig,
+    SeaCacheConfig,
+    TaylorSeerCacheConfig,
+    TextKVCacheConfig,
+)
 from diffusers.hooks import HookRegistry
 from test_diffusers_style import cogvideox, inputs, wan
 
@@ -26,16 +33,26 @@ def config(name: str, pipe, family: str):
     return {
         "first block cache": lambda: FirstBlockCacheConfig(threshold=0.5),
         "pyramid attention broadcast": lambda: PyramidAttentionBroadcastConfig(
-            spatial_attention_block_skip_range=2, spatial_attention_timestep_skip_range=(0, 1000),
-            current_timestep_callback=timestep),
+            spatial_attention_block_skip_range=2,
+            spatial_attention_timestep_skip_range=(0, 1000),
+            current_timestep_callback=timestep,
+        ),
         "fastercache": lambda: FasterCacheConfig(
-            spatial_attention_block_skip_range=2, spatial_attention_timestep_skip_range=(-1, 1000),
-            unconditional_batch_skip_range=2, unconditional_batch_timestep_skip_range=(-1, 1000),
-            tensor_format="BFCHW", current_timestep_callback=timestep),
-        "magcache": lambda: MagCacheConfig(threshold=0.5, num_inference_steps=STEPS,
-                                           mag_ratios=[1.0] + [0.99] * (STEPS - 1)),
-        "taylorseer": lambda: TaylorSeerCacheConfig(cache_interval=2, disable_cache_before_step=1,
-                                                    cache_identifiers=[r"blocks\.\d+", r"transformer_blocks\.\d+"]),
+            spatial_attention_block_skip_range=2,
+            spatial_attention_timestep_skip_range=(-1, 1000),
+            unconditional_batch_skip_range=2,
+            unconditional_batch_timestep_skip_range=(-1, 1000),
+            tensor_format="BFCHW",
+            current_timestep_callback=timestep,
+        ),
+        "magcache": lambda: MagCacheConfig(
+            threshold=0.5, num_inference_steps=STEPS, mag_ratios=[1.0] + [0.99] * (STEPS - 1)
+        ),
+        "taylorseer": lambda: TaylorSeerCacheConfig(
+            cache_interval=2,
+            disable_cache_before_step=1,
+            cache_identifiers=[r"blocks\.\d+", r"transformer_blocks\.\d+"],
+        ),
         "seacache": lambda: SeaCacheConfig(threshold=0.5),
         "textkv": lambda: TextKVCacheConfig(),
     }[name]()
@@ -48,8 +65,15 @@ OWN_SMALL_CONFIG = {"magcache"}
 #: passes no step index or sigma to its cache context), TextKV reuses exactly (no output changes).
 RUNS_NOT = {("wan", "fastercache")}
 CHANGES_NOTHING = {("cogvideox", "seacache"), ("wan", "textkv"), ("cogvideox", "textkv")}
-NAMES = ["first block cache", "pyramid attention broadcast", "fastercache", "magcache", "taylorseer", "seacache",
-         "textkv"]
+NAMES = [
+    "first block cache",
+    "pyramid attention broadcast",
+    "fastercache",
+    "magcache",
+    "taylorseer",
+    "seacache",
+    "textkv",
+]
 SCHEDULES = {"hand-over": ["large"] * 4 + ["small"] * 6, "sandwich": ["large"] * 3 + ["small"] * 4 + ["large"] * 3}
 
 
@@ -128,8 +152,11 @@ def test_a_diffusers_cache_runs_on_the_small_model_with_its_own_state(family, na
 def test_a_cache_fitted_to_the_large_model_is_refused_without_the_small_models_own():
     pipe, small = build("wan")
     pipe.transformer.enable_cache(config("magcache", pipe, "wan"))
-    with pytest.raises(ValueError, match=r"MagCacheConfig is not reused on the small model \(its mag_ratios were "
-                                         r"fitted.*small_cache_config=MagCacheConfig"):
+    with pytest.raises(
+        ValueError,
+        match=r"MagCacheConfig is not reused on the small model \(its mag_ratios were "
+        r"fitted.*small_cache_config=MagCacheConfig",
+    ):
         sr_plugin.apply(pipe, small, switch_step=3)
     pipe.transformer.disable_cache()
     handle = sr_plugin.apply(pipe, small, switch_step=3)  # enabled after apply: refused at the call, before step 0

@@ -12,10 +12,19 @@ import json
 
 import pytest
 import torch
-from diffusers import (AutoencoderKLCogVideoX, AutoencoderKLWan, CogVideoXDDIMScheduler, CogVideoXDPMScheduler,
-                       CogVideoXPipeline, CogVideoXTransformer3DModel, DDIMScheduler, DPMSolverMultistepScheduler,
-                       UniPCMultistepScheduler, WanPipeline,
-                       WanTransformer3DModel)
+from diffusers import (
+    AutoencoderKLCogVideoX,
+    AutoencoderKLWan,
+    CogVideoXDDIMScheduler,
+    CogVideoXDPMScheduler,
+    CogVideoXPipeline,
+    CogVideoXTransformer3DModel,
+    DDIMScheduler,
+    DPMSolverMultistepScheduler,
+    UniPCMultistepScheduler,
+    WanPipeline,
+    WanTransformer3DModel,
+)
 from pipeline_helpers import CallLog, seen_through
 from transformers import T5Config, T5EncoderModel
 
@@ -26,36 +35,68 @@ from sr_plugin.lab.tiny import eval_all, tiny_tokenizer
 def text_encoder() -> T5EncoderModel:
     """A local stand-in for hf-internal-testing/tiny-random-t5 (width 32)."""
     torch.manual_seed(0)
-    return T5EncoderModel(T5Config(vocab_size=128, d_model=32, d_kv=8, d_ff=37, num_layers=2, num_heads=4,
-                                   relative_attention_num_buckets=8))
+    return T5EncoderModel(
+        T5Config(
+            vocab_size=128, d_model=32, d_kv=8, d_ff=37, num_layers=2, num_heads=4, relative_attention_num_buckets=8
+        )
+    )
 
 
 def wan_transformer(channels: int = 16) -> WanTransformer3DModel:
     torch.manual_seed(0)
-    return WanTransformer3DModel(patch_size=(1, 2, 2), num_attention_heads=2, attention_head_dim=12,
-                                 in_channels=channels, out_channels=channels, text_dim=32, freq_dim=256, ffn_dim=32,
-                                 num_layers=2, cross_attn_norm=True, qk_norm="rms_norm_across_heads",
-                                 rope_max_seq_len=32)
+    return WanTransformer3DModel(
+        patch_size=(1, 2, 2),
+        num_attention_heads=2,
+        attention_head_dim=12,
+        in_channels=channels,
+        out_channels=channels,
+        text_dim=32,
+        freq_dim=256,
+        ffn_dim=32,
+        num_layers=2,
+        cross_attn_norm=True,
+        qk_norm="rms_norm_across_heads",
+        rope_max_seq_len=32,
+    )
 
 
 def wan(kind: str = "wan21") -> WanPipeline:
     """Wan2.1; Wan2.2 A14B (two experts, boundary 0.875); its experts without a boundary; TI2V-5B."""
     torch.manual_seed(0)
     if kind == "ti2v":
-        vae = AutoencoderKLWan(base_dim=3, z_dim=48, in_channels=12, out_channels=12, is_residual=True, patch_size=2,
-                               latents_mean=[0.0] * 48, latents_std=[1.0] * 48, dim_mult=[1, 1, 1, 1],
-                               num_res_blocks=1, scale_factor_spatial=16, scale_factor_temporal=4,
-                               temperal_downsample=[False, True, True])
+        vae = AutoencoderKLWan(
+            base_dim=3,
+            z_dim=48,
+            in_channels=12,
+            out_channels=12,
+            is_residual=True,
+            patch_size=2,
+            latents_mean=[0.0] * 48,
+            latents_std=[1.0] * 48,
+            dim_mult=[1, 1, 1, 1],
+            num_res_blocks=1,
+            scale_factor_spatial=16,
+            scale_factor_temporal=4,
+            temperal_downsample=[False, True, True],
+        )
     else:
-        vae = AutoencoderKLWan(base_dim=3, z_dim=16, dim_mult=[1, 1, 1, 1], num_res_blocks=1,
-                               temperal_downsample=[False, True, True])
-    extra = {"wan21": {}, "a14b": {"transformer_2": wan_transformer(), "boundary_ratio": 0.875},
-             "no-boundary": {"transformer_2": wan_transformer(), "boundary_ratio": None},
-             "ti2v": {"expand_timesteps": True}}[kind]
-    pipe = WanPipeline(transformer=wan_transformer(48 if kind == "ti2v" else 16), vae=vae, text_encoder=text_encoder(),
-                       tokenizer=tiny_tokenizer(),
-                       scheduler=UniPCMultistepScheduler(prediction_type="flow_prediction", use_flow_sigmas=True,
-                                                         flow_shift=3.0), **extra)
+        vae = AutoencoderKLWan(
+            base_dim=3, z_dim=16, dim_mult=[1, 1, 1, 1], num_res_blocks=1, temperal_downsample=[False, True, True]
+        )
+    extra = {
+        "wan21": {},
+        "a14b": {"transformer_2": wan_transformer(), "boundary_ratio": 0.875},
+        "no-boundary": {"transformer_2": wan_transformer(), "boundary_ratio": None},
+        "ti2v": {"expand_timesteps": True},
+    }[kind]
+    pipe = WanPipeline(
+        transformer=wan_transformer(48 if kind == "ti2v" else 16),
+        vae=vae,
+        text_encoder=text_encoder(),
+        tokenizer=tiny_tokenizer(),
+        scheduler=UniPCMultistepScheduler(prediction_type="flow_prediction", use_flow_sigmas=True, flow_shift=3.0),
+        **extra,
+    )
     eval_all(*[m for m in pipe.components.values() if isinstance(m, torch.nn.Module)])
     pipe.set_progress_bar_config(disable=True)
     return pipe
@@ -63,17 +104,40 @@ def wan(kind: str = "wan21") -> WanPipeline:
 
 def cogvideox(scheduler=None, layers: int = 1) -> CogVideoXPipeline:
     torch.manual_seed(0)
-    transformer = CogVideoXTransformer3DModel(num_attention_heads=4, attention_head_dim=8, in_channels=4, out_channels=4,
-                                              time_embed_dim=2, text_embed_dim=32, num_layers=layers, sample_width=2,
-                                              sample_height=2, sample_frames=9, patch_size=2,
-                                              temporal_compression_ratio=4, max_text_seq_length=16)
+    transformer = CogVideoXTransformer3DModel(
+        num_attention_heads=4,
+        attention_head_dim=8,
+        in_channels=4,
+        out_channels=4,
+        time_embed_dim=2,
+        text_embed_dim=32,
+        num_layers=layers,
+        sample_width=2,
+        sample_height=2,
+        sample_frames=9,
+        patch_size=2,
+        temporal_compression_ratio=4,
+        max_text_seq_length=16,
+    )
     torch.manual_seed(0)
-    vae = AutoencoderKLCogVideoX(in_channels=3, out_channels=3, down_block_types=("CogVideoXDownBlock3D",) * 4,
-                                 up_block_types=("CogVideoXUpBlock3D",) * 4, block_out_channels=(8, 8, 8, 8),
-                                 latent_channels=4, layers_per_block=1, norm_num_groups=2,
-                                 temporal_compression_ratio=4)
-    pipe = CogVideoXPipeline(transformer=transformer, vae=vae, text_encoder=text_encoder(), tokenizer=tiny_tokenizer(),
-                             scheduler=scheduler if scheduler is not None else DDIMScheduler())
+    vae = AutoencoderKLCogVideoX(
+        in_channels=3,
+        out_channels=3,
+        down_block_types=("CogVideoXDownBlock3D",) * 4,
+        up_block_types=("CogVideoXUpBlock3D",) * 4,
+        block_out_channels=(8, 8, 8, 8),
+        latent_channels=4,
+        layers_per_block=1,
+        norm_num_groups=2,
+        temporal_compression_ratio=4,
+    )
+    pipe = CogVideoXPipeline(
+        transformer=transformer,
+        vae=vae,
+        text_encoder=text_encoder(),
+        tokenizer=tiny_tokenizer(),
+        scheduler=scheduler if scheduler is not None else DDIMScheduler(),
+    )
     eval_all(transformer, vae, pipe.text_encoder)
     pipe.set_progress_bar_config(disable=True)
     return pipe
@@ -83,10 +147,18 @@ def inputs(pipe, seed: int = 0, **overrides) -> dict:
     """diffusers' dummy inputs (3 steps instead of 2, so that the switch has steps on both sides)."""
     is_wan = isinstance(pipe, WanPipeline)
     size = 32 if is_wan and pipe.config.expand_timesteps else 16
-    call = {"prompt": "dance monkey", "negative_prompt": "negative" if is_wan else "",
-            "generator": torch.Generator().manual_seed(seed), "num_inference_steps": 3, "guidance_scale": 6.0,
-            "height": size, "width": size, "num_frames": 9 if is_wan else 8, "max_sequence_length": 16,
-            "output_type": "pt"}
+    call = {
+        "prompt": "dance monkey",
+        "negative_prompt": "negative" if is_wan else "",
+        "generator": torch.Generator().manual_seed(seed),
+        "num_inference_steps": 3,
+        "guidance_scale": 6.0,
+        "height": size,
+        "width": size,
+        "num_frames": 9 if is_wan else 8,
+        "max_sequence_length": 16,
+        "output_type": "pt",
+    }
     return {**call, **overrides}
 
 
@@ -94,8 +166,13 @@ def identity(pipe, **kwargs):
     return sr_plugin.apply(pipe, copy.deepcopy(pipe.transformer), switch_step=1, **kwargs)
 
 
-PIPELINES = {"wan21": lambda: wan(), "wan22-a14b": lambda: wan("a14b"), "wan22-no-boundary": lambda: wan("no-boundary"),
-             "wan22-ti2v": lambda: wan("ti2v"), "cogvideox": lambda: cogvideox()}
+PIPELINES = {
+    "wan21": lambda: wan(),
+    "wan22-a14b": lambda: wan("a14b"),
+    "wan22-no-boundary": lambda: wan("no-boundary"),
+    "wan22-ti2v": lambda: wan("ti2v"),
+    "cogvideox": lambda: cogvideox(),
+}
 
 
 @pytest.fixture(params=list(PIPELINES))
@@ -194,7 +271,8 @@ SCHEDULERS = {
     "DDIMScheduler-sample": lambda: DDIMScheduler(prediction_type="sample"),
     "CogVideoXDDIMScheduler": lambda: CogVideoXDDIMScheduler(),
     "CogVideoXDDIMScheduler-v-zero-snr": lambda: CogVideoXDDIMScheduler(
-        prediction_type="v_prediction", rescale_betas_zero_snr=True, timestep_spacing="trailing"),
+        prediction_type="v_prediction", rescale_betas_zero_snr=True, timestep_spacing="trailing"
+    ),
     "CogVideoXDPMScheduler": lambda: CogVideoXDPMScheduler(prediction_type="v_prediction"),
     "DPMSolverMultistepScheduler": lambda: DPMSolverMultistepScheduler(),
 }
@@ -217,13 +295,18 @@ def test_cogvideox_mapping_between_prediction_types_reproduces_large_only(large_
     and schedule: mapped in and out, it reproduces large only to float tolerance in every order."""
     pipe = cogvideox(DDIMScheduler(prediction_type=large_type))
     large_only = pipe(**inputs(pipe, output_type="latent")).frames
-    small_schedule = DDIMScheduler.from_config(pipe.scheduler.config, prediction_type=small_type,
-                                               beta_end=0.02)  # another noise schedule
+    small_schedule = DDIMScheduler.from_config(
+        pipe.scheduler.config, prediction_type=small_type, beta_end=0.02
+    )  # another noise schedule
     other = seen_through(pipe, 1.3 * pipe.vae.config.scaling_factor, small_schedule)
     for order in ("large:1,small", "small:2,large"):
-        handle = sr_plugin.apply(pipe, other, schedule=order,
-                                 small_vae_scaling_factor=1.3 * pipe.vae.config.scaling_factor,
-                                 small_scheduler=small_schedule)
+        handle = sr_plugin.apply(
+            pipe,
+            other,
+            schedule=order,
+            small_vae_scaling_factor=1.3 * pipe.vae.config.scaling_factor,
+            small_scheduler=small_schedule,
+        )
         mapped = pipe(**inputs(pipe, output_type="latent")).frames
         handle.remove()
         scale = large_only.abs().max().item()

@@ -18,14 +18,16 @@ def wan_small(**overrides):
     return WanTransformer3DModel.from_config(config).eval()
 
 
-
-@pytest.mark.parametrize("small_factory,exc,match", [
-    (lambda: tiny_cogvideox_transformer(1, 2, False, 0), TypeError, "must be a WanTransformer3DModel"),
-    (lambda: wan_small(in_channels=8, out_channels=8), ValueError, "in_channels"),
-    (lambda: wan_small(patch_size=(1, 4, 4)), ValueError, "patch_size"),
-    (lambda: wan_small(text_dim=16), ValueError, "text_dim"),
-    (lambda: torch.zeros(3), TypeError, "torch.nn.Module"),
-])
+@pytest.mark.parametrize(
+    "small_factory,exc,match",
+    [
+        (lambda: tiny_cogvideox_transformer(1, 2, False, 0), TypeError, "must be a WanTransformer3DModel"),
+        (lambda: wan_small(in_channels=8, out_channels=8), ValueError, "in_channels"),
+        (lambda: wan_small(patch_size=(1, 4, 4)), ValueError, "patch_size"),
+        (lambda: wan_small(text_dim=16), ValueError, "text_dim"),
+        (lambda: torch.zeros(3), TypeError, "torch.nn.Module"),
+    ],
+)
 def test_wrong_small_model(small_factory, exc, match):
     pipe, _ = tiny_wan()
     before = dict(vars(pipe))
@@ -45,11 +47,15 @@ def test_cogvideox_wrong_small_model():
         sr_plugin.apply(pipe, CogVideoXTransformer3DModel.from_config(config))
 
 
-@pytest.mark.parametrize("kwargs,match", [
-    ({"delta": 0.0}, "delta"), ({"delta": 1.5}, "delta"),
-    ({"min_switch_step": 8, "max_switch_step": 4}, "min_switch_step"),
-    ({"switch_step": -1}, "switch_step"),
-])
+@pytest.mark.parametrize(
+    "kwargs,match",
+    [
+        ({"delta": 0.0}, "delta"),
+        ({"delta": 1.5}, "delta"),
+        ({"min_switch_step": 8, "max_switch_step": 4}, "min_switch_step"),
+        ({"switch_step": -1}, "switch_step"),
+    ],
+)
 def test_bad_switch_options(kwargs, match):
     pipe, small = tiny_wan()
     before = dict(vars(pipe))
@@ -108,9 +114,11 @@ def test_family_options_are_the_adapters_to_validate():
     assert torch.equal(run(pipe, "cogvideox"), expected)
     handle.remove()
     before = dict(vars(pipe))
-    for bad, error, message in (({"x": 1}, TypeError, "unknown CogVideoX family option.*known: small_vae"),
-                                ({"small_vae_scaling_factor": -1}, ValueError, "positive number"),
-                                ([("small_scheduler", 1)], TypeError, "must be a mapping")):
+    for bad, error, message in (
+        ({"x": 1}, TypeError, "unknown CogVideoX family option.*known: small_vae"),
+        ({"small_vae_scaling_factor": -1}, ValueError, "positive number"),
+        ([("small_scheduler", 1)], TypeError, "must be a mapping"),
+    ):
         with pytest.raises(error, match=message):
             sr_plugin.apply(pipe, small, family_options=bad)
     with pytest.raises(TypeError, match="both as a keyword and in family_options"):
@@ -123,7 +131,6 @@ def test_family_options_are_the_adapters_to_validate():
 
 def test_numpy_scalars_are_accepted_where_python_numbers_are():
     import numpy as np
-
     from pipeline_helpers import run
 
     pipe, small = tiny_pair("wan")
@@ -134,13 +141,16 @@ def test_numpy_scalars_are_accepted_where_python_numbers_are():
     sr_plugin.apply(pipe, small, delta=np.float32(0.01)).remove()
 
 
-@pytest.mark.parametrize("kwargs,error,message", [
-    ({"small_vae_scaling_factor": True}, ValueError, "small_vae_scaling_factor must be a positive number"),
-    ({"small_vae_scaling_factor": float("inf")}, ValueError, "small_vae_scaling_factor must be a positive number"),
-    ({"small_device": "meta"}, ValueError, "small_device='meta' would drop"),
-    ({"small_device": "cuda:7"}, ValueError, "small_device='cuda:7': this machine has"),
-    ({"small_device": "nonsense"}, ValueError, "is not a device"),
-])
+@pytest.mark.parametrize(
+    "kwargs,error,message",
+    [
+        ({"small_vae_scaling_factor": True}, ValueError, "small_vae_scaling_factor must be a positive number"),
+        ({"small_vae_scaling_factor": float("inf")}, ValueError, "small_vae_scaling_factor must be a positive number"),
+        ({"small_device": "meta"}, ValueError, "small_device='meta' would drop"),
+        ({"small_device": "cuda:7"}, ValueError, "small_device='cuda:7': this machine has"),
+        ({"small_device": "nonsense"}, ValueError, "is not a device"),
+    ],
+)
 def test_inputs_accepted_before_are_refused_with_a_message(kwargs, error, message):
     pipe, small = tiny_pair("cogvideox")
     before = dict(vars(pipe))
@@ -157,7 +167,6 @@ def test_fbcache_nan_is_refused():
 
 def test_a_scheduler_sr_plugin_cannot_use_is_refused_at_apply_and_a_refused_call_reports_no_steps():
     from diffusers import FlowMatchHeunDiscreteScheduler
-
     from pipeline_helpers import run
 
     pipe, small = tiny_pair("wan")
@@ -185,8 +194,9 @@ def test_a_text_length_the_sincos_small_model_cannot_take_is_refused_before_the_
     assert not small.config.use_rotary_positional_embeddings
     handle = sr_plugin.apply(pipe, small, switch_step=3)
     log = CallLog(large=pipe.transformer, small=small)
-    with pytest.raises(ValueError, match="takes exactly max_text_seq_length=226: call the pipeline with "
-                                         "max_sequence_length=226"):
+    with pytest.raises(
+        ValueError, match="takes exactly max_text_seq_length=226: call the pipeline with max_sequence_length=226"
+    ):
         run(pipe, "cogvideox", max_sequence_length=24)
     assert log.calls == []
     run(pipe, "cogvideox")  # the length it takes: runs and switches

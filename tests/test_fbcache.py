@@ -6,8 +6,8 @@ import copy
 
 import pytest
 import torch
-from pipeline_helpers import CallLog, run
 from diffusers import FirstBlockCacheConfig
+from pipeline_helpers import CallLog, run
 
 import sr_plugin
 

@@ -6,8 +6,8 @@ import copy
 
 import pytest
 import torch
-from pipeline_helpers import STEPS, CallLog, run
 from diffusers import CogVideoXTransformer3DModel, WanPipeline
+from pipeline_helpers import STEPS, CallLog, run
 
 import sr_plugin
 from sr_plugin.lab.tiny import cogvideox_scheduler
@@ -45,9 +45,15 @@ def test_wan_fixed_switch_equals_diffusers_two_expert_path(k):
     pipe.scheduler.set_timesteps(STEPS)
     t = pipe.scheduler.timesteps
     ratio = float(t[k - 1] + t[k]) / 2 / pipe.scheduler.config.num_train_timesteps
-    two_expert = WanPipeline(tokenizer=pipe.tokenizer, text_encoder=pipe.text_encoder, vae=pipe.vae,
-                             transformer=pipe.transformer, transformer_2=small, scheduler=pipe.scheduler,
-                             boundary_ratio=ratio)
+    two_expert = WanPipeline(
+        tokenizer=pipe.tokenizer,
+        text_encoder=pipe.text_encoder,
+        vae=pipe.vae,
+        transformer=pipe.transformer,
+        transformer_2=small,
+        scheduler=pipe.scheduler,
+        boundary_ratio=ratio,
+    )
     two_expert.set_progress_bar_config(disable=True)
     reference = run(two_expert, "wan", output_type="pt")
 
@@ -61,9 +67,15 @@ def test_wan_fixed_switch_equals_diffusers_two_expert_path(k):
 
 
 def wan22(pipe, transformer_2, ratio):
-    two = WanPipeline(tokenizer=pipe.tokenizer, text_encoder=pipe.text_encoder, vae=pipe.vae,
-                      transformer=pipe.transformer, transformer_2=transformer_2, scheduler=pipe.scheduler,
-                      boundary_ratio=ratio)
+    two = WanPipeline(
+        tokenizer=pipe.tokenizer,
+        text_encoder=pipe.text_encoder,
+        vae=pipe.vae,
+        transformer=pipe.transformer,
+        transformer_2=transformer_2,
+        scheduler=pipe.scheduler,
+        boundary_ratio=ratio,
+    )
     two.set_progress_bar_config(disable=True)
     return two
 

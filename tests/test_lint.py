@@ -1,6 +1,5 @@
-"""The rules a linter checks better than a hand-written test, run in CI as part of the tests: ruff's rule set
-(pyproject.toml, [tool.ruff.lint]) over the whole tree, and the import rules between the rooms as import-linter
-contracts (pyproject.toml, [tool.importlinter]) over the installed package."""
+"""The import rules between the rooms, as import-linter contracts (pyproject.toml, [tool.importlinter]) over the
+installed package. (ruff's rules, its formatter and mypy run in .ci/run beside the tests.)"""
 
 from __future__ import annotations
 
@@ -12,18 +11,16 @@ import sys
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
 
-def test_ruff_finds_nothing():
-    ruff = shutil.which("ruff") or str(pathlib.Path(sys.executable).parent / "ruff")
-    result = subprocess.run([ruff, "check", "--no-cache", "--output-format", "concise", str(ROOT)],
-                            capture_output=True, text=True, timeout=120, cwd=ROOT)
-    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-1000:]
-
-
 def test_the_import_contracts_hold():
     """Among them: the switch and the accelerations do not import each other (they meet in the call tracker),
     the policy is plain float logic, and neither imports the trained families or the command line."""
     lint = shutil.which("lint-imports") or str(pathlib.Path(sys.executable).parent / "lint-imports")
-    result = subprocess.run([lint, "--no-cache", str(ROOT / "pyproject.toml")], capture_output=True, text=True,
-                            timeout=120, cwd=pathlib.Path(__file__).parent)  # the installed package
+    result = subprocess.run(
+        [lint, "--no-cache", str(ROOT / "pyproject.toml")],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=pathlib.Path(__file__).parent,
+    )  # the installed package
     assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-1000:]
     assert "0 broken" in result.stdout and "kept" in result.stdout

@@ -11,8 +11,7 @@ import sys
 import pytest
 from test_cli import cli
 
-from sr_plugin.lab import call_defaults
-from sr_plugin.lab import trained
+from sr_plugin.lab import call_defaults, trained
 
 PROMPT = "a red square moving left and a blue circle moving up"
 
@@ -38,15 +37,25 @@ def check_shipped_video(out: pathlib.Path, family: str) -> None:
 
     assert iio.imread(out).shape[:3] == (9, 32, 32)
     record = json.loads(out.with_suffix(".trace.json").read_text())
-    assert record["call"]["max_sequence_length"] == 16 and record["call"]["guidance_scale"] == \
-        trained.GUIDANCE[family]
+    assert record["call"]["max_sequence_length"] == 16 and record["call"]["guidance_scale"] == trained.GUIDANCE[family]
 
 
 def test_the_shipped_cogvideox_folders_run_through_large_and_small(tmp_path: pathlib.Path):
     """The folders say what they were made for (call_defaults.json): size, frames and text length."""
     out = tmp_path / "v.mp4"
-    code, _, err = main("generate", "--prompt", PROMPT, "--large", str(trained.folder("cogvideox", "large")),
-                        "--small", str(trained.folder("cogvideox", "small")), "--steps", "2", "--out", str(out))
+    code, _, err = main(
+        "generate",
+        "--prompt",
+        PROMPT,
+        "--large",
+        str(trained.folder("cogvideox", "large")),
+        "--small",
+        str(trained.folder("cogvideox", "small")),
+        "--steps",
+        "2",
+        "--out",
+        str(out),
+    )
     assert code == 0, err[-2000:]
     check_shipped_video(out, "cogvideox")
 
@@ -55,9 +64,21 @@ def test_the_shipped_wan_folders_run_in_bfloat16_showing_only_sr_plugins_progres
     """A fresh process, as a user runs it: no library loading bars, no torchao import chatter, no dtype
     warnings (the weights load in their dtype)."""
     out = tmp_path / "v.mp4"
-    result = cli("generate", "--prompt", PROMPT, "--large", str(trained.folder("wan", "large")),
-                 "--small", str(trained.folder("wan", "small")), "--steps", "2", "--out", str(out),
-                 "--dtype", "bfloat16")
+    result = cli(
+        "generate",
+        "--prompt",
+        PROMPT,
+        "--large",
+        str(trained.folder("wan", "large")),
+        "--small",
+        str(trained.folder("wan", "small")),
+        "--steps",
+        "2",
+        "--out",
+        str(out),
+        "--dtype",
+        "bfloat16",
+    )
     assert result.returncode == 0, result.stderr[-2000:]
     check_shipped_video(out, "wan")
     text = result.stdout + result.stderr
@@ -103,15 +124,19 @@ def test_a_video_the_writer_did_not_write_is_an_error_not_a_success(tmp_path, mo
     captured = capsys.readouterr()
     assert code == 1
     assert captured.err.strip().splitlines()[-1] == (
-        f"sr-plugin: could not write '{out}': the writer reported no error but left no file there")
+        f"sr-plugin: could not write '{out}': the writer reported no error but left no file there"
+    )
     assert "wrote" not in captured.out and not list(tmp_path.iterdir())
 
 
-@pytest.mark.parametrize("make_out,message", [
-    (lambda tmp: (tmp / "d.mp4").mkdir() or tmp / "d.mp4", "d.mp4': it is a folder"),
-    (lambda tmp: (tmp / "v.trace.json").mkdir() or tmp / "v.mp4", "v.trace.json': it is a folder"),
-    (lambda tmp: pathlib.Path("/proc/sr-plugin-test.mp4"), "cannot write '/proc/sr-plugin-test.mp4'"),
-])
+@pytest.mark.parametrize(
+    "make_out,message",
+    [
+        (lambda tmp: (tmp / "d.mp4").mkdir() or tmp / "d.mp4", "d.mp4': it is a folder"),
+        (lambda tmp: (tmp / "v.trace.json").mkdir() or tmp / "v.mp4", "v.trace.json': it is a folder"),
+        (lambda tmp: pathlib.Path("/proc/sr-plugin-test.mp4"), "cannot write '/proc/sr-plugin-test.mp4'"),
+    ],
+)
 def test_an_output_that_cannot_be_written_is_refused_before_anything_runs(tmp_path, make_out, message):
     out = make_out(tmp_path)
     code, stdout, stderr = main("generate", "--prompt", PROMPT, "--out", str(out), "--steps", "2")
@@ -154,23 +179,33 @@ with contextlib.redirect_stderr(err), contextlib.redirect_stdout(io.StringIO()):
         assert e.code == 2 and "unknown family 'hunyuan'; known: wan, cogvideox" in err.getvalue(), err.getvalue()
 assert 'diffusers' not in sys.modules, 'imported'
 """
-    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
-                            cwd=pathlib.Path(__file__).parent)  # the installed package, not a checkout's copy
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=120, cwd=pathlib.Path(__file__).parent
+    )  # the installed package, not a checkout's copy
     assert result.returncode == 0, result.stderr[-3000:]
 
 
 @pytest.mark.parametrize("family,multiple", [("wan", 16), ("cogvideox", 8)])
 def test_a_bad_height_is_refused_before_loading(family, multiple):
     """WanPipeline wants multiples of 16; the trained CogVideoX models (VAE 4x, patch 2) multiples of 8."""
-    code, stdout, stderr = main("generate", "--prompt", PROMPT, "--out", "x.mp4", "--height", "36",
-                                "--family", family)
+    code, stdout, stderr = main("generate", "--prompt", PROMPT, "--out", "x.mp4", "--height", "36", "--family", family)
     assert code == 2 and f"--height 36: this {family} pipeline takes multiples of {multiple}" in stderr
     assert "loading the models" not in stdout
 
 
 def test_local_files_only_names_the_missing_folder(tmp_path):
-    code, _, stderr = main("generate", "--prompt", PROMPT, "--out", str(tmp_path / "x.mp4"), "--large",
-                           str(tmp_path / "nope"), "--small", str(tmp_path / "nope2"), "--local-files-only")
+    code, _, stderr = main(
+        "generate",
+        "--prompt",
+        PROMPT,
+        "--out",
+        str(tmp_path / "x.mp4"),
+        "--large",
+        str(tmp_path / "nope"),
+        "--small",
+        str(tmp_path / "nope2"),
+        "--local-files-only",
+    )
     assert code == 2 and "there is no such folder" in stderr
     assert "Hugging Face Hub (" not in stderr  # not "nor reachable on the Hub"
 
@@ -178,8 +213,8 @@ def test_local_files_only_names_the_missing_folder(tmp_path):
 def test_wording():
     from types import SimpleNamespace
 
-    from sr_plugin.lab.bench import about_minutes
     from sr_plugin.cli.generate import describe_switch
+    from sr_plugin.lab.bench import about_minutes
     from sr_plugin.switch.schedule import Schedule, Segment
 
     assert about_minutes(0.2) == "under a minute" and about_minutes(1.1) == "about 1 minute"
@@ -198,12 +233,20 @@ def test_timings_the_step_times_do_not_allow_are_called_unreliable():
     def summary(mode, speedup, ideal=None):
         return ModeSummary(mode, 0, 0, None, None, 1.0, speedup, ideal, None)
 
-    busy = FamilyResult("wan", 50, None, summaries={"large": summary("large", 1.0),
-                                                    "sr": summary("sr", 3.17, 1.94), "small": summary("small", 2.7)})
+    busy = FamilyResult(
+        "wan",
+        50,
+        None,
+        summaries={"large": summary("large", 1.0), "sr": summary("sr", 3.17, 1.94), "small": summary("small", 2.7)},
+    )
     busy.step_ratio = 2.69
     assert "unreliable" in implausible_timing(busy) and "above the 1.94x" in implausible_timing(busy)
-    quiet = FamilyResult("wan", 50, None, summaries={"large": summary("large", 1.0),
-                                                     "sr": summary("sr", 2.0, 2.01), "small": summary("small", 2.7)})
+    quiet = FamilyResult(
+        "wan",
+        50,
+        None,
+        summaries={"large": summary("large", 1.0), "sr": summary("sr", 2.0, 2.01), "small": summary("small", 2.7)},
+    )
     quiet.step_ratio = 2.69
     assert implausible_timing(quiet) is None
     n = 50

@@ -17,6 +17,7 @@ EVERY_OTHER = PABConfig(self_attention_skip_range=2, cross_attention_skip_range=
 
 def attention_outputs(module):
     outputs = []
+
     def keep(module, args, out):  # Wan's attention returns a tensor, CogVideoX's (video, text)
         outputs.append((out[0] if isinstance(out, tuple) else out).clone())
 
@@ -43,14 +44,19 @@ def test_wan_branches_never_exchange_cached_attention_but_each_reuses_its_own():
 
 def test_diffusers_pab_hands_the_cond_attention_to_the_uncond_call():
     """Why this PAB exists: diffusers' hook keeps one state per module, so on Wan's two CFG calls the
-    uncond call returns what the cond call just cached (docs/method.md, "diffusers' caches and classifier-free guidance"). If diffusers fixes this, this
+    uncond call returns what the cond call just cached (docs/method.md, "diffusers' caches and classifier-free
+    guidance"). If diffusers fixes this, this
     test fails: revisit then."""
     from diffusers import PyramidAttentionBroadcastConfig
 
     pipe, _ = tiny_wan()
-    pipe.transformer.enable_cache(PyramidAttentionBroadcastConfig(
-        spatial_attention_block_skip_range=2, spatial_attention_timestep_skip_range=(0, 1000),
-        current_timestep_callback=lambda: pipe.current_timestep))
+    pipe.transformer.enable_cache(
+        PyramidAttentionBroadcastConfig(
+            spatial_attention_block_skip_range=2,
+            spatial_attention_timestep_skip_range=(0, 1000),
+            current_timestep_callback=lambda: pipe.current_timestep,
+        )
+    )
     outputs, handle = attention_outputs(pipe.transformer.blocks[-1].attn1)
     run(pipe, "wan", steps=6)
     handle.remove()

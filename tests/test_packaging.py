@@ -5,6 +5,7 @@ from __future__ import annotations
 import pathlib
 import subprocess
 import sys
+
 import tomllib
 
 ROOT = pathlib.Path(__file__).parents[1]
@@ -30,8 +31,9 @@ def test_every_trained_family_file_is_package_data():
     import fnmatch
 
     globs = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["package-data"]["sr_plugin"]
-    files = [p.relative_to(ROOT / "sr_plugin").as_posix() for p in (ROOT / "sr_plugin" / "trained").rglob("*")
-             if p.is_file()]
+    files = [
+        p.relative_to(ROOT / "sr_plugin").as_posix() for p in (ROOT / "sr_plugin" / "trained").rglob("*") if p.is_file()
+    ]
     assert files
     missed = [f for f in files if not any(fnmatch.fnmatch(f, g) and f.count("/") == g.count("/") for g in globs)]
     assert not missed, f"not shipped: {missed}"
@@ -52,23 +54,46 @@ def test_the_built_wheel_works_outside_the_checkout(tmp_path):
         shutil.copy(ROOT / name, src / name)
     for name in ("sr_plugin", "adapters"):
         shutil.copytree(ROOT / name, src / name, ignore=shutil.ignore_patterns("__pycache__"))
-    built = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q",
-                            "-w", str(tmp_path / "dist"), str(src)], capture_output=True, text=True, timeout=300)
+    built = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "wheel",
+            "--no-deps",
+            "--no-build-isolation",
+            "-q",
+            "-w",
+            str(tmp_path / "dist"),
+            str(src),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert built.returncode == 0, built.stderr[-2000:]
     (wheel,) = (tmp_path / "dist").glob("sr_plugin-*.whl")
     site = tmp_path / "site"
     zipfile.ZipFile(wheel).extractall(site)
     env = {**__import__("os").environ, "PYTHONPATH": str(site)}
-    check = ("import sr_plugin, sr_plugin.adapters, pathlib; from sr_plugin.lab import trained; "
-             f"assert pathlib.Path(sr_plugin.__file__).is_relative_to({str(site)!r}), sr_plugin.__file__; "
-             f"assert pathlib.Path(sr_plugin.adapters.__file__).is_relative_to({str(site)!r}); "
-             "trained.load('wan'); trained.load('cogvideox'); print('ok')")
-    ran = subprocess.run([sys.executable, "-c", check], cwd=tmp_path, env=env, capture_output=True, text=True,
-                         timeout=300)
+    check = (
+        "import sr_plugin, sr_plugin.adapters, pathlib; from sr_plugin.lab import trained; "
+        f"assert pathlib.Path(sr_plugin.__file__).is_relative_to({str(site)!r}), sr_plugin.__file__; "
+        f"assert pathlib.Path(sr_plugin.adapters.__file__).is_relative_to({str(site)!r}); "
+        "trained.load('wan'); trained.load('cogvideox'); print('ok')"
+    )
+    ran = subprocess.run(
+        [sys.executable, "-c", check], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300
+    )
     assert ran.returncode == 0 and ran.stdout.strip().endswith("ok"), ran.stderr[-2000:]
-    tests = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
-                            str(ROOT / "tests" / "test_policy.py")], cwd=tmp_path, env=env, capture_output=True,
-                           text=True, timeout=300)
+    tests = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", str(ROOT / "tests" / "test_policy.py")],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert tests.returncode == 0, tests.stdout[-2000:]
 
 
@@ -86,11 +111,14 @@ def test_the_api_runs_from_the_folder_the_package_was_installed_from():
     """A non-editable install, then Python started in the checkout's root (the README's set-up): the checkout's
     sr_plugin/ comes first on the path, and its adapters are found through the sr_plugin/adapters link to the
     top-level adapters/ folder."""
-    check = ("import pathlib, sr_plugin; from sr_plugin.lab import trained; trained.load('wan'); "
-             "import sr_plugin.adapters as a; print(pathlib.Path(a.__file__).resolve())")
+    check = (
+        "import pathlib, sr_plugin; from sr_plugin.lab import trained; trained.load('wan'); "
+        "import sr_plugin.adapters as a; print(pathlib.Path(a.__file__).resolve())"
+    )
     ran = subprocess.run([sys.executable, "-c", check], cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert ran.returncode == 0, ran.stderr[-2000:]
     assert ran.stdout.strip() == str(ROOT / "adapters" / "__init__.py")
-    module = subprocess.run([sys.executable, "-m", "sr_plugin", "--version"], cwd=ROOT, capture_output=True,
-                            text=True, timeout=120)
+    module = subprocess.run(
+        [sys.executable, "-m", "sr_plugin", "--version"], cwd=ROOT, capture_output=True, text=True, timeout=120
+    )
     assert module.returncode == 0 and module.stdout.startswith("sr-plugin"), module.stderr[-2000:]

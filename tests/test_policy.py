@@ -73,11 +73,11 @@ def test_s_must_be_strictly_inside_zero_and_delta(s_edge):
 
 def test_s_equal_to_delta_does_not_switch():
     """s exactly delta, in binary-exact numbers (0.5 - 0.49 is not 0.01 in floats): the bound is exclusive."""
-    delta = 2.0 ** -7
+    delta = 2.0**-7
     d = d_with_s([delta] * 8)
     assert all(a - b == delta for a, b in zip(d[1:], d[2:]))
     assert run_policy(options(delta, 3, 9), d, 10)[0] == 9
-    just_below = d_with_s([delta - 2.0 ** -20] * 8)
+    just_below = d_with_s([delta - 2.0**-20] * 8)
     assert run_policy(options(delta, 3, 9), just_below, 10)[0] == 3
 
 
@@ -104,13 +104,22 @@ def test_one_explicit_bound_wins_over_a_crossing_default():
     assert (sched.min_step, sched.max_step) == (2, 2)
 
 
-@pytest.mark.parametrize("kwargs,match", [
-    ({"delta": 0.0}, "delta"), ({"delta": 1.0}, "delta"), ({"delta": -0.1}, "delta"), ({"delta": 3}, "delta"),
-    ({"delta": "0.01"}, "delta"), ({"delta": True}, "delta"),
-    ({"min_switch_step": 10, "max_switch_step": 5}, "greater than"),
-    ({"switch_step": -1}, "switch_step"), ({"min_switch_step": -2}, "min_switch_step"),
-    ({"switch_step": 5, "delta": 0.02}, "fixed switch"), ({"switch_step": 5, "max_switch_step": 9}, "fixed"),
-])
+@pytest.mark.parametrize(
+    "kwargs,match",
+    [
+        ({"delta": 0.0}, "delta"),
+        ({"delta": 1.0}, "delta"),
+        ({"delta": -0.1}, "delta"),
+        ({"delta": 3}, "delta"),
+        ({"delta": "0.01"}, "delta"),
+        ({"delta": True}, "delta"),
+        ({"min_switch_step": 10, "max_switch_step": 5}, "greater than"),
+        ({"switch_step": -1}, "switch_step"),
+        ({"min_switch_step": -2}, "min_switch_step"),
+        ({"switch_step": 5, "delta": 0.02}, "fixed switch"),
+        ({"switch_step": 5, "max_switch_step": 9}, "fixed"),
+    ],
+)
 def test_bad_options_are_clear_errors(kwargs, match):
     with pytest.raises((ValueError, TypeError), match=match):
         Schedule.one_switch(**kwargs)
@@ -135,8 +144,9 @@ def test_decreases_of_the_relative_change():
 
 def test_policy_module_imports_neither_torch_nor_diffusers():
     tree = ast.parse(pathlib.Path(policy_module.__file__).read_text())
-    imported = {alias.name.split(".")[0] for node in ast.walk(tree) if isinstance(node, ast.Import)
-                for alias in node.names}
+    imported = {
+        alias.name.split(".")[0] for node in ast.walk(tree) if isinstance(node, ast.Import) for alias in node.names
+    }
     imported |= {node.module.split(".")[0] for node in ast.walk(tree) if isinstance(node, ast.ImportFrom)}
     assert imported <= {"__future__", "math", "numbers", "dataclasses"}, imported  # the standard library only
 

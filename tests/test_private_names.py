@@ -18,16 +18,34 @@ ADAPTERS = pathlib.Path(importlib.import_module("sr_plugin.adapters").__file__).
 #: The libraries whose private names must stay in compat.py.
 #: The standard library's public names that start with an underscore (namedtuple's API).
 STDLIB_PUBLIC = {"_asdict", "_replace", "_fields", "_make", "_field_defaults"}
-EXTERNAL = {"torch", "diffusers", "transformers", "para_attn", "cache_dit", "torchao", "accelerate", "numpy", "scipy",
-            "skimage", "matplotlib", "imageio", "tokenizers", "huggingface_hub"}
+EXTERNAL = {
+    "torch",
+    "diffusers",
+    "transformers",
+    "para_attn",
+    "cache_dit",
+    "torchao",
+    "accelerate",
+    "numpy",
+    "scipy",
+    "skimage",
+    "matplotlib",
+    "imageio",
+    "tokenizers",
+    "huggingface_hub",
+}
 
 
 def modules() -> list[tuple[str, pathlib.Path]]:
     found = []
     for root, package in ((PACKAGE, "sr_plugin"), (ADAPTERS, "sr_plugin.adapters")):
         for path in sorted(root.rglob("*.py")):
-            if root == PACKAGE and ADAPTERS in path.parents or root == PACKAGE and path.name in ("compat.py",
-                                                                                               "__main__.py"):
+            if (
+                root == PACKAGE
+                and ADAPTERS in path.parents
+                or root == PACKAGE
+                and path.name in ("compat.py", "__main__.py")
+            ):
                 continue
             rel = path.relative_to(root).with_suffix("")
             parts = [p for p in rel.parts if p != "__init__"]
@@ -53,8 +71,12 @@ def our_private_names() -> set[str]:
                 names.add(node.id)
             elif isinstance(node, ast.Attribute) and isinstance(node.ctx, (ast.Store, ast.Del)):
                 names.add(node.attr)
-            elif isinstance(node, ast.Call) and getattr(node.func, "id", None) in ("setattr", "getattr") and \
-                    len(node.args) >= 2 and isinstance(node.args[1], ast.Constant):
+            elif (
+                isinstance(node, ast.Call)
+                and getattr(node.func, "id", None) in ("setattr", "getattr")
+                and len(node.args) >= 2
+                and isinstance(node.args[1], ast.Constant)
+            ):
                 names.add(node.args[1].value)
     return {n for n in names if isinstance(n, str) and private(n)}
 
@@ -76,8 +98,11 @@ def violations_in(path: pathlib.Path, ours: set[str]) -> list[str]:
             if parts[0] in EXTERNAL:
                 if any(private(p) for p in parts):
                     found.append(f"{path.name}:{node.lineno}: from {node.module} import ...")
-                found += [f"{path.name}:{node.lineno}: from {node.module} import {a.name}" for a in node.names
-                          if private(a.name)]
+                found += [
+                    f"{path.name}:{node.lineno}: from {node.module} import {a.name}"
+                    for a in node.names
+                    if private(a.name)
+                ]
                 external_aliases.update(a.asname or a.name for a in node.names)
     for node in ast.walk(tree):
         if isinstance(node, ast.Attribute) and private(node.attr):
@@ -106,11 +131,21 @@ def test_no_class_of_ours_overrides_a_private_attribute_of_another_librarys_base
             if not foreign:
                 continue
             tree = ast.parse(textwrap.dedent(inspect.getsource(cls)))
-            assigned = {n.attr for n in ast.walk(tree) if isinstance(n, ast.Attribute)
-                        and isinstance(n.ctx, ast.Store) and isinstance(n.value, ast.Name) and n.value.id == "self"}
-            assigned |= {t.id for stmt in tree.body[0].body if isinstance(stmt, (ast.Assign, ast.AnnAssign))
-                         for t in (stmt.targets if isinstance(stmt, ast.Assign) else [stmt.target])
-                         if isinstance(t, ast.Name)}  # the class body's own assignments (not a decorator's, via compat)
+            assigned = {
+                n.attr
+                for n in ast.walk(tree)
+                if isinstance(n, ast.Attribute)
+                and isinstance(n.ctx, ast.Store)
+                and isinstance(n.value, ast.Name)
+                and n.value.id == "self"
+            }
+            assigned |= {
+                t.id
+                for stmt in tree.body[0].body
+                if isinstance(stmt, (ast.Assign, ast.AnnAssign))
+                for t in (stmt.targets if isinstance(stmt, ast.Assign) else [stmt.target])
+                if isinstance(t, ast.Name)
+            }  # the class body's own assignments (not a decorator's, via compat)
             for attr in assigned:
                 if private(attr) and any(hasattr(b, attr) for b in foreign):
                     found.append(f"{name}.{cls_name}.{attr}")
@@ -120,7 +155,9 @@ def test_no_class_of_ours_overrides_a_private_attribute_of_another_librarys_base
 def test_the_scan_finds_what_it_looks_for(tmp_path):
     """The scanner is not blind: each kind of violation in a sample file is reported."""
     sample = tmp_path / "sample.py"
-    sample.write_text("import torch\nfrom diffusers.hooks import _private\nimport torch._dynamo\n"
-                      "x = torch._C\ny = object()._secret_of_another_library\n")
+    sample.write_text(
+        "import torch\nfrom diffusers.hooks import _private\nimport torch._dynamo\n"
+        "x = torch._C\ny = object()._secret_of_another_library\n"
+    )
     found = violations_in(sample, set())
     assert len(found) == 4, found

@@ -26,15 +26,18 @@ from diffusers import FirstBlockCacheConfig, FlowMatchHeunDiscreteScheduler, Heu
 
 import sr_plugin
 from sr_plugin import PABConfig, TeaCacheConfig
-from sr_plugin.pipeline.seeded import run_seeded
 from sr_plugin.lab.tiny import TINY_CALL, tiny_pair
+from sr_plugin.pipeline.seeded import run_seeded
 
 STEPS = 4
 OPS = int(os.environ.get("SR_SEQUENCE_OPS", "200"))
 LINEAR = "identity"
 SWITCHES = [("switch_step", 2), ("switch_step", 0), ("delta", 0.3)]
-ACCELS = {"teacache": {"teacache": TeaCacheConfig(1.5, LINEAR)}, "pab": {"pab": PABConfig(2, 2, (0, 1000))},
-          "fbcache": {"fbcache": 0.3}}
+ACCELS = {
+    "teacache": {"teacache": TeaCacheConfig(1.5, LINEAR)},
+    "pab": {"pab": PABConfig(2, 2, (0, 1000))},
+    "fbcache": {"fbcache": 0.3},
+}
 #: The threshold of the First Block Cache "d"'s user enables on its own transformer (skips some blocks).
 USER_FBC = 0.3
 
@@ -45,6 +48,7 @@ class Stop(RuntimeError):
 
 def call(pipe: Any, kind: str = "plain", family: str = "wan", inner: Any = None) -> torch.Tensor:
     """One call; ``inner`` (a function) runs inside it, at its step 1, as another pipeline's call in flight."""
+
     def callback(p, i, t, kwargs):
         if kind == "interrupted" and i == 1:
             p._interrupt = True
@@ -55,8 +59,9 @@ def call(pipe: Any, kind: str = "plain", family: str = "wan", inner: Any = None)
         return kwargs
 
     pipe._interrupt = False
-    return run_seeded(pipe, "a red fox", 0, num_inference_steps=STEPS, callback_on_step_end=callback,
-                      **TINY_CALL[family])
+    return run_seeded(
+        pipe, "a red fox", 0, num_inference_steps=STEPS, callback_on_step_end=callback, **TINY_CALL[family]
+    )
 
 
 @dataclass
@@ -114,13 +119,52 @@ def reference(family: str, name: str, state: State, kind: str) -> torch.Tensor:
 #: Operations per pipeline, repeated to weight them: calls after interruptions and failures, and calls of the
 #: pipelines sharing a model, are where state leaks between calls and pipelines would show.
 KINDS = {
-    "a": ["apply", "apply", "apply", "remove", "accelerate", "accelerate", "remove_accel", "call", "call", "interrupted", "interrupted",
-          "failing", "bad_scheduler", "apply_unloaded", "one_block_fbcache", "nested"],
-    "b": ["apply", "apply", "apply", "remove", "accelerate", "remove_accel", "call", "call", "interrupted", "failing", "bad_scheduler",
-          "apply_unloaded", "one_block_fbcache", "nested"],
+    "a": [
+        "apply",
+        "apply",
+        "apply",
+        "remove",
+        "accelerate",
+        "accelerate",
+        "remove_accel",
+        "call",
+        "call",
+        "interrupted",
+        "interrupted",
+        "failing",
+        "bad_scheduler",
+        "apply_unloaded",
+        "one_block_fbcache",
+        "nested",
+    ],
+    "b": [
+        "apply",
+        "apply",
+        "apply",
+        "remove",
+        "accelerate",
+        "remove_accel",
+        "call",
+        "call",
+        "interrupted",
+        "failing",
+        "bad_scheduler",
+        "apply_unloaded",
+        "one_block_fbcache",
+        "nested",
+    ],
     "c": ["call", "call", "call", "interrupted", "accelerate", "remove_accel"],
-    "d": ["apply", "apply", "remove", "call", "call", "interrupted", "user_fbc_on", "user_fbc_off",
-          "one_block_fbcache"],
+    "d": [
+        "apply",
+        "apply",
+        "remove",
+        "call",
+        "call",
+        "interrupted",
+        "user_fbc_on",
+        "user_fbc_off",
+        "one_block_fbcache",
+    ],
 }
 
 
@@ -139,9 +183,15 @@ FOLLOW = {
     "remove_accel": ["call", "peer"],
 }
 #: "d" (its own models, its user toggling First Block Cache): turn it on, call, turn it off, call.
-FOLLOW_D = {"apply": ["user_fbc_on", "call"], "user_fbc_on": ["call"], "call": ["user_fbc_off", "call", "interrupted"],
-            "user_fbc_off": ["call"], "interrupted": ["user_fbc_off", "call"],
-            "remove": ["call", "one_block_fbcache"], "one_block_fbcache": ["call"]}
+FOLLOW_D = {
+    "apply": ["user_fbc_on", "call"],
+    "user_fbc_on": ["call"],
+    "call": ["user_fbc_off", "call", "interrupted"],
+    "user_fbc_off": ["call"],
+    "interrupted": ["user_fbc_off", "call"],
+    "remove": ["call", "one_block_fbcache"],
+    "one_block_fbcache": ["call"],
+}
 PEER = {"a": "c", "b": "a", "c": "a", "d": "d"}
 SHARER = {"a": "b", "b": "a"}
 
@@ -202,7 +252,12 @@ def run_ops(ops: list[tuple], family: str = "wan") -> str | None:
                 with pytest.raises(error, match="already called|not loaded"):
                     sr_plugin.apply(pipe, unloaded, switch_step=1)
             elif kind == "one_block_fbcache":
-                if state.switch is not None or state.accel is not None or large_peer.accel is not None or state.user_fbc:
+                if (
+                    state.switch is not None
+                    or state.accel is not None
+                    or large_peer.accel is not None
+                    or state.user_fbc
+                ):
                     continue
                 handle = sr_plugin.apply(pipe, one_block_small(family), switch_step=1)
                 try:
@@ -252,9 +307,16 @@ def run_ops(ops: list[tuple], family: str = "wan") -> str | None:
                 inner_out: list[torch.Tensor] = []
                 if state.switch is not None and inner_state.switch is not None:  # the shared small model is busy
                     with pytest.raises(RuntimeError, match="small transformer is in use by a call of another"):
-                        call(pipe, "plain", family, inner=lambda: inner_out.append(call(inner_pipe, "plain", family)))
+                        call(
+                            pipe,
+                            "plain",
+                            family,
+                            inner=lambda o=inner_out, p=inner_pipe: o.append(call(p, "plain", family)),
+                        )
                     continue
-                out = call(pipe, "plain", family, inner=lambda: inner_out.append(call(inner_pipe, "plain", family)))
+                out = call(
+                    pipe, "plain", family, inner=lambda o=inner_out, p=inner_pipe: o.append(call(p, "plain", family))
+                )
                 for who, got in ((inner_name, inner_out[0]), (name, out)):
                     wrong = _check_call(world, who, "call", got)
                     if wrong is not None:
@@ -264,8 +326,11 @@ def run_ops(ops: list[tuple], family: str = "wan") -> str | None:
                     call(pipe, "failing", family)
             elif kind == "bad_scheduler":
                 original = pipe.scheduler
-                pipe.scheduler = (FlowMatchHeunDiscreteScheduler(shift=3.0) if family == "wan"
-                                  else HeunDiscreteScheduler(prediction_type="v_prediction"))
+                pipe.scheduler = (
+                    FlowMatchHeunDiscreteScheduler(shift=3.0)
+                    if family == "wan"
+                    else HeunDiscreteScheduler(prediction_type="v_prediction")
+                )
                 try:
                     if state.switch is not None:
                         with pytest.raises(ValueError, match="order 2"):
@@ -295,7 +360,7 @@ def shrink(ops: list[tuple], family: str = "wan") -> list[tuple]:
     while changed:
         changed = False
         for i in range(len(ops)):
-            candidate = ops[:i] + ops[i + 1:]
+            candidate = ops[:i] + ops[i + 1 :]
             if run_ops(candidate, family) is not None:
                 ops, changed = candidate, True
                 break
@@ -315,15 +380,39 @@ def test_random_sequences_match_fresh_pipelines(family, seed):
 #: interrupted or failed TeaCache call of the other pipeline; an apply refused for an unloaded small model; a
 #: user's First Block Cache turned off after it was mirrored; a call in flight on a busy shared small model.
 REGRESSIONS = [
-    [("d", "apply", ("switch_step", 2)), ("d", "user_fbc_on", None), ("d", "call", None), ("d", "user_fbc_off", None),
-     ("d", "call", None)],
-    [("b", "apply", ("switch_step", 2)), ("a", "apply", ("switch_step", 0)), ("a", "nested", None), ("b", "call", None)],
+    [
+        ("d", "apply", ("switch_step", 2)),
+        ("d", "user_fbc_on", None),
+        ("d", "call", None),
+        ("d", "user_fbc_off", None),
+        ("d", "call", None),
+    ],
+    [
+        ("b", "apply", ("switch_step", 2)),
+        ("a", "apply", ("switch_step", 0)),
+        ("a", "nested", None),
+        ("b", "call", None),
+    ],
     [("a", "accelerate", "teacache"), ("a", "interrupted", None), ("c", "call", None)],
     [("a", "accelerate", "teacache"), ("a", "failing", None), ("c", "call", None)],
-    [("a", "accelerate", "pab"), ("a", "apply_unloaded", None), ("a", "call", None), ("a", "apply", ("switch_step", 2)),
-     ("a", "call", None), ("a", "remove", None), ("a", "call", None)],
-    [("a", "apply", ("switch_step", 2)), ("b", "apply", ("switch_step", 0)), ("a", "accelerate", "teacache"),
-     ("b", "call", None), ("a", "bad_scheduler", None), ("a", "call", None), ("b", "interrupted", None)],
+    [
+        ("a", "accelerate", "pab"),
+        ("a", "apply_unloaded", None),
+        ("a", "call", None),
+        ("a", "apply", ("switch_step", 2)),
+        ("a", "call", None),
+        ("a", "remove", None),
+        ("a", "call", None),
+    ],
+    [
+        ("a", "apply", ("switch_step", 2)),
+        ("b", "apply", ("switch_step", 0)),
+        ("a", "accelerate", "teacache"),
+        ("b", "call", None),
+        ("a", "bad_scheduler", None),
+        ("a", "call", None),
+        ("b", "interrupted", None),
+    ],
 ]
 
 

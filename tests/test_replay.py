@@ -34,8 +34,7 @@ def test_a_replayed_run_is_bit_identical_to_a_fresh_one(family, case, cache):
     accel = {"teacache": TeaCacheConfig(tools_for(family).tiny_teacache_threshold, "identity")} if cache else {}
     pipe, small = tiny_pair(family)
     call = dict(TINY_CALL[family])
-    fresh = Runner(pipe, small, steps=STEPS, call=call, replay=False).run(Candidate(second, accel), PAIR,
-                                                                          compare=False)
+    fresh = Runner(pipe, small, steps=STEPS, call=call, replay=False).run(Candidate(second, accel), PAIR, compare=False)
     runner = Runner(pipe, small, steps=STEPS, call=call)
     runner.run(Candidate(first, accel), PAIR, compare=False)
     replayed = runner.run(Candidate(second, accel), PAIR, compare=False)

@@ -9,7 +9,16 @@ import pytest
 
 import sr_plugin.switch.schedule as schedule_module
 from sr_plugin.pipeline.costs import ideal_speedup
-from sr_plugin.switch.schedule import AdaptiveEnd, FractionEnd, NoiseEnd, Schedule, Segment, StepEnd, roles_of, segments_of
+from sr_plugin.switch.schedule import (
+    AdaptiveEnd,
+    FractionEnd,
+    NoiseEnd,
+    Schedule,
+    Segment,
+    StepEnd,
+    roles_of,
+    segments_of,
+)
 
 
 def runs(spec, n=50, **kw):
@@ -18,13 +27,23 @@ def runs(spec, n=50, **kw):
 
 def test_the_string_and_the_list_forms_are_one_schedule():
     assert Schedule.parse("small:20,large") == Schedule.parse([("small", 20), ("large", None)])
-    assert Schedule.parse(" large:10 , small:35 ,large") == Schedule.parse([("large", 10), ("small", 35), ("large", None)])
+    assert Schedule.parse(" large:10 , small:35 ,large") == Schedule.parse(
+        [("large", 10), ("small", 35), ("large", None)]
+    )
     assert Schedule.parse("small:40%,large") == Schedule.parse([("small", 0.4), ("large", None)])
     assert Schedule.parse("large:t=0.875,small").parts[0][1] == NoiseEnd(0.875)
     assert Schedule.parse("large:delta,small").parts[0][1] == AdaptiveEnd(0.01)
     assert Schedule.parse("large:delta=0.003,small").parts[0][1] == AdaptiveEnd(0.003)
-    for text in ("small:20,large", "large:10,small:35,large", "small:40%,large", "large:t=0.875,small",
-                 "large:delta=0.003,small", "large:delta,small", "small", "large"):
+    for text in (
+        "small:20,large",
+        "large:10,small:35,large",
+        "small:40%,large",
+        "large:t=0.875,small",
+        "large:delta=0.003,small",
+        "large:delta,small",
+        "small",
+        "large",
+    ):
         assert str(Schedule.parse(text)) == text  # the canonical form reads back as written
         assert Schedule.parse(str(Schedule.parse(text))) == Schedule.parse(text)
 
@@ -50,53 +69,67 @@ def test_a_noise_level_end_runs_the_steps_at_or_above_it_as_wan22s_boundary_does
     assert runs("large:t=0.875,small", 50) == runs("large:7,small", 50)  # evenly spaced: t_j = 1000 (1 - j / 50)
 
 
-@pytest.mark.parametrize("spec, error, match", [
-    ("", ValueError, "empty string"),
-    ([], ValueError, "schedule is empty"),
-    (3, TypeError, "must be a string"),
-    ({"small": 3}, TypeError, "must be a string"),
-    ("medium:3,large", ValueError, "unknown role 'medium'"),
-    ([(3, 4), ("large", None)], TypeError, "role must be"),
-    ([("small", 3, 4), ("large",)], TypeError, r"\(role, end\) pair"),
-    (["small:3", "large"], ValueError, "unknown role 'small:3'"),
-    ("small:20%,large:80%", ValueError, r"last segment but ends at 80%.*leave its end out"),
-    ("large:10,small:t=0.2", ValueError, "last segment but ends at t=0.2"),
-    ("small:20,large:10,small", ValueError, "ends must increase"),
-    ("small:20,large:20,small", ValueError, "ends must increase"),
-    ("large:t=0.5,small:t=0.9,large", ValueError, "noise levels must decrease"),
-    ("small:0,large", ValueError, "empty"),
-    ("small:-3,large", ValueError, "cannot be negative"),
-    ([("small", -3), ("large", None)], ValueError, "cannot be negative"),
-    ("small,large", ValueError, "not the last segment"),
-    ("small:20,small", ValueError, "merge the two"),
-    ("small:", ValueError, "end after ':' is missing"),
-    ("small:abc,large", ValueError, "cannot read the end 'abc'"),
-    ("small:1.5,large", ValueError, "open interval"),
-    ("small:150%,large", ValueError, "between 0 and 100"),
-    ("large:t=1.2,small", ValueError, "0 < R < 1"),
-    ("large:t=x,small", ValueError, "must be a number"),
-    ("small:delta,large", ValueError, "adaptive end"),
-    ("large:delta,large:30,small", ValueError, "merge the two|adaptive end"),
-    ("large:delta", ValueError, "adaptive end"),
-    ("large:delta=2,small", ValueError, "open interval"),
-    ("large:delta,small:30,large:delta,small", ValueError, "at most one adaptive"),
-    ([("small", True), ("large", None)], TypeError, "an end is"),
-    ([("small", [3]), ("large", None)], TypeError, "an end is"),
-    ([("small", float("nan")), ("large", None)], ValueError, "open interval"),
-])
+@pytest.mark.parametrize(
+    "spec, error, match",
+    [
+        ("", ValueError, "empty string"),
+        ([], ValueError, "schedule is empty"),
+        (3, TypeError, "must be a string"),
+        ({"small": 3}, TypeError, "must be a string"),
+        ("medium:3,large", ValueError, "unknown role 'medium'"),
+        ([(3, 4), ("large", None)], TypeError, "role must be"),
+        ([("small", 3, 4), ("large",)], TypeError, r"\(role, end\) pair"),
+        (["small:3", "large"], ValueError, "unknown role 'small:3'"),
+        ("small:20%,large:80%", ValueError, r"last segment but ends at 80%.*leave its end out"),
+        ("large:10,small:t=0.2", ValueError, "last segment but ends at t=0.2"),
+        ("small:20,large:10,small", ValueError, "ends must increase"),
+        ("small:20,large:20,small", ValueError, "ends must increase"),
+        ("large:t=0.5,small:t=0.9,large", ValueError, "noise levels must decrease"),
+        ("small:0,large", ValueError, "empty"),
+        ("small:-3,large", ValueError, "cannot be negative"),
+        ([("small", -3), ("large", None)], ValueError, "cannot be negative"),
+        ("small,large", ValueError, "not the last segment"),
+        ("small:20,small", ValueError, "merge the two"),
+        ("small:", ValueError, "end after ':' is missing"),
+        ("small:abc,large", ValueError, "cannot read the end 'abc'"),
+        ("small:1.5,large", ValueError, "open interval"),
+        ("small:150%,large", ValueError, "between 0 and 100"),
+        ("large:t=1.2,small", ValueError, "0 < R < 1"),
+        ("large:t=x,small", ValueError, "must be a number"),
+        ("small:delta,large", ValueError, "adaptive end"),
+        ("large:delta,large:30,small", ValueError, "merge the two|adaptive end"),
+        ("large:delta", ValueError, "adaptive end"),
+        ("large:delta=2,small", ValueError, "open interval"),
+        ("large:delta,small:30,large:delta,small", ValueError, "at most one adaptive"),
+        ([("small", True), ("large", None)], TypeError, "an end is"),
+        ([("small", [3]), ("large", None)], TypeError, "an end is"),
+        ([("small", float("nan")), ("large", None)], ValueError, "open interval"),
+    ],
+)
 def test_bad_schedules_are_clear_errors(spec, error, match):
     with pytest.raises(error, match=match):
         Schedule.parse(spec)
 
 
-@pytest.mark.parametrize("spec, n, match", [
-    ("small:20,large", 10, "beyond this call's 10 steps"),
-    ("small:10,large", 10, r"segment 2 \(large\) gets no step of a call of 10 steps \(it would start and end at step 10\)"),
-    ("small:20,large:30", 50, "last segment but ends at step 30"),
-    ("small:10%,large", 4, r"segment 1 \(small:10%\) gets no step .* start and end at step 0"),  # 0.4 rounds to 0
-    ("small:5,large:40%,small", 10, r"segment 2 \(large:40%\) gets no step .* end at step 4, before it starts at step 5"),
-    ("large:3,small:4,large", 50, None),
-])
+@pytest.mark.parametrize(
+    "spec, n, match",
+    [
+        ("small:20,large", 10, "beyond this call's 10 steps"),
+        (
+            "small:10,large",
+            10,
+            r"segment 2 \(large\) gets no step of a call of 10 steps \(it would start and end at step 10\)",
+        ),
+        ("small:20,large:30", 50, "last segment but ends at step 30"),
+        ("small:10%,large", 4, r"segment 1 \(small:10%\) gets no step .* start and end at step 0"),  # 0.4 rounds to 0
+        (
+            "small:5,large:40%,small",
+            10,
+            r"segment 2 \(large:40%\) gets no step .* end at step 4, before it starts at step 5",
+        ),
+        ("large:3,small:4,large", 50, None),
+    ],
+)
 def test_a_schedule_that_does_not_fit_the_calls_steps_is_an_error_when_resolved(spec, n, match):
     schedule = Schedule.parse(spec)
     timesteps = [1000.0 * (1 - j / n) for j in range(n)]
@@ -139,7 +172,9 @@ def test_the_adaptive_end_is_srdiffusions_rule_and_the_one_switch_form_is_a_sche
     roles = follow(plan, d[:n])
     assert segments_of(roles) == [Segment("large", 0, 7), Segment("small", 7, 8), Segment("large", 8, n)]
     assert [(b.step, b.reason, b.leaving, b.entering) for b in plan.boundaries] == [
-        (7, "max_switch_step", "large", "small"), (8, "fixed", "small", "large")]
+        (7, "max_switch_step", "large", "small"),
+        (8, "fixed", "small", "large"),
+    ]
     # Its clamps, as apply's min_switch_step / max_switch_step.
     bounded = Schedule.parse("large:delta,small").with_bounds(8, 9)
     assert follow(bounded.plan(timesteps, 1000), d[:n]).index("small") == 8
@@ -158,10 +193,12 @@ def test_the_one_switch_keywords_are_the_schedules_they_stand_for():
         plan = Schedule.one_switch(switch_step=k).plan(timesteps, 1000)
         assert follow(plan, [None] * 6) == expected
         assert [(b.step, b.reason, b.min_switch_step, b.delta) for b in plan.boundaries] == (
-            [] if k == 0 else [(k, "fixed", k, None)])
+            [] if k == 0 else [(k, "fixed", k, None)]
+        )
     for k in (6, 60):  # "large:6,small" does not fit a call of 6 steps: refused in the keyword's words
-        with pytest.raises(ValueError, match=f"switch_step={k} hands over to the small model at step {k}, but this "
-                                             "call has 6 steps"):
+        with pytest.raises(
+            ValueError, match=f"switch_step={k} hands over to the small model at step {k}, but this call has 6 steps"
+        ):
             Schedule.one_switch(switch_step=k).plan(timesteps, 1000)
 
 
@@ -213,5 +250,7 @@ def test_end_objects_are_accepted_as_written():
 def test_schedule_module_imports_neither_torch_nor_diffusers():
     tree = ast.parse(pathlib.Path(schedule_module.__file__).read_text())
     imported = {a.name.split(".")[0] for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names}
-    imported |= {(n.module or "").split(".")[0] for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) and n.level == 0}
+    imported |= {
+        (n.module or "").split(".")[0] for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) and n.level == 0
+    }
     assert not imported & {"torch", "diffusers", "numpy", "transformers"}

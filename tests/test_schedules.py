@@ -14,8 +14,14 @@ from sr_plugin.lab.tiny import cogvideox_scheduler, tiny_cogvideox, tiny_wan
 from sr_plugin.switch.schedule import Schedule, roles_of, segments_of
 
 #: One schedule of each order (on STEPS = 10 steps), and the roles they give each step.
-ORDERS = ["small:3,large", "large:3,small", "large:2,small:6,large", "small:2,large:6,small", "small",
-          "small:30%,large:0.7,small"]
+ORDERS = [
+    "small:3,large",
+    "large:3,small",
+    "large:2,small:6,large",
+    "small:2,large:6,small",
+    "small",
+    "small:30%,large:0.7,small",
+]
 
 
 def by_hand(pipe, small, roles, family="wan", **call):
@@ -49,10 +55,11 @@ def test_wan_every_order_equals_swapping_the_transformer_by_hand(schedule):
     assert log.calls == [r for r in roles for _ in range(2)]  # cond + uncond on one model per step
     assert handle.segments == segments_of(roles)
     assert [r.model for r in handle.trace] == roles
-    handovers = [j for j in range(1, len(roles)) if roles[j - 1:j + 1] == ["large", "small"]]
+    handovers = [j for j in range(1, len(roles)) if roles[j - 1 : j + 1] == ["large", "small"]]
     assert handle.switch_step == (handovers[0] if handovers else None)  # the first large -> small hand-over
     assert [(b.step, b.leaving, b.entering) for b in handle.boundaries] == [
-        (j, roles[j - 1], roles[j]) for j in range(1, len(roles)) if roles[j] != roles[j - 1]]
+        (j, roles[j - 1], roles[j]) for j in range(1, len(roles)) if roles[j] != roles[j - 1]
+    ]
     handle.remove()
     assert torch.equal(run(pipe, "wan", output_type="pt"), by_hand(pipe, small, ["large"] * STEPS))
 
@@ -68,8 +75,10 @@ def test_an_identical_copy_reproduces_large_only_in_every_order(pair, family, sc
     assert handle.segments == segments_of(roles_of(schedule, STEPS))
 
 
-@pytest.mark.parametrize("schedule", ["small", "large:3,small", "large:6,small", "small:3,large", "large:2,small:6,large",
-                                      "small:2,large:6,small"])
+@pytest.mark.parametrize(
+    "schedule",
+    ["small", "large:3,small", "large:6,small", "small:3,large", "large:2,small:6,large", "small:2,large:6,small"],
+)
 def test_cogvideox_mapping_holds_in_every_order(schedule):
     """A model seen through the 2b latent scale and noise schedule, mapped in and out at every boundary,
     reproduces large only (to float tolerance) from the first step and across returns; unmapped it does not."""
@@ -77,14 +86,20 @@ def test_cogvideox_mapping_holds_in_every_order(schedule):
     large_only = run(pipe, "cogvideox")
     small_schedule, small_scale = cogvideox_scheduler(3.0), 1.15258426
     other = seen_through(pipe, small_scale, small_schedule)
-    handle = sr_plugin.apply(pipe, other, schedule=schedule, small_vae_scaling_factor=small_scale,
-                             small_scheduler=small_schedule)
+    handle = sr_plugin.apply(
+        pipe, other, schedule=schedule, small_vae_scaling_factor=small_scale, small_scheduler=small_schedule
+    )
     mapped = run(pipe, "cogvideox")
     scale = large_only.abs().max().item()
     assert torch.allclose(mapped, large_only, atol=1e-4 * scale, rtol=0), (mapped - large_only).abs().max()
     handle.remove()
-    sr_plugin.apply(pipe, other, schedule=schedule, small_vae_scaling_factor=pipe.vae.config.scaling_factor,
-                    small_scheduler=pipe.scheduler)
+    sr_plugin.apply(
+        pipe,
+        other,
+        schedule=schedule,
+        small_vae_scaling_factor=pipe.vae.config.scaling_factor,
+        small_scheduler=pipe.scheduler,
+    )
     assert (run(pipe, "cogvideox") - large_only).abs().max().item() > 1e-2 * scale
 
 
@@ -115,15 +130,18 @@ def test_an_adaptive_end_is_the_default_switch(pair, family):
     assert [s.role for s in handle.segments] == ["large", "small", "large"] and handle.segments[1].first_step <= 5
 
 
-@pytest.mark.parametrize("bad, error, match", [
-    ("", ValueError, "empty string"),
-    ("small:20,large:10", ValueError, "ends must increase"),
-    ("small:0,large", ValueError, "empty"),
-    ("small:-1,large", ValueError, "negative"),
-    ("tiny:3,large", ValueError, "unknown role"),
-    (42, TypeError, "must be a string"),
-    ([("small", "x"), ("large", None)], ValueError, "cannot read the end"),
-])
+@pytest.mark.parametrize(
+    "bad, error, match",
+    [
+        ("", ValueError, "empty string"),
+        ("small:20,large:10", ValueError, "ends must increase"),
+        ("small:0,large", ValueError, "empty"),
+        ("small:-1,large", ValueError, "negative"),
+        ("tiny:3,large", ValueError, "unknown role"),
+        (42, TypeError, "must be a string"),
+        ([("small", "x"), ("large", None)], ValueError, "cannot read the end"),
+    ],
+)
 def test_bad_schedules_are_refused_at_apply_with_the_pipeline_untouched(pair, family, bad, error, match):
     pipe, small = pair
     large = pipe.transformer
@@ -133,11 +151,14 @@ def test_bad_schedules_are_refused_at_apply_with_the_pipeline_untouched(pair, fa
     assert "_diffusers_hook" not in vars(small)
 
 
-@pytest.mark.parametrize("kwargs, match", [
-    ({"delta": 0.01}, "pass one or the other"),
-    ({"switch_step": 3}, "pass one or the other"),
-    ({"min_switch_step": 3}, "has none"),
-])
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        ({"delta": 0.01}, "pass one or the other"),
+        ({"switch_step": 3}, "pass one or the other"),
+        ({"min_switch_step": 3}, "has none"),
+    ],
+)
 def test_a_schedule_with_the_one_switch_keywords_is_refused(pair, kwargs, match):
     pipe, small = pair
     with pytest.raises(ValueError, match=match):
@@ -174,8 +195,11 @@ def test_a_model_that_comes_back_does_not_reuse_what_it_cached_before(pair, fami
     at step 6 what it cached at step 2."""
     pipe, small = pair
     handle = sr_plugin.apply(pipe, small, schedule="large:3,small:6,large")
-    config = {"teacache": {"teacache": TeaCacheConfig(1e9, LINEAR)}, "fbcache": {"fbcache": 1e9},
-              "pab": {"pab": PABConfig(1000, 1000, (0, 1000))}}[kind]
+    config = {
+        "teacache": {"teacache": TeaCacheConfig(1e9, LINEAR)},
+        "fbcache": {"fbcache": 1e9},
+        "pab": {"pab": PABConfig(1000, 1000, (0, 1000))},
+    }[kind]
     blocks = {"wan": "blocks", "cogvideox": "transformer_blocks"}[family]
     # Logged inside the caches' hooks (patched before them): a block they skip is not logged.
     tails = CallLog(large=getattr(pipe.transformer, blocks)[-1], small=getattr(small, blocks)[-1])
@@ -219,6 +243,6 @@ def test_offload_large_leaves_and_comes_back_around_a_small_segment(pair, family
     back = Schedule.parse(schedule).parts[1][1].step
     offload, prefetch, wait = (events.index(e) for e in ("offload", "prefetch", "wait"))
     assert events[:offload] == ["large"] * 2 * per_step  # right after the large model's last step
-    between = events[offload + 1:prefetch]
+    between = events[offload + 1 : prefetch]
     assert between == ["small"] * (back - 2 - 2) * per_step  # PREFETCH_STEPS = 2 small steps before the return
-    assert events[prefetch + 1:wait] == ["small"] * 2 * per_step and events[wait + 1] == "large"
+    assert events[prefetch + 1 : wait] == ["small"] * 2 * per_step and events[wait + 1] == "large"

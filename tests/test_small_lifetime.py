@@ -23,7 +23,9 @@ def gone(ref: weakref.ref) -> bool:
     return ref() is None
 
 
-@pytest.mark.parametrize("accelerations_first", [False, True], ids=["accelerations-stay-on", "accelerations-removed-first"])
+@pytest.mark.parametrize(
+    "accelerations_first", [False, True], ids=["accelerations-stay-on", "accelerations-removed-first"]
+)
 def test_a_removed_small_model_is_freed(family, accelerations_first):
     pipe, small = tiny_pair(family)
     handle = sr_plugin.apply(pipe, small, switch_step=2)

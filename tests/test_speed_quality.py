@@ -24,16 +24,25 @@ def expected_setup(name: str) -> tuple[dict | None, dict]:
         switch = {"switch_step": 0}
     elif head.startswith("sr"):
         setting = head[3:]
-        switch = {} if not setting else {"switch_step": int(setting[2:])} if setting.startswith("k=") \
+        switch = (
+            {}
+            if not setting
+            else {"switch_step": int(setting[2:])}
+            if setting.startswith("k=")
             else {"delta": float(setting[6:])}
+        )
         if not setting and len(parts) == 1:
             raise AssertionError(f"{name}: a bare 'sr' row")
     elif head != "large":
         parts = ["", *parts]
     for part in parts[1:]:
         word, _, value = part.partition(" ")
-        accel[word] = {"teacache": lambda: float(value), "pab": lambda: PABConfig(), "compile": lambda: True,
-                       "fbcache": lambda: sq.FBCACHE}[word]()
+        accel[word] = {
+            "teacache": lambda value=value: float(value),
+            "pab": lambda: PABConfig(),
+            "compile": lambda: True,
+            "fbcache": lambda: sq.FBCACHE,
+        }[word]()
     return switch, accel
 
 
@@ -51,14 +60,23 @@ def test_every_row_runs_what_its_name_says():
 
 
 def test_pareto_front_keeps_only_the_undominated_rows():
-    rows = [row("a", "sr", 60, 1.0), row("b", "sr", 55, 2.0), row("c", "sr", 50, 1.5), row("d", "sr", 40, 3.0),
-            row("e", "sr", 40, 2.5)]
+    rows = [
+        row("a", "sr", 60, 1.0),
+        row("b", "sr", 55, 2.0),
+        row("c", "sr", 50, 1.5),
+        row("d", "sr", 40, 3.0),
+        row("e", "sr", 40, 2.5),
+    ]
     assert [r.name for r in sq.pareto_front(rows)] == ["a", "b", "d"]
 
 
 def test_fastest_within_tolerance_of_large_only():
-    rows = [row("large", "large", 60, 1.0), row("fast", "teacache", 56.9, 4.0), row("ok", "teacache", 57.0, 3.0),
-            row("other", "sr", 60, 9.0)]
+    rows = [
+        row("large", "large", 60, 1.0),
+        row("fast", "teacache", 56.9, 4.0),
+        row("ok", "teacache", 57.0, 3.0),
+        row("other", "sr", 60, 9.0),
+    ]
     assert sq.fastest_within(rows, ["teacache"], 60).name == "ok"
     assert sq.fastest_within(rows, ["pab"], 60) is None
 

@@ -49,11 +49,16 @@ def test_a_wrong_attribute_is_caught_and_only_that_one(attribute):
 
 
 def test_swapped_bindings_a_still_video_and_a_blank_video_are_caught():
-    prompt, seed = next((p, s) for p, s in task.held_out() if len({o.shape for o in task.parse(p)}) == 2
-                        and len({o.direction for o in task.parse(p)}) == 2)
+    prompt, seed = next(
+        (p, s)
+        for p, s in task.held_out()
+        if len({o.shape for o in task.parse(p)}) == 2 and len({o.direction for o in task.parse(p)}) == 2
+    )
     a, b = task.parse(prompt)
-    swapped = (dataclasses.replace(a, shape=b.shape, direction=b.direction),
-               dataclasses.replace(b, shape=a.shape, direction=a.direction))
+    swapped = (
+        dataclasses.replace(a, shape=b.shape, direction=b.direction),
+        dataclasses.replace(b, shape=a.shape, direction=a.direction),
+    )
     score = evaluate.score_video(task.render(task.compose(swapped), seed), prompt)
     assert [(o.colour, o.shape, o.direction) for o in score.objects] == [(True, False, False)] * 2
 
@@ -96,13 +101,16 @@ def test_rendering_is_deterministic_and_seeded():
     assert not np.array_equal(task.render(prompt, seed), task.render(prompt, seed + 1))
 
 
-@pytest.mark.parametrize("prompt,message", [
-    ("a purple square moving left and a red circle moving up", "outside the task's vocabulary: 'purple'"),
-    ("a red fox runs across a snowy field", "The vocabulary is: a, moving, and, red"),
-    ("a red square moving left", "does not follow the task's grammar"),
-    ("a red square moving left and a red circle moving up", "both objects the colour red"),
-    ("a red left moving square and a blue circle moving up", "does not follow the task's grammar"),
-])
+@pytest.mark.parametrize(
+    "prompt,message",
+    [
+        ("a purple square moving left and a red circle moving up", "outside the task's vocabulary: 'purple'"),
+        ("a red fox runs across a snowy field", "The vocabulary is: a, moving, and, red"),
+        ("a red square moving left", "does not follow the task's grammar"),
+        ("a red square moving left and a red circle moving up", "both objects the colour red"),
+        ("a red left moving square and a blue circle moving up", "does not follow the task's grammar"),
+    ],
+)
 def test_prompts_outside_the_task_are_refused_with_the_vocabulary(prompt, message):
     with pytest.raises(ValueError, match=message):
         task.parse(prompt)

@@ -23,8 +23,9 @@ MIN_PROMPTS_RIGHT = 0.95
 def token_embeddings(pipe, prompts: list[str], positions: tuple[int, ...] = COLOUR_POSITIONS) -> torch.Tensor:
     """[len(prompts), len(positions), width]: those tokens' embeddings, as `encode_prompt` gives them."""
     with torch.no_grad():
-        embeds = pipe.encode_prompt(prompts, do_classifier_free_guidance=False,
-                                    max_sequence_length=trained.MAX_SEQUENCE_LENGTH, device="cpu")[0]
+        embeds = pipe.encode_prompt(
+            prompts, do_classifier_free_guidance=False, max_sequence_length=trained.MAX_SEQUENCE_LENGTH, device="cpu"
+        )[0]
     return embeds[:, list(positions)].float()
 
 
@@ -43,8 +44,13 @@ def colour_labels(prompts: list[str]) -> torch.Tensor:
     return torch.tensor([[list(task.COLOURS).index(o.colour) for o in task.parse(p)] for p in prompts])
 
 
-def probed_right(pipe, positions: tuple[int, ...], attributes: dict[str, tuple[torch.Tensor, torch.Tensor, int]],
-                 fit: list[str], held: list[str]) -> torch.Tensor:
+def probed_right(
+    pipe,
+    positions: tuple[int, ...],
+    attributes: dict[str, tuple[torch.Tensor, torch.Tensor, int]],
+    fit: list[str],
+    held: list[str],
+) -> torch.Tensor:
     """Per held-out prompt: every probe right on both objects' tokens at ``positions``."""
     x_fit, x_held = token_embeddings(pipe, fit, positions), token_embeddings(pipe, held, positions)
     width = x_fit.shape[-1]
@@ -71,8 +77,9 @@ def probe_right(weights: torch.Tensor, x: torch.Tensor, y: torch.Tensor) -> torc
 
 def encoding_pipeline(family: str):
     """The family's pipeline around its shared encoder and tokenizer (the transformer and VAE are not used)."""
-    return trained.build_pipeline(family, "large", trained.transformer(family, "small"), trained.vae(family),
-                                  trained.text_encoder(family))
+    return trained.build_pipeline(
+        family, "large", trained.transformer(family, "small"), trained.vae(family), trained.text_encoder(family)
+    )
 
 
 @pytest.mark.parametrize("family", trained.FAMILY_NAMES)
@@ -86,8 +93,14 @@ def test_a_linear_probe_recovers_each_colours_own_shape_and_direction(family):
     flat = lambda t: t.reshape(-1, width)  # noqa: E731
     shape_probe = fit_probe(flat(x_fit), shape_fit.reshape(-1), len(task.SHAPES))
     dir_probe = fit_probe(flat(x_fit), dir_fit.reshape(-1), len(task.DIRECTIONS))
-    right = (probe_right(shape_probe, flat(x_held), shape_held.reshape(-1))
-             & probe_right(dir_probe, flat(x_held), dir_held.reshape(-1))).reshape(len(held), 2).all(dim=1)
+    right = (
+        (
+            probe_right(shape_probe, flat(x_held), shape_held.reshape(-1))
+            & probe_right(dir_probe, flat(x_held), dir_held.reshape(-1))
+        )
+        .reshape(len(held), 2)
+        .all(dim=1)
+    )
     assert right.double().mean() >= MIN_PROMPTS_RIGHT, f"{int(right.sum())} of {len(held)} held-out prompts"
 
 
@@ -98,15 +111,16 @@ def test_wans_shape_and_direction_words_carry_their_own_clause():
     held = [p for p, _ in task.held_out()]
     (shape_fit, dir_fit), (shape_held, dir_held) = labels(fit), labels(held)
     colours = (colour_labels(fit), colour_labels(held), len(task.COLOURS))
-    shape_words = probed_right(pipe, SHAPE_POSITIONS, {"colour": colours,
-                                                       "direction": (dir_fit, dir_held, len(task.DIRECTIONS))},
-                               fit, held)
-    direction_words = probed_right(pipe, DIRECTION_POSITIONS, {"colour": colours,
-                                                               "shape": (shape_fit, shape_held, len(task.SHAPES))},
-                                   fit, held)
+    shape_words = probed_right(
+        pipe, SHAPE_POSITIONS, {"colour": colours, "direction": (dir_fit, dir_held, len(task.DIRECTIONS))}, fit, held
+    )
+    direction_words = probed_right(
+        pipe, DIRECTION_POSITIONS, {"colour": colours, "shape": (shape_fit, shape_held, len(task.SHAPES))}, fit, held
+    )
     assert shape_words.double().mean() >= MIN_PROMPTS_RIGHT, f"shape words: {int(shape_words.sum())} of {len(held)}"
-    assert direction_words.double().mean() >= MIN_PROMPTS_RIGHT, \
+    assert direction_words.double().mean() >= MIN_PROMPTS_RIGHT, (
         f"direction words: {int(direction_words.sum())} of {len(held)}"
+    )
 
 
 @pytest.mark.parametrize("family", trained.FAMILY_NAMES)
@@ -118,9 +132,10 @@ def test_no_filler_word_gets_a_copy(family):
     pipe = encoding_pipeline(family)
     prompts = [p for p, _ in task.held_out()]
     embeds = token_embeddings(pipe, prompts, tuple(range(12)))
-    fillers = [i for i, word in enumerate(task.TEMPLATE.split() + ["</s>"]) if not word.startswith("<")
-               or word == "</s>"]
-    copies = embeds[:, fillers, len(task_encoder.TOKENS):]
+    fillers = [
+        i for i, word in enumerate(task.TEMPLATE.split() + ["</s>"]) if not word.startswith("<") or word == "</s>"
+    ]
+    copies = embeds[:, fillers, len(task_encoder.TOKENS) :]
     assert fillers == [0, 3, 5, 6, 9, 11] and copies.abs().max() < 1e-6
 
 

@@ -13,8 +13,10 @@ from sr_plugin.accel.teacache import TeaCacheState
 from sr_plugin.adapters.wan import WAN_TEACACHE_COEFFICIENTS
 
 #: Explicit per-model coefficients for the tiny models (they match no published config).
-COEFFS = {"wan": {"large": "wan2.1-t2v-14b", "small": "wan2.1-t2v-1.3b"},
-          "cogvideox": {"large": "cogvideox-5b", "small": "cogvideox-2b"}}
+COEFFS = {
+    "wan": {"large": "wan2.1-t2v-14b", "small": "wan2.1-t2v-1.3b"},
+    "cogvideox": {"large": "cogvideox-5b", "small": "cogvideox-2b"},
+}
 
 
 def chain(rel: list[float], start: float = 1.0) -> list[torch.Tensor]:
@@ -70,7 +72,8 @@ def capture_block_io(model, family):
     after = model.norm_out if family == "wan" else model.norm_final
     calls = []
     h1 = blocks[0].register_forward_pre_hook(
-        lambda m, a, kw: calls.append([(a[0] if a else kw["hidden_states"]).clone(), None]), with_kwargs=True)
+        lambda m, a, kw: calls.append([(a[0] if a else kw["hidden_states"]).clone(), None]), with_kwargs=True
+    )
     h2 = after.register_forward_pre_hook(lambda m, a: calls[-1].__setitem__(1, a[0].clone()))
     return calls, (h1, h2)
 
@@ -108,7 +111,8 @@ def test_decisions_follow_the_rule_on_the_real_modulated_inputs():
     handle = sr_plugin.accelerate(pipe, teacache=TeaCacheConfig(MIX["cogvideox"], LINEAR))
     temb = []
     pipe.transformer.transformer_blocks[0].register_forward_pre_hook(
-        lambda m, a, kw: temb.append(kw["temb"].clone()), with_kwargs=True)
+        lambda m, a, kw: temb.append(kw["temb"].clone()), with_kwargs=True
+    )
     run(pipe, "cogvideox", steps=12)
     state, expected = TeaCacheState(), []
     for j, x in enumerate(temb):
@@ -143,8 +147,9 @@ def test_no_state_carries_over_from_one_call_to_the_next(pair, family):
 
     def accelerated(p, s):
         sr_plugin.apply(p, s)
-        return sr_plugin.accelerate(p, teacache=TeaCacheConfig(MIX[family], LINEAR),
-                                    pab=sr_plugin.PABConfig(2, 2, (0, 1000)))
+        return sr_plugin.accelerate(
+            p, teacache=TeaCacheConfig(MIX[family], LINEAR), pab=sr_plugin.PABConfig(2, 2, (0, 1000))
+        )
 
     pipe, small = pair
     handle = accelerated(pipe, small)
@@ -158,12 +163,15 @@ def test_no_state_carries_over_from_one_call_to_the_next(pair, family):
     assert any("skipped" in step.cache.values() for step in trace1)
 
 
-@pytest.mark.parametrize("teacache,match", [
-    (TeaCacheConfig(0.1, "wan2.1-t2v-7b"), "unknown TeaCache coefficients"),
-    (TeaCacheConfig(0.1), "matches no published TeaCache coefficients"),
-    (TeaCacheConfig(0.1, {"small": "wan2.1-t2v-1.3b"}), "no entry for the large"),
-    (TeaCacheConfig(0.1, "wan2.1-t2v-14b", ret_steps=True), "ret_steps"),
-])
+@pytest.mark.parametrize(
+    "teacache,match",
+    [
+        (TeaCacheConfig(0.1, "wan2.1-t2v-7b"), "unknown TeaCache coefficients"),
+        (TeaCacheConfig(0.1), "matches no published TeaCache coefficients"),
+        (TeaCacheConfig(0.1, {"small": "wan2.1-t2v-1.3b"}), "no entry for the large"),
+        (TeaCacheConfig(0.1, "wan2.1-t2v-14b", ret_steps=True), "ret_steps"),
+    ],
+)
 def test_bad_teacache_input_is_a_clear_error_before_generation(teacache, match):
     from sr_plugin.lab.tiny import tiny_wan
 
@@ -172,8 +180,9 @@ def test_bad_teacache_input_is_a_clear_error_before_generation(teacache, match):
     with pytest.raises(ValueError, match=match):
         sr_plugin.accelerate(pipe, teacache=teacache)
     assert dict(vars(pipe)) == before
-    assert all(not getattr(m, "_diffusers_hook", None) or not m._diffusers_hook.hooks
-               for m in pipe.transformer.modules())
+    assert all(
+        not getattr(m, "_diffusers_hook", None) or not m._diffusers_hook.hooks for m in pipe.transformer.modules()
+    )
 
 
 def test_negative_threshold_and_other_bad_combinations():
@@ -205,10 +214,12 @@ def test_modulated_input_for_calibration_is_what_the_blocks_receive(pair, family
         source[1].register_forward_hook(lambda m, a, out: seen.append(out[source[2]].clone()))
     else:
         adapter.blocks(pipe.transformer)[0].register_forward_pre_hook(
-            lambda m, a, kw: seen.append((kw.get("temb") if "temb" in kw else a[2]).clone()), with_kwargs=True)
+            lambda m, a, kw: seen.append((kw.get("temb") if "temb" in kw else a[2]).clone()), with_kwargs=True
+        )
     embeds = []
     pipe.transformer.register_forward_pre_hook(
-        lambda m, a, kw: embeds.append((kw["timestep"], kw["encoder_hidden_states"])), with_kwargs=True)
+        lambda m, a, kw: embeds.append((kw["timestep"], kw["encoder_hidden_states"])), with_kwargs=True
+    )
     run(pipe, family, steps=3)
     for (t, ehs), expected in zip(embeds, seen):
         assert torch.equal(adapter.teacache_modulated_input(pipe.transformer, t, ehs, False), expected)
@@ -232,8 +243,10 @@ def test_a_skipped_pass_returns_both_streams_plus_their_cached_residuals():
     first, last = pipe.transformer.transformer_blocks[0], pipe.transformer.transformer_blocks[-1]
     seen: list[tuple[str, torch.Tensor, torch.Tensor]] = []
     handles = [
-        first.register_forward_pre_hook(lambda m, a, kw: seen.append(
-            ("in", kw["hidden_states"].clone(), kw["encoder_hidden_states"].clone())), with_kwargs=True),
+        first.register_forward_pre_hook(
+            lambda m, a, kw: seen.append(("in", kw["hidden_states"].clone(), kw["encoder_hidden_states"].clone())),
+            with_kwargs=True,
+        ),
         last.register_forward_hook(lambda m, a, out: seen.append(("out", out[0].clone(), out[1].clone()))),
     ]
     run(pipe, "cogvideox")
@@ -260,8 +273,11 @@ def test_a_calibration_beside_the_weights_is_read_once_per_model(monkeypatch):
 
     reads = []
     real = teacache_module.coefficients_beside_weights
-    monkeypatch.setattr(teacache_module, "coefficients_beside_weights",
-                        lambda model, ret_steps: reads.append(model) or real(model, ret_steps))
+    monkeypatch.setattr(
+        teacache_module,
+        "coefficients_beside_weights",
+        lambda model, ret_steps: reads.append(model) or real(model, ret_steps),
+    )
     pipe, small, extra = trained.load("wan")
     sr_plugin.apply(pipe, small, **extra)
     sr_plugin.accelerate(pipe, teacache=0.1)

@@ -38,8 +38,12 @@ class ToyAttention(torch.nn.Module):
 class DualBlock(torch.nn.Module):
     def __init__(self, dim: int) -> None:
         super().__init__()
-        self.attn, self.cross, self.mod, self.text = ToyAttention(dim), ToyAttention(dim), torch.nn.Linear(dim, dim), \
-            torch.nn.Linear(dim, dim)
+        self.attn, self.cross, self.mod, self.text = (
+            ToyAttention(dim),
+            ToyAttention(dim),
+            torch.nn.Linear(dim, dim),
+            torch.nn.Linear(dim, dim),
+        )
 
     def forward(self, hidden_states, encoder_hidden_states, temb):
         h = hidden_states + self.attn(hidden_states * (1 + self.mod(temb)[:, None]))
@@ -61,8 +65,9 @@ class SingleBlock(torch.nn.Module):
 
 class ToyTransformer(ModelMixin, ConfigMixin, CacheMixin):
     @register_to_config
-    def __init__(self, in_channels: int = 4, dim: int = 32, text_dim: int = TEXT_DIM, num_dual: int = 2,
-                 num_single: int = 2) -> None:
+    def __init__(
+        self, in_channels: int = 4, dim: int = 32, text_dim: int = TEXT_DIM, num_dual: int = 2, num_single: int = 2
+    ) -> None:
         super().__init__()
         self.proj_in, self.proj_out = torch.nn.Linear(in_channels, dim), torch.nn.Linear(dim, in_channels)
         self.time = torch.nn.Sequential(torch.nn.Linear(16, dim), torch.nn.SiLU(), torch.nn.Linear(dim, dim))
@@ -92,8 +97,15 @@ class ToyPipeline(DiffusionPipeline):
         self.register_modules(transformer=transformer, scheduler=scheduler)
 
     @torch.no_grad()
-    def __call__(self, prompt_embeds, negative_prompt_embeds, num_inference_steps: int = STEPS,
-                 guidance_scale: float = 4.0, seed: int = 0, models_by_step: list | None = None):
+    def __call__(
+        self,
+        prompt_embeds,
+        negative_prompt_embeds,
+        num_inference_steps: int = STEPS,
+        guidance_scale: float = 4.0,
+        seed: int = 0,
+        models_by_step: list | None = None,
+    ):
         latents = torch.randn((1, 4, 4, 4), generator=torch.Generator().manual_seed(seed))
         self.scheduler.set_timesteps(num_inference_steps)
         with self.progress_bar(total=num_inference_steps) as bar:
@@ -102,10 +114,12 @@ class ToyPipeline(DiffusionPipeline):
                 with model.cache_context("cond"):
                     cond = model(hidden_states=latents, timestep=t.expand(1), encoder_hidden_states=prompt_embeds)[0]
                 with model.cache_context("uncond"):
-                    uncond = model(hidden_states=latents, timestep=t.expand(1),
-                                   encoder_hidden_states=negative_prompt_embeds)[0]
-                latents = self.scheduler.step(uncond + guidance_scale * (cond - uncond), t, latents,
-                                              return_dict=False)[0]
+                    uncond = model(
+                        hidden_states=latents, timestep=t.expand(1), encoder_hidden_states=negative_prompt_embeds
+                    )[0]
+                latents = self.scheduler.step(uncond + guidance_scale * (cond - uncond), t, latents, return_dict=False)[
+                    0
+                ]
                 bar.update()
         return latents
 
@@ -137,8 +151,11 @@ class ToyAdapter(FamilyAdapter, FamilyTools):
         return [("hidden_states", "encoder_hidden_states"), ("encoder_hidden_states", "hidden_states")]
 
     def attention_modules(self, model):
-        return ([(b.attn, "self") for b in model.dual_blocks] + [(b.cross, "cross") for b in model.dual_blocks]
-                + [(b.attn, "self") for b in model.single_blocks])
+        return (
+            [(b.attn, "self") for b in model.dual_blocks]
+            + [(b.cross, "cross") for b in model.dual_blocks]
+            + [(b.attn, "self") for b in model.single_blocks]
+        )
 
     def teacache_input(self, model, ret_steps):
         return ("block_arg", "temb")
@@ -212,10 +229,13 @@ def test_teacache_skips_both_lists_and_returns_each_stream_in_each_layout(toy):
     accel = sr_plugin.accelerate(pipe, teacache=TeaCacheConfig(0.8, "identity"))
     model = pipe.transformer
     seen: list[Any] = []
-    hooks = [model.dual_blocks[0].register_forward_pre_hook(
-        lambda m, a, kw: seen.append({k: kw[k].clone() for k in ("hidden_states", "encoder_hidden_states")}),
-        with_kwargs=True),
-        model.single_blocks[-1].register_forward_hook(lambda m, a, out: seen.append(tuple(o.clone() for o in out)))]
+    hooks = [
+        model.dual_blocks[0].register_forward_pre_hook(
+            lambda m, a, kw: seen.append({k: kw[k].clone() for k in ("hidden_states", "encoder_hidden_states")}),
+            with_kwargs=True,
+        ),
+        model.single_blocks[-1].register_forward_hook(lambda m, a, out: seen.append(tuple(o.clone() for o in out))),
+    ]
     pipe(**call)
     for h in hooks:
         h.remove()
@@ -226,8 +246,10 @@ def test_teacache_skips_both_lists_and_returns_each_stream_in_each_layout(toy):
     residual: dict[str, dict[str, torch.Tensor]] = {}
     for what, (inputs, (text_out, video_out)), branch in zip(flat, zip(seen[0::2], seen[1::2]), ["cond", "uncond"] * 5):
         if what == "computed":
-            residual[branch] = {"hidden_states": video_out - inputs["hidden_states"],
-                                "encoder_hidden_states": text_out - inputs["encoder_hidden_states"]}
+            residual[branch] = {
+                "hidden_states": video_out - inputs["hidden_states"],
+                "encoder_hidden_states": text_out - inputs["encoder_hidden_states"],
+            }
         else:  # the single blocks' layout: text first
             assert torch.equal(text_out, inputs["encoder_hidden_states"] + residual[branch]["encoder_hidden_states"])
             assert torch.equal(video_out, inputs["hidden_states"] + residual[branch]["hidden_states"])
@@ -256,8 +278,11 @@ def test_a_family_missing_a_required_member_is_refused_when_registered():
         def denoised(self, scheduler, step_index, timestep, sample, model_output):
             return sample
 
-    with pytest.raises(TypeError, match="HalfWritten cannot be registered: it must define attention_modules, "
-                                        "blocks or block_lists, teacache_input"):
+    with pytest.raises(
+        TypeError,
+        match="HalfWritten cannot be registered: it must define attention_modules, "
+        "blocks or block_lists, teacache_input",
+    ):
         register_family(HalfWritten)
     assert "half" not in sr_plugin.adapters.family_keys()
 

@@ -42,12 +42,10 @@ def test_quantized_models_hand_off_exactly(which):
     expected = swapping_reference(pipe, small)
     handle = sr_plugin.apply(pipe, small, switch_step=K)
     assert torch.equal(run(pipe, "wan"), expected)
-    accel = sr_plugin.accelerate(pipe, teacache=TeaCacheConfig(0.0, "identity"),
-                                 pab=PABConfig(1, 1, (0, 1000)))
+    accel = sr_plugin.accelerate(pipe, teacache=TeaCacheConfig(0.0, "identity"), pab=PABConfig(1, 1, (0, 1000)))
     assert torch.equal(run(pipe, "wan"), expected)  # caches that never reuse change nothing
     accel.remove()
-    sr_plugin.accelerate(pipe, teacache=TeaCacheConfig(1.5, "identity"),
-                         pab=PABConfig(2, 2, (0, 1000)))
+    sr_plugin.accelerate(pipe, teacache=TeaCacheConfig(1.5, "identity"), pab=PABConfig(2, 2, (0, 1000)))
     run(pipe, "wan")
     for role in ("large", "small"):
         steps = [r for r in handle.trace if r.model == role]

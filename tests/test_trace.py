@@ -57,8 +57,10 @@ def test_a_switch_step_the_call_never_reaches_is_refused_before_step_0(pair, fam
     pipe, small = pair
     handle = sr_plugin.apply(pipe, small, switch_step=STEPS)
     log = CallLog(large=pipe.transformer, small=small)
-    with pytest.raises(ValueError, match=f"switch_step={STEPS} hands over to the small model at step {STEPS}, but "
-                                         f"this call has {STEPS} steps"):
+    with pytest.raises(
+        ValueError,
+        match=f"switch_step={STEPS} hands over to the small model at step {STEPS}, but this call has {STEPS} steps",
+    ):
         run(pipe, family)
     log.close()
     assert log.calls == [] and handle.switch_step is None and handle.trace == []
@@ -152,8 +154,9 @@ def test_both_handles_give_one_record_type_that_agrees_step_for_step(pair, famil
     accel = sr_plugin.accelerate(pipe, teacache=sr_plugin.TeaCacheConfig(MIX[family], LINEAR))
     run(pipe, family)
     assert all(isinstance(r, sr_plugin.StepRecord) for r in accel.trace)
-    assert [(r.index, r.timestep, r.model, r.cache, r.attention) for r in accel.trace] == \
-        [(r.index, r.timestep, r.model, r.cache, r.attention) for r in sr.trace]
+    assert [(r.index, r.timestep, r.model, r.cache, r.attention) for r in accel.trace] == [
+        (r.index, r.timestep, r.model, r.cache, r.attention) for r in sr.trace
+    ]
     assert [r.model for r in accel.trace] == ["large"] * 4 + ["small"] * (STEPS - 4)
     assert all(r.d is None and r.s is None for r in accel.trace)
     assert {v for r in accel.trace if r.model == "small" for v in r.cache.values()} == {"computed", "skipped"}

@@ -13,8 +13,8 @@ import collections
 import pathlib
 
 import torch
-
 import train_family
+
 from sr_plugin.lab import evaluate, quality, task, trained
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
@@ -28,8 +28,12 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--vae", type=pathlib.Path, default=None, help="decode with this VAE folder instead")
     parser.add_argument("--list", action="store_true", help="print each wrong prompt with what was seen")
-    parser.add_argument("--checkpoints", type=pathlib.Path, default=ROOT / "train" / "checkpoints",
-                        help="folder holding <family>/large.pt (default: the shipped run's)")
+    parser.add_argument(
+        "--checkpoints",
+        type=pathlib.Path,
+        default=ROOT / "train" / "checkpoints",
+        help="folder holding <family>/large.pt (default: the shipped run's)",
+    )
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     pipe = train_family.checkpoint_pipeline(args.family, "large", checkpoints=args.checkpoints)
@@ -40,19 +44,30 @@ def main() -> None:
         video = quality.generate_video(pipe, args.family, prompt, seed, args.steps)[0]
         score = evaluate.score_video(video, prompt)
         if args.list and not score.right:
-            print(f"pair {i}: {prompt!r} seen: " + "; ".join(
-                f"{o.spec.colour} {o.seen_shape} {o.seen_direction}" + ("" if o.colour else " (colour missing)")
-                for o in score.objects), flush=True)
+            print(
+                f"pair {i}: {prompt!r} seen: "
+                + "; ".join(
+                    f"{o.spec.colour} {o.seen_shape} {o.seen_direction}" + ("" if o.colour else " (colour missing)")
+                    for o in score.objects
+                ),
+                flush=True,
+            )
         kinds["prompts right" if score.right else "prompts wrong"] += 1
         for mine, other in zip(score.objects, reversed(score.objects)):
             if not mine.colour:
                 kinds["colour missing"] += 1
             if not mine.shape:
-                kinds["shape: the other object's" if mine.seen_shape == other.spec.shape
-                      else f"shape: {mine.seen_shape or 'none seen'}"] += 1
+                kinds[
+                    "shape: the other object's"
+                    if mine.seen_shape == other.spec.shape
+                    else f"shape: {mine.seen_shape or 'none seen'}"
+                ] += 1
             if not mine.direction:
-                kinds["direction: the other object's" if mine.seen_direction == other.spec.direction
-                      else f"direction: {mine.seen_direction or 'no motion'}"] += 1
+                kinds[
+                    "direction: the other object's"
+                    if mine.seen_direction == other.spec.direction
+                    else f"direction: {mine.seen_direction or 'no motion'}"
+                ] += 1
     for kind, count in sorted(kinds.items(), key=lambda kv: -kv[1]):
         print(f"{args.family}: {kind}: {count}")
 

@@ -11,13 +11,14 @@ lever. A gap between the last two says it fits its 4,192 training prompts better
 same words: what limits the held-out score is then how it generalises across prompts, which more videos of the
 same prompts or more capacity do not mend.
 """
+
 import argparse
 import pathlib
 
 import numpy as np
 import torch
-
 import train_family
+
 from sr_plugin.lab import task, trained
 
 
@@ -35,7 +36,7 @@ def main() -> None:
     pipe = train_family.checkpoint_pipeline(args.family, "large", checkpoints=args.checkpoints)
     model, vae = pipe.transformer, pipe.vae
     objective = train_family.Objective(args.family, "large", pipe)
-    pick = torch.randperm(data["latents"].shape[0], generator=torch.Generator().manual_seed(5))[:args.videos]
+    pick = torch.randperm(data["latents"].shape[0], generator=torch.Generator().manual_seed(5))[: args.videos]
     seen = objective.model_latents(data["latents"][pick], vae)
     seen_text = data["embeds"][data["prompt_ids"][pick]]
     rng = np.random.default_rng(12345)  # not the encode stage's seed: new scenes
@@ -56,23 +57,29 @@ def main() -> None:
     held_out = [p for p, _ in task.held_out()]
     unseen, unseen_names = rendered(held_out)
     with torch.no_grad():
-        held_embeds = pipe.encode_prompt(held_out, do_classifier_free_guidance=False,
-                                         max_sequence_length=trained.MAX_SEQUENCE_LENGTH, device="cpu")[0]
+        held_embeds = pipe.encode_prompt(
+            held_out, do_classifier_free_guidance=False, max_sequence_length=trained.MAX_SEQUENCE_LENGTH, device="cpu"
+        )[0]
     unseen_text = held_embeds[torch.tensor([held_out.index(p) for p in unseen_names])]
-    sets = {"training videos": (seen, seen_text), "new videos": (fresh, fresh_text),
-            "held-out prompts": (unseen, unseen_text)}
+    sets = {
+        "training videos": (seen, seen_text),
+        "new videos": (fresh, fresh_text),
+        "held-out prompts": (unseen, unseen_text),
+    }
     losses: dict[str, list[float]] = {name: [] for name in sets}
     with torch.no_grad():
         for r in range(args.repeats):
             for i in range(0, args.videos, 64):
                 for name, (x, text) in sets.items():
                     gen = torch.Generator().manual_seed(1000 * r + i)  # the same noise for every set
-                    losses[name].append(objective.loss(model, x[i:i + 64], text[i:i + 64], gen).item())
+                    losses[name].append(objective.loss(model, x[i : i + 64], text[i : i + 64], gen).item())
     a, b, c = (np.array(losses[name]) for name in sets)
     for label, first, second in (("new videos - training videos", b, a), ("held-out prompts - new videos", c, b)):
         diff = first - second
-        print(f"{label}: {first.mean():.4f} - {second.mean():.4f} = {diff.mean():+.4f} "
-              f"+- {diff.std(ddof=1) / np.sqrt(len(diff)):.4f} (standard error, {len(diff)} batches)")
+        print(
+            f"{label}: {first.mean():.4f} - {second.mean():.4f} = {diff.mean():+.4f} "
+            f"+- {diff.std(ddof=1) / np.sqrt(len(diff)):.4f} (standard error, {len(diff)} batches)"
+        )
 
 
 if __name__ == "__main__":

@@ -20,8 +20,8 @@ import pathlib
 
 import numpy as np
 import torch
-
 import train_family
+
 from sr_plugin.lab import task, task_encoder, trained
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
@@ -54,18 +54,21 @@ def main() -> None:
     x0 = objective.model_latents(raw, vae)
 
     def encode(texts: list[str]) -> torch.Tensor:
-        return pipe.encode_prompt(texts, do_classifier_free_guidance=False,
-                                  max_sequence_length=trained.MAX_SEQUENCE_LENGTH, device="cpu")[0]
+        return pipe.encode_prompt(
+            texts, do_classifier_free_guidance=False, max_sequence_length=trained.MAX_SEQUENCE_LENGTH, device="cpu"
+        )[0]
 
     def swap_shapes(p: str) -> str:
         a, b = task.parse(p)
-        return task.compose((task.ObjectSpec(a.colour, b.shape, a.direction),
-                             task.ObjectSpec(b.colour, a.shape, b.direction)))
+        return task.compose(
+            (task.ObjectSpec(a.colour, b.shape, a.direction), task.ObjectSpec(b.colour, a.shape, b.direction))
+        )
 
     def swap_directions(p: str) -> str:
         a, b = task.parse(p)
-        return task.compose((task.ObjectSpec(a.colour, a.shape, b.direction),
-                             task.ObjectSpec(b.colour, b.shape, a.direction)))
+        return task.compose(
+            (task.ObjectSpec(a.colour, a.shape, b.direction), task.ObjectSpec(b.colour, b.shape, a.direction))
+        )
 
     right = encode(prompts)
     rows = {
@@ -77,10 +80,7 @@ def main() -> None:
         "colour-token direction copies exchanged": swapped_rows(right, COLOUR_POS, task_encoder.DIRECTION_DIMS),
         "prompt with directions swapped": encode([swap_directions(p) for p in prompts]),
     }
-    if args.family == "wan":
-        levels = [0.5, 0.7, 0.85, 0.95]
-    else:
-        levels = [500, 700, 850, 950]
+    levels = [0.5, 0.7, 0.85, 0.95] if args.family == "wan" else [500, 700, 850, 950]
     print(f"{args.family}: mean loss on {args.pairs} held-out pairs x {args.draws} draws, by noise level")
     print(f"{'embedding':42s}" + "".join(f"{lv:>9}" for lv in levels))
     for name, emb in rows.items():
@@ -100,15 +100,17 @@ def objective_loss(objective, model, x0, text, noise, level) -> float:
     if objective.family == "wan":
         s = torch.full((b, 1, 1, 1, 1), float(level))
         xt = (1 - s) * x0 + s * noise
-        pred = model(hidden_states=xt, timestep=torch.full((b,), level * 1000.0), encoder_hidden_states=text,
-                     return_dict=False)[0]
+        pred = model(
+            hidden_states=xt, timestep=torch.full((b,), level * 1000.0), encoder_hidden_states=text, return_dict=False
+        )[0]
         return (pred - (noise - x0)).pow(2).mean().item()
     t = torch.full((b,), int(level))
     a = objective.abar[t].view(b, 1, 1, 1, 1)
     xt = a.sqrt() * x0 + (1 - a).sqrt() * noise
     target = a.sqrt() * noise - (1 - a).sqrt() * x0
-    pred = model(hidden_states=xt, encoder_hidden_states=text, timestep=t, image_rotary_emb=objective.rotary,
-                 return_dict=False)[0]
+    pred = model(
+        hidden_states=xt, encoder_hidden_states=text, timestep=t, image_rotary_emb=objective.rotary, return_dict=False
+    )[0]
     return (pred - target).pow(2).mean().item()
 
 

@@ -14,12 +14,13 @@ Wan's 16-block large model (`--family wan --ks 20,25,30,40,45`): 12 / 62, 17 / 6
 Until step 30 the large model draws the prompt's shapes over the sample's: the sample does not carry the shape
 yet, each step reads it from the prompt, so a small model that cannot bind shapes redraws them after a switch.
 """
+
 import argparse
 import dataclasses
 
 import torch
-
 import train_family
+
 from sr_plugin.lab import evaluate, task, trained
 
 
@@ -42,8 +43,12 @@ def main() -> None:
     objective = train_family.Objective(args.family, "large", pipe)
     with torch.no_grad():
         z = objective.model_latents(train_family.encode_held_out(vae, pairs), vae)
-        text = pipe.encode_prompt([swapped(p) for p, _ in pairs], do_classifier_free_guidance=False,
-                                  max_sequence_length=trained.MAX_SEQUENCE_LENGTH, device="cpu")[0]
+        text = pipe.encode_prompt(
+            [swapped(p) for p, _ in pairs],
+            do_classifier_free_guidance=False,
+            max_sequence_length=trained.MAX_SEQUENCE_LENGTH,
+            device="cpu",
+        )[0]
     extra = {"image_rotary_emb": objective.rotary} if args.family == "cogvideox" else {}
     noise = torch.randn(z.shape, generator=torch.Generator().manual_seed(0))
     for k in map(int, args.ks.split(",")):
@@ -52,20 +57,31 @@ def main() -> None:
             if args.family == "wan":  # flow matching: x_t = (1 - sigma) x0 + sigma noise, prediction noise - x0
                 sigma = float(t) / 1000
                 xt = (1 - sigma) * z + sigma * noise
-                pred = pipe.transformer(hidden_states=xt, encoder_hidden_states=text, timestep=t.expand(len(pairs)),
-                                        return_dict=False)[0]
+                pred = pipe.transformer(
+                    hidden_states=xt, encoder_hidden_states=text, timestep=t.expand(len(pairs)), return_dict=False
+                )[0]
                 x0, level = xt - sigma * pred, f"sigma {sigma:.3f}"
             else:  # v-prediction
                 a = float(scheduler.alphas_cumprod[int(t)])
-                xt = a ** 0.5 * z + (1 - a) ** 0.5 * noise
-                pred = pipe.transformer(hidden_states=xt, encoder_hidden_states=text, timestep=t.expand(len(pairs)),
-                                        return_dict=False, **extra)[0]
-                x0, level = a ** 0.5 * xt - (1 - a) ** 0.5 * pred, f"abar {a:.3f}"
+                xt = a**0.5 * z + (1 - a) ** 0.5 * noise
+                pred = pipe.transformer(
+                    hidden_states=xt,
+                    encoder_hidden_states=text,
+                    timestep=t.expand(len(pairs)),
+                    return_dict=False,
+                    **extra,
+                )[0]
+                x0, level = a**0.5 * xt - (1 - a) ** 0.5 * pred, f"abar {a:.3f}"
         videos, scores = train_family.decode_and_score(vae, objective.raw_latents(x0, vae), [p for p, _ in pairs])
         as_sample = sum(o.shape for sc in scores for o in sc.objects)
-        as_prompt = sum(o.shape for v, (p, _) in zip(videos, pairs) for o in evaluate.score_video(v, swapped(p)).objects)
-        print(f"{args.family} k={k} ({level}): of {2 * len(pairs)} objects, shape as in the sample {as_sample}, "
-              f"as in the prompt {as_prompt}", flush=True)
+        as_prompt = sum(
+            o.shape for v, (p, _) in zip(videos, pairs) for o in evaluate.score_video(v, swapped(p)).objects
+        )
+        print(
+            f"{args.family} k={k} ({level}): of {2 * len(pairs)} objects, shape as in the sample {as_sample}, "
+            f"as in the prompt {as_prompt}",
+            flush=True,
+        )
 
 
 if __name__ == "__main__":

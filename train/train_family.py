@@ -38,8 +38,7 @@ import torch
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
-from sr_plugin.lab import call_defaults
-from sr_plugin.lab import task, trained  # noqa: E402
+from sr_plugin.lab import call_defaults, task, trained  # noqa: E402
 
 COND_DROPOUT = 0.1
 LATENT_NOISE = 0.1
@@ -64,14 +63,17 @@ def render_batch(rng: np.random.Generator, prompts: list[str], n: int) -> tuple[
     return torch.from_numpy(videos).permute(0, 4, 1, 2, 3) * 2 - 1, chosen
 
 
-def lr_at(step: int, total: int, peak: float, warmup: int = 100, schedule: str = "cosine",
-          cooldown_from: int = 0) -> float:
+def lr_at(
+    step: int, total: int, peak: float, warmup: int = 100, schedule: str = "cosine", cooldown_from: int = 0
+) -> float:
     if step < warmup:
         return peak * (step + 1) / warmup
     if schedule == "constant" or (schedule == "cooldown" and step < cooldown_from):
         return peak  # a constant run can be extended across sessions without changing its past
     if schedule == "cooldown":  # the end of a constant run: cosine from --cooldown-from down to 0.1 x peak
-        return peak * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * (step - cooldown_from) / max(total - cooldown_from, 1))))
+        return peak * (
+            0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * (step - cooldown_from) / max(total - cooldown_from, 1)))
+        )
     return peak * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * (step - warmup) / max(total - warmup, 1))))
 
 
@@ -115,8 +117,10 @@ def stage_vae(args: argparse.Namespace, work: pathlib.Path) -> None:
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()
         if step % 25 == 0 or step == args.vae_steps - 1:
-            log(f"vae step {step}/{args.vae_steps} rec {rec.item():.4f} latent std {posterior.mean.std().item():.3f} "
-                f"({time.time() - start:.0f} s)")
+            log(
+                f"vae step {step}/{args.vae_steps} rec {rec.item():.4f} latent std {posterior.mean.std().item():.3f} "
+                f"({time.time() - start:.0f} s)"
+            )
     model.eval().save_pretrained(work / "vae")
     check_vae(model.eval(), args.family)
 
@@ -189,14 +193,23 @@ def stage_encode(args: argparse.Namespace, work: pathlib.Path) -> None:
     unique = sorted(set(prompts)) + [""]
     embeds = {}
     for j in range(0, len(unique), 256):
-        chunk = unique[j:j + 256]
-        e = pipe.encode_prompt(chunk, do_classifier_free_guidance=False, max_sequence_length=trained.MAX_SEQUENCE_LENGTH,
-                               device="cpu")[0]
+        chunk = unique[j : j + 256]
+        e = pipe.encode_prompt(
+            chunk, do_classifier_free_guidance=False, max_sequence_length=trained.MAX_SEQUENCE_LENGTH, device="cpu"
+        )[0]
         embeds.update(zip(chunk, e))
     table = torch.stack([embeds[p] for p in unique])
     index = {p: k for k, p in enumerate(unique)}
-    torch.save({"latents": raw, "prompt_ids": torch.tensor([index[p] for p in names]), "embeds": table,
-                "null_id": index[""], "prompts": unique}, work / "data.pt")
+    torch.save(
+        {
+            "latents": raw,
+            "prompt_ids": torch.tensor([index[p] for p in names]),
+            "embeds": table,
+            "null_id": index[""],
+            "prompts": unique,
+        },
+        work / "data.pt",
+    )
     log(f"wrote {work / 'data.pt'}: {tuple(raw.shape)} latents, {len(unique)} prompt embeddings")
 
 
@@ -204,8 +217,16 @@ def stage_encode(args: argparse.Namespace, work: pathlib.Path) -> None:
 class Objective:
     """The family's noising and target: flow matching (Wan) or v-prediction in the role's space (CogVideoX)."""
 
-    def __init__(self, family: str, role: str, pipe, render_from: int = 0, sampling_steps: int = 50,
-                 focus: tuple[float, float, float] | None = None, distill: float = 0.0) -> None:
+    def __init__(
+        self,
+        family: str,
+        role: str,
+        pipe,
+        render_from: int = 0,
+        sampling_steps: int = 50,
+        focus: tuple[float, float, float] | None = None,
+        distill: float = 0.0,
+    ) -> None:
         self.family = family
         # --distill W (small model): the shipped large model's prediction as (a W share of) the target
         self.distill = distill
@@ -224,8 +245,11 @@ class Objective:
             if family == "cogvideox" and role != "large":  # the same noise in this role's own timesteps
                 from sr_plugin.adapters.cogvideox import LatentSpaceMap
 
-                space = LatentSpaceMap(large.alphas_cumprod, trained.scheduler(family, role).alphas_cumprod,
-                                       trained.COGVIDEOX_SPACE[role][0] / trained.COGVIDEOX_SPACE["large"][0])
+                space = LatentSpaceMap(
+                    large.alphas_cumprod,
+                    trained.scheduler(family, role).alphas_cumprod,
+                    trained.COGVIDEOX_SPACE[role][0] / trained.COGVIDEOX_SPACE["large"][0],
+                )
                 self.ceiling = float(space.coefficients(torch.tensor([self.ceiling]))["t_small"][0])
         if family == "wan":
             self.scale = None
@@ -272,12 +296,14 @@ class Objective:
         a = self.abar[t].view(b, 1, 1, 1, 1)
         xt = a.sqrt() * x0 + (1 - a).sqrt() * noise
         target = a.sqrt() * noise - (1 - a).sqrt() * x0
-        pred = model(hidden_states=xt, encoder_hidden_states=text, timestep=t, image_rotary_emb=self.rotary,
-                     return_dict=False)[0]
+        pred = model(
+            hidden_states=xt, encoder_hidden_states=text, timestep=t, image_rotary_emb=self.rotary, return_dict=False
+        )[0]
         return self._mix(pred, target, xt, t, text)
 
-    def _mix(self, pred: torch.Tensor, target: torch.Tensor, xt: torch.Tensor, timestep: torch.Tensor,
-             text: torch.Tensor) -> torch.Tensor:
+    def _mix(
+        self, pred: torch.Tensor, target: torch.Tensor, xt: torch.Tensor, timestep: torch.Tensor, text: torch.Tensor
+    ) -> torch.Tensor:
         """The data loss, or with a teacher (--distill W): W x the distance to the teacher's prediction for the
         same noisy sample plus (1 - W) x the data loss."""
         data = (pred - target).pow(2).mean()
@@ -295,18 +321,25 @@ class Teacher:
 
     def __init__(self, family: str) -> None:
         self.family = family
-        self.model = type(trained.transformer(family, "large")).from_pretrained(
-            trained.folder(family, "large") / "transformer").eval().requires_grad_(False)
+        self.model = (
+            type(trained.transformer(family, "large"))
+            .from_pretrained(trained.folder(family, "large") / "transformer")
+            .eval()
+            .requires_grad_(False)
+        )
         self.space = None
         if family == "cogvideox":
             from sr_plugin.adapters.cogvideox import LatentSpaceMap
 
             # small -> large: the map the hand-off uses, with the roles swapped
-            self.space = LatentSpaceMap(trained.scheduler(family, "small").alphas_cumprod,
-                                        trained.scheduler(family, "large").alphas_cumprod,
-                                        trained.COGVIDEOX_SPACE["large"][0] / trained.COGVIDEOX_SPACE["small"][0])
-            pipe = trained.build_pipeline(family, "large", self.model, trained.vae(family),
-                                          trained.text_encoder(family))
+            self.space = LatentSpaceMap(
+                trained.scheduler(family, "small").alphas_cumprod,
+                trained.scheduler(family, "large").alphas_cumprod,
+                trained.COGVIDEOX_SPACE["large"][0] / trained.COGVIDEOX_SPACE["small"][0],
+            )
+            pipe = trained.build_pipeline(
+                family, "large", self.model, trained.vae(family), trained.text_encoder(family)
+            )
             self.rotary = pipe._prepare_rotary_positional_embeddings(task.HEIGHT, task.WIDTH, 3, "cpu")
 
     @torch.no_grad()
@@ -315,8 +348,13 @@ class Teacher:
             return self.model(hidden_states=xt, timestep=timestep, encoder_hidden_states=text, return_dict=False)[0]
         coef = self.space.coefficients(timestep)
         shape = (-1, 1, 1, 1, 1)
-        out = self.model(hidden_states=xt * coef["k"].float().view(shape), timestep=coef["t_small"].float(),
-                         encoder_hidden_states=text, image_rotary_emb=self.rotary, return_dict=False)[0]
+        out = self.model(
+            hidden_states=xt * coef["k"].float().view(shape),
+            timestep=coef["t_small"].float(),
+            encoder_hidden_states=text,
+            image_rotary_emb=self.rotary,
+            return_dict=False,
+        )[0]
         return coef["coef_x"].float().view(shape) * xt + coef["coef_v"].float().view(shape) * out
 
 
@@ -331,7 +369,7 @@ def init_from_large(model: torch.nn.Module, family: str, blocks: list[int]) -> N
     for key, value in own.items():
         source = key
         if key.startswith(prefix):
-            index, rest = key[len(prefix):].split(".", 1)
+            index, rest = key[len(prefix) :].split(".", 1)
             source = f"{prefix}{blocks[int(index)]}.{rest}"
             if ".net.0.proj." in key and large[source].shape != value.shape:  # a narrower feed-forward
                 copied.update(prune_feed_forward(large, source, key, value.shape[0]))
@@ -351,13 +389,18 @@ def prune_feed_forward(large: dict[str, torch.Tensor], source: str, key: str, wi
     keep = (w_in.norm(dim=1) * w_out.norm(dim=0)).topk(width).indices.sort().values
     key_w, key_b = key.replace(".bias", ".weight"), key.replace(".weight", ".bias")
     out_key = key_w.replace(".net.0.proj.", ".net.2.")
-    return {key_w: w_in[keep], key_b: b_in[keep], out_key: w_out[:, keep],
-            out_key.replace(".weight", ".bias"): large[out.replace(".weight", ".bias")]}
+    return {
+        key_w: w_in[keep],
+        key_b: b_in[keep],
+        out_key: w_out[:, keep],
+        out_key.replace(".weight", ".bias"): large[out.replace(".weight", ".bias")],
+    }
 
 
 def grow(shipped: torch.nn.Module, model: torch.nn.Module) -> None:
     """Load a shallower model into ``model``'s first blocks; the blocks after them start as identities (their
     residual branches' output projections zero), so the deeper model begins as the shipped one."""
+
     def blocks_of(m: torch.nn.Module) -> torch.nn.ModuleList:  # CogVideoX: transformer_blocks, Wan: blocks
         return getattr(m, "transformer_blocks", None) or m.blocks
 
@@ -397,9 +440,14 @@ def stage_transformer(args: argparse.Namespace, work: pathlib.Path, role: str) -
         log(f"{role}: warm start from the shipped weights")
     model.train()
     pipe = trained.build_pipeline(args.family, role, model, vae, trained.text_encoder(args.family))
-    objective = Objective(args.family, role, pipe, render_from=args.render_from if role == "small" else 0,
-                          focus=tuple(args.focus) if args.focus else None,
-                          distill=args.distill if role == "small" else 0.0)
+    objective = Objective(
+        args.family,
+        role,
+        pipe,
+        render_from=args.render_from if role == "small" else 0,
+        focus=tuple(args.focus) if args.focus else None,
+        distill=args.distill if role == "small" else 0.0,
+    )
     if objective.teacher is not None:
         log(f"{role}: distilled from the shipped large model (weight {args.distill})")
     if objective.focus is not None:
@@ -407,8 +455,10 @@ def stage_transformer(args: argparse.Namespace, work: pathlib.Path, role: str) -
     if objective.ceiling is not None:
         log(f"{role}: noise levels of steps {args.render_from}-50 only (timestep <= {objective.ceiling:.0f})")
     x_all = objective.model_latents(data["latents"], vae)
-    log(f"{role}: {sum(p.numel() for p in model.parameters()) / 1e6:.3f} M parameters; model latents std "
-        f"{x_all.std().item():.3f}")
+    log(
+        f"{role}: {sum(p.numel() for p in model.parameters()) / 1e6:.3f} M parameters; model latents std "
+        f"{x_all.std().item():.3f}"
+    )
     ema = [p.detach().clone() for p in model.parameters()]
     opt = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=0.01)
     first = 0
@@ -443,13 +493,23 @@ def stage_transformer(args: argparse.Namespace, work: pathlib.Path, role: str) -
         done = step + 1 - first
         if step % 100 == 0 or step == steps - 1:
             rate = (time.time() - start) / done
-            log(f"{role} step {step}/{steps} loss {running:.4f} lr {opt.param_groups[0]['lr']:.2e} "
-                f"({rate:.2f} s/step, {rate * (steps - step - 1) / 60:.1f} min left)")
+            log(
+                f"{role} step {step}/{steps} loss {running:.4f} lr {opt.param_groups[0]['lr']:.2e} "
+                f"({rate:.2f} s/step, {rate * (steps - step - 1) / 60:.1f} min left)"
+            )
         if (step + 1) % args.save_every == 0 or step == steps - 1:
             _save_ema(model, ema, work / role / "transformer")
             partial = checkpoint_path.with_suffix(".partial")  # a stop mid-write never leaves a broken checkpoint
-            torch.save({"model": model.state_dict(), "ema": ema, "optimizer": opt.state_dict(),
-                        "generator": gen.get_state(), "step": step + 1}, partial)
+            torch.save(
+                {
+                    "model": model.state_dict(),
+                    "ema": ema,
+                    "optimizer": opt.state_dict(),
+                    "generator": gen.get_state(),
+                    "step": step + 1,
+                },
+                partial,
+            )
             os.replace(partial, checkpoint_path)
         if args.eval_every and ((step + 1) % args.eval_every == 0 or step == steps - 1):
             evaluate_checkpoint(args, work, role, step + 1, running, (time.time() - start) / done)
@@ -457,31 +517,41 @@ def stage_transformer(args: argparse.Namespace, work: pathlib.Path, role: str) -
 
 
 @torch.no_grad()
-def evaluate_checkpoint(args: argparse.Namespace, work: pathlib.Path, role: str, step: int, loss: float | None,
-                        seconds_per_step: float) -> None:
+def evaluate_checkpoint(
+    args: argparse.Namespace, work: pathlib.Path, role: str, step: int, loss: float | None, seconds_per_step: float
+) -> None:
     """The learning curve: the saved EMA weights on the first held-out pairs, appended to curve.csv."""
     from sr_plugin.lab import evaluate, quality
 
     pipe = checkpoint_pipeline(args.family, role, work, args.checkpoints)
     step = getattr(pipe.transformer, "trained_steps", step)  # what was loaded, even if a run saved again meanwhile
     pairs = task.held_out()[: args.eval_pairs]
-    scores = [evaluate.score_video(quality.generate_video(pipe, args.family, p, s, args.eval_steps)[0], p)
-              for p, s in pairs]
+    scores = [
+        evaluate.score_video(quality.generate_video(pipe, args.family, p, s, args.eval_steps)[0], p) for p, s in pairs
+    ]
     summary = evaluate.summarize(scores)
     curve = getattr(args, "curve", None) or ROOT / "train" / "curves" / f"{args.family}-{role}.csv"  # committed
     curve.parent.mkdir(parents=True, exist_ok=True)
     if not curve.is_file():
-        curve.write_text("step,loss,prompt_accuracy,attribute_accuracy,colour,shape,direction,pairs,"
-                         "sampling_steps,seconds_per_step\n")
-    per = {k: sum(getattr(o, k) for sc in scores for o in sc.objects) / (2 * len(scores)) * 100
-           for k in ("colour", "shape", "direction")}
+        curve.write_text(
+            "step,loss,prompt_accuracy,attribute_accuracy,colour,shape,direction,pairs,"
+            "sampling_steps,seconds_per_step\n"
+        )
+    per = {
+        k: sum(getattr(o, k) for sc in scores for o in sc.objects) / (2 * len(scores)) * 100
+        for k in ("colour", "shape", "direction")
+    }
     with curve.open("a") as f:
-        f.write(f"{step},{loss if loss is not None else float('nan'):.4f},{summary['prompt_accuracy']:.1f},"
-                f"{summary['attribute_accuracy']:.1f},{per['colour']:.1f},{per['shape']:.1f},"
-                f"{per['direction']:.1f},{len(pairs)},{args.eval_steps},{seconds_per_step:.3f}\n")
-    log(f"{role} step {step} on {len(pairs)} held-out pairs: prompts {summary['prompt_accuracy']:.1f}%, "
+        f.write(
+            f"{step},{loss if loss is not None else float('nan'):.4f},{summary['prompt_accuracy']:.1f},"
+            f"{summary['attribute_accuracy']:.1f},{per['colour']:.1f},{per['shape']:.1f},"
+            f"{per['direction']:.1f},{len(pairs)},{args.eval_steps},{seconds_per_step:.3f}\n"
+        )
+    log(
+        f"{role} step {step} on {len(pairs)} held-out pairs: prompts {summary['prompt_accuracy']:.1f}%, "
         f"attributes {summary['attribute_accuracy']:.1f}% (colour {per['colour']:.0f} / shape {per['shape']:.0f} "
-        f"/ direction {per['direction']:.0f})")
+        f"/ direction {per['direction']:.0f})"
+    )
 
 
 def _save_ema(model, ema, path: pathlib.Path) -> None:
@@ -525,8 +595,9 @@ def ema_model(args: argparse.Namespace, work: pathlib.Path, role: str) -> torch.
     return type(trained.transformer(args.family, role)).from_pretrained(work / role / "transformer").eval()
 
 
-def checkpoint_pipeline(family: str, role: str, work: pathlib.Path | None = None,
-                        checkpoints: pathlib.Path = ROOT / "train" / "checkpoints"):
+def checkpoint_pipeline(
+    family: str, role: str, work: pathlib.Path | None = None, checkpoints: pathlib.Path = ROOT / "train" / "checkpoints"
+):
     """The family's pipeline around the role's EMA weights (`ema_model`) and the run folder's VAE: what the
     learning curve and the diagnostics in train/ score."""
     work = work or ROOT / "train" / "runs" / family
@@ -550,15 +621,22 @@ def stage_export(args: argparse.Namespace, work: pathlib.Path) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--family", choices=trained.FAMILY_NAMES, required=True)
-    parser.add_argument("--stage", choices=("all", "vae", "encode", "large", "small", "export", "eval"),
-                        default="all", help="eval: score both roles' checkpoints (--eval-pairs, --eval-steps) once")
+    parser.add_argument(
+        "--stage",
+        choices=("all", "vae", "encode", "large", "small", "export", "eval"),
+        default="all",
+        help="eval: score both roles' checkpoints (--eval-pairs, --eval-steps) once",
+    )
     parser.add_argument("--work", type=pathlib.Path, default=None)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--vae-steps", type=int, default=1200)
     parser.add_argument("--vae-init", type=pathlib.Path, default=None, help="continue from this VAE folder")
-    parser.add_argument("--vae-decoder-only", action="store_true",
-                        help="train only the decoder (with --vae-init: the latent space stays the init's)")
+    parser.add_argument(
+        "--vae-decoder-only",
+        action="store_true",
+        help="train only the decoder (with --vae-init: the latent space stays the init's)",
+    )
     parser.add_argument("--vae-batch", type=int, default=8)
     parser.add_argument("--vae-lr", type=float, default=2e-3)
     parser.add_argument("--videos", type=int, default=12288)
@@ -567,37 +645,92 @@ def main() -> None:
     parser.add_argument("--lr", type=float, default=1e-3)
     parser.add_argument("--ema", type=float, default=0.998)
     parser.add_argument("--save-every", type=int, default=500)
-    parser.add_argument("--resume", action="store_true",
-                        help="large/small: continue from the checkpoint in --checkpoints (or the saved weights)")
-    parser.add_argument("--checkpoints", type=pathlib.Path, default=ROOT / "train" / "checkpoints",
-                        help="where <family>/<role>.pt checkpoints are written and resumed from")
-    parser.add_argument("--from-shipped", action="store_true",
-                        help="start from the shipped VAE and transformers instead of training from scratch")
-    parser.add_argument("--schedule", choices=("cosine", "constant", "cooldown"), default="cosine",
-                        help="learning rate after the 100 warm-up steps (cooldown: constant, then cosine from "
-                             "--cooldown-from to 0.1 x --lr at --steps)")
+    parser.add_argument(
+        "--resume",
+        action="store_true",
+        help="large/small: continue from the checkpoint in --checkpoints (or the saved weights)",
+    )
+    parser.add_argument(
+        "--checkpoints",
+        type=pathlib.Path,
+        default=ROOT / "train" / "checkpoints",
+        help="where <family>/<role>.pt checkpoints are written and resumed from",
+    )
+    parser.add_argument(
+        "--from-shipped",
+        action="store_true",
+        help="start from the shipped VAE and transformers instead of training from scratch",
+    )
+    parser.add_argument(
+        "--schedule",
+        choices=("cosine", "constant", "cooldown"),
+        default="cosine",
+        help="learning rate after the 100 warm-up steps (cooldown: constant, then cosine from "
+        "--cooldown-from to 0.1 x --lr at --steps)",
+    )
     parser.add_argument("--cooldown-from", type=int, default=0)
-    parser.add_argument("--focus", type=float, nargs=3, default=None, metavar=("LO", "HI", "FRAC"),
-                        help="Wan: a FRAC share of each batch at sigma LO-HI")
-    parser.add_argument("--render-from", type=int, default=0,
-                        help="small model: train only on the noise of sampling steps K..50 (0: every noise level)")
-    parser.add_argument("--large-layers", type=int, default=None,
-                        help="a deeper large model (with --from-shipped: grown from the shipped one)")
-    parser.add_argument("--grow-from", type=pathlib.Path, default=None,
-                        help="a checkpoints folder whose <family>/<role>.pt EMA weights start the run, grown to "
-                             "--large-layers (new blocks start as identities)")
-    parser.add_argument("--small-size", type=int, nargs=3, default=None, metavar=("LAYERS", "HEADS", "FFN"),
-                        help="the small model's depth, width (heads of 16) and feed-forward width (0: 4 x the "
-                             "width) instead of SIZES'")
-    parser.add_argument("--init-from-large", type=lambda v: [int(b) for b in v.split(",")], default=None,
-                        metavar="B1,B2,...", help="small model: start as the shipped large model with only these "
-                        "blocks (its width: --small-size L 4)")
-    parser.add_argument("--distill", type=float, default=0.0, metavar="W",
-                        help="small model: W x the shipped large model's prediction + (1 - W) x the data as target")
-    parser.add_argument("--roles", nargs="+", choices=trained.ROLES, default=list(trained.ROLES),
-                        help="export: the roles whose folders are written")
-    parser.add_argument("--curve", type=pathlib.Path, default=None,
-                        help="learning-curve file (default: train/curves/<family>-<role>.csv)")
+    parser.add_argument(
+        "--focus",
+        type=float,
+        nargs=3,
+        default=None,
+        metavar=("LO", "HI", "FRAC"),
+        help="Wan: a FRAC share of each batch at sigma LO-HI",
+    )
+    parser.add_argument(
+        "--render-from",
+        type=int,
+        default=0,
+        help="small model: train only on the noise of sampling steps K..50 (0: every noise level)",
+    )
+    parser.add_argument(
+        "--large-layers",
+        type=int,
+        default=None,
+        help="a deeper large model (with --from-shipped: grown from the shipped one)",
+    )
+    parser.add_argument(
+        "--grow-from",
+        type=pathlib.Path,
+        default=None,
+        help="a checkpoints folder whose <family>/<role>.pt EMA weights start the run, grown to "
+        "--large-layers (new blocks start as identities)",
+    )
+    parser.add_argument(
+        "--small-size",
+        type=int,
+        nargs=3,
+        default=None,
+        metavar=("LAYERS", "HEADS", "FFN"),
+        help="the small model's depth, width (heads of 16) and feed-forward width (0: 4 x the width) instead of SIZES'",
+    )
+    parser.add_argument(
+        "--init-from-large",
+        type=lambda v: [int(b) for b in v.split(",")],
+        default=None,
+        metavar="B1,B2,...",
+        help="small model: start as the shipped large model with only these blocks (its width: --small-size L 4)",
+    )
+    parser.add_argument(
+        "--distill",
+        type=float,
+        default=0.0,
+        metavar="W",
+        help="small model: W x the shipped large model's prediction + (1 - W) x the data as target",
+    )
+    parser.add_argument(
+        "--roles",
+        nargs="+",
+        choices=trained.ROLES,
+        default=list(trained.ROLES),
+        help="export: the roles whose folders are written",
+    )
+    parser.add_argument(
+        "--curve",
+        type=pathlib.Path,
+        default=None,
+        help="learning-curve file (default: train/curves/<family>-<role>.csv)",
+    )
     parser.add_argument("--eval-every", type=int, default=0, help="learning-curve evaluation period (0: none)")
     parser.add_argument("--eval-pairs", type=int, default=24)
     parser.add_argument("--eval-steps", type=int, default=20)
@@ -610,8 +743,10 @@ def main() -> None:
         layers, heads, ffn = args.small_size
         trained.SIZES[args.family]["small"] = (layers, heads, ffn or None)
     if args.init_from_large and len(args.init_from_large) != trained.SIZES[args.family]["small"][0]:
-        parser.error(f"--init-from-large names {len(args.init_from_large)} blocks for a small model of "
-                     f"{trained.SIZES[args.family]['small'][0]} (--small-size)")
+        parser.error(
+            f"--init-from-large names {len(args.init_from_large)} blocks for a small model of "
+            f"{trained.SIZES[args.family]['small'][0]} (--small-size)"
+        )
     if not 0 <= args.distill <= 1:
         parser.error(f"--distill W needs 0 <= W <= 1, got {args.distill}")
     if args.large_layers:

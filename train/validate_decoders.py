@@ -8,13 +8,14 @@ and is a checkpoint's held-out figure more than a lucky draw?
 Measured 2026-12-02 (Wan, prompts right of 64): the shipped VAE 85.9%, its decoder fine-tuned 800 steps 84.4%,
 2,000 steps 85.9% (both round-trip every held-out video right, against 95.3% for the shipped one).
 """
+
 import argparse
 import pathlib
 import random
 
 import torch
-
 import train_family
+
 from sr_plugin.lab import evaluate, task, trained
 from sr_plugin.lab.quality import generate_video
 
@@ -26,10 +27,19 @@ def main() -> None:
     parser.add_argument("--family", choices=trained.FAMILY_NAMES, default="wan")
     parser.add_argument("--scenes", type=int, default=64)
     parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--checkpoints", type=pathlib.Path, default=train_family.ROOT / "train" / "checkpoints",
-                        help="folder holding <family>/large.pt (default: the shipped run's)")
-    parser.add_argument("--guidance", type=float, nargs="*", default=None,
-                        help="CFG scales to compare (default: the family's shipped one)")
+    parser.add_argument(
+        "--checkpoints",
+        type=pathlib.Path,
+        default=train_family.ROOT / "train" / "checkpoints",
+        help="folder holding <family>/large.pt (default: the shipped run's)",
+    )
+    parser.add_argument(
+        "--guidance",
+        type=float,
+        nargs="*",
+        default=None,
+        help="CFG scales to compare (default: the family's shipped one)",
+    )
     parser.add_argument("vaes", nargs="*", type=pathlib.Path, help="VAE folders (default: the run folder's)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
@@ -38,9 +48,12 @@ def main() -> None:
     for folder in args.vaes or [train_family.ROOT / "train" / "runs" / args.family / "vae"]:
         pipe.vae = type(pipe.vae).from_pretrained(folder).eval()
         for scale in args.guidance or [trained.GUIDANCE[args.family]]:
-            scores = [evaluate.score_video(
-                generate_video(pipe, args.family, p, VALIDATION_SEED + i, 50, guidance_scale=scale)[0], p)
-                for i, p in enumerate(prompts)]
+            scores = [
+                evaluate.score_video(
+                    generate_video(pipe, args.family, p, VALIDATION_SEED + i, 50, guidance_scale=scale)[0], p
+                )
+                for i, p in enumerate(prompts)
+            ]
             print(folder, f"guidance {scale}", evaluate.summarize(scores), flush=True)
 
 

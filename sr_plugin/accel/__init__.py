@@ -13,8 +13,8 @@ from typing import Any
 import torch
 
 from ..adapters import FamilyAdapter, adapter_for
-from ..instance.patching import drop_hook_residue
 from ..instance.events import CallListener
+from ..instance.patching import drop_hook_residue
 from ..pipeline.calls import CallTracker, models_in_play
 from ..pipeline.trace import StepRecord
 from .calibrate import TeaCacheCalibration, calibrate_teacache, fit_rescale
@@ -42,6 +42,12 @@ class Accelerations(CallListener):
         self.trace: list[StepRecord] = []
 
     @property
+    def calls(self) -> CallTracker:
+        """The pipeline's call tracker (once installed)."""
+        assert self.tracker is not None, "install() first"
+        return self.tracker
+
+    @property
     def configs(self) -> dict[str, Any]:
         """What was asked for: each acceleration's config, by keyword."""
         return {keyword: kind.config for keyword, kind in self.kinds.items()}
@@ -58,9 +64,11 @@ class Accelerations(CallListener):
             kind.check(self, model, role)
         owner = _accelerated_by(model)
         if owner is not None and owner is not self:
-            raise ValueError(f"the {role} transformer already carries sr_plugin accelerations of another pipeline "
-                             f"(a {type(owner.pipe).__name__}); remove that pipeline's accelerate handle first, or "
-                             "give this pipeline its own copy of the model")
+            raise ValueError(
+                f"the {role} transformer already carries sr_plugin accelerations of another pipeline "
+                f"(a {type(owner.pipe).__name__}); remove that pipeline's accelerate handle first, or "
+                "give this pipeline its own copy of the model"
+            )
 
     def install(self) -> None:
         """Join the pipeline's call tracker (after every check passed: a failed check changes nothing)."""
@@ -73,7 +81,7 @@ class Accelerations(CallListener):
         self.check(model, role)
         self.models[role] = model
         model.__dict__[_OWNER_ATTR] = self
-        self.tracker.models.track(model)
+        self.calls.models.track(model)
         try:
             for kind in self.kinds.values():
                 kind.attach(self, model, role)
@@ -85,7 +93,7 @@ class Accelerations(CallListener):
         model = self.models.pop(role, None)
         if model is None:
             return
-        self.tracker.models.untrack(model)
+        self.calls.models.untrack(model)
         for kind in reversed(list(self.kinds.values())):
             kind.detach(self, model, role)
         drop_hook_residue(model)
@@ -126,11 +134,11 @@ class AccelHandle:
         if self.removed:
             return
         accel = self._accel
-        if accel.tracker.active:
+        if accel.calls.active:
             raise RuntimeError("sr_plugin: cannot remove accelerations while the pipeline is running")
         for role in list(accel.models):
             accel.detach(role)
-        accel.tracker.discard(accel)
+        accel.calls.discard(accel)
         accel.pipe.__dict__.pop(ACCEL_ATTR, None)
         self.removed = True
 
@@ -138,7 +146,9 @@ class AccelHandle:
         if self.removed:
             return f"AccelHandle({type(self._accel.pipe).__name__}, removed)"
         kinds = ", ".join(f"{keyword}={config!r}" for keyword, config in self._accel.configs.items())
-        return f"AccelHandle({type(self._accel.pipe).__name__}, {kinds}, on {', '.join(self._accel.models) or 'no model'})"
+        return (
+            f"AccelHandle({type(self._accel.pipe).__name__}, {kinds}, on {', '.join(self._accel.models) or 'no model'})"
+        )
 
 
 def accelerate(pipe: Any, *configs: Any, **accelerations: Any) -> AccelHandle:
@@ -180,7 +190,7 @@ def accelerate(pipe: Any, *configs: Any, **accelerations: Any) -> AccelHandle:
 _OWNER_ATTR = "_sr_plugin_accelerated_by"
 
 
-def _accelerated_by(model: torch.nn.Module) -> "Accelerations | None":
+def _accelerated_by(model: torch.nn.Module) -> Accelerations | None:
     return model.__dict__.get(_OWNER_ATTR)
 
 
@@ -188,5 +198,18 @@ def accelerations_of(pipe: Any) -> Accelerations | None:
     return pipe.__dict__.get(ACCEL_ATTR)
 
 
-__all__ = ["AccelHandle", "Acceleration", "CompileConfig", "FirstBlockCacheConfig", "PABConfig", "TeaCacheCalibration", "TeaCacheConfig", "accelerate", "accelerations_of", "register_acceleration", "registered",
-           "calibrate_teacache", "fit_rescale"]
+__all__ = [
+    "AccelHandle",
+    "Acceleration",
+    "CompileConfig",
+    "FirstBlockCacheConfig",
+    "PABConfig",
+    "TeaCacheCalibration",
+    "TeaCacheConfig",
+    "accelerate",
+    "accelerations_of",
+    "register_acceleration",
+    "registered",
+    "calibrate_teacache",
+    "fit_rescale",
+]

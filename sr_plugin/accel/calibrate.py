@@ -21,8 +21,8 @@ from diffusers.hooks import HookRegistry, ModelHook
 
 from .. import compat
 from ..adapters import adapter_for
-from ..pipeline.calls import models_in_play
 from ..instance.patching import drop_hook_residue
+from ..pipeline.calls import models_in_play
 from ..pipeline.seeded import run_seeded
 from .teacache import MAX_DEGREE, RET_WARMUP_STEPS, WARMUP_STEPS, TeaCacheConfig, _binder, check_coefficients
 
@@ -49,30 +49,42 @@ class TeaCacheCalibration:
         return TeaCacheConfig(threshold, dict(self.coefficients), ret_steps=self.ret_steps)
 
     def save(self, path: str | os.PathLike[str]) -> None:
-        data = {"coefficients": self.coefficients, "r_squared": self.r_squared, "degree": self.degree,
-                "ret_steps": self.ret_steps}
+        data = {
+            "coefficients": self.coefficients,
+            "r_squared": self.r_squared,
+            "degree": self.degree,
+            "ret_steps": self.ret_steps,
+        }
         with open(path, "w") as f:
             json.dump(data, f, indent=1)
 
     @classmethod
-    def load(cls, path: str | os.PathLike[str]) -> "TeaCacheCalibration":
+    def load(cls, path: str | os.PathLike[str]) -> TeaCacheCalibration:
         with open(path) as f:
             data = json.load(f)
         degree = data["degree"]
         coefficients = {role: check_coefficients(c, degree) for role, c in data["coefficients"].items()}
-        return cls(coefficients, {k: float(v) for k, v in data["r_squared"].items()}, degree,
-                   bool(data.get("ret_steps", False)))
+        return cls(
+            coefficients,
+            {k: float(v) for k, v in data["r_squared"].items()},
+            degree,
+            bool(data.get("ret_steps", False)),
+        )
 
 
-def fit_rescale(x: Sequence[float], y: Sequence[float], degree: int = DEFAULT_DEGREE) -> tuple[tuple[float, ...], float]:
+def fit_rescale(
+    x: Sequence[float], y: Sequence[float], degree: int = DEFAULT_DEGREE
+) -> tuple[tuple[float, ...], float]:
     """``numpy.polyfit(x, y, degree)`` and its R squared; a clear error when the points cannot fix it."""
     check_degree(degree)
     xs, ys = np.asarray(x, dtype=float), np.asarray(y, dtype=float)
     if xs.shape != ys.shape or xs.ndim != 1:
         raise ValueError(f"x and y must be two sequences of the same length, got {xs.shape} and {ys.shape}")
     if len(xs) <= degree or len(np.unique(xs)) <= degree:
-        raise ValueError(f"a degree-{degree} fit needs more than {degree} distinct x values, got "
-                         f"{len(np.unique(xs))} (from {len(xs)} points): use more prompts or steps, or a lower degree")
+        raise ValueError(
+            f"a degree-{degree} fit needs more than {degree} distinct x values, got "
+            f"{len(np.unique(xs))} (from {len(xs)} points): use more prompts or steps, or a lower degree"
+        )
     if not (np.isfinite(xs).all() and np.isfinite(ys).all()):
         raise ValueError("x and y must be finite")
     coefficients = np.polyfit(xs, ys, degree)
@@ -120,6 +132,7 @@ class _Recorder:
         key = f"{self.prompt}/{self.role}/{self._branch}"
         sequence = self.sequences.setdefault(key, [])
         previous = self.previous.get(self._branch)
+        assert self.modulated is not None, "the modulated input is recorded before the model's output"
         current = (self.modulated.detach().clone(), output.detach().clone())
         x = None
         if previous is not None:
@@ -146,7 +159,7 @@ class _ModelHook(ModelHook):
 
 
 class _InputHook(ModelHook):
-    def __init__(self, recorder: _Recorder, source: tuple[str, Any], module: torch.nn.Module) -> None:
+    def __init__(self, recorder: _Recorder, source: tuple[Any, ...], module: torch.nn.Module) -> None:
         super().__init__()
         self.recorder, self.source = recorder, source
         self.bind = _binder(module) if source[0] == "block_arg" else None
@@ -162,9 +175,16 @@ class _InputHook(ModelHook):
         return output
 
 
-def calibrate_teacache(pipe: Any, prompts: Sequence[str], *, num_inference_steps: int = 50,
-                       degree: int = DEFAULT_DEGREE, ret_steps: bool = False, seed: int = 0,
-                       **call_kwargs: Any) -> TeaCacheCalibration:
+def calibrate_teacache(
+    pipe: Any,
+    prompts: Sequence[str],
+    *,
+    num_inference_steps: int = 50,
+    degree: int = DEFAULT_DEGREE,
+    ret_steps: bool = False,
+    seed: int = 0,
+    **call_kwargs: Any,
+) -> TeaCacheCalibration:
     """Run ``pipe`` on every prompt (seeds ``seed``, ``seed + 1``, ...) and fit TeaCache's rescale polynomial
     for each model that ran: the pipeline's transformer ("large") and, with the switch, the small one.
 
@@ -179,8 +199,10 @@ def calibrate_teacache(pipe: Any, prompts: Sequence[str], *, num_inference_steps
     adapter = adapter_for(pipe)
     accel = accelerations_of(pipe)
     if accel is not None and accel.caches:
-        raise ValueError("calibrate TeaCache on a pipeline without caching accelerations: remove the "
-                         "sr_plugin.accelerate handle first (cached steps would be measured as unchanged)")
+        raise ValueError(
+            "calibrate TeaCache on a pipeline without caching accelerations: remove the "
+            "sr_plugin.accelerate handle first (cached steps would be measured as unchanged)"
+        )
     models = models_in_play(pipe)  # with the switch applied, its small model too
     for role, model in models.items():
         if compat.cache_config(model) is not None:

@@ -74,7 +74,7 @@ class Compile(Acceleration):
         self._patches: dict[str, InstancePatches] = {}
 
     @classmethod
-    def from_keyword(cls, value: Any) -> "Compile | None":
+    def from_keyword(cls, value: Any) -> Compile | None:
         if value is None or value is False:
             return None
         if not isinstance(value, (bool, dict)):
@@ -85,13 +85,13 @@ class Compile(Acceleration):
         if any(getattr(o, "breaks_graphs", False) for o in others.values()):
             self.options["fullgraph"] = False  # e.g. PAB's per-branch decision: a graph break inside each block
 
-    def check(self, ctx: "Accelerations", model: torch.nn.Module, role: str) -> None:
+    def check(self, ctx: Accelerations, model: torch.nn.Module, role: str) -> None:
         check_compilable(model, ctx.adapter.blocks(model), role)
 
-    def attach(self, ctx: "Accelerations", model: torch.nn.Module, role: str) -> None:
+    def attach(self, ctx: Accelerations, model: torch.nn.Module, role: str) -> None:
         self._patches[role] = compile_blocks(ctx.adapter.blocks(model), self.options)
 
-    def detach(self, ctx: "Accelerations", model: torch.nn.Module, role: str) -> None:
+    def detach(self, ctx: Accelerations, model: torch.nn.Module, role: str) -> None:
         patches = self._patches.pop(role, None)
         if patches is not None:
             patches.undo()

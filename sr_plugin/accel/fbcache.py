@@ -28,27 +28,31 @@ class FirstBlockCache(Acceleration):
     caches = True
 
     @classmethod
-    def from_keyword(cls, value: Any) -> "FirstBlockCache | None":
+    def from_keyword(cls, value: Any) -> FirstBlockCache | None:
         if value is None:
             return None
         if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
             raise ValueError(f"fbcache must be a threshold >= 0, got {value!r}")
         return cls(FirstBlockCacheConfig(threshold=float(value)))
 
-    def check(self, ctx: "Accelerations", model: torch.nn.Module, role: str) -> None:
+    def check(self, ctx: Accelerations, model: torch.nn.Module, role: str) -> None:
         blocks = len(ctx.adapter.blocks(model))
         if blocks < 2:
-            raise ValueError(f"First Block Cache needs at least two transformer blocks (the first decides, the rest "
-                             f"are cached); the {role} transformer has {blocks}")
+            raise ValueError(
+                f"First Block Cache needs at least two transformer blocks (the first decides, the rest "
+                f"are cached); the {role} transformer has {blocks}"
+            )
         refuse_a_second_block_cache(model, role, "First Block Cache")
         if compat.cache_config(model) is not None:
-            raise ValueError(f"the {role} transformer already has a diffusers cache enabled "
-                             f"({type(compat.cache_config(model)).__name__}); disable it or drop fbcache=")
+            raise ValueError(
+                f"the {role} transformer already has a diffusers cache enabled "
+                f"({type(compat.cache_config(model)).__name__}); disable it or drop fbcache="
+            )
 
-    def attach(self, ctx: "Accelerations", model: torch.nn.Module, role: str) -> None:
+    def attach(self, ctx: Accelerations, model: Any, role: str) -> None:
         if role == "large":
             model.enable_cache(dataclasses.replace(self.config))
 
-    def detach(self, ctx: "Accelerations", model: torch.nn.Module, role: str) -> None:
+    def detach(self, ctx: Accelerations, model: Any, role: str) -> None:
         if role == "large" and compat.cache_config(model) is not None:
             model.disable_cache()

@@ -12,8 +12,9 @@ on the branch's first call, outside the timestep range, or every ``skip_range``-
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Callable
+from typing import TYPE_CHECKING, Any
 
 import torch
 from diffusers.hooks import HookRegistry, ModelHook
@@ -54,7 +55,7 @@ class PABConfig:
             raise ValueError(f"PAB timestep_range must be (low, high) with low < high, got {self.timestep_range!r}")
 
 
-class PABState(BaseState):
+class PABState(BaseState):  # type: ignore[misc,valid-type]  # diffusers' base class, read in compat
     def __init__(self) -> None:
         self.reset()
 
@@ -65,9 +66,13 @@ class PABState(BaseState):
 
 @compat.mark_stateful
 class CFGAwarePABHook(ModelHook):
-
-    def __init__(self, skip_range: int, timestep_range: tuple[float, float], current_timestep: Callable[[], Any],
-                 log: Callable[[str, bool], None] | None = None):
+    def __init__(
+        self,
+        skip_range: int,
+        timestep_range: tuple[float, float],
+        current_timestep: Callable[[], Any],
+        log: Callable[[str, bool], None] | None = None,
+    ):
         super().__init__()
         self.log = log
         self.skip_range = skip_range
@@ -79,20 +84,22 @@ class CFGAwarePABHook(ModelHook):
 
     def reset_state(self, module: torch.nn.Module) -> torch.nn.Module:
         self.state_manager.reset()
-        self.cached_bytes: dict[str, int] = {}
+        self.cached_bytes = {}
         return module
 
     @torch.compiler.disable  # Python state decides here: keep it out of compiled blocks (a graph break)
     def new_forward(self, module: torch.nn.Module, *args: Any, **kwargs: Any) -> Any:
+        forward = self.fn_ref.original_forward
+        assert forward is not None  # set when diffusers registered the hook
         t = self.current_timestep()
         if t is None:  # outside its pipeline's denoising loop (another pipeline sharing the model): plain
-            return self.fn_ref.original_forward(*args, **kwargs)
+            return forward(*args, **kwargs)
         state = self.state_manager.get_state()
         within = t is not None and self.timestep_range[0] < float(t) < self.timestep_range[1]
         compute = state.cache is None or state.iteration == 0 or not within or state.iteration % self.skip_range == 0
         if self.log is not None:
             self.log(self.state_manager.context.name, compute)
-        output = self.fn_ref.original_forward(*args, **kwargs) if compute else state.cache
+        output = forward(*args, **kwargs) if compute else state.cache
         state.cache = output
         state.iteration += 1
         if compute:
@@ -100,19 +107,26 @@ class CFGAwarePABHook(ModelHook):
         return output
 
 
-def apply_cfg_pab(model: torch.nn.Module, attention_modules: list[tuple[torch.nn.Module, str]],
-                  config: PABConfig, log: Callable[[str, bool], None] | None = None) -> int:
+def apply_cfg_pab(
+    model: torch.nn.Module,
+    attention_modules: list[tuple[torch.nn.Module, str]],
+    config: PABConfig,
+    log: Callable[[str, bool], None] | None = None,
+) -> int:
     """Register the per-branch PAB hook on the attention modules; returns how many got one. ``log(branch,
     computed)`` hears every decision (the trace)."""
     if config.current_timestep_callback is None:
-        raise ValueError("PAB needs a current-timestep source: set PABConfig.current_timestep_callback "
-                         "(sr_plugin.accelerate sets it from the pipeline)")
+        raise ValueError(
+            "PAB needs a current-timestep source: set PABConfig.current_timestep_callback "
+            "(sr_plugin.accelerate sets it from the pipeline)"
+        )
     count = 0
     for module, kind in attention_modules:
         skip = config.self_attention_skip_range if kind == "self" else config.cross_attention_skip_range
         if skip is None:
             continue
-        hook = CFGAwarePABHook(skip, tuple(config.timestep_range), config.current_timestep_callback, log)
+        low, high = config.timestep_range
+        hook = CFGAwarePABHook(skip, (low, high), config.current_timestep_callback, log)
         HookRegistry.check_if_exists_or_initialize(module).register_hook(hook, _PAB)
         count += 1
     HookRegistry.check_if_exists_or_initialize(model).invalidate_child_registries_cache()
@@ -169,7 +183,7 @@ class PyramidAttentionBroadcast(Acceleration):
     breaks_graphs = True
 
     @classmethod
-    def from_keyword(cls, value: Any) -> "PyramidAttentionBroadcast | None":
+    def from_keyword(cls, value: Any) -> PyramidAttentionBroadcast | None:
         if value is False or value is None:
             return None
         config = PABConfig() if value is True else value
@@ -177,15 +191,20 @@ class PyramidAttentionBroadcast(Acceleration):
             raise TypeError(f"pab must be True or a PABConfig, got {type(value).__name__}")
         return cls(config)
 
-    def attach(self, ctx: "Accelerations", model: torch.nn.Module, role: str) -> None:
-        tracker = ctx.tracker
+    def attach(self, ctx: Accelerations, model: torch.nn.Module, role: str) -> None:
+        tracker = ctx.calls
         config = self.config
         if config.current_timestep_callback is None:
             config = dataclasses.replace(config, current_timestep_callback=lambda: tracker.current_timestep)
         tracker.notes.renderers["attention"] = lambda counts: attention_summary(*counts)
-        apply_cfg_pab(model, ctx.adapter.attention_modules(model), config,
-                      log=lambda branch, computed: tracker.notes.note("attention", role, branch, (int(computed), 1),
-                                                                merge=add_counts))
+        apply_cfg_pab(
+            model,
+            ctx.adapter.attention_modules(model),
+            config,
+            log=lambda branch, computed: tracker.notes.note(
+                "attention", role, branch, (int(computed), 1), merge=add_counts
+            ),
+        )
 
-    def detach(self, ctx: "Accelerations", model: torch.nn.Module, role: str) -> None:
+    def detach(self, ctx: Accelerations, model: torch.nn.Module, role: str) -> None:
         remove_cfg_pab(model)

@@ -36,20 +36,20 @@ class Acceleration:
         self.config = config
 
     @classmethod
-    def from_keyword(cls, value: Any) -> "Acceleration | None":
+    def from_keyword(cls, value: Any) -> Acceleration | None:
         """The acceleration for the keyword's value (None: not asked for); a clear error for a bad value."""
         raise NotImplementedError
 
-    def adjust(self, others: dict[str, "Acceleration"]) -> None:
+    def adjust(self, others: dict[str, Acceleration]) -> None:
         """Settle what depends on the other accelerations asked for (before any check)."""
 
-    def check(self, ctx: "Accelerations", model: torch.nn.Module, role: str) -> None:
+    def check(self, ctx: Accelerations, model: torch.nn.Module, role: str) -> None:
         """Every error attaching to ``model`` would raise, before anything changes."""
 
-    def attach(self, ctx: "Accelerations", model: torch.nn.Module, role: str) -> None:
+    def attach(self, ctx: Accelerations, model: torch.nn.Module, role: str) -> None:
         raise NotImplementedError
 
-    def detach(self, ctx: "Accelerations", model: torch.nn.Module, role: str) -> None:
+    def detach(self, ctx: Accelerations, model: torch.nn.Module, role: str) -> None:
         raise NotImplementedError
 
 
@@ -75,8 +75,10 @@ def _by_config(config: Any) -> type[Acceleration]:
         if isinstance(config, cls.config_types):
             return cls
     known = ", ".join(t.__name__ for cls in registered().values() for t in cls.config_types)
-    raise TypeError(f"accelerate() takes acceleration configs ({known}) or keywords "
-                    f"({', '.join(registered())}); got a {type(config).__name__}")
+    raise TypeError(
+        f"accelerate() takes acceleration configs ({known}) or keywords "
+        f"({', '.join(registered())}); got a {type(config).__name__}"
+    )
 
 
 def from_arguments(configs: tuple[Any, ...], keywords: dict[str, Any]) -> dict[str, Acceleration]:
@@ -84,8 +86,9 @@ def from_arguments(configs: tuple[Any, ...], keywords: dict[str, Any]) -> dict[s
     kind asked for twice and exclusive pairs refused."""
     unknown = sorted(set(keywords) - set(_REGISTRY))
     if unknown:
-        raise TypeError(f"accelerate() got unknown acceleration(s) {', '.join(unknown)}; known: "
-                        f"{', '.join(registered())}")
+        raise TypeError(
+            f"accelerate() got unknown acceleration(s) {', '.join(unknown)}; known: {', '.join(registered())}"
+        )
     chosen: dict[str, Acceleration] = {}
     for config in configs:
         cls = _by_config(config)
@@ -113,5 +116,7 @@ def refuse_a_second_block_cache(model: torch.nn.Module, role: str, what: str) ->
     from ..integrations.cache_dit_mirror import cache_dit_config
 
     if cache_dit_config(model) is not None:
-        raise ValueError(f"cache-dit already caches the {role} transformer's blocks; {what} would cache them "
-                         "a second time: choose one (cache_dit.disable_cache(pipe), or drop it here)")
+        raise ValueError(
+            f"cache-dit already caches the {role} transformer's blocks; {what} would cache them "
+            "a second time: choose one (cache_dit.disable_cache(pipe), or drop it here)"
+        )

@@ -86,8 +86,9 @@ def check_coefficients(values: Sequence[float], degree: int | None = None) -> tu
         raise ValueError(f"TeaCache coefficients must be a preset name or finite numbers, got {values!r}") from None
     expected = f"{degree + 1}" if degree is not None else f"1 to {MAX_DEGREE + 1}"
     if (degree is not None and len(values) != degree + 1) or not 1 <= len(values) <= MAX_DEGREE + 1:
-        raise ValueError(f"TeaCache coefficients must be {expected} numbers (highest degree first), got "
-                         f"{len(values)}: {values!r}")
+        raise ValueError(
+            f"TeaCache coefficients must be {expected} numbers (highest degree first), got {len(values)}: {values!r}"
+        )
     if not all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in values):
         raise ValueError(f"TeaCache coefficients must be finite numbers, got {values!r}")
     return tuple(float(v) for v in values)
@@ -106,11 +107,11 @@ def rescale(coefficients: Sequence[float], x: float) -> float:
 CALIBRATION_FILE = "teacache.json"
 
 
-def _config_fingerprint(model: torch.nn.Module) -> dict[str, Any]:
+def _config_fingerprint(model: Any) -> dict[str, Any]:
     return {k: v for k, v in dict(model.config).items() if not k.startswith("_")}
 
 
-def _weights_folders(model: torch.nn.Module) -> list[pathlib.Path]:
+def _weights_folders(model: Any) -> list[pathlib.Path]:
     """Where ``from_pretrained`` read the model's config: its path, or that path's ``transformer`` subfolder
     (diffusers records the path without the subfolder when one is given)."""
     source = model.config.get("_name_or_path") if hasattr(model, "config") else None
@@ -119,13 +120,24 @@ def _weights_folders(model: torch.nn.Module) -> list[pathlib.Path]:
     return [pathlib.Path(source), pathlib.Path(source) / "transformer"]
 
 
-def save_beside_weights(folder: str | os.PathLike[str], model: torch.nn.Module, coefficients: Sequence[float],
-                        r_squared: float, ret_steps: bool = False, note: str = "") -> pathlib.Path:
+def save_beside_weights(
+    folder: str | os.PathLike[str],
+    model: torch.nn.Module,
+    coefficients: Sequence[float],
+    r_squared: float,
+    ret_steps: bool = False,
+    note: str = "",
+) -> pathlib.Path:
     """Write ``coefficients`` as the default TeaCache polynomial of the model saved in ``folder`` (the folder
     holding its config.json); the model's config is recorded, so a different model never picks it up."""
     path = pathlib.Path(folder) / CALIBRATION_FILE
-    data = {"coefficients": list(check_coefficients(coefficients)), "r_squared": float(r_squared),
-            "ret_steps": bool(ret_steps), "note": note, "model_config": _config_fingerprint(model)}
+    data = {
+        "coefficients": list(check_coefficients(coefficients)),
+        "r_squared": float(r_squared),
+        "ret_steps": bool(ret_steps),
+        "note": note,
+        "model_config": _config_fingerprint(model),
+    }
     path.write_text(json.dumps(data, indent=1) + "\n")
     return path
 
@@ -149,14 +161,16 @@ def coefficients_beside_weights(model: torch.nn.Module, ret_steps: bool) -> tupl
     return None
 
 
-def resolve_coefficients(config: TeaCacheConfig, adapter: Any, model: torch.nn.Module, role: str) -> tuple[float, ...]:
+def resolve_coefficients(config: TeaCacheConfig, adapter: Any, model: Any, role: str) -> tuple[float, ...]:
     """The coefficients this model uses; a clear error for an unknown name or an unmatched model."""
     config.threshold_for(role)
     spec = config.coefficients
     if isinstance(spec, Mapping):
         if role not in spec:
-            raise ValueError(f"TeaCache coefficients given per model have no entry for the {role} transformer "
-                             f"(keys: {', '.join(map(str, spec))})")
+            raise ValueError(
+                f"TeaCache coefficients given per model have no entry for the {role} transformer "
+                f"(keys: {', '.join(map(str, spec))})"
+            )
         spec = spec[role]
     if spec is None:
         spec = coefficients_beside_weights(model, config.ret_steps) or adapter.teacache_preset(model, config.ret_steps)
@@ -171,15 +185,17 @@ def resolve_coefficients(config: TeaCacheConfig, adapter: Any, model: torch.nn.M
         return IDENTITY_COEFFICIENTS
     if isinstance(spec, str):
         if spec not in adapter.teacache_coefficients:
-            raise ValueError(f"unknown TeaCache coefficients {spec!r} for {adapter.name}; known: "
-                             f"{', '.join(adapter.teacache_coefficients)}")
+            raise ValueError(
+                f"unknown TeaCache coefficients {spec!r} for {adapter.name}; known: "
+                f"{', '.join(adapter.teacache_coefficients)}"
+            )
         if config.ret_steps != spec.endswith("-ret"):
             raise ValueError(f"TeaCache coefficients {spec!r} do not go with ret_steps={config.ret_steps}")
         return tuple(adapter.teacache_coefficients[spec])
     return check_coefficients(spec)
 
 
-class TeaCacheState(BaseState):
+class TeaCacheState(BaseState):  # type: ignore[misc,valid-type]  # diffusers' base class, read in compat
     """One transformer's state for one CFG branch."""
 
     def __init__(self) -> None:
@@ -191,17 +207,25 @@ class TeaCacheState(BaseState):
         #: Per stream the last block returns ("hidden_states", "encoder_hidden_states", ...): output - input.
         self.residuals: dict[str, torch.Tensor] = {}
 
-    def decide(self, modulated: torch.Tensor, step: int, num_steps: int, threshold: float,
-               coefficients: Sequence[float], warmup: int, agree: Any = None) -> bool:
+    def decide(
+        self,
+        modulated: torch.Tensor,
+        step: int,
+        num_steps: int,
+        threshold: float,
+        coefficients: Sequence[float],
+        warmup: int,
+        agree: Any = None,
+    ) -> bool:
         """The published rule: True to compute the blocks, False to reuse the cached residual."""
-        forced = (self.previous is None or threshold <= 0 or step < warmup or step >= num_steps - 1
-                  or not self.residuals)
+        forced = self.previous is None or threshold <= 0 or step < warmup or step >= num_steps - 1 or not self.residuals
         if forced:
             compute = True
         else:
             prev = self.previous
-            rel = (modulated - prev).abs().mean() / prev.abs().mean()
-            rel = (agree(rel) if agree is not None else rel).item()  # the one host read per call
+            assert prev is not None
+            change = (modulated - prev).abs().mean() / prev.abs().mean()
+            rel = float((agree(change) if agree is not None else change).item())  # the one host read per call
             self.accumulated += rescale(coefficients, rel)
             compute = self.accumulated >= threshold
         if compute:
@@ -213,8 +237,14 @@ class TeaCacheState(BaseState):
 class _ModelTeaCache:
     """Everything the hooks of one transformer share."""
 
-    def __init__(self, tracker: CallTracker, role: str, config: TeaCacheConfig, coefficients: tuple[float, ...],
-                 source: tuple[str, Any]) -> None:
+    def __init__(
+        self,
+        tracker: CallTracker,
+        role: str,
+        config: TeaCacheConfig,
+        coefficients: tuple[float, ...],
+        source: tuple[str, Any],
+    ) -> None:
         self.tracker = tracker
         self.role = role
         self.threshold = config.threshold_for(role)
@@ -264,24 +294,28 @@ class _BlockHook(ModelHook):
 
     def new_forward(self, module: torch.nn.Module, *args: Any, **kwargs: Any) -> Any:
         sh = self.shared
+        forward = self.fn_ref.original_forward
+        assert forward is not None  # set when diffusers registered the hook
         if not sh.tracker.active:  # a call of another pipeline sharing this model: not ours to cache
-            return self.fn_ref.original_forward(*args, **kwargs)
+            return forward(*args, **kwargs)
         bound = self.bind(args, kwargs)
         state = sh.state_manager.get_state()
         if self.first:
             modulated = bound[sh.source[1]] if sh.source[0] == "block_arg" else sh.captured
             tracker = sh.tracker
-            compute = state.decide(modulated, tracker.step, tracker.num_steps, sh.threshold, sh.coefficients,
-                                   sh.warmup, tracker.agree)
+            compute = state.decide(
+                modulated, tracker.step, tracker.num_steps, sh.threshold, sh.coefficients, sh.warmup, tracker.agree
+            )
             tracker.notes.note("cache", sh.role, sh.state_manager.context.name, "computed" if compute else "skipped")
             sh.skip = not compute
             if compute:
                 sh.block_input = {name: bound[name] for name in sh.streams}
         if sh.skip:
             return self._reuse(bound, state)
-        output = self.fn_ref.original_forward(*args, **kwargs)
+        output = forward(*args, **kwargs)
         if self.last:
             returned = dict(zip(self.layout, output if isinstance(output, tuple) else (output,)))
+            assert sh.block_input is not None
             state.residuals = {name: returned[name] - sh.block_input[name] for name in self.layout}
             sh.block_input = None
         return output
@@ -291,8 +325,14 @@ class _BlockHook(ModelHook):
         return values[0] if len(values) == 1 else tuple(values)
 
 
-def apply_teacache(model: torch.nn.Module, adapter: Any, tracker: CallTracker, role: str,
-                   config: TeaCacheConfig, coefficients: tuple[float, ...] | None = None) -> _ModelTeaCache:
+def apply_teacache(
+    model: torch.nn.Module,
+    adapter: Any,
+    tracker: CallTracker,
+    role: str,
+    config: TeaCacheConfig,
+    coefficients: tuple[float, ...] | None = None,
+) -> _ModelTeaCache:
     """Register TeaCache's hooks on ``model``'s blocks (undo with `remove_teacache`); ``coefficients``: already
     resolved for this model (else resolved here)."""
     if coefficients is None:
@@ -302,7 +342,9 @@ def apply_teacache(model: torch.nn.Module, adapter: Any, tracker: CallTracker, r
     shared = _ModelTeaCache(tracker, role, config, coefficients, source)
     shared.streams = blocks[-1][1]
     if source[0] == "output_of":
-        HookRegistry.check_if_exists_or_initialize(source[1]).register_hook(_InputCaptureHook(shared, source[2]), _INPUT)
+        HookRegistry.check_if_exists_or_initialize(source[1]).register_hook(
+            _InputCaptureHook(shared, source[2]), _INPUT
+        )
     for i, (block, layout) in enumerate(blocks):
         hook = _BlockHook(shared, first=i == 0, last=i == len(blocks) - 1, bind=_binder(block), layout=layout)
         HookRegistry.check_if_exists_or_initialize(block).register_hook(hook, _LEADER if i == 0 else _BLOCK)
@@ -333,7 +375,7 @@ class TeaCache(Acceleration):
         self._coefficients: dict[str, weakref.WeakKeyDictionary] = {}
 
     @classmethod
-    def from_keyword(cls, value: Any) -> "TeaCache | None":
+    def from_keyword(cls, value: Any) -> TeaCache | None:
         if value is None:
             return None
         if isinstance(value, bool):
@@ -343,15 +385,15 @@ class TeaCache(Acceleration):
             raise TypeError(f"teacache must be a threshold or a TeaCacheConfig, got {type(value).__name__}")
         return cls(config)
 
-    def check(self, ctx: "Accelerations", model: torch.nn.Module, role: str) -> None:
+    def check(self, ctx: Accelerations, model: torch.nn.Module, role: str) -> None:
         resolved = self._coefficients.setdefault(role, weakref.WeakKeyDictionary())
         if model not in resolved:
             ctx.adapter.teacache_input(model, self.config.ret_steps)
             resolved[model] = resolve_coefficients(self.config, ctx.adapter, model, role)
         refuse_a_second_block_cache(model, role, "TeaCache")
 
-    def attach(self, ctx: "Accelerations", model: torch.nn.Module, role: str) -> None:
-        apply_teacache(model, ctx.adapter, ctx.tracker, role, self.config, self._coefficients[role][model])
+    def attach(self, ctx: Accelerations, model: torch.nn.Module, role: str) -> None:
+        apply_teacache(model, ctx.adapter, ctx.calls, role, self.config, self._coefficients[role][model])
 
-    def detach(self, ctx: "Accelerations", model: torch.nn.Module, role: str) -> None:
+    def detach(self, ctx: Accelerations, model: torch.nn.Module, role: str) -> None:
         remove_teacache(model)

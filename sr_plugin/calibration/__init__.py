@@ -15,5 +15,17 @@ from .report import CalibrationReport, CandidateResult
 from .search import calibrate
 from .stats import Floor, Paired, mcnemar_exact, paired
 
-__all__ = ["GRIDS", "CalibrationReport", "Candidate", "CandidateResult", "Floor", "Paired", "calibrate",
-           "candidate_grid", "confirm", "mcnemar_exact", "new_seeds", "paired"]
+__all__ = [
+    "GRIDS",
+    "CalibrationReport",
+    "Candidate",
+    "CandidateResult",
+    "Floor",
+    "Paired",
+    "calibrate",
+    "candidate_grid",
+    "confirm",
+    "mcnemar_exact",
+    "new_seeds",
+    "paired",
+]

@@ -14,8 +14,11 @@ from ..switch.schedule import Schedule
 
 #: The orders of cooperation, named by the roles of their segments.
 ORDER_NAMES: dict[tuple[str, ...], str] = {
-    ("large",): "large only", ("small",): "small only", ("large", "small"): "large-first",
-    ("small", "large"): "small-first", ("large", "small", "large"): "large-small-large",
+    ("large",): "large only",
+    ("small",): "small only",
+    ("large", "small"): "large-first",
+    ("small", "large"): "small-first",
+    ("large", "small", "large"): "large-small-large",
     ("small", "large", "small"): "small-large-small",
 }
 
@@ -27,15 +30,44 @@ GRIDS: dict[str, dict[str, tuple[str, ...]]] = {
         "small-large-small": ("small:20%,large:80%,small", "small:20%,large:90%,small", "small:30%,large:90%,small"),
     },
     "full": {
-        "large-first": ("large:delta=0.003,small", "large:delta,small", "large:delta=0.03,small", "large:40%,small",
-                        "large:50%,small", "large:60%,small", "large:70%,small", "large:80%,small", "large:90%,small"),
-        "small-first": ("small:10%,large", "small:16%,large", "small:20%,large", "small:24%,large", "small:30%,large",
-                        "small:40%,large", "small:50%,large", "small:60%,large"),
-        "large-small-large": ("large:10%,small:30%,large", "large:10%,small:50%,large", "large:20%,small:40%,large",
-                              "large:20%,small:60%,large", "large:30%,small:50%,large", "large:30%,small:70%,large"),
-        "small-large-small": ("small:10%,large:80%,small", "small:10%,large:90%,small", "small:20%,large:80%,small",
-                              "small:20%,large:90%,small", "small:30%,large:80%,small", "small:30%,large:90%,small",
-                              "small:40%,large:90%,small"),
+        "large-first": (
+            "large:delta=0.003,small",
+            "large:delta,small",
+            "large:delta=0.03,small",
+            "large:40%,small",
+            "large:50%,small",
+            "large:60%,small",
+            "large:70%,small",
+            "large:80%,small",
+            "large:90%,small",
+        ),
+        "small-first": (
+            "small:10%,large",
+            "small:16%,large",
+            "small:20%,large",
+            "small:24%,large",
+            "small:30%,large",
+            "small:40%,large",
+            "small:50%,large",
+            "small:60%,large",
+        ),
+        "large-small-large": (
+            "large:10%,small:30%,large",
+            "large:10%,small:50%,large",
+            "large:20%,small:40%,large",
+            "large:20%,small:60%,large",
+            "large:30%,small:50%,large",
+            "large:30%,small:70%,large",
+        ),
+        "small-large-small": (
+            "small:10%,large:80%,small",
+            "small:10%,large:90%,small",
+            "small:20%,large:80%,small",
+            "small:20%,large:90%,small",
+            "small:30%,large:80%,small",
+            "small:30%,large:90%,small",
+            "small:40%,large:90%,small",
+        ),
     },
 }
 
@@ -79,8 +111,9 @@ class Candidate:
         return ORDER_NAMES.get(roles, "-".join(roles))
 
 
-def candidate_grid(grid: str = "cheap", accelerations: Sequence[Mapping[str, Any]] = ({},),
-                   orders: Sequence[str] | None = None) -> list[Candidate]:
+def candidate_grid(
+    grid: str = "cheap", accelerations: Sequence[Mapping[str, Any]] = ({},), orders: Sequence[str] | None = None
+) -> list[Candidate]:
     """Small only and every schedule of the grid's orders, each with every acceleration set-up given (``{}``: none;
     large only with each non-empty one too). Large only itself is the calibration's reference, always run."""
     if grid not in GRIDS:

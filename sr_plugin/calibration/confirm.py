@@ -26,10 +26,21 @@ from .stats import Floor
 from .tape import DEFAULT_TAPE_BYTES
 
 
-def confirm(pipe: Any, small: Any, candidates: Any, prompts: Sequence[Any], *, floor: Floor | None = None,
-            scorer: Callable[[Any, str], bool] | None = None, num_inference_steps: int = 50, seed: int = 0,
-            apply_kwargs: Mapping[str, Any] | None = None, tape_bytes: int = DEFAULT_TAPE_BYTES,
-            say: Callable[[str], Any] | None = print, **call: Any) -> CalibrationReport:
+def confirm(
+    pipe: Any,
+    small: Any,
+    candidates: Any,
+    prompts: Sequence[Any],
+    *,
+    floor: Floor | None = None,
+    scorer: Callable[[Any, str], bool] | None = None,
+    num_inference_steps: int = 50,
+    seed: int = 0,
+    apply_kwargs: Mapping[str, Any] | None = None,
+    tape_bytes: int = DEFAULT_TAPE_BYTES,
+    say: Callable[[str], Any] | None = print,
+    **call: Any,
+) -> CalibrationReport:
     """Rerun ``candidates`` on ``prompts``, in order, until one holds ``floor`` against large only on them.
 
     Args:
@@ -48,21 +59,26 @@ def confirm(pipe: Any, small: Any, candidates: Any, prompts: Sequence[Any], *, f
     if not order:
         raise ValueError("no candidate to confirm: the calibration found none within its floor")
     steps = checked_steps(num_inference_steps)
-    runner = Runner(pipe, small, steps=steps, call=call, scorer=scorer, apply_kwargs=apply_kwargs,
-                    tape_bytes=tape_bytes)
+    runner = Runner(
+        pipe, small, steps=steps, call=call, scorer=scorer, apply_kwargs=apply_kwargs, tape_bytes=tape_bytes
+    )
     for candidate in order:  # each one applies (and is removed) before the first video
         runner.check(candidate)
     say = say or (lambda _: None)
-    say(f"sr-plugin confirm: up to {len(order)} candidates, fastest first, + large only on {len(pairs)} new pairs; "
-        f"floor: {floor.describe()}")
+    say(
+        f"sr-plugin confirm: up to {len(order)} candidates, fastest first, + large only on {len(pairs)} new pairs; "
+        f"floor: {floor.describe()}"
+    )
     start = time.perf_counter()
     state = Search(runner, pairs, floor, scorer is not None, say)
     for i in range(len(pairs)):
         state.run_reference(i)
     for i, candidate in enumerate(order):
         holds = state.evaluate(candidate, drop=True)
-        say(f"[{i + 1}/{len(order)}] {candidate.name}: {'holds' if holds else 'misses'} the floor on the new pairs "
-            f"({state.status[candidate.name]})")
+        say(
+            f"[{i + 1}/{len(order)}] {candidate.name}: {'holds' if holds else 'misses'} the floor on the new pairs "
+            f"({state.status[candidate.name]})"
+        )
         if holds:
             break
     return finished_report(state, [c for c in order if c.name in state.tallies], start)

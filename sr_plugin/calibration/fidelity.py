@@ -30,6 +30,7 @@ def fidelity(video: Any, reference: Any) -> tuple[float, float]:
     if a.shape != b.shape:
         raise ValueError(f"the two videos differ in shape: {a.shape} and {b.shape}")
     psnr = float(peak_signal_noise_ratio(b, a, data_range=1.0)) if not np.array_equal(a, b) else float("inf")
-    ssim = float(np.mean([structural_similarity(b[i], a[i], data_range=1.0, channel_axis=-1)
-                          for i in range(a.shape[0])]))
+    ssim = float(
+        np.mean([structural_similarity(b[i], a[i], data_range=1.0, channel_axis=-1) for i in range(a.shape[0])])
+    )
     return psnr, ssim

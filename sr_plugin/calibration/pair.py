@@ -24,8 +24,8 @@ from diffusers.hooks import HookRegistry, ModelHook
 
 from .. import compat
 from ..adapters import adapter_for
-from ..instance.patching import drop_hook_residue_at
 from ..instance.events import CallListener
+from ..instance.patching import drop_hook_residue_at
 from ..pipeline.calls import CallTracker
 from ..pipeline.seeded import run_seeded
 from .candidates import Candidate
@@ -42,7 +42,9 @@ class _Shadow(ModelHook):
         self.probe = probe
 
     def new_forward(self, module: torch.nn.Module, *args: Any, **kwargs: Any) -> Any:
-        output = self.fn_ref.original_forward(*args, **kwargs)
+        forward = self.fn_ref.original_forward
+        assert forward is not None  # set when diffusers registered the hook
+        output = forward(*args, **kwargs)
         probe = self.probe
         if args:
             kwargs = probe.bind(args, kwargs)
@@ -80,8 +82,10 @@ class _DivergenceProbe(CallListener):
     def after_step(self, calls: CallTracker, model_output: torch.Tensor, sample: torch.Tensor) -> None:
         large = self.adapter.guided(self.large_raw, self.guidance_scale)
         if not torch.allclose(large.float(), model_output.float(), rtol=1e-4, atol=1e-5):
-            raise RuntimeError("the divergence probe's guidance does not reproduce the pipeline's: this call guides "
-                               "differently (dynamic CFG?) from guidance_scale alone")
+            raise RuntimeError(
+                "the divergence probe's guidance does not reproduce the pipeline's: this call guides "
+                "differently (dynamic CFG?) from guidance_scale alone"
+            )
         small = self.adapter.guided(self.small_raw, self.guidance_scale)
         g = model_output.float()
         self.divergence.append(float((g - small.float()).abs().mean() / g.abs().mean().clamp_min(1e-12)))
@@ -110,9 +114,18 @@ class DivergenceProfile:
         return {"pairs": [list(p) for p in self.pairs], "mean": self.mean, "per_pair": self.per_pair}
 
 
-def divergence_profile(pipe: Any, small: torch.nn.Module, prompts: Sequence[Any], *, num_inference_steps: int = 50,
-                       seed: int = 0, guidance_scale: float, apply_kwargs: Mapping[str, Any] | None = None,
-                       say: Callable[[str], Any] | None = None, **call: Any) -> DivergenceProfile:
+def divergence_profile(
+    pipe: Any,
+    small: torch.nn.Module,
+    prompts: Sequence[Any],
+    *,
+    num_inference_steps: int = 50,
+    seed: int = 0,
+    guidance_scale: float,
+    apply_kwargs: Mapping[str, Any] | None = None,
+    say: Callable[[str], Any] | None = None,
+    **call: Any,
+) -> DivergenceProfile:
     """The divergence of ``small`` from ``pipe``'s transformer along large-only trajectories of ``prompts`` (or
     ``(prompt, seed)`` pairs): the large model runs every step, the small one shadows it on the same inputs."""
     pairs = checked_pairs(prompts, seed)
@@ -126,12 +139,15 @@ def divergence_profile(pipe: Any, small: torch.nn.Module, prompts: Sequence[Any]
     try:
         for i, (prompt, s) in enumerate(pairs):
             with compat.quiet_progress_bar(pipe):
-                run_seeded(pipe, prompt, s, num_inference_steps=num_inference_steps, guidance_scale=guidance_scale,
-                           **call)
+                run_seeded(
+                    pipe, prompt, s, num_inference_steps=num_inference_steps, guidance_scale=guidance_scale, **call
+                )
             rows.append(list(probe.divergence))
             if say is not None:
-                say(f"[{i + 1}/{len(pairs)}] {prompt}: divergence at steps 0 / mid / last "
-                    f"{rows[-1][0]:.3f} / {rows[-1][len(rows[-1]) // 2]:.3f} / {rows[-1][-1]:.3f}")
+                say(
+                    f"[{i + 1}/{len(pairs)}] {prompt}: divergence at steps 0 / mid / last "
+                    f"{rows[-1][0]:.3f} / {rows[-1][len(rows[-1]) // 2]:.3f} / {rows[-1][-1]:.3f}"
+                )
     finally:
         tracker.discard(probe)
     return DivergenceProfile(pairs, rows)
@@ -141,8 +157,11 @@ def windows(num_steps: int, width: int) -> dict[str, str]:
     """Schedules that hand one window of ``width`` steps to the small model: at the start, in the middle, at the
     end of a call of ``num_steps``."""
     mid = (num_steps - width) // 2
-    return {"early": f"small:{width},large", "middle": f"large:{mid},small:{mid + width},large",
-            "late": f"large:{num_steps - width},small"}
+    return {
+        "early": f"small:{width},large",
+        "middle": f"large:{mid},small:{mid + width},large",
+        "late": f"large:{num_steps - width},small",
+    }
 
 
 @dataclass
@@ -157,10 +176,19 @@ class WindowResult:
     per_pair: list[dict[str, float]] = field(default_factory=list, repr=False)
 
 
-def perturbation(pipe: Any, small: torch.nn.Module, prompts: Sequence[Any], schedules: Mapping[str, str], *,
-                 measures: Mapping[str, Callable[[np.ndarray, str], float]], num_inference_steps: int = 50,
-                 seed: int = 0, apply_kwargs: Mapping[str, Any] | None = None,
-                 say: Callable[[str], Any] | None = None, **call: Any) -> list[WindowResult]:
+def perturbation(
+    pipe: Any,
+    small: torch.nn.Module,
+    prompts: Sequence[Any],
+    schedules: Mapping[str, str],
+    *,
+    measures: Mapping[str, Callable[[np.ndarray, str], float]],
+    num_inference_steps: int = 50,
+    seed: int = 0,
+    apply_kwargs: Mapping[str, Any] | None = None,
+    say: Callable[[str], Any] | None = None,
+    **call: Any,
+) -> list[WindowResult]:
     """Each schedule of ``schedules`` (by name, e.g. `windows`) against large only: the mean of each measure
     (``measure(video, prompt)``) and the PSNR / SSIM of the frames against large only's."""
     pairs = checked_pairs(prompts, seed)
@@ -169,18 +197,29 @@ def perturbation(pipe: Any, small: torch.nn.Module, prompts: Sequence[Any], sche
     for name, schedule in {"large only": None, **schedules}.items():
         candidate = Candidate(schedule)
         runner.check(candidate)
-        scores, fid = [], []
+        scores: list[dict[str, float]] = []
+        fid: list[tuple[float, float]] = []
         for pair in pairs:
             run = runner.reference(pair) if schedule is None else runner.run(candidate, pair)
             assert run.video is not None
             scores.append({k: float(f(run.video, pair[0])) for k, f in measures.items()})
             if schedule is not None:
+                assert run.psnr is not None and run.ssim is not None
                 fid.append((run.psnr, run.ssim))
         means = {k: statistics.mean(s[k] for s in scores) for k in measures}
-        row = WindowResult(name, schedule, means, statistics.mean(p for p, _ in fid) if fid else None,
-                           statistics.mean(s for _, s in fid) if fid else None, scores)
+        row = WindowResult(
+            name,
+            schedule,
+            means,
+            statistics.mean(p for p, _ in fid) if fid else None,
+            statistics.mean(s for _, s in fid) if fid else None,
+            scores,
+        )
         results.append(row)
         if say is not None:
-            say(f"{name} ({schedule or 'large only'}): " + ", ".join(f"{k} {v:.3f}" for k, v in means.items())
-                + ("" if row.psnr is None else f", PSNR {row.psnr:.2f} dB, SSIM {row.ssim:.3f}"))
+            say(
+                f"{name} ({schedule or 'large only'}): "
+                + ", ".join(f"{k} {v:.3f}" for k, v in means.items())
+                + ("" if row.psnr is None else f", PSNR {row.psnr:.2f} dB, SSIM {row.ssim:.3f}")
+            )
     return results

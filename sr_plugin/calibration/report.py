@@ -12,7 +12,6 @@ from typing import Any
 
 from .stats import Floor
 
-
 #: Candidates whose modelled speed-ups differ by less than this fraction count as equally fast (the step-cost
 #: model cannot separate them); among them the calibration picks the better quality.
 SPEED_TIE = 0.01
@@ -44,8 +43,9 @@ class CandidateResult:
 
     def as_dict(self) -> dict[str, Any]:
         out = asdict(self)
-        out["accel"] = {k: (v if isinstance(v, (int, float, bool, str, type(None))) else repr(v))
-                        for k, v in self.accel.items()}
+        out["accel"] = {
+            k: (v if isinstance(v, (int, float, bool, str, type(None))) else repr(v)) for k, v in self.accel.items()
+        }
         return out
 
 
@@ -59,9 +59,11 @@ class Cost:
     seconds: float
 
     def describe(self) -> str:
-        return (f"{self.computed.get('large', 0):,} large and {self.computed.get('small', 0):,} small model steps "
-                f"computed, {sum(self.replayed.values()):,} replayed, {self.videos} videos, {self.seconds / 60:.1f} "
-                "minutes")
+        return (
+            f"{self.computed.get('large', 0):,} large and {self.computed.get('small', 0):,} small model steps "
+            f"computed, {sum(self.replayed.values()):,} replayed, {self.videos} videos, {self.seconds / 60:.1f} "
+            "minutes"
+        )
 
 
 @dataclass
@@ -79,24 +81,38 @@ class CalibrationReport:
     closest: CandidateResult | None = None
     environment: dict[str, Any] = field(default_factory=dict)
     #: `confirm`'s report of the choice rerun on new pairs, where one was made.
-    confirmation: "CalibrationReport | None" = None
+    confirmation: CalibrationReport | None = None
     #: The model steps and time the search spent.
     cost: Cost | None = None
     #: Every result pair by pair, as `calibrate(resume=...)` reads it back.
     progress: dict[str, Any] | None = None
 
     @classmethod
-    def build(cls, rows: list[CandidateResult], floor: Floor, pairs: list[tuple[str, int]], steps: int, videos: int,
-              seconds: float, costs: Any, cost: Cost | None = None) -> "CalibrationReport":
-        report = cls(rows, floor, pairs, steps, videos, seconds, costs.as_dict(), environment=_environment(),
-                     cost=cost)
+    def build(
+        cls,
+        rows: list[CandidateResult],
+        floor: Floor,
+        pairs: list[tuple[str, int]],
+        steps: int,
+        videos: int,
+        seconds: float,
+        costs: Any,
+        cost: Cost | None = None,
+    ) -> CalibrationReport:
+        report = cls(rows, floor, pairs, steps, videos, seconds, costs.as_dict(), environment=_environment(), cost=cost)
         candidates = rows[1:]
         within = [r for r in candidates if r.within_floor]
         if within:  # the fastest; among those within 1% of it, the best quality (accuracy, then SSIM)
             fastest = max(r.modelled_speedup for r in within)
             near = [r for r in within if r.modelled_speedup >= fastest * (1 - SPEED_TIE)]
-            report.chosen = max(near, key=lambda r: (r.accuracy if r.accuracy is not None else 0.0,
-                                                     r.ssim if r.ssim is not None else 0.0, r.modelled_speedup))
+            report.chosen = max(
+                near,
+                key=lambda r: (
+                    r.accuracy if r.accuracy is not None else 0.0,
+                    r.ssim if r.ssim is not None else 0.0,
+                    r.modelled_speedup,
+                ),
+            )
         elif candidates:
             ran = [r for r in candidates if r.pairs_run] or candidates
             report.closest = min(ran, key=lambda r: (r.shortfall, -r.pairs_run, -r.modelled_speedup))
@@ -109,37 +125,56 @@ class CalibrationReport:
     def summary(self) -> str:
         if self.chosen is not None:
             c = self.chosen
-            return (f"chosen: {c.name} ({c.order}), {c.modelled_speedup:.2f}x modelled ({c.measured_speedup:.2f}x "
-                    f"measured){_quality(c)}")
+            return (
+                f"chosen: {c.name} ({c.order}), {c.modelled_speedup:.2f}x modelled ({c.measured_speedup:.2f}x "
+                f"measured){_quality(c)}"
+            )
         near = self.closest
-        return ("no candidate holds the floor" + ("" if near is None else
-                f"; the closest: {near.name} ({near.modelled_speedup:.2f}x modelled{_quality(near)})"))
+        return "no candidate holds the floor" + (
+            ""
+            if near is None
+            else f"; the closest: {near.name} ({near.modelled_speedup:.2f}x modelled{_quality(near)})"
+        )
 
     def table(self) -> str:
         fmt = lambda v, spec: "-" if v is None else format(v, spec)  # noqa: E731
-        lines = ["| candidate | order | prompts right | lost / gained | McNemar p | PSNR (dB) | SSIM | small steps | "
-                 "speed-up modelled | measured | within floor | pairs run |",
-                 "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+        lines = [
+            "| candidate | order | prompts right | lost / gained | McNemar p | PSNR (dB) | SSIM | small steps | "
+            "speed-up modelled | measured | within floor | pairs run |",
+            "|---|---|---|---|---|---|---|---|---|---|---|---|",
+        ]
         for r in self.rows:
             mark = " **chosen**" if r is self.chosen else (" (closest)" if r is self.closest else "")
             lg = "-" if r.lost is None or r is self.reference else f"{r.lost} / {r.gained}"
-            lines.append(f"| {r.name}{mark} | {r.order} | {fmt(r.accuracy, '.1f')}{'%' if r.accuracy is not None else ''}"
-                         f" | {lg} | {fmt(None if r is self.reference else r.p_value, '.3f')} | {fmt(r.psnr, '.2f')} | "
-                         f"{fmt(r.ssim, '.3f')} | {r.small_share:.0%} | {r.modelled_speedup:.2f}x | "
-                         f"{r.measured_speedup:.2f}x | {'yes' if r.within_floor else 'no'} | {r.pairs_run}"
-                         f"{'' if r.status in ('', 'reference', 'held', 'missed the floor') else f' ({r.status})'} |")
+            lines.append(
+                f"| {r.name}{mark} | {r.order} | {fmt(r.accuracy, '.1f')}{'%' if r.accuracy is not None else ''}"
+                f" | {lg} | {fmt(None if r is self.reference else r.p_value, '.3f')} | {fmt(r.psnr, '.2f')} | "
+                f"{fmt(r.ssim, '.3f')} | {r.small_share:.0%} | {r.modelled_speedup:.2f}x | "
+                f"{r.measured_speedup:.2f}x | {'yes' if r.within_floor else 'no'} | {r.pairs_run}"
+                f"{'' if r.status in ('', 'reference', 'held', 'missed the floor') else f' ({r.status})'} |"
+            )
         if self.cost is not None:
             lines.append(f"\nsearch cost: {self.cost.describe()}")
         return "\n".join(lines)
 
     def as_dict(self) -> dict[str, Any]:
-        return {"floor": asdict(self.floor), "floor_text": self.floor.describe(), "pairs": self.pairs,
-                "steps": self.steps, "videos": self.videos, "seconds": self.seconds, "step_costs": self.step_costs,
-                "chosen": self.chosen.name if self.chosen else None,
-                "closest": self.closest.name if self.closest else None, "summary": self.summary(),
-                "environment": self.environment, "rows": [r.as_dict() for r in self.rows],
-                "confirmation": None if self.confirmation is None else self.confirmation.as_dict(),
-                "cost": None if self.cost is None else asdict(self.cost), "progress": self.progress}
+        return {
+            "floor": asdict(self.floor),
+            "floor_text": self.floor.describe(),
+            "pairs": self.pairs,
+            "steps": self.steps,
+            "videos": self.videos,
+            "seconds": self.seconds,
+            "step_costs": self.step_costs,
+            "chosen": self.chosen.name if self.chosen else None,
+            "closest": self.closest.name if self.closest else None,
+            "summary": self.summary(),
+            "environment": self.environment,
+            "rows": [r.as_dict() for r in self.rows],
+            "confirmation": None if self.confirmation is None else self.confirmation.as_dict(),
+            "cost": None if self.cost is None else asdict(self.cost),
+            "progress": self.progress,
+        }
 
     def to_json(self, path: Any) -> None:
         with open(path, "w") as f:
@@ -162,18 +197,35 @@ class CalibrationReport:
         fig, ax = plt.subplots(figsize=(7.5, 5))
         for order in orders:
             pts = [r for r in shown if r.order == order]
-            ax.scatter([r.modelled_speedup for r in pts], [quality(r) for r in pts], marker=markers[order], s=45,
-                       label=order, alpha=0.85)
-        if scored and self.floor.points is not None:
-            ax.axhline(self.reference.accuracy - self.floor.points, color="0.4", ls="--", lw=1,
-                       label=f"floor: {self.floor.points:g} points below large only")
+            ax.scatter(
+                [r.modelled_speedup for r in pts],
+                [quality(r) for r in pts],
+                marker=markers[order],
+                s=45,
+                label=order,
+                alpha=0.85,
+            )
+        if scored and self.floor.points is not None and self.reference.accuracy is not None:
+            ax.axhline(
+                self.reference.accuracy - self.floor.points,
+                color="0.4",
+                ls="--",
+                lw=1,
+                label=f"floor: {self.floor.points:g} points below large only",
+            )
         elif self.floor.min_ssim is not None:
             ax.axhline(self.floor.min_ssim, color="0.4", ls="--", lw=1, label=f"floor: SSIM {self.floor.min_ssim:g}")
         for r, label in ((self.chosen, "chosen"), (self.closest, "closest")):
             if r is not None:
                 ax.scatter([r.modelled_speedup], [quality(r)], s=260, facecolors="none", edgecolors="red", lw=1.5)
-                ax.annotate(f"{label}: {r.name}", (r.modelled_speedup, quality(r)), fontsize=8, xytext=(6, -12),
-                            textcoords="offset points", color="red")
+                ax.annotate(
+                    f"{label}: {r.name}",
+                    (r.modelled_speedup, quality(r)),
+                    fontsize=8,
+                    xytext=(6, -12),
+                    textcoords="offset points",
+                    color="red",
+                )
         ax.set_xlabel("speed-up over large only (modelled from this machine's step costs)")
         ax.set_ylabel("prompts right (%)" if scored else "mean SSIM against large only")
         ax.set_title(title or f"calibration: {len(self.rows) - 1} candidates on {len(self.pairs)} pairs")
@@ -194,7 +246,12 @@ def _environment() -> dict[str, Any]:
     import diffusers
     import torch
 
-    return {"date": datetime.date.today().isoformat(), "torch": torch.__version__, "diffusers": diffusers.__version__,
-            "threads": torch.get_num_threads(), "cpus": os.cpu_count(),
-            "machine": platform.processor() or platform.machine(),
-            "device": torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu"}
+    return {
+        "date": datetime.date.today().isoformat(),
+        "torch": torch.__version__,
+        "diffusers": diffusers.__version__,
+        "threads": torch.get_num_threads(),
+        "cpus": os.cpu_count(),
+        "machine": platform.processor() or platform.machine(),
+        "device": torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu",
+    }

@@ -53,14 +53,26 @@ class PairRun:
         return sum(s for _, s in self.steps)
 
     def as_dict(self) -> dict[str, Any]:
-        return {"pair": list(self.pair), "right": self.right, "psnr": self.psnr, "ssim": self.ssim,
-                "replayed": self.replayed, "steps": [[r.as_dict(), s] for r, s in self.steps]}
+        return {
+            "pair": list(self.pair),
+            "right": self.right,
+            "psnr": self.psnr,
+            "ssim": self.ssim,
+            "replayed": self.replayed,
+            "steps": [[r.as_dict(), s] for r, s in self.steps],
+        }
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> PairRun:
         steps = [(StepRecord(**r), float(s)) for r, s in data["steps"]]
-        return cls((str(data["pair"][0]), int(data["pair"][1])), steps, data.get("right"), data.get("psnr"),
-                   data.get("ssim"), int(data.get("replayed", 0)))
+        return cls(
+            (str(data["pair"][0]), int(data["pair"][1])),
+            steps,
+            data.get("right"),
+            data.get("psnr"),
+            data.get("ssim"),
+            int(data.get("replayed", 0)),
+        )
 
 
 def known_roles(candidate: Candidate, steps: int) -> list[str] | None:
@@ -74,10 +86,19 @@ def known_roles(candidate: Candidate, steps: int) -> list[str] | None:
 class Runner:
     """Runs candidates pair by pair on one pipeline and small model, with the prefix replay, and keeps count."""
 
-    def __init__(self, pipe: Any, small: Any, *, steps: int, call: Mapping[str, Any],
-                 scorer: Callable[[np.ndarray, str], bool] | None = None,
-                 apply_kwargs: Mapping[str, Any] | None = None, tape_bytes: int = DEFAULT_TAPE_BYTES,
-                 tape_folder: Any = None, replay: bool = True) -> None:
+    def __init__(
+        self,
+        pipe: Any,
+        small: Any,
+        *,
+        steps: int,
+        call: Mapping[str, Any],
+        scorer: Callable[[np.ndarray, str], bool] | None = None,
+        apply_kwargs: Mapping[str, Any] | None = None,
+        tape_bytes: int = DEFAULT_TAPE_BYTES,
+        tape_folder: Any = None,
+        replay: bool = True,
+    ) -> None:
         self.pipe = pipe
         self.small = small
         self.steps = steps
@@ -101,8 +122,11 @@ class Runner:
     def set_up(self, candidate: Candidate) -> tuple[Any, Any]:
         """`apply` and `accelerate` as the candidate says; a refusal raises, naming the candidate."""
         try:
-            sr = (apply(self.pipe, self.small, schedule=candidate.schedule, **self.apply_kwargs)
-                  if candidate.schedule is not None else None)
+            sr = (
+                apply(self.pipe, self.small, schedule=candidate.schedule, **self.apply_kwargs)
+                if candidate.schedule is not None
+                else None
+            )
         except (ValueError, TypeError) as err:
             raise type(err)(f"candidate {candidate.name!r}: {err}") from None
         try:
@@ -159,8 +183,11 @@ class Runner:
                 timed_run(self.pipe, pair[0], pair[1], self.steps, **self.call)  # the compiling call, untimed
                 self._compiled.add(candidate.name)
                 clock.calls.clear()
-            source, length = (None, 0) if self.store is None else self.store.best(
-                pair, candidate.accel, known_roles(candidate, self.steps), self.steps)
+            source, length = (
+                (None, 0)
+                if self.store is None
+                else self.store.best(pair, candidate.accel, known_roles(candidate, self.steps), self.steps)
+            )
             replay = Replay(self.pipe, source, length).install()
             video, _, _ = timed_run(self.pipe, pair[0], pair[1], self.steps, **self.call)
             # judged while the candidate is applied: a judge may read the switch's report of the call
@@ -172,16 +199,25 @@ class Runner:
             self.take_down(sr, acc)
         timed = clock.calls[-1]
         done = replay.replayed
-        steps = ([(source.records[j], source.seconds[j]) for j in range(done)] if source is not None else []) + \
-            list(timed[done:])
+        steps = ([(source.records[j], source.seconds[j]) for j in range(done)] if source is not None else []) + list(
+            timed[done:]
+        )
         self._timed.append(list(timed[done:]))
         for j, (record, _) in enumerate(steps):
             (self.replayed if j < done else self.computed)[record.model] += 1
         self.videos += 1
         if self.store is not None:
-            self.store.add(Tape(pair, accel_key(candidate.accel), [r.model for r, _ in steps], [r for r, _ in steps],
-                                [s for _, s in steps], replay.outputs,
-                                reference=candidate.schedule in (None, "small") and not candidate.accel))
+            self.store.add(
+                Tape(
+                    pair,
+                    accel_key(candidate.accel),
+                    [r.model for r, _ in steps],
+                    [r for r, _ in steps],
+                    [s for _, s in steps],
+                    replay.outputs,
+                    reference=candidate.schedule in (None, "small") and not candidate.accel,
+                )
+            )
         run = PairRun(pair, steps, right=right, replayed=done, video=video)
         if reference is not None:
             psnr, ssim = fidelity(video, reference.video)
@@ -191,7 +227,7 @@ class Runner:
     def add_timed(self, runs: list[PairRun]) -> None:
         """Step times of runs loaded back from a saved report (their computed steps)."""
         for run in runs:
-            self._timed.append(run.steps[run.replayed:])
+            self._timed.append(run.steps[run.replayed :])
 
     # ------------------------------------------------------------------ the cost model
     def costs(self) -> StepCosts:

@@ -57,8 +57,13 @@ def checked_pairs(prompts: Sequence[Any], seed: int) -> list[tuple[str, int]]:
     for i, item in enumerate(prompts):
         if isinstance(item, str):
             out.append((item, seed + i))
-        elif isinstance(item, (tuple, list)) and len(item) == 2 and isinstance(item[0], str) \
-                and isinstance(item[1], int) and not isinstance(item[1], bool):
+        elif (
+            isinstance(item, (tuple, list))
+            and len(item) == 2
+            and isinstance(item[0], str)
+            and isinstance(item[1], int)
+            and not isinstance(item[1], bool)
+        ):
             out.append((item[0], int(item[1])))
         else:
             raise ValueError(f"prompt {i + 1} must be a string or a (prompt, seed) pair, got {item!r}")
@@ -80,15 +85,22 @@ def checked_candidates(candidates: Any, accelerations: Sequence[Mapping[str, Any
 def checked_floor(floor: Floor | None, scorer: Any) -> Floor:
     """The floor given, or the default (points of accuracy with a scorer, else SSIM), checked against the scorer."""
     if scorer is not None and not callable(scorer):
-        raise TypeError(f"scorer must be a function scorer(video, prompt) -> bool (True: the video is right), got "
-                        f"{type(scorer).__name__} {scorer!r}")
-    floor = floor if floor is not None else (Floor(points=DEFAULT_POINTS) if scorer is not None
-                                             else Floor(min_ssim=DEFAULT_MIN_SSIM))
+        raise TypeError(
+            f"scorer must be a function scorer(video, prompt) -> bool (True: the video is right), got "
+            f"{type(scorer).__name__} {scorer!r}"
+        )
+    floor = (
+        floor
+        if floor is not None
+        else (Floor(points=DEFAULT_POINTS) if scorer is not None else Floor(min_ssim=DEFAULT_MIN_SSIM))
+    )
     if not isinstance(floor, Floor):
         raise TypeError(f"floor must be a sr_plugin.calibration.Floor, got {type(floor).__name__}")
     if floor.needs_scorer and scorer is None:
-        raise ValueError("a floor in points of accuracy needs a scorer (a judge of each video); without one, give "
-                         "Floor(min_ssim=...) or Floor(min_psnr=...)")
+        raise ValueError(
+            "a floor in points of accuracy needs a scorer (a judge of each video); without one, give "
+            "Floor(min_ssim=...) or Floor(min_psnr=...)"
+        )
     return floor
 
 
@@ -138,12 +150,13 @@ class Tally:
         return floor.holds(compared, ssim, psnr)
 
 
-def modelled_speedup(candidate: Candidate, costs: StepCosts, step_times: dict[str, float] | None, steps: int,
-                     first: PairRun | None) -> float:
+def modelled_speedup(
+    candidate: Candidate, costs: StepCosts, step_times: dict[str, float] | None, steps: int, first: PairRun | None
+) -> float:
     """A candidate's speed-up before it has run everywhere: from its roles and the step costs, or (an adaptive
     end, a cache) from its run on the first pair."""
     roles = known_roles(candidate, steps)
-    plain = step_times or {r: costs.plain(r) for r in ("large", "small")}
+    plain = step_times or plain_costs(costs)
     if roles is not None and not stateful(candidate.accel) and all(plain.get(r) for r in set(roles)):
         return steps * plain["large"] / call_time(roles, plain)
     if first is None:
@@ -153,8 +166,20 @@ def modelled_speedup(candidate: Candidate, costs: StepCosts, step_times: dict[st
     return costs.speedup([r for r, _ in first.steps])
 
 
-def plan_text(candidates: Sequence[Candidate], pairs: int, steps: int, step_times: Mapping[str, float],
-              replay: bool) -> str:
+def plain_costs(costs: StepCosts) -> dict[str, float]:
+    """Seconds per plain step of each model (the references and the small-model probe time both)."""
+    out = {}
+    for role in ("large", "small"):
+        seconds = costs.plain(role)
+        if seconds is None:
+            raise RuntimeError(f"no plain {role}-model step was timed: the step costs cannot be modelled")
+        out[role] = seconds
+    return out
+
+
+def plan_text(
+    candidates: Sequence[Candidate], pairs: int, steps: int, step_times: Mapping[str, float], replay: bool
+) -> str:
     """What the search may cost, before it starts: model steps and time at the worst (every candidate on every
     pair) and as expected (if the candidates that miss the floor are dropped after a quarter of the pairs on
     average and the answer is halfway down the list), with the prefix replay counted."""
@@ -185,8 +210,10 @@ def plan_text(candidates: Sequence[Candidate], pairs: int, steps: int, step_time
     def seconds(count: Mapping[str, int]) -> float:
         return sum(count[r] * step_times[r] for r in count)
 
-    return (f"at most {worst['large']:,} large and {worst['small']:,} small model steps ({_duration(seconds(worst))});"
-            f" expected about {expected['large']:,} and {expected['small']:,} ({_duration(seconds(expected))})")
+    return (
+        f"at most {worst['large']:,} large and {worst['small']:,} small model steps ({_duration(seconds(worst))});"
+        f" expected about {expected['large']:,} and {expected['small']:,} ({_duration(seconds(expected))})"
+    )
 
 
 def _duration(seconds: float) -> str:
@@ -199,8 +226,16 @@ def _duration(seconds: float) -> str:
 class Search:
     """One calibration's state: the runner, every result so far (saved after each and loaded back on a resume)."""
 
-    def __init__(self, runner: Runner, pairs: list[tuple[str, int]], floor: Floor, scored: bool,
-                 say: Callable[[str], Any], save_to: Any = None, settings: Mapping[str, Any] | None = None) -> None:
+    def __init__(
+        self,
+        runner: Runner,
+        pairs: list[tuple[str, int]],
+        floor: Floor,
+        scored: bool,
+        say: Callable[[str], Any],
+        save_to: Any = None,
+        settings: Mapping[str, Any] | None = None,
+    ) -> None:
         self.runner = runner
         self.pairs = pairs
         self.floor = floor
@@ -226,8 +261,10 @@ class Search:
             raise ValueError(f"resume={str(path)!r}: the report was made on other (prompt, seed) pairs")
         for key, value in self.settings.items():
             if saved["settings"].get(key) != value:
-                raise ValueError(f"resume={str(path)!r}: the report was made with {key}={saved['settings'].get(key)!r}"
-                                 f", not {value!r}")
+                raise ValueError(
+                    f"resume={str(path)!r}: the report was made with {key}={saved['settings'].get(key)!r}"
+                    f", not {value!r}"
+                )
         by_name = {c.name: c for c in candidates}
         self.reference = {int(i): PairRun.from_dict(r) for i, r in saved["reference"].items()}
         for name, runs in saved["candidates"].items():
@@ -240,9 +277,12 @@ class Search:
         self.say(f"resumed from {path}: large only on {len(self.reference)} pairs, {done} candidate runs")
 
     def progress(self) -> dict[str, Any]:
-        return {"pairs": [list(p) for p in self.pairs], "settings": self.settings,
-                "reference": {str(i): r.as_dict() for i, r in self.reference.items()},
-                "candidates": {n: {str(i): r.as_dict() for i, r in t.runs.items()} for n, t in self.tallies.items()}}
+        return {
+            "pairs": [list(p) for p in self.pairs],
+            "settings": self.settings,
+            "reference": {str(i): r.as_dict() for i, r in self.reference.items()},
+            "candidates": {n: {str(i): r.as_dict() for i, r in t.runs.items()} for n, t in self.tallies.items()},
+        }
 
     def save(self) -> None:
         if self.save_to is None:
@@ -289,38 +329,72 @@ class Search:
         runs = self.reference if is_reference else self.tallies.get(candidate.name, Tally(candidate, {})).runs
         indices = sorted(runs)
         complete = len(indices) == len(self.pairs)
-        compared = (self.tallies[candidate.name].compared(self.reference, indices)
-                    if self.scored and not is_reference and indices else None)
+        compared = (
+            self.tallies[candidate.name].compared(self.reference, indices)
+            if self.scored and not is_reference and indices
+            else None
+        )
         psnr = statistics.mean(runs[i].psnr or 0.0 for i in indices) if indices and not is_reference else None
         ssim = statistics.mean(runs[i].ssim or 0.0 for i in indices) if indices and not is_reference else None
         calls = [[r for r, _ in runs[i].steps] for i in indices]
-        modelled = (sum(len(c) for c in calls) / sum(len(c) / costs.speedup(c) for c in calls) if calls
-                    else self.speed.get(candidate.name, 0.0))
+        modelled = (
+            sum(len(c) for c in calls) / sum(len(c) / costs.speedup(c) for c in calls)
+            if calls
+            else self.speed.get(candidate.name, 0.0)
+        )
         reference_s = sum(self.reference[i].seconds for i in indices if i in self.reference)
         measured = reference_s / sum(runs[i].seconds for i in indices) if indices and reference_s else 0.0
         right = [bool(runs[i].right) for i in indices]
         within = is_reference or (complete and self.floor.holds(compared, ssim, psnr))
         return CandidateResult(
-            name=candidate.name, order=candidate.order, schedule=candidate.schedule, accel=dict(candidate.accel),
+            name=candidate.name,
+            order=candidate.order,
+            schedule=candidate.schedule,
+            accel=dict(candidate.accel),
             accuracy=100.0 * sum(right) / len(right) if self.scored and right else None,
-            lost=compared.lost if compared else None, gained=compared.gained if compared else None,
-            points=compared.points if compared else None, p_value=compared.p_value if compared else None,
-            psnr=psnr, ssim=ssim, modelled_speedup=modelled, measured_speedup=measured,
+            lost=compared.lost if compared else None,
+            gained=compared.gained if compared else None,
+            points=compared.points if compared else None,
+            p_value=compared.p_value if compared else None,
+            psnr=psnr,
+            ssim=ssim,
+            modelled_speedup=modelled,
+            measured_speedup=measured,
             small_share=statistics.mean(runs[i].roles.count("small") / len(runs[i].roles) for i in indices)
-            if indices else 0.0,
+            if indices
+            else 0.0,
             within_floor=within,
-            shortfall=0.0 if is_reference else (self.floor.shortfall(compared, ssim, psnr) if indices else float("inf")),
-            right=right, pairs_run=len(indices),
-            status="reference" if is_reference else self.status.get(candidate.name, "not needed"))
+            shortfall=0.0
+            if is_reference
+            else (self.floor.shortfall(compared, ssim, psnr) if indices else float("inf")),
+            right=right,
+            pairs_run=len(indices),
+            status="reference" if is_reference else self.status.get(candidate.name, "not needed"),
+        )
 
 
-def calibrate(pipe: Any, small: Any, prompts: Sequence[Any], *, floor: Floor | None = None,
-              scorer: Callable[[np.ndarray, str], bool] | None = None, candidates: Any = "cheap",
-              accelerations: Sequence[Mapping[str, Any]] = ({},), num_inference_steps: int = 50, seed: int = 0,
-              apply_kwargs: Mapping[str, Any] | None = None, search: str = "fastest",
-              step_times: Any = None, save_to: Any = None, resume: Any = None,
-              tape_bytes: int = DEFAULT_TAPE_BYTES, tape_folder: Any = None, replay: bool = True,
-              say: Callable[[str], Any] | None = print, **call: Any) -> CalibrationReport:
+def calibrate(
+    pipe: Any,
+    small: Any,
+    prompts: Sequence[Any],
+    *,
+    floor: Floor | None = None,
+    scorer: Callable[[np.ndarray, str], bool] | None = None,
+    candidates: Any = "cheap",
+    accelerations: Sequence[Mapping[str, Any]] = ({},),
+    num_inference_steps: int = 50,
+    seed: int = 0,
+    apply_kwargs: Mapping[str, Any] | None = None,
+    search: str = "fastest",
+    step_times: Any = None,
+    save_to: Any = None,
+    resume: Any = None,
+    tape_bytes: int = DEFAULT_TAPE_BYTES,
+    tape_folder: Any = None,
+    replay: bool = True,
+    say: Callable[[str], Any] | None = print,
+    **call: Any,
+) -> CalibrationReport:
     """Find the fastest cooperation of ``pipe``'s transformer (large) and ``small`` within ``floor`` of large only.
 
     Args:
@@ -352,8 +426,17 @@ def calibrate(pipe: Any, small: Any, prompts: Sequence[Any], *, floor: Floor | N
     times = checked_step_times(step_times)
     if resume is not None and not pathlib.Path(resume).is_file():
         raise ValueError(f"resume={str(resume)!r}: there is no such report")
-    runner = Runner(pipe, small, steps=steps, call=call, scorer=scorer, apply_kwargs=apply_kwargs,
-                    tape_bytes=tape_bytes, tape_folder=tape_folder, replay=replay)
+    runner = Runner(
+        pipe,
+        small,
+        steps=steps,
+        call=call,
+        scorer=scorer,
+        apply_kwargs=apply_kwargs,
+        tape_bytes=tape_bytes,
+        tape_folder=tape_folder,
+        replay=replay,
+    )
     for candidate in chosen:
         runner.check(candidate)
     say = say or (lambda _: None)
@@ -361,8 +444,10 @@ def calibrate(pipe: Any, small: Any, prompts: Sequence[Any], *, floor: Floor | N
     state = Search(runner, pairs, floor, scorer is not None, say, save_to, settings)
     if resume is not None:
         state.load(resume, chosen)
-    say(f"sr-plugin calibrate: {len(chosen)} candidates on {len(pairs)} pairs, {steps} steps, {search} search; "
-        f"floor: {floor.describe()}")
+    say(
+        f"sr-plugin calibrate: {len(chosen)} candidates on {len(pairs)} pairs, {steps} steps, {search} search; "
+        f"floor: {floor.describe()}"
+    )
     start = time.perf_counter()
     if times is not None:
         say("cost: " + plan_text(chosen, len(pairs), steps, times, replay))
@@ -379,8 +464,9 @@ def calibrate(pipe: Any, small: Any, prompts: Sequence[Any], *, floor: Floor | N
     return report
 
 
-def _order(state: Search, chosen: list[Candidate], times: dict[str, float] | None, steps: int,
-           say: Callable[[str], Any]) -> list[Candidate]:
+def _order(
+    state: Search, chosen: list[Candidate], times: dict[str, float] | None, steps: int, say: Callable[[str], Any]
+) -> list[Candidate]:
     """Large only on every pair, then the candidates in order of modelled speed-up (fastest first)."""
     for i in range(len(state.pairs)):
         state.run_reference(i)
@@ -395,11 +481,15 @@ def _order(state: Search, chosen: list[Candidate], times: dict[str, float] | Non
         state.run(candidate, 0)
     costs = state.runner.costs()
     if times is None:
-        plain = {r: costs.plain(r) for r in ("large", "small")}
-        say(f"step costs here: large {plain['large']:.3g} s, small {plain['small']:.3g} s; cost: "
-            + plan_text(chosen, len(state.pairs), steps, plain, state.runner.store is not None))
-    speed = {c.name: modelled_speedup(c, costs, times, steps, state.tallies.get(c.name, Tally(c, {})).runs.get(0))
-             for c in chosen}
+        plain = plain_costs(costs)
+        say(
+            f"step costs here: large {plain['large']:.3g} s, small {plain['small']:.3g} s; cost: "
+            + plan_text(chosen, len(state.pairs), steps, plain, state.runner.store is not None)
+        )
+    speed = {
+        c.name: modelled_speedup(c, costs, times, steps, state.tallies.get(c.name, Tally(c, {})).runs.get(0))
+        for c in chosen
+    }
     state.speed.update(speed)
     return sorted(chosen, key=lambda c: -speed[c.name])
 
@@ -422,10 +512,12 @@ def _progress(state: Search, i: int, order: list[Candidate], start: float) -> No
     right = [bool(r.right) for r in tally.runs.values()] if state.scored else []
     score = f"{sum(right)} of {len(right)} right, " if right else ""
     elapsed = time.perf_counter() - start
-    state.say(f"[{i + 1}/{len(order)}] {candidate.name}: {state.status.get(candidate.name, '')} ({score}"
-              f"{state.speed[candidate.name]:.2f}x modelled); so far {runner.computed['large']:,} large and "
-              f"{runner.computed['small']:,} small steps computed, {sum(runner.replayed.values()):,} replayed, "
-              f"{_duration(elapsed)}; at most {_duration(elapsed / (i + 1) * (len(order) - i - 1))} left")
+    state.say(
+        f"[{i + 1}/{len(order)}] {candidate.name}: {state.status.get(candidate.name, '')} ({score}"
+        f"{state.speed[candidate.name]:.2f}x modelled); so far {runner.computed['large']:,} large and "
+        f"{runner.computed['small']:,} small steps computed, {sum(runner.replayed.values()):,} replayed, "
+        f"{_duration(elapsed)}; at most {_duration(elapsed / (i + 1) * (len(order) - i - 1))} left"
+    )
 
 
 def finished_report(state: Search, chosen: list[Candidate], start: float) -> CalibrationReport:
@@ -434,7 +526,8 @@ def finished_report(state: Search, chosen: list[Candidate], start: float) -> Cal
     rows = [state.row(None, costs)] + [state.row(c, costs) for c in chosen]
     runner = state.runner
     cost = Cost(dict(runner.computed), dict(runner.replayed), runner.videos, time.perf_counter() - start)
-    report = CalibrationReport.build(rows, state.floor, state.pairs, runner.steps, runner.videos, cost.seconds,
-                                     costs, cost=cost)
+    report = CalibrationReport.build(
+        rows, state.floor, state.pairs, runner.steps, runner.videos, cost.seconds, costs, cost=cost
+    )
     report.progress = state.progress()
     return report

@@ -61,13 +61,20 @@ class Floor:
     def __post_init__(self) -> None:
         if self.points is None and self.min_ssim is None and self.min_psnr is None:
             raise ValueError("a floor needs points= (with a scorer), min_ssim= or min_psnr=")
-        for name, value, ok in (("points", self.points, lambda v: v >= 0),
-                                ("min_ssim", self.min_ssim, lambda v: 0 < v <= 1),
-                                ("min_psnr", self.min_psnr, lambda v: v > 0),
-                                ("alpha", self.alpha, lambda v: 0 < v < 1)):
+        for name, value, ok in (
+            ("points", self.points, lambda v: v >= 0),
+            ("min_ssim", self.min_ssim, lambda v: 0 < v <= 1),
+            ("min_psnr", self.min_psnr, lambda v: v > 0),
+            ("alpha", self.alpha, lambda v: 0 < v < 1),
+        ):
             if value is None:
                 continue
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or not ok(value):
+            if (
+                isinstance(value, bool)
+                or not isinstance(value, (int, float))
+                or not math.isfinite(value)
+                or not ok(value)
+            ):
                 raise ValueError(f"floor {name} out of range: {value!r}")
 
     @property
@@ -79,6 +86,7 @@ class Floor:
         "closest" means when nothing holds it."""
         short = 0.0
         if self.points is not None:
+            assert compared is not None, "a floor in points compares the judge's verdicts"
             short += max(0.0, -compared.points - self.points)
             if compared.p_value < self.alpha and compared.lost > compared.gained:
                 short += 1e-9  # significantly worse: never within, even when the points alone would pass
@@ -94,8 +102,10 @@ class Floor:
     def describe(self) -> str:
         parts = []
         if self.points is not None:
-            parts.append(f"at most {self.points:g} points of accuracy below large only and not worse by McNemar's "
-                         f"exact test (p < {self.alpha:g})")
+            parts.append(
+                f"at most {self.points:g} points of accuracy below large only and not worse by McNemar's "
+                f"exact test (p < {self.alpha:g})"
+            )
         if self.min_ssim is not None:
             parts.append(f"mean SSIM against large only >= {self.min_ssim:g}")
         if self.min_psnr is not None:

@@ -29,8 +29,8 @@ import torch
 from diffusers.hooks import HookRegistry, ModelHook
 
 from .. import compat
-from ..instance.patching import drop_hook_residue_at
 from ..instance.events import CallListener
+from ..instance.patching import drop_hook_residue_at
 from ..pipeline.calls import CallTracker
 
 #: The default budget of a `TapeStore` in host memory.
@@ -124,8 +124,9 @@ class TapeStore:
         if tape.path is not None:
             tape.path.unlink(missing_ok=True)
 
-    def best(self, pair: tuple[str, int], accel: Any, roles: Sequence[str] | None,
-             num_steps: int) -> tuple[Tape | None, int]:
+    def best(
+        self, pair: tuple[str, int], accel: Any, roles: Sequence[str] | None, num_steps: int
+    ) -> tuple[Tape | None, int]:
         """The tape that lets a run of ``pair`` with ``accel`` skip the most steps, and how many: ``roles`` are the
         run's roles where known before it runs (a schedule with fixed ends), else None (an adaptive end: the
         replay then follows the run and stops where its roles part from the tape's; with a cache acceleration
@@ -166,7 +167,9 @@ class _ReplayHook(ModelHook):
     def new_forward(self, module: torch.nn.Module, *args: Any, **kwargs: Any) -> Any:
         output = self.replay.output_for(kwargs.get("hidden_states", args[0] if args else None))
         if output is None:
-            return self.fn_ref.original_forward(*args, **kwargs)
+            forward = self.fn_ref.original_forward
+            assert forward is not None  # set when diffusers registered the hook
+            return forward(*args, **kwargs)
         if kwargs.get("return_dict", True):
             from diffusers.models.modeling_outputs import Transformer2DModelOutput
 

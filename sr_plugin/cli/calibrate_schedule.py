@@ -46,10 +46,17 @@ def run_calibrate(args: Any, say: Any = print) -> Any:
     else:
         chosen_pairs = list(args.prompt)
     if args.step_times is not None:  # planning: the cost, and nothing run
-        say(f"sr-plugin calibrate: {len(candidates)} candidates on {len(checked_pairs(chosen_pairs, 0))} pairs, "
+        say(
+            f"sr-plugin calibrate: {len(candidates)} candidates on {len(checked_pairs(chosen_pairs, 0))} pairs, "
             f"{args.steps} steps, at {args.step_times[0]:g} s a large step and {args.step_times[1]:g} s a small one: "
-            + plan_text(candidates, len(chosen_pairs), args.steps,
-                        {"large": args.step_times[0], "small": args.step_times[1]}, True))
+            + plan_text(
+                candidates,
+                len(chosen_pairs),
+                args.steps,
+                {"large": args.step_times[0], "small": args.step_times[1]},
+                True,
+            )
+        )
         return None
     if args.large is None:
         pipe, small_model, extra = trained.load(family)
@@ -65,23 +72,48 @@ def run_calibrate(args: Any, say: Any = print) -> Any:
         call = {k: v for k, v in defaults.items() if k != "fps"}
         scorer = None
         floor = Floor(min_ssim=args.min_ssim if args.min_ssim is not None else 0.9)
-    report = calibrate(pipe, small_model, chosen_pairs, floor=floor, scorer=scorer, candidates=candidates,
-                       num_inference_steps=args.steps, apply_kwargs=extra, search=args.search, save_to=record,
-                       resume=args.resume, say=say, **call)
+    report = calibrate(
+        pipe,
+        small_model,
+        chosen_pairs,
+        floor=floor,
+        scorer=scorer,
+        candidates=candidates,
+        num_inference_steps=args.steps,
+        apply_kwargs=extra,
+        search=args.search,
+        save_to=record,
+        resume=args.resume,
+        say=say,
+        **call,
+    )
     say("")
     say(report.table())
     say(report.summary())
     if args.confirm and report.chosen is not None:
         say("")
-        report.confirmation = confirm(pipe, small_model, report, new_seeds(report.pairs), scorer=scorer,
-                                      num_inference_steps=args.steps, apply_kwargs=extra, say=say, **call)
+        report.confirmation = confirm(
+            pipe,
+            small_model,
+            report,
+            new_seeds(report.pairs),
+            scorer=scorer,
+            num_inference_steps=args.steps,
+            apply_kwargs=extra,
+            say=say,
+            **call,
+        )
         say(report.confirmation.table())
         say("confirmed on new pairs: " + report.confirmation.summary())
     if record is not None:
         write_checked(record, lambda: report.to_json(record))
         say(f"wrote {record}")
     if picture is not None:
-        write_checked(picture, lambda: report.plot(picture, f"{family}: {len(report.rows) - 1} candidates on "
-                                                            f"{len(report.pairs)} pairs, {args.steps} steps"))
+        write_checked(
+            picture,
+            lambda: report.plot(
+                picture, f"{family}: {len(report.rows) - 1} candidates on {len(report.pairs)} pairs, {args.steps} steps"
+            ),
+        )
         say(f"wrote {picture}")
     return report

@@ -17,8 +17,8 @@ from typing import Any
 import numpy as np
 
 from ..lab import task, trained
-from .outputs import check_output, write_checked
 from ..lab.quality import FamilyResult, evaluate_family, format_table
+from .outputs import check_output, write_checked
 
 DEMO_PROMPTS = 6
 #: Pixels per video pixel in the GIF (the videos are 32 x 32).
@@ -41,8 +41,13 @@ def showcase(result: FamilyResult) -> tuple[str, int]:
         by_pair.setdefault((run.prompt, run.seed), {})[run.mode] = run
     for pair, runs in by_pair.items():
         cooperation = runs.get("schedule", runs.get("sr"))
-        if {"large", "small"} <= set(runs) and cooperation is not None and runs["large"].score.right \
-                and cooperation.score.right and not runs["small"].score.right:
+        if (
+            {"large", "small"} <= set(runs)
+            and cooperation is not None
+            and runs["large"].score.right
+            and cooperation.score.right
+            and not runs["small"].score.right
+        ):
             return pair
     for pair, runs in by_pair.items():
         if "large" in runs and runs["large"].score.right:
@@ -66,7 +71,7 @@ def side_by_side(results: list[FamilyResult]) -> list[np.ndarray]:
             shown = showcase(res)
             runs = {r.mode: r for r in res.runs if (r.prompt, r.seed) == shown}
             top = gap + row * row_h
-            _caption(canvas, f"{res.family}: \"{shown[0]}\"", (gap, top))
+            _caption(canvas, f'{res.family}: "{shown[0]}"', (gap, top))
             for col, mode in enumerate(modes):
                 run = runs.get(mode)
                 if run is None:
@@ -120,12 +125,13 @@ def implausible_timing(result: FamilyResult) -> str | None:
     if sr.speedup < 1 - IDEAL_TOLERANCE:
         problems.append(f"SR measured slower ({sr.speedup:.2f}x) than large only, though its small steps cost less")
     if sr.ideal_speedup is not None and sr.speedup > sr.ideal_speedup * (1 + IDEAL_TOLERANCE):
-        problems.append(f"SR measured at {sr.speedup:.2f}x, above the {sr.ideal_speedup:.2f}x its switch steps "
-                        "allow")
+        problems.append(f"SR measured at {sr.speedup:.2f}x, above the {sr.ideal_speedup:.2f}x its switch steps allow")
     if not problems:
         return None
-    return ("the timings are unreliable: " + "; ".join(problems) + ". The machine was busy during these runs; "
-            "rerun on a quiet machine for speed figures (the accuracy figures do not depend on it)")
+    return (
+        "the timings are unreliable: " + "; ".join(problems) + ". The machine was busy during these runs; "
+        "rerun on a quiet machine for speed figures (the accuracy figures do not depend on it)"
+    )
 
 
 def results_json(results: list[FamilyResult]) -> dict[str, Any]:
@@ -136,24 +142,54 @@ def results_json(results: list[FamilyResult]) -> dict[str, Any]:
     import torch
 
     return {
-        "environment": {"torch": torch.__version__, "diffusers": diffusers.__version__,
-                        "threads": torch.get_num_threads(), "machine": platform.processor() or platform.machine(),
-                        "cpus": os.cpu_count()},
-        "families": [{
-            "family": r.family, "steps": r.steps, "delta": r.delta, "schedule": r.schedule, "step_ratio": r.step_ratio,
-            "summaries": {m: s.as_dict() for m, s in r.summaries.items()},
-            "runs": [{"prompt": x.prompt, "seed": x.seed, "mode": x.mode, "right": x.score.right,
-                      "attributes_right": x.score.attributes[0], "psnr": x.psnr, "ssim": x.ssim,
-                      "denoise_s": x.denoise_s, "total_s": x.total_s, "switch_step": x.switch_step,
-                      "switch_noise": x.switch_noise,
-                      "score": x.score.as_dict()} for x in r.runs],
-        } for r in results],
+        "environment": {
+            "torch": torch.__version__,
+            "diffusers": diffusers.__version__,
+            "threads": torch.get_num_threads(),
+            "machine": platform.processor() or platform.machine(),
+            "cpus": os.cpu_count(),
+        },
+        "families": [
+            {
+                "family": r.family,
+                "steps": r.steps,
+                "delta": r.delta,
+                "schedule": r.schedule,
+                "step_ratio": r.step_ratio,
+                "summaries": {m: s.as_dict() for m, s in r.summaries.items()},
+                "runs": [
+                    {
+                        "prompt": x.prompt,
+                        "seed": x.seed,
+                        "mode": x.mode,
+                        "right": x.score.right,
+                        "attributes_right": x.score.attributes[0],
+                        "psnr": x.psnr,
+                        "ssim": x.ssim,
+                        "denoise_s": x.denoise_s,
+                        "total_s": x.total_s,
+                        "switch_step": x.switch_step,
+                        "switch_noise": x.switch_noise,
+                        "score": x.score.as_dict(),
+                    }
+                    for x in r.runs
+                ],
+            }
+            for r in results
+        ],
     }
 
 
-def run_demo(families: tuple[str, ...] = trained.FAMILY_NAMES, prompts: int = DEMO_PROMPTS, steps: int = 50,
-             delta: float | None = None, out: str = "sr-plugin-demo.gif", json_out: str | None = None,
-             say: Any = print, small: str = "competent") -> list[FamilyResult]:
+def run_demo(
+    families: tuple[str, ...] = trained.FAMILY_NAMES,
+    prompts: int = DEMO_PROMPTS,
+    steps: int = 50,
+    delta: float | None = None,
+    out: str = "sr-plugin-demo.gif",
+    json_out: str | None = None,
+    say: Any = print,
+    small: str = "competent",
+) -> list[FamilyResult]:
     """Large only, SR, the calibrated schedule (where one is shipped, for the competent small model) and small only
     on the first ``prompts`` held-out pairs of each family."""
     for family in families:
@@ -163,9 +199,11 @@ def run_demo(families: tuple[str, ...] = trained.FAMILY_NAMES, prompts: int = DE
     gif = check_output(out, (".gif",))
     record = check_output(json_out, (".json",)) if json_out is not None else None
     pairs = task.held_out()[:prompts]
-    say(f"sr-plugin demo: the trained families (sr_plugin/trained/) with their {small} small model on {prompts} "
+    say(
+        f"sr-plugin demo: the trained families (sr_plugin/trained/) with their {small} small model on {prompts} "
         f"held-out prompt{'' if prompts == 1 else 's'}, {steps} steps, SR at "
-        f"delta={delta if delta is not None else 0.01}; CPU")
+        f"delta={delta if delta is not None else 0.01}; CPU"
+    )
     results = []
     for family in families:
         shipped = trained.calibrated(family) if small == "competent" else None
@@ -176,8 +214,10 @@ def run_demo(families: tuple[str, ...] = trained.FAMILY_NAMES, prompts: int = DE
     say("")
     say(format_table(results))
     for res in results:
-        say(f"{res.family}: a large step costs r = {res.step_ratio:.2f} small steps here; ideal = "
-            f"N / (k + (N - k) / r) at each prompt's switch step k")
+        say(
+            f"{res.family}: a large step costs r = {res.step_ratio:.2f} small steps here; ideal = "
+            f"N / (k + (N - k) / r) at each prompt's switch step k"
+        )
         warning = implausible_timing(res)
         if warning:
             say(f"{res.family}: {warning}")

@@ -10,8 +10,7 @@ import json
 import pathlib
 from typing import Any
 
-from ..lab import task
-from ..lab import call_defaults
+from ..lab import call_defaults, task
 from .outputs import UserError, check_output
 
 #: The most denoising steps a call may take: the training schedules have 1,000 timesteps.
@@ -53,7 +52,7 @@ class GenerateOptions:
     device: str | None = None
 
     @classmethod
-    def from_args(cls, args: argparse.Namespace) -> "GenerateOptions":
+    def from_args(cls, args: argparse.Namespace) -> GenerateOptions:
         return cls(**{f.name: getattr(args, f.name) for f in dataclasses.fields(cls)})
 
     @property
@@ -93,8 +92,9 @@ def check_options(options: GenerateOptions, known_families: tuple[str, ...] | No
             raise UserError(f"{err}. (The trained families know only their task; --tiny takes any prompt.)") from err
     _check_switch(options)
     if options.steps is not None and not 1 <= options.steps <= MAX_STEPS:
-        raise UserError(f"--steps must be between 1 and {MAX_STEPS} (the schedules' training timesteps), got "
-                        f"{options.steps}")
+        raise UserError(
+            f"--steps must be between 1 and {MAX_STEPS} (the schedules' training timesteps), got {options.steps}"
+        )
     if options.teacache is not None and options.fbcache is not None:
         raise UserError("--teacache and --fbcache both cache the transformer blocks: choose one")
     if options.large is not None:
@@ -109,8 +109,9 @@ def _check_out(out: str) -> pathlib.Path:
         raise UserError("--out is empty: name the video file to write, e.g. --out video.mp4")
     out_path = pathlib.Path(out)
     try:
-        check_output(out_path, (".mp4",), companions=(out_path.with_suffix(".trace.json"),
-                                                      out_path.with_suffix(".switch.png")))
+        check_output(
+            out_path, (".mp4",), companions=(out_path.with_suffix(".trace.json"), out_path.with_suffix(".switch.png"))
+        )
     except ValueError as err:
         raise UserError(f"--out: {err}") from None
     return out_path
@@ -125,12 +126,16 @@ def _check_source(options: GenerateOptions) -> None:
     if large is None:
         return
     if pathlib.Path(large).resolve() == pathlib.Path(small).resolve() or large == small:
-        raise UserError(f"--large and --small name the same model ({large!r}): the small model must be a smaller "
-                        "one of the same family (for example Wan2.1 1.3B for 14B)")
+        raise UserError(
+            f"--large and --small name the same model ({large!r}): the small model must be a smaller "
+            "one of the same family (for example Wan2.1 1.3B for 14B)"
+        )
     for flag, name in (("--large", large), ("--small", small)):
         if not pathlib.Path(name).is_dir() and (options.local_files_only or looks_like_a_path(name)):
             what = "the large model" if flag == "--large" else "the small transformer"
-            hub = " (and --local-files-only keeps sr-plugin off the Hugging Face Hub)" if options.local_files_only else ""
+            hub = (
+                " (and --local-files-only keeps sr-plugin off the Hugging Face Hub)" if options.local_files_only else ""
+            )
             raise UserError(f"cannot load {what} {name!r}: there is no such folder{hub}")
 
 
@@ -173,14 +178,18 @@ def check_local_pair(large: str, small: str | None, family: str | None) -> None:
     adapter = None
     if large_dir.is_dir():
         if not (large_dir / "model_index.json").is_file():
-            raise UserError(f"--large {large!r} is a folder without model_index.json: give a diffusers pipeline folder "
-                            "(what save_pretrained writes), not a model's subfolder")
+            raise UserError(
+                f"--large {large!r} is a folder without model_index.json: give a diffusers pipeline folder "
+                "(what save_pretrained writes), not a model's subfolder"
+            )
         pipeline_class = class_name(large_dir / "model_index.json")
         adapter = next((a for a in registered_families() if pipeline_class in a.pipeline_class_names), None)
         if adapter is None:
             supported = ", ".join(n for a in registered_families() for n in a.pipeline_class_names)
-            raise UserError(f"--large {large!r} holds a {pipeline_class or 'pipeline of unknown class'}; sr-plugin "
-                            f"supports {supported}")
+            raise UserError(
+                f"--large {large!r} holds a {pipeline_class or 'pipeline of unknown class'}; sr-plugin "
+                f"supports {supported}"
+            )
         if family is not None and family != adapter.key:
             raise UserError(f"--family {family} does not match --large, a {pipeline_class}")
     small_dir = pathlib.Path(small) if small is not None else None
@@ -195,8 +204,10 @@ def check_local_pair(large: str, small: str | None, family: str | None) -> None:
 
             expected = registered(family).transformer_class_name
         if expected is not None and small_class != expected:
-            raise UserError(f"--small {small!r} is a {small_class}, but the pipeline needs a {expected}: the two "
-                            "models must be of one family")
+            raise UserError(
+                f"--small {small!r} is a {small_class}, but the pipeline needs a {expected}: the two "
+                "models must be of one family"
+            )
 
 
 def placement(dtype: str | None, device: str | None) -> tuple[Any, Any]:
@@ -217,8 +228,9 @@ def placement(dtype: str | None, device: str | None) -> tuple[Any, Any]:
             torch_device = torch.device(device)
         except (RuntimeError, TypeError):
             raise UserError(f"--device {device!r} is not a device (e.g. cpu, cuda, cuda:1)") from None
-        if torch_device.type == "cuda" and (not torch.cuda.is_available()
-                                            or (torch_device.index or 0) >= torch.cuda.device_count()):
+        if torch_device.type == "cuda" and (
+            not torch.cuda.is_available() or (torch_device.index or 0) >= torch.cuda.device_count()
+        ):
             raise UserError(f"--device {device}: this machine has {torch.cuda.device_count()} CUDA device(s)")
         if torch_device.type == "meta":
             raise UserError("--device meta holds no weights; give a real device")
@@ -248,9 +260,16 @@ def _check_size(options: GenerateOptions) -> None:
     from ..lab.family_tools import tools_for
 
     tools = tools_for(family)
-    multiple = tools.tiny_size_multiple if folder is None else tools.size_multiple(
-        read_json(folder / "vae" / "config.json"), read_json(folder / "transformer" / "config.json"))
+    multiple = (
+        tools.tiny_size_multiple
+        if folder is None
+        else tools.size_multiple(
+            read_json(folder / "vae" / "config.json"), read_json(folder / "transformer" / "config.json")
+        )
+    )
     for flag, value in (("--height", height), ("--width", width)):
         if multiple and value is not None and value % multiple:
-            raise UserError(f"{flag} {value}: this {family} pipeline takes multiples of {multiple} "
-                            f"(e.g. {max(multiple, value // multiple * multiple)})")
+            raise UserError(
+                f"{flag} {value}: this {family} pipeline takes multiples of {multiple} "
+                f"(e.g. {max(multiple, value // multiple * multiple)})"
+            )

@@ -43,8 +43,11 @@ class DefaultsShown(argparse.HelpFormatter):
 
     def _get_help_string(self, action: argparse.Action) -> str:
         text = action.help or ""
-        if action.option_strings and "default" not in text and not any(
-                action.default is v for v in (None, False, argparse.SUPPRESS)):
+        if (
+            action.option_strings
+            and "default" not in text
+            and not any(action.default is v for v in (None, False, argparse.SUPPRESS))
+        ):
             text += " (default: %(default)s)"
         return text
 
@@ -57,8 +60,9 @@ def checked(kind: type, ok: Any, rule: str) -> Any:
         try:
             value = kind(text)
         except ValueError:
-            raise argparse.ArgumentTypeError(f"must be {'a whole number' if kind is int else 'a number'} "
-                                             f"{rule}, got {text!r}") from None
+            raise argparse.ArgumentTypeError(
+                f"must be {'a whole number' if kind is int else 'a number'} {rule}, got {text!r}"
+            ) from None
         if not ok(value):
             raise argparse.ArgumentTypeError(f"must be {rule}, got {value}")
         return value
@@ -99,8 +103,10 @@ def check_shipped_schedule(families: tuple[str, ...], steps: int, what: str) -> 
             continue
         need = shipped.min_steps(schedule)
         if need is not None and steps < need:
-            raise UserError(f"--steps {steps}: {what} runs {family}'s shipped calibrated schedule {schedule}, whose "
-                            f"segments need at least {need} steps (give --steps {need} or more)")
+            raise UserError(
+                f"--steps {steps}: {what} runs {family}'s shipped calibrated schedule {schedule}, whose "
+                f"segments need at least {need} steps (give --steps {need} or more)"
+            )
 
 
 class Command:
@@ -125,22 +131,38 @@ class Command:
 
 class Demo(Command):
     name = "demo"
-    help = ("the trained families on held-out prompts: large only | SR | calibrated schedule | small only, scored "
-            "and timed, with a side-by-side GIF (CPU, under a minute)")
-    description = ("Runs the trained model families shipped in the package (sr_plugin/trained/) on held-out prompts "
-                   "of their task, under large only, SR (SRDiffusion's adaptive rule at --delta), the family's "
-                   "calibrated schedule and small only; prints each prompt's result and a quality and time table, "
-                   "and writes one side-by-side GIF.")
+    help = (
+        "the trained families on held-out prompts: large only | SR | calibrated schedule | small only, scored "
+        "and timed, with a side-by-side GIF (CPU, under a minute)"
+    )
+    description = (
+        "Runs the trained model families shipped in the package (sr_plugin/trained/) on held-out prompts "
+        "of their task, under large only, SR (SRDiffusion's adaptive rule at --delta), the family's "
+        "calibrated schedule and small only; prints each prompt's result and a quality and time table, "
+        "and writes one side-by-side GIF."
+    )
 
     def add_arguments(self, parser: argparse.ArgumentParser) -> None:
         parser.add_argument("--family", choices=FAMILY_NAMES + ("all",), default="all")
-        parser.add_argument("--prompts", type=HELD_OUT_COUNT, default=6,
-                            help="how many held-out prompts per family (default 6, at most 64)")
+        parser.add_argument(
+            "--prompts",
+            type=HELD_OUT_COUNT,
+            default=6,
+            help="how many held-out prompts per family (default 6, at most 64)",
+        )
         parser.add_argument("--steps", type=STEPS, default=50, help="denoising steps (default 50)")
-        parser.add_argument("--delta", type=DELTA, default=None,
-                            help="the SR column's adaptive switching threshold in (0, 1) (default 0.01)")
-        parser.add_argument("--small", choices=("competent", "weak"), default="competent",
-                            help="the small model: the shipped partner, or the weak one of the first release")
+        parser.add_argument(
+            "--delta",
+            type=DELTA,
+            default=None,
+            help="the SR column's adaptive switching threshold in (0, 1) (default 0.01)",
+        )
+        parser.add_argument(
+            "--small",
+            choices=("competent", "weak"),
+            default="competent",
+            help="the small model: the shipped partner, or the weak one of the first release",
+        )
         parser.add_argument("--out", default="sr-plugin-demo.gif", help="the GIF to write (default sr-plugin-demo.gif)")
         parser.add_argument("--json", default=None, metavar="PATH", help="also write every run's scores and times")
 
@@ -165,65 +187,146 @@ class Demo(Command):
 class Generate(Command):
     name = "generate"
     help = "generate a video with the switch; writes the video, its trace (JSON) and a plot (PNG)"
-    description = ("Generate one video with the switch. Without --large/--small, the trained family shipped in the "
-                   "package runs (--family, default wan; the prompt must use its task's words, e.g. 'a red square "
-                   "moving left and a blue circle moving up') with its shipped calibrated schedule unless --delta, "
-                   "--switch-step or --schedule says otherwise; --tiny runs the random-weight tiny pair instead. "
-                   "With --large/--small and --tiny the default is SRDiffusion's adaptive rule (delta 0.01). Writes "
-                   "OUT, OUT with .trace.json (per-step trace) and OUT with .switch.png (plot of d and s).")
+    description = (
+        "Generate one video with the switch. Without --large/--small, the trained family shipped in the "
+        "package runs (--family, default wan; the prompt must use its task's words, e.g. 'a red square "
+        "moving left and a blue circle moving up') with its shipped calibrated schedule unless --delta, "
+        "--switch-step or --schedule says otherwise; --tiny runs the random-weight tiny pair instead. "
+        "With --large/--small and --tiny the default is SRDiffusion's adaptive rule (delta 0.01). Writes "
+        "OUT, OUT with .trace.json (per-step trace) and OUT with .switch.png (plot of d and s)."
+    )
 
     def add_arguments(self, parser: argparse.ArgumentParser) -> None:
-        parser.add_argument("--prompt", required=True, help="what the video shows (for the trained families: "
-                            "their task's words, e.g. 'a red square moving left and a blue circle moving up')")
+        parser.add_argument(
+            "--prompt",
+            required=True,
+            help="what the video shows (for the trained families: "
+            "their task's words, e.g. 'a red square moving left and a blue circle moving up')",
+        )
         parser.add_argument("--out", required=True, help="the video file to write (.mp4)")
-        parser.add_argument("--large", metavar="ID_OR_PATH", help="the large pipeline (hub id or local folder), "
-                            "e.g. Wan-AI/Wan2.1-T2V-14B-Diffusers")
-        parser.add_argument("--small", metavar="ID_OR_PATH", help="the small model whose 'transformer' subfolder is "
-                            "loaded, e.g. Wan-AI/Wan2.1-T2V-1.3B-Diffusers")
-        parser.add_argument("--family", help="a registered family: wan, cogvideox, ... (default: read from --large; "
-                            "wan for the trained and the tiny pairs)")
-        parser.add_argument("--local-files-only", action="store_true", help="never reach the Hugging Face Hub: "
-                            "--large and --small must be local folders or already in the cache")
-        parser.add_argument("--tiny", action="store_true", help="the built-in tiny pair with random weights (any "
-                            "prompt; the video is noise)")
+        parser.add_argument(
+            "--large",
+            metavar="ID_OR_PATH",
+            help="the large pipeline (hub id or local folder), e.g. Wan-AI/Wan2.1-T2V-14B-Diffusers",
+        )
+        parser.add_argument(
+            "--small",
+            metavar="ID_OR_PATH",
+            help="the small model whose 'transformer' subfolder is loaded, e.g. Wan-AI/Wan2.1-T2V-1.3B-Diffusers",
+        )
+        parser.add_argument(
+            "--family",
+            help="a registered family: wan, cogvideox, ... (default: read from --large; "
+            "wan for the trained and the tiny pairs)",
+        )
+        parser.add_argument(
+            "--local-files-only",
+            action="store_true",
+            help="never reach the Hugging Face Hub: --large and --small must be local folders or already in the cache",
+        )
+        parser.add_argument(
+            "--tiny",
+            action="store_true",
+            help="the built-in tiny pair with random weights (any prompt; the video is noise)",
+        )
         group = parser.add_mutually_exclusive_group()
-        group.add_argument("--delta", type=DELTA, default=None, help="SRDiffusion's adaptive switch at this "
-                           "threshold in (0, 1) (the default with --large/--small and --tiny: 0.01)")
-        group.add_argument("--switch-step", type=STEP, default=None, metavar="K",
-                           help="a fixed switch instead: steps >= K run on the small model")
-        group.add_argument("--schedule", default=None, metavar="SPEC",
-                           help="a cooperation schedule instead: which model runs which steps, e.g. "
-                                "'small:20%%,large' (small first), 'large:10,small:35,large' (sandwich), "
-                                "'large:delta,small' (SRDiffusion's rule); the default on a trained family is its "
-                                "shipped calibrated schedule")
-        parser.add_argument("--min-switch-step", type=STEP, default=None, metavar="K",
-                            help="adaptive switch: not before step K (default max(3, ceil(0.1 N)))")
-        parser.add_argument("--max-switch-step", type=STEP, default=None, metavar="K",
-                            help="adaptive switch: at step K at the latest (default floor(0.6 N))")
+        group.add_argument(
+            "--delta",
+            type=DELTA,
+            default=None,
+            help="SRDiffusion's adaptive switch at this "
+            "threshold in (0, 1) (the default with --large/--small and --tiny: 0.01)",
+        )
+        group.add_argument(
+            "--switch-step",
+            type=STEP,
+            default=None,
+            metavar="K",
+            help="a fixed switch instead: steps >= K run on the small model",
+        )
+        group.add_argument(
+            "--schedule",
+            default=None,
+            metavar="SPEC",
+            help="a cooperation schedule instead: which model runs which steps, e.g. "
+            "'small:20%%,large' (small first), 'large:10,small:35,large' (sandwich), "
+            "'large:delta,small' (SRDiffusion's rule); the default on a trained family is its "
+            "shipped calibrated schedule",
+        )
+        parser.add_argument(
+            "--min-switch-step",
+            type=STEP,
+            default=None,
+            metavar="K",
+            help="adaptive switch: not before step K (default max(3, ceil(0.1 N)))",
+        )
+        parser.add_argument(
+            "--max-switch-step",
+            type=STEP,
+            default=None,
+            metavar="K",
+            help="adaptive switch: at step K at the latest (default floor(0.6 N))",
+        )
         parser.add_argument("--steps", type=STEPS, default=None, help="denoising steps (default: the pipeline's)")
         parser.add_argument("--negative-prompt", default=None, help="the negative prompt (default: the pipeline's)")
-        parser.add_argument("--guidance-scale", type=THRESHOLD, default=None, help="CFG scale (default: the "
-                            "pipeline's, or the trained family's own)")
-        parser.add_argument("--fps", type=POSITIVE_INT, default=None, help="frames per second of the video written "
-                            "(default: the family's)")
+        parser.add_argument(
+            "--guidance-scale",
+            type=THRESHOLD,
+            default=None,
+            help="CFG scale (default: the pipeline's, or the trained family's own)",
+        )
+        parser.add_argument(
+            "--fps",
+            type=POSITIVE_INT,
+            default=None,
+            help="frames per second of the video written (default: the family's)",
+        )
         parser.add_argument("--teacache", type=THRESHOLD, default=None, metavar="THRESHOLD", help="also run TeaCache")
-        parser.add_argument("--fbcache", type=THRESHOLD, default=None, metavar="THRESHOLD",
-                            help="also run diffusers' First Block Cache (not with --teacache)")
+        parser.add_argument(
+            "--fbcache",
+            type=THRESHOLD,
+            default=None,
+            metavar="THRESHOLD",
+            help="also run diffusers' First Block Cache (not with --teacache)",
+        )
         parser.add_argument("--pab", action="store_true", help="also run CFG-aware Pyramid Attention Broadcast")
         parser.add_argument("--compile", action="store_true", help="also compile both transformers' blocks")
-        parser.add_argument("--seed", type=int, default=0, help="seed of the initial noise (a CPU generator: the "
-                            "same noise on every device)")
-        parser.add_argument("--dtype", choices=("float32", "bfloat16", "float16"), default=None,
-                            help="the weights' dtype (default: bfloat16 for --large/--small on CUDA, else float32)")
-        parser.add_argument("--device", default=None, help="where the models run, e.g. cpu, cuda, cuda:1 (default: "
-                            "cuda for --large/--small when there is one, else cpu)")
-        for flag, what in (("--height", "video height in pixels"), ("--width", "video width in pixels"),
-                           ("--frames", "number of frames")):
-            parser.add_argument(flag, type=POSITIVE_INT, default=None, help=f"{what} (default: the model folder's "
-                                "call_defaults.json, else the pipeline's)")
-        parser.add_argument("--max-sequence-length", type=POSITIVE_INT, default=None, metavar="TOKENS",
-                            help="text tokens per prompt (default: the model folder's call_defaults.json, else the "
-                                 "pipeline's)")
+        parser.add_argument(
+            "--seed",
+            type=int,
+            default=0,
+            help="seed of the initial noise (a CPU generator: the same noise on every device)",
+        )
+        parser.add_argument(
+            "--dtype",
+            choices=("float32", "bfloat16", "float16"),
+            default=None,
+            help="the weights' dtype (default: bfloat16 for --large/--small on CUDA, else float32)",
+        )
+        parser.add_argument(
+            "--device",
+            default=None,
+            help="where the models run, e.g. cpu, cuda, cuda:1 (default: "
+            "cuda for --large/--small when there is one, else cpu)",
+        )
+        for flag, what in (
+            ("--height", "video height in pixels"),
+            ("--width", "video width in pixels"),
+            ("--frames", "number of frames"),
+        ):
+            parser.add_argument(
+                flag,
+                type=POSITIVE_INT,
+                default=None,
+                help=f"{what} (default: the model folder's call_defaults.json, else the pipeline's)",
+            )
+        parser.add_argument(
+            "--max-sequence-length",
+            type=POSITIVE_INT,
+            default=None,
+            metavar="TOKENS",
+            help="text tokens per prompt (default: the model folder's call_defaults.json, else the pipeline's)",
+        )
 
     def check(self, args: argparse.Namespace) -> None:
         from .generate_checks import GenerateOptions, check_options
@@ -232,8 +335,9 @@ class Generate(Command):
         check_registered_family(options.family)
         check_options(options)
         if options.source == "trained" and options.rule_given is False and options.steps is not None:
-            check_shipped_schedule((options.family or "wan",), options.steps, "generate (no --delta, --switch-step "
-                                   "or --schedule)")
+            check_shipped_schedule(
+                (options.family or "wan",), options.steps, "generate (no --delta, --switch-step or --schedule)"
+            )
 
     def run(self, args: argparse.Namespace) -> None:
         from .generate import GenerateOptions, generate
@@ -244,50 +348,101 @@ class Generate(Command):
 class Calibrate(Command):
     name = "calibrate"
     help = "find the fastest cooperation schedule within a quality floor of large only"
-    description = ("Tries large only, small only and the candidate cooperations (large-first, small-first, "
-                   "sandwiches; each with the accelerations asked for) on the same (prompt, seed) pairs, and picks "
-                   "the fastest whose quality stays within the floor: fastest first, each candidate dropped as soon "
-                   "as it can no longer hold the floor, steps shared with an earlier run replayed instead of "
-                   "recomputed (--search grid: every candidate on every pair). On a trained family: its "
-                   "validation pairs, judged by the task's evaluator (--tolerance points of prompt accuracy). On "
-                   "your models (--large/--small): your --prompt(s), judged by SSIM against large only "
-                   "(--min-ssim). The cost is printed before the first video.")
+    description = (
+        "Tries large only, small only and the candidate cooperations (large-first, small-first, "
+        "sandwiches; each with the accelerations asked for) on the same (prompt, seed) pairs, and picks "
+        "the fastest whose quality stays within the floor: fastest first, each candidate dropped as soon "
+        "as it can no longer hold the floor, steps shared with an earlier run replayed instead of "
+        "recomputed (--search grid: every candidate on every pair). On a trained family: its "
+        "validation pairs, judged by the task's evaluator (--tolerance points of prompt accuracy). On "
+        "your models (--large/--small): your --prompt(s), judged by SSIM against large only "
+        "(--min-ssim). The cost is printed before the first video."
+    )
 
     def add_arguments(self, parser: argparse.ArgumentParser) -> None:
-        parser.add_argument("--family", default=None, help="the trained family (default wan), or the family of "
-                            "--large")
-        parser.add_argument("--pairs", type=HELD_OUT_COUNT, default=16,
-                            help="validation pairs of the trained family (at most 64)")
-        parser.add_argument("--grid", choices=("cheap", "full"), default="cheap",
-                            help="the candidate schedules: a coarse grid of each order, or a finer one")
-        parser.add_argument("--schedules", nargs="+", default=None, metavar="SPEC",
-                            help="these schedules instead of a grid, e.g. 'small:20%%,large' 'large:10,small:35,large'")
-        parser.add_argument("--search", choices=("fastest", "grid"), default="fastest",
-                            help="fastest first with early drops, or every candidate on every pair")
-        parser.add_argument("--tolerance", type=THRESHOLD, default=3.0,
-                            help="points of prompt accuracy below large only that still hold the floor")
-        parser.add_argument("--teacache", type=THRESHOLD, nargs="+", default=None, metavar="THRESHOLD",
-                            help="also try every schedule with TeaCache at these thresholds")
-        parser.add_argument("--pab", action="store_true",
-                            help="also try with PAB (with each TeaCache threshold, if given)")
+        parser.add_argument("--family", default=None, help="the trained family (default wan), or the family of --large")
+        parser.add_argument(
+            "--pairs", type=HELD_OUT_COUNT, default=16, help="validation pairs of the trained family (at most 64)"
+        )
+        parser.add_argument(
+            "--grid",
+            choices=("cheap", "full"),
+            default="cheap",
+            help="the candidate schedules: a coarse grid of each order, or a finer one",
+        )
+        parser.add_argument(
+            "--schedules",
+            nargs="+",
+            default=None,
+            metavar="SPEC",
+            help="these schedules instead of a grid, e.g. 'small:20%%,large' 'large:10,small:35,large'",
+        )
+        parser.add_argument(
+            "--search",
+            choices=("fastest", "grid"),
+            default="fastest",
+            help="fastest first with early drops, or every candidate on every pair",
+        )
+        parser.add_argument(
+            "--tolerance",
+            type=THRESHOLD,
+            default=3.0,
+            help="points of prompt accuracy below large only that still hold the floor",
+        )
+        parser.add_argument(
+            "--teacache",
+            type=THRESHOLD,
+            nargs="+",
+            default=None,
+            metavar="THRESHOLD",
+            help="also try every schedule with TeaCache at these thresholds",
+        )
+        parser.add_argument(
+            "--pab", action="store_true", help="also try with PAB (with each TeaCache threshold, if given)"
+        )
         parser.add_argument("--steps", type=STEPS, default=50, help="denoising steps of every run")
         parser.add_argument("--large", metavar="ID_OR_PATH", help="your large pipeline (with --small and --prompt)")
         parser.add_argument("--small", metavar="ID_OR_PATH", help="your small model (its 'transformer' subfolder)")
-        parser.add_argument("--prompt", action="append", default=None,
-                            help="a prompt to calibrate on (repeat it; seeds 0, 1, ...); with --large/--small")
-        parser.add_argument("--min-ssim", type=FRACTION, default=None,
-                            help="with --large/--small: the mean SSIM against large only to keep (default 0.9)")
-        parser.add_argument("--step-times", type=THRESHOLD, nargs=2, default=None, metavar=("LARGE_S", "SMALL_S"),
-                            help="plan with these seconds per large and per small step (e.g. measured on the GPU "
-                                 "you will calibrate on): print the cost and stop before the first video")
-        parser.add_argument("--resume", default=None, metavar="REPORT.json",
-                            help="continue a calibration that was cut off, from the pairs its report finished "
-                                 "(the report --json writes after every candidate's pair)")
-        parser.add_argument("--confirm", action="store_true",
-                            help="rerun the choice on new pairs (the same prompts, new seeds) and, where it misses "
-                                 "the floor there, the next fastest within it: a guard against a lucky candidate")
-        parser.add_argument("--json", default=None, metavar="PATH", help="write the report as JSON (and keep it up "
-                            "to date while the calibration runs, for --resume)")
+        parser.add_argument(
+            "--prompt",
+            action="append",
+            default=None,
+            help="a prompt to calibrate on (repeat it; seeds 0, 1, ...); with --large/--small",
+        )
+        parser.add_argument(
+            "--min-ssim",
+            type=FRACTION,
+            default=None,
+            help="with --large/--small: the mean SSIM against large only to keep (default 0.9)",
+        )
+        parser.add_argument(
+            "--step-times",
+            type=THRESHOLD,
+            nargs=2,
+            default=None,
+            metavar=("LARGE_S", "SMALL_S"),
+            help="plan with these seconds per large and per small step (e.g. measured on the GPU "
+            "you will calibrate on): print the cost and stop before the first video",
+        )
+        parser.add_argument(
+            "--resume",
+            default=None,
+            metavar="REPORT.json",
+            help="continue a calibration that was cut off, from the pairs its report finished "
+            "(the report --json writes after every candidate's pair)",
+        )
+        parser.add_argument(
+            "--confirm",
+            action="store_true",
+            help="rerun the choice on new pairs (the same prompts, new seeds) and, where it misses "
+            "the floor there, the next fastest within it: a guard against a lucky candidate",
+        )
+        parser.add_argument(
+            "--json",
+            default=None,
+            metavar="PATH",
+            help="write the report as JSON (and keep it up to date while the calibration runs, for --resume)",
+        )
         parser.add_argument("--plot", default=None, metavar="PATH", help="draw quality against speed-up (PNG)")
 
     def check(self, args: argparse.Namespace) -> None:
@@ -297,11 +452,12 @@ class Calibrate(Command):
         from .outputs import UserError, check_output
 
         if (args.large is None) != (args.small is None):
-            raise UserError("give both --large and --small, or neither (for the trained family shipped in the "
-                            "package)")
+            raise UserError("give both --large and --small, or neither (for the trained family shipped in the package)")
         if args.large is None and (args.prompt or args.min_ssim is not None):
-            raise UserError("--prompt and --min-ssim go with --large/--small; a trained family is calibrated on "
-                            "its validation pairs, judged by its task (--tolerance)")
+            raise UserError(
+                "--prompt and --min-ssim go with --large/--small; a trained family is calibrated on "
+                "its validation pairs, judged by its task (--tolerance)"
+            )
         if args.large is None and args.family is not None and args.family not in FAMILY_NAMES:
             raise UserError(f"--family {args.family!r}: the trained families are {', '.join(FAMILY_NAMES)}")
         for schedule in args.schedules or []:
@@ -325,22 +481,40 @@ class Calibrate(Command):
 
 class Bench(Command):
     name = "bench"
-    help = ("run the CPU benchmark matrix on the tiny pair and print its table (about 3 minutes per family with the "
-            "defaults on a 2-core CPU)")
-    description = ("Each configuration against the unpatched tiny pipeline, interleaved round by round; the speed-up "
-                   "is the median of the paired per-round ratios.")
+    help = (
+        "run the CPU benchmark matrix on the tiny pair and print its table (about 3 minutes per family with the "
+        "defaults on a 2-core CPU)"
+    )
+    description = (
+        "Each configuration against the unpatched tiny pipeline, interleaved round by round; the speed-up "
+        "is the median of the paired per-round ratios."
+    )
     quiet_loading = False
 
     def add_arguments(self, parser: argparse.ArgumentParser) -> None:
         from ..lab.bench_configs import BENCH_STEPS, CONFIGS
 
-        parser.add_argument("--family", default="all", help="a registered family with a tiny pipeline (wan, "
-                            "cogvideox, ...) or all (default)")
-        parser.add_argument("--configs", nargs="+", choices=CONFIGS, default=None, metavar="CONFIG",
-                            help=f"configurations to run (default: all of {', '.join(CONFIGS)})")
+        parser.add_argument(
+            "--family",
+            default="all",
+            help="a registered family with a tiny pipeline (wan, cogvideox, ...) or all (default)",
+        )
+        parser.add_argument(
+            "--configs",
+            nargs="+",
+            choices=CONFIGS,
+            default=None,
+            metavar="CONFIG",
+            help=f"configurations to run (default: all of {', '.join(CONFIGS)})",
+        )
         parser.add_argument("--steps", type=STEPS, default=BENCH_STEPS, help="denoising steps per run")
-        parser.add_argument("--rounds", type=POSITIVE_INT, default=10, help="timed rounds per configuration, each "
-                            "paired with a round of the unpatched pipeline (after two warm-up rounds)")
+        parser.add_argument(
+            "--rounds",
+            type=POSITIVE_INT,
+            default=10,
+            help="timed rounds per configuration, each "
+            "paired with a round of the unpatched pipeline (after two warm-up rounds)",
+        )
 
     def check(self, args: argparse.Namespace) -> None:
         if args.family != "all":
@@ -355,41 +529,66 @@ class Bench(Command):
 class CalibrateDelta(Command):
     name = "calibrate-delta"
     help = "sweep delta and fixed switch steps on a trained family and pick the setting that meets a target"
-    description = ("Runs large only and every setting on training prompts of the family's task (disjoint from the "
-                   "held-out set), prints the sweep (time ratio, PSNR, SSIM, accuracy) and the setting picked: the "
-                   "largest speed-up keeping --min-ssim, or the best SSIM within --max-time-ratio. With "
-                   "--check-prompts, the picked setting is rerun on that many held-out prompts and its measured "
-                   "speed-up set against the promised one.")
+    description = (
+        "Runs large only and every setting on training prompts of the family's task (disjoint from the "
+        "held-out set), prints the sweep (time ratio, PSNR, SSIM, accuracy) and the setting picked: the "
+        "largest speed-up keeping --min-ssim, or the best SSIM within --max-time-ratio. With "
+        "--check-prompts, the picked setting is rerun on that many held-out prompts and its measured "
+        "speed-up set against the promised one."
+    )
 
     def add_arguments(self, parser: argparse.ArgumentParser) -> None:
         parser.add_argument("--family", choices=FAMILY_NAMES, default="wan")
         parser.add_argument("--prompts", type=POSITIVE_INT, default=8, help="training prompts to sweep on (default 8)")
         parser.add_argument("--steps", type=STEPS, default=50, help="denoising steps of every run")
-        parser.add_argument("--deltas", type=DELTA, nargs="*", default=[0.001, 0.003, 0.01, 0.03, 0.1],
-                            help="adaptive thresholds to sweep, each in (0, 1)")
-        parser.add_argument("--switch-steps", type=STEP, nargs="*", default=[], metavar="K",
-                            help="fixed switch steps to sweep beside the deltas")
-        parser.add_argument("--check-prompts", type=HELD_OUT_OR_NONE, default=0,
-                            help="held-out prompts to rerun the pick on (0: none)")
+        parser.add_argument(
+            "--deltas",
+            type=DELTA,
+            nargs="*",
+            default=[0.001, 0.003, 0.01, 0.03, 0.1],
+            help="adaptive thresholds to sweep, each in (0, 1)",
+        )
+        parser.add_argument(
+            "--switch-steps",
+            type=STEP,
+            nargs="*",
+            default=[],
+            metavar="K",
+            help="fixed switch steps to sweep beside the deltas",
+        )
+        parser.add_argument(
+            "--check-prompts", type=HELD_OUT_OR_NONE, default=0, help="held-out prompts to rerun the pick on (0: none)"
+        )
         target = parser.add_mutually_exclusive_group(required=True)
         target.add_argument("--min-ssim", type=FRACTION, help="mean SSIM against large only to keep, in (0, 1]")
-        target.add_argument("--max-time-ratio", type=FRACTION,
-                            help="SR time / large-only time not to exceed, in (0, 1]")
+        target.add_argument(
+            "--max-time-ratio", type=FRACTION, help="SR time / large-only time not to exceed, in (0, 1]"
+        )
 
     def check(self, args: argparse.Namespace) -> None:
         from .outputs import UserError
 
         runs = args.prompts * (len(args.deltas) + len(args.switch_steps))
         if runs < MIN_CALIBRATION_RUNS:
-            raise UserError(f"{args.prompts} prompt{'' if args.prompts == 1 else 's'} x "
-                            f"{len(args.deltas) + len(args.switch_steps)} settings give {runs} paired runs: the "
-                            f"step-time fit needs at least {MIN_CALIBRATION_RUNS} (give more --prompts)")
+            raise UserError(
+                f"{args.prompts} prompt{'' if args.prompts == 1 else 's'} x "
+                f"{len(args.deltas) + len(args.switch_steps)} settings give {runs} paired runs: the "
+                f"step-time fit needs at least {MIN_CALIBRATION_RUNS} (give more --prompts)"
+            )
 
     def run(self, args: argparse.Namespace) -> None:
         from .calibrate_delta import run_calibrate_delta
 
-        run_calibrate_delta(args.family, args.prompts, args.steps, args.deltas, args.switch_steps, args.min_ssim,
-                            args.max_time_ratio, check_prompts=args.check_prompts)
+        run_calibrate_delta(
+            args.family,
+            args.prompts,
+            args.steps,
+            args.deltas,
+            args.switch_steps,
+            args.min_ssim,
+            args.max_time_ratio,
+            check_prompts=args.check_prompts,
+        )
 
 
 #: Every command, in the order --help lists them.
@@ -401,15 +600,18 @@ def build_parser() -> tuple[Parser, dict[str, argparse.ArgumentParser]]:
     parser = Parser(
         prog="sr-plugin",
         description="Large and small transformers of one family cooperating in diffusers' Wan2.1 and CogVideoX "
-                    "pipelines: the small model runs the steps where it costs no quality (SRDiffusion's switch, or "
-                    "any cooperation schedule).")
+        "pipelines: the small model runs the steps where it costs no quality (SRDiffusion's switch, or "
+        "any cooperation schedule).",
+    )
     parser.add_argument("--version", action="version", version=f"sr-plugin {__version__}")
-    sub = parser.add_subparsers(dest="command", required=True, metavar="{" + ",".join(c.name for c in COMMANDS) + "}",
-                                parser_class=Parser)
+    sub = parser.add_subparsers(
+        dest="command", required=True, metavar="{" + ",".join(c.name for c in COMMANDS) + "}", parser_class=Parser
+    )
     own = {}
     for command in COMMANDS:
-        own[command.name] = sub.add_parser(command.name, help=command.help, description=command.description,
-                                           formatter_class=DefaultsShown)
+        own[command.name] = sub.add_parser(
+            command.name, help=command.help, description=command.description, formatter_class=DefaultsShown
+        )
         command.add_arguments(own[command.name])
     return parser, own
 
@@ -458,8 +660,10 @@ def _report(err: Exception) -> int:
     from .outputs import OutputError, UserError
 
     if isinstance(err, ModuleNotFoundError) and (err.name or "").split(".")[0] in LAB_MODULES:
-        print(f"sr-plugin: this command needs the lab extra: pip install 'sr-plugin[lab]' (missing: {err.name})",
-              file=sys.stderr)
+        print(
+            f"sr-plugin: this command needs the lab extra: pip install 'sr-plugin[lab]' (missing: {err.name})",
+            file=sys.stderr,
+        )
         return 1
     if isinstance(err, OutputError):
         print(f"sr-plugin: {err}", file=sys.stderr)
@@ -468,6 +672,8 @@ def _report(err: Exception) -> int:
         print(f"sr-plugin: {err}", file=sys.stderr)
         return 2
     first = str(err).strip().splitlines()[0] if str(err).strip() else ""
-    print(f"sr-plugin: the run failed: {type(err).__name__}: {first} (set SR_PLUGIN_TRACEBACK=1 for the "
-          "traceback)", file=sys.stderr)
+    print(
+        f"sr-plugin: the run failed: {type(err).__name__}: {first} (set SR_PLUGIN_TRACEBACK=1 for the traceback)",
+        file=sys.stderr,
+    )
     return 1

@@ -6,7 +6,7 @@ from __future__ import annotations
 import os
 import pathlib
 import tempfile
-from typing import Callable, Iterable
+from collections.abc import Callable, Iterable
 
 
 class UserError(Exception):
@@ -17,8 +17,9 @@ class OutputError(Exception):
     """An output file could not be written; one line naming it (exit code 1)."""
 
 
-def check_output(path: str | os.PathLike[str], suffixes: tuple[str, ...],
-                 companions: Iterable[pathlib.Path] = ()) -> pathlib.Path:
+def check_output(
+    path: str | os.PathLike[str], suffixes: tuple[str, ...], companions: Iterable[pathlib.Path] = ()
+) -> pathlib.Path:
     """A writable output path with one of ``suffixes``, checked before any work: its folder exists and takes a
     new file (tried, not inferred from permissions: root may not write under /proc), and neither it nor the
     ``companions`` written beside it is a folder."""
@@ -38,8 +39,9 @@ def check_output(path: str | os.PathLike[str], suffixes: tuple[str, ...],
     try:
         fd, probe = tempfile.mkstemp(dir=parent, prefix=".sr-plugin-probe-")
     except OSError as err:
-        raise ValueError(f"cannot write {str(out)!r}: the folder {str(parent)!r} does not take new files "
-                         f"({err.strerror or err})") from None
+        raise ValueError(
+            f"cannot write {str(out)!r}: the folder {str(parent)!r} does not take new files ({err.strerror or err})"
+        ) from None
     os.close(fd)
     os.remove(probe)
     return out

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable
 from typing import Any
 
@@ -50,10 +51,8 @@ class Rollback:
     def run(self) -> None:
         while self._steps:
             undo = self._steps.pop()
-            try:
+            with contextlib.suppress(Exception):  # keep undoing: the error that started the rollback is reported
                 undo()
-            except Exception:  # keep undoing: the error that started the rollback is the one to report
-                pass
 
 
 def drop_hook_residue_at(module: Any, forward: bool = True, registry: bool = True) -> None:
@@ -61,8 +60,12 @@ def drop_hook_residue_at(module: Any, forward: bool = True, registry: bool = Tru
     own method bound to the module, and (with ``registry``) an empty hook registry. Both behave like nothing at
     all, but they are not "exactly as before" (and the first hides the class forward from compilation)."""
     bound = vars(module).get("forward")
-    if forward and getattr(bound, "__func__", None) is type(module).forward and getattr(bound, "__self__", None) is module:
-        del module.forward
+    if (
+        forward
+        and getattr(bound, "__func__", None) is type(module).forward
+        and getattr(bound, "__self__", None) is module
+    ):
+        delattr(module, "forward")
     hooks = vars(module).get(compat.HOOK_REGISTRY_ATTR)
     if registry and hooks is not None and not hooks.hooks:
         delattr(module, compat.HOOK_REGISTRY_ATTR)

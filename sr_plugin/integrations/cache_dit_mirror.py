@@ -36,14 +36,18 @@ def check_cache_dit(large: torch.nn.Module, small: torch.nn.Module, block_lists:
         return
     contexts = len(compat.cache_dit_context(large)[1])
     if contexts != 1 or len(block_lists) != 1:
-        raise ValueError(f"cache-dit caches the large transformer with {contexts} block contexts and the small one "
-                         f"has {len(block_lists)} block lists: sr_plugin gives the small model one context for one "
-                         "block list. Disable cache-dit (cache_dit.disable_cache(pipe)) to use the switch")
+        raise ValueError(
+            f"cache-dit caches the large transformer with {contexts} block contexts and the small one "
+            f"has {len(block_lists)} block lists: sr_plugin gives the small model one context for one "
+            "block list. Disable cache-dit (cache_dit.disable_cache(pipe)) to use the switch"
+        )
     from cache_dit.caching.block_adapters import BlockAdapterRegister
 
     if not BlockAdapterRegister.is_supported(small):
-        raise ValueError(f"cache-dit has no block adapter for the small {type(small).__name__}, so it cannot "
-                         "cache it as it caches the large one: disable cache-dit (cache_dit.disable_cache(pipe))")
+        raise ValueError(
+            f"cache-dit has no block adapter for the small {type(small).__name__}, so it cannot "
+            "cache it as it caches the large one: disable cache-dit (cache_dit.disable_cache(pipe))"
+        )
 
 
 def check_cache_dit_schedule(large: torch.nn.Module, schedule: Any) -> None:
@@ -52,9 +56,11 @@ def check_cache_dit_schedule(large: torch.nn.Module, schedule: Any) -> None:
     roles = schedule.roles
     if cache_dit_config(large) is None or roles[0] == "large" and roles.count("large") == 1:
         return
-    raise ValueError(f"cache-dit caches the large transformer, and the schedule {schedule} does not run it in one "
-                     "segment from step 0 (cache-dit counts its steps in one context per call, which cannot restart "
-                     "part way): use a large-first schedule, or disable cache-dit (cache_dit.disable_cache(pipe))")
+    raise ValueError(
+        f"cache-dit caches the large transformer, and the schedule {schedule} does not run it in one "
+        "segment from step 0 (cache-dit counts its steps in one context per call, which cannot restart "
+        "part way): use a large-first schedule, or disable cache-dit (cache_dit.disable_cache(pipe))"
+    )
 
 
 class CacheDitMirror:

@@ -18,7 +18,8 @@ from __future__ import annotations
 
 import dataclasses
 import weakref
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import torch
 from diffusers.hooks import HookRegistry
@@ -48,8 +49,12 @@ def para_attn_mesh(model: torch.nn.Module) -> Any:
     func = getattr(vars(model).get("forward"), "__func__", None)
     for cell in getattr(func, "__closure__", None) or ():
         value = cell.cell_contents
-        if isinstance(value, DeviceMesh) and value.mesh_dim_names and "ulysses" in value.mesh_dim_names \
-                and "batch" in value.mesh_dim_names:
+        if (
+            isinstance(value, DeviceMesh)
+            and value.mesh_dim_names
+            and "ulysses" in value.mesh_dim_names
+            and "batch" in value.mesh_dim_names
+        ):
             return value
     return None
 
@@ -69,8 +74,9 @@ def cp_group(model: torch.nn.Module) -> Any:
         if mesh is None:
             raise ValueError("the transformer is parallelized by para-attn but its device mesh cannot be read")
         if id(mesh) not in _GROUPS:
-            _GROUPS[id(mesh)] = compat.flatten_mesh(mesh, "sr_plugin_cp").get_group() if mesh.ndim > 1 \
-                else mesh.get_group()
+            _GROUPS[id(mesh)] = (
+                compat.flatten_mesh(mesh, "sr_plugin_cp").get_group() if mesh.ndim > 1 else mesh.get_group()
+            )
             weakref.finalize(mesh, _GROUPS.pop, id(mesh), None)
         return _GROUPS[id(mesh)]
     return None
@@ -92,8 +98,9 @@ def make_agree(group: Any) -> Callable[[torch.Tensor], torch.Tensor]:
     return agree
 
 
-def parallelize_like(large: torch.nn.Module, small: torch.nn.Module,
-                     para_attn_refusal: str | None = None) -> Callable[[], None] | None:
+def parallelize_like(
+    large: torch.nn.Module, small: Any, para_attn_refusal: str | None = None
+) -> Callable[[], None] | None:
     """Give ``small`` the context parallelism ``large`` has, on the same mesh. Returns an undo (None if
     nothing was done); raises a clear error for combinations known to be broken or that cannot be matched
     (``para_attn_refusal``: the family's reason para-attn cannot be used, from its adapter).
@@ -179,7 +186,7 @@ def keep_context_parallel_outermost(model: torch.nn.Module) -> None:
         registry = compat.hook_registry(module)
         order = compat.hook_order(registry)
         cp = [name for name in order if name.startswith(compat.CP_HOOK_PREFIXES)]
-        if not cp or order[-len(cp):] == cp:
+        if not cp or order[-len(cp) :] == cp:
             continue
         hooks = [(name, registry.hooks[name]) for name in order]
         for name, _ in reversed(hooks):

@@ -85,15 +85,17 @@ class LargeOffloader:
         return bool(self._events)
 
     def _tensors(self, module: torch.nn.Module, prefix: str) -> list[tuple[str, torch.Tensor]]:
-        return [(f"{prefix}{n}", t) for n, t in module.named_parameters()] + \
-            [(f"{prefix}buffer:{n}", b) for n, b in module.named_buffers()]
+        return [(f"{prefix}{n}", t) for n, t in module.named_parameters()] + [
+            (f"{prefix}buffer:{n}", b) for n, b in module.named_buffers()
+        ]
 
     def _group(self) -> None:
         """The model's tensors in the order its forward needs them: outside the blocks first, then each block."""
         in_blocks = {id(t) for block in self._blocks for _, t in self._tensors(block, "")}
         rest = [(n, t) for n, t in self._tensors(self.model, "") if id(t) not in in_blocks]
-        self._groups = [(self.model, rest)] + [(block, self._tensors(block, f"block{i}.")) for i, block in
-                                               enumerate(self._blocks)]
+        self._groups = [(self.model, rest)] + [
+            (block, self._tensors(block, f"block{i}.")) for i, block in enumerate(self._blocks)
+        ]
 
     def prepare(self) -> bool:
         """The transfer, the groups and the host buffers, once; False where there is nothing to offload."""
@@ -147,6 +149,7 @@ class LargeOffloader:
             event = self._events.pop(key, None)
             if event is not None:
                 self._transfer.wait(event)
+
         return hook
 
     def wait(self) -> None:

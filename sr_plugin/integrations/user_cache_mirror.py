@@ -24,40 +24,58 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-from typing import Any, ContextManager
+from contextlib import AbstractContextManager
+from typing import Any
 
 import torch
 
 from .. import compat
-from .cache_dit_mirror import CacheDitMirror, cache_dit_config
 from ..instance.patching import InstancePatches, drop_hook_residue
+from .cache_dit_mirror import CacheDitMirror, cache_dit_config
 
-_PARA_STATE_FIELDS = {"buffers", "incremental_name_counters", "executed_steps", "is_alter_cache", "taylorseer",
-                      "alter_taylorseer"}
+_PARA_STATE_FIELDS = {
+    "buffers",
+    "incremental_name_counters",
+    "executed_steps",
+    "is_alter_cache",
+    "taylorseer",
+    "alter_taylorseer",
+}
 
 
 def diffusers_cache_configs() -> tuple[type, ...]:
     """The cache configurations diffusers' `CacheMixin.enable_cache` takes."""
     import diffusers
 
-    return tuple(getattr(diffusers, name) for name in (
-        "FirstBlockCacheConfig", "PyramidAttentionBroadcastConfig", "FasterCacheConfig", "MagCacheConfig",
-        "TaylorSeerCacheConfig", "SeaCacheConfig", "TextKVCacheConfig") if hasattr(diffusers, name))
+    return tuple(
+        getattr(diffusers, name)
+        for name in (
+            "FirstBlockCacheConfig",
+            "PyramidAttentionBroadcastConfig",
+            "FasterCacheConfig",
+            "MagCacheConfig",
+            "TaylorSeerCacheConfig",
+            "SeaCacheConfig",
+            "TextKVCacheConfig",
+        )
+        if hasattr(diffusers, name)
+    )
 
 
 def check_small_cache_config(config: Any) -> None:
     """``apply(small_cache_config=...)``: None or one of diffusers' cache configurations."""
     if config is not None and not isinstance(config, diffusers_cache_configs()):
         names = ", ".join(c.__name__ for c in diffusers_cache_configs())
-        raise TypeError(f"small_cache_config must be one of diffusers' cache configurations ({names}), got "
-                        f"{type(config).__name__}")
+        raise TypeError(
+            f"small_cache_config must be one of diffusers' cache configurations ({names}), got {type(config).__name__}"
+        )
 
 
 def fitted_to_its_model(config: Any) -> str | None:
     """Why a cache configuration's numbers belong to the model they were fitted on (None: they do not)."""
     from diffusers import MagCacheConfig
 
-    if isinstance(config, MagCacheConfig) and not config.calibrate:
+    if isinstance(config, MagCacheConfig) and not getattr(config, "calibrate", False):
         return "its mag_ratios were fitted to the large model's magnitudes"
     return None
 
@@ -72,15 +90,18 @@ def small_cache_for(large_config: Any, given: Any) -> Any:
     why = fitted_to_its_model(large_config)
     if why is not None:
         name = type(large_config).__name__
-        raise ValueError(f"the large transformer's {name} is not reused on the small model ({why}): give the small "
-                         f"model its own, sr_plugin.apply(pipe, small, small_cache_config={name}(...)) (for "
-                         f"MagCache, fit the small model's ratios with MagCacheConfig(calibrate=True) on it alone)")
+        raise ValueError(
+            f"the large transformer's {name} is not reused on the small model ({why}): give the small "
+            f"model its own, sr_plugin.apply(pipe, small, small_cache_config={name}(...)) (for "
+            f"MagCache, fit the small model's ratios with MagCacheConfig(calibrate=True) on it alone)"
+        )
     return large_config
 
 
 class UserCacheMirror:
-    def __init__(self, small: torch.nn.Module, block_lists: list[Any] | None = None,
-                 small_cache_config: Any = None) -> None:
+    def __init__(
+        self, small: Any, block_lists: list[Any] | None = None, small_cache_config: Any = None
+    ) -> None:
         self.small = small
         #: cache-dit on the large model, given to the small one with a context of its own.
         self.cache_dit = CacheDitMirror(small, block_lists or [])
@@ -110,12 +131,16 @@ class UserCacheMirror:
         if wanted is not None and compat.cache_config(small) is None:
             small.enable_cache(dataclasses.replace(wanted))  # hooks and state of its own
             self._enabled = True
-        if (compat.para_attn_cached(large) and not compat.para_attn_cached(small)
-                and cache_dit_config(large) is None):  # para-attn's First Block Cache (cache-dit sets the flag too)
+        if (
+            compat.para_attn_cached(large) and not compat.para_attn_cached(small) and cache_dit_config(large) is None
+        ):  # para-attn's First Block Cache (cache-dit sets the flag too)
             from para_attn.first_block_cache.diffusers_adapters import apply_cache_on_transformer
 
             saved = InstancePatches()
-            for name in ("forward", compat.PARA_ATTN_CACHED):  # as they are now; para-attn then sets both on the instance
+            for name in (
+                "forward",
+                compat.PARA_ATTN_CACHED,
+            ):  # as they are now; para-attn then sets both on the instance
                 saved.record(small, name)
             apply_cache_on_transformer(small)
             self._para_patched = saved
@@ -169,7 +194,7 @@ class UserCacheMirror:
                 if context.enable_alter_cache:
                     context.alter_taylorseer = TaylorSeer(**context.taylorseer_kwargs)
 
-    def small_call_context(self) -> ContextManager:
+    def small_call_context(self) -> AbstractContextManager:
         """Entered around each small-model call: para-attn's context of the small model for this call."""
         if self._para_patched is None:
             return contextlib.nullcontext()
@@ -179,8 +204,11 @@ class UserCacheMirror:
         if parent is None:
             return contextlib.nullcontext()
         if parent is not self._para_parent:  # a new pipeline call: fresh buffers, same settings
-            settings = {f.name: getattr(parent, f.name) for f in dataclasses.fields(parent)
-                        if f.init and f.name not in _PARA_STATE_FIELDS}
+            settings = {
+                f.name: getattr(parent, f.name)
+                for f in dataclasses.fields(parent)
+                if f.init and f.name not in _PARA_STATE_FIELDS
+            }
             self._para_context = utils.create_cache_context(**settings)
             self._para_parent = parent
         return utils.cache_context(self._para_context)
@@ -199,10 +227,13 @@ class UserCacheMirror:
 
 def _attention_processors(model: torch.nn.Module) -> list[Any]:
     """The attention processors that take a diffusers attention backend (``_attention_backend``)."""
-    processors = []
+    processors: list[Any] = []
     for module in model.modules():
         processor = getattr(module, "processor", None)
-        if processor is not None and compat.takes_attention_backend(processor) and all(
-                processor is not q for q in processors):
+        if (
+            processor is not None
+            and compat.takes_attention_backend(processor)
+            and all(processor is not q for q in processors)
+        ):
             processors.append(processor)
     return processors

@@ -10,18 +10,19 @@ from __future__ import annotations
 
 import statistics
 import time
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import torch
 
 from ..accel import PABConfig, TeaCacheConfig, accelerate
-from ..switch.api import apply
 from ..adapters import family as registered_family
-from .family_tools import tools_for
 from ..pipeline.seeded import run_seeded
+from ..switch.api import apply
+from .bench_configs import ACCELERATION_NAMES, BENCH_STEPS, CONFIGS  # noqa: E402,F401 (re-exported)
+from .family_tools import tools_for
 from .tiny import TINY_CALL, tiny_families, tiny_pair
 
-from .bench_configs import ACCELERATION_NAMES, BENCH_STEPS, CONFIGS  # noqa: E402,F401 (re-exported)
 #: Fixed switch step of the SR rows, so that every SR row switches at the same place.
 SWITCH_STEP = 3
 
@@ -67,8 +68,9 @@ def skipped_fraction(accel: Any) -> float | None:
     return decisions.count("skipped") / len(decisions) if decisions else None
 
 
-def interleaved(pipe: Any, family: str, steps: int, rounds: int,
-                timer: Callable[[Callable[[], Any]], Any] | None = None) -> dict[str, float]:
+def interleaved(
+    pipe: Any, family: str, steps: int, rounds: int, timer: Callable[[Callable[[], Any]], Any] | None = None
+) -> dict[str, float]:
     """Time ``pipe`` against a fresh unpatched pipeline, one round of each in turn (two warm-up rounds).
     ``timer`` (pytest-benchmark's pedantic) may time the configuration; the reference is timed here."""
     reference, _ = tiny_pair(family)
@@ -94,8 +96,11 @@ def interleaved(pipe: Any, family: str, steps: int, rounds: int,
         for _ in range(rounds):
             run_reference()
             run_config()
-    return {"median_s": statistics.median(times), "reference_median_s": statistics.median(ref_times),
-            "paired_ratio": statistics.median(t / r for t, r in zip(times, ref_times))}
+    return {
+        "median_s": statistics.median(times),
+        "reference_median_s": statistics.median(ref_times),
+        "paired_ratio": statistics.median(t / r for t, r in zip(times, ref_times)),
+    }
 
 
 #: Measured on the 2-core CI machine: the whole default matrix (11 configurations, 10 rounds, BENCH_STEPS
@@ -105,19 +110,23 @@ MINUTES_PER_DEFAULT_FAMILY = 3.0
 
 def estimated_minutes(families: int, configs: int, steps: int, rounds: int) -> float:
     """How long `run_matrix` should take on a 2-core CPU (printed before it starts)."""
-    return (MINUTES_PER_DEFAULT_FAMILY * families * configs / len(CONFIGS) * (rounds + 2) / 12
-            * steps / BENCH_STEPS)
+    return MINUTES_PER_DEFAULT_FAMILY * families * configs / len(CONFIGS) * (rounds + 2) / 12 * steps / BENCH_STEPS
 
 
 def about_minutes(minutes: float) -> str:
-    """"under a minute", "about 1 minute", "about 4 minutes"."""
+    """ "under a minute", "about 1 minute", "about 4 minutes"."""
     if minutes < 0.75:
         return "under a minute"
     return f"about {minutes:.0f} minute{'' if round(minutes) == 1 else 's'}"
 
 
-def run_matrix(families: list[str] | None = None, configs: list[str] | None = None, steps: int = BENCH_STEPS,
-               rounds: int = 10, out: Callable[[str], Any] = print) -> list[dict[str, Any]]:
+def run_matrix(
+    families: list[str] | None = None,
+    configs: list[str] | None = None,
+    steps: int = BENCH_STEPS,
+    rounds: int = 10,
+    out: Callable[[str], Any] = print,
+) -> list[dict[str, Any]]:
     """Run the matrix and print one row per configuration as it finishes; returns the rows."""
     rows = []
     threads = torch.get_num_threads()
@@ -126,27 +135,43 @@ def run_matrix(families: list[str] | None = None, configs: list[str] | None = No
         known = tiny_families()
         unknown = [f for f in families or () if f not in known]
         if unknown:
-            raise ValueError(f"unknown family {unknown[0]!r} for the tiny benchmark; families with a tiny pipeline: "
-                             f"{', '.join(known)}")
+            raise ValueError(
+                f"unknown family {unknown[0]!r} for the tiny benchmark; families with a tiny pipeline: "
+                f"{', '.join(known)}"
+            )
         chosen = families or list(known)
         minutes = estimated_minutes(len(chosen), len(configs or CONFIGS), steps, rounds)
-        out(f"sr-plugin bench: {len(chosen)} famil{'y' if len(chosen) == 1 else 'ies'} x "
+        out(
+            f"sr-plugin bench: {len(chosen)} famil{'y' if len(chosen) == 1 else 'ies'} x "
             f"{len(configs or CONFIGS)} configurations x ({rounds} + 2 warm-up) paired rounds of {steps} steps: "
-            f"{about_minutes(minutes)} on a 2-core CPU")
+            f"{about_minutes(minutes)} on a 2-core CPU"
+        )
         out(f"{'family':<10} {'configuration':<14} {'median ms':>10} {'unpatched ms':>13} {'speed-up':>9}  notes")
         for family in chosen:
             for config in configs or CONFIGS:
                 pipe, sr, accel = configure(family, config)
                 figures = interleaved(pipe, family, steps, rounds)
-                row = {"family": family, "config": config, **figures,
-                       "speedup": 1 / figures["paired_ratio"], "switch_step": sr.switch_step if sr else None,
-                       "teacache_skipped": skipped_fraction(accel)}
+                row = {
+                    "family": family,
+                    "config": config,
+                    **figures,
+                    "speedup": 1 / figures["paired_ratio"],
+                    "switch_step": sr.switch_step if sr else None,
+                    "teacache_skipped": skipped_fraction(accel),
+                }
                 rows.append(row)
-                notes = "".join([f"switch at {row['switch_step']}  " if sr else "",
-                                 f"TeaCache skipped {row['teacache_skipped']:.0%}" if row["teacache_skipped"]
-                                 is not None else ""])
-                out(f"{family:<10} {config:<14} {figures['median_s'] * 1e3:>10.1f} "
-                    f"{figures['reference_median_s'] * 1e3:>13.1f} {row['speedup']:>8.2f}x  {notes}")
+                notes = "".join(
+                    [
+                        f"switch at {row['switch_step']}  " if sr else "",
+                        f"TeaCache skipped {row['teacache_skipped']:.0%}"
+                        if row["teacache_skipped"] is not None
+                        else "",
+                    ]
+                )
+                out(
+                    f"{family:<10} {config:<14} {figures['median_s'] * 1e3:>10.1f} "
+                    f"{figures['reference_median_s'] * 1e3:>13.1f} {row['speedup']:>8.2f}x  {notes}"
+                )
     finally:
         torch.set_num_threads(threads)
     return rows

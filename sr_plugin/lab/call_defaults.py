@@ -18,8 +18,14 @@ from typing import Any
 
 FILE = "call_defaults.json"
 #: Key -> the type its value must have (the pipeline call's arguments, and the video's frames per second).
-KEYS: dict[str, type] = {"height": int, "width": int, "num_frames": int, "max_sequence_length": int,
-                         "guidance_scale": float, "fps": int}
+KEYS: dict[str, type] = {
+    "height": int,
+    "width": int,
+    "num_frames": int,
+    "max_sequence_length": int,
+    "guidance_scale": float,
+    "fps": int,
+}
 
 
 def read(folder: str | pathlib.Path) -> dict[str, Any]:
@@ -37,8 +43,12 @@ def read(folder: str | pathlib.Path) -> dict[str, Any]:
         kind = KEYS.get(key)
         if kind is None:
             raise ValueError(f"{str(path)!r}: unknown key {key!r}; the keys are {', '.join(KEYS)}")
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0 \
-                or (kind is int and not isinstance(value, int)):
+        if (
+            isinstance(value, bool)
+            or not isinstance(value, (int, float))
+            or value <= 0
+            or (kind is int and not isinstance(value, int))
+        ):
             raise ValueError(f"{str(path)!r}: {key} must be a positive {kind.__name__}, got {value!r}")
     return values
 

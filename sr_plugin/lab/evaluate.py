@@ -21,8 +21,8 @@ from typing import Any
 
 import numpy as np
 
-from . import task
 from ..calibration.fidelity import as_video_array, fidelity  # noqa: F401  (fidelity: part of the evaluator's API)
+from . import task
 
 #: A pixel is part of an object when its brightest channel exceeds this (the background is black).
 OBJECT_LEVEL = 0.35
@@ -70,10 +70,23 @@ class VideoScore:
         return right, 3 * len(self.objects)
 
     def as_dict(self) -> dict[str, Any]:
-        return {"prompt": self.prompt, "right": self.right, "objects": [
-            {"colour": o.spec.colour, "shape": o.spec.shape, "direction": o.spec.direction,
-             "colour_ok": o.colour, "shape_ok": o.shape, "direction_ok": o.direction,
-             "seen_shape": o.seen_shape, "seen_direction": o.seen_direction} for o in self.objects]}
+        return {
+            "prompt": self.prompt,
+            "right": self.right,
+            "objects": [
+                {
+                    "colour": o.spec.colour,
+                    "shape": o.spec.shape,
+                    "direction": o.spec.direction,
+                    "colour_ok": o.colour,
+                    "shape_ok": o.shape,
+                    "direction_ok": o.direction,
+                    "seen_shape": o.seen_shape,
+                    "seen_direction": o.seen_direction,
+                }
+                for o in self.objects
+            ],
+        }
 
 
 def hue_labels(frame: np.ndarray) -> np.ndarray:
@@ -141,8 +154,9 @@ def score_video(video: Any, prompt: str) -> VideoScore:
         colour_ok = len(seen) >= MIN_FRAMES
         shape = Counter(shapes).most_common(1)[0][0] if colour_ok else None
         direction = _direction_of(seen, centres) if colour_ok else None
-        score.objects.append(ObjectScore(obj, colour_ok, shape == obj.shape, direction == obj.direction,
-                                         shape, direction))
+        score.objects.append(
+            ObjectScore(obj, colour_ok, shape == obj.shape, direction == obj.direction, shape, direction)
+        )
     return score
 
 
@@ -152,5 +166,7 @@ def summarize(scores: list[VideoScore]) -> dict[str, float]:
         raise ValueError("no videos to summarize")
     right = sum(s.attributes[0] for s in scores)
     asked = sum(s.attributes[1] for s in scores)
-    return {"prompt_accuracy": 100.0 * sum(s.right for s in scores) / len(scores),
-            "attribute_accuracy": 100.0 * right / asked}
+    return {
+        "prompt_accuracy": 100.0 * sum(s.right for s in scores) / len(scores),
+        "attribute_accuracy": 100.0 * right / asked,
+    }

@@ -18,10 +18,10 @@ import torch
 from ..adapters import cogvideox, wan
 
 #: The registered tool descriptions by family key (`register_tools`).
-_TOOLS: dict[str, "FamilyTools"] = {}
+_TOOLS: dict[str, FamilyTools] = {}
 
 
-def register_tools(cls: type["FamilyTools"]) -> type["FamilyTools"]:
+def register_tools(cls: type[FamilyTools]) -> type[FamilyTools]:
     """Class decorator: the lab's description of the family with the same ``key``."""
     tools = cls()
     if not tools.key:
@@ -34,11 +34,11 @@ def unregister_tools(key: str) -> None:
     _TOOLS.pop(key, None)
 
 
-def registered_tools() -> tuple["FamilyTools", ...]:
+def registered_tools() -> tuple[FamilyTools, ...]:
     return tuple(_TOOLS.values())
 
 
-def tools_for(key: str) -> "FamilyTools":
+def tools_for(key: str) -> FamilyTools:
     """The family's tool description; a family registered without one gets the defaults (no tiny pipeline)."""
     tools = _TOOLS.get(key)
     if tools is None:
@@ -103,15 +103,30 @@ class WanTools(FamilyTools):
     tiny_size_multiple = 16
     tiny_teacache_threshold = 1.5
     published_sizes = {  # Wan2.1 T2V 14B and 1.3B (docs/method.md, "Published sizes"), 480p
-        "large": dict(num_layers=40, num_attention_heads=40, attention_head_dim=128, ffn_dim=13824, text_dim=4096,
-                      in_channels=16, out_channels=16, patch_size=(1, 2, 2)),
-        "small": dict(num_layers=30, num_attention_heads=12, attention_head_dim=128, ffn_dim=8960, text_dim=4096,
-                      in_channels=16, out_channels=16, patch_size=(1, 2, 2)),
+        "large": dict(
+            num_layers=40,
+            num_attention_heads=40,
+            attention_head_dim=128,
+            ffn_dim=13824,
+            text_dim=4096,
+            in_channels=16,
+            out_channels=16,
+            patch_size=(1, 2, 2),
+        ),
+        "small": dict(
+            num_layers=30,
+            num_attention_heads=12,
+            attention_head_dim=128,
+            ffn_dim=8960,
+            text_dim=4096,
+            in_channels=16,
+            out_channels=16,
+            patch_size=(1, 2, 2),
+        ),
         "call": dict(height=480, width=832, num_frames=81, guidance_scale=5.0),
         "text": (512, 4096),
     }
     bench_steps = 6
-
 
     def size_multiple(self, vae_config: dict[str, Any], transformer_config: dict[str, Any]) -> int | None:
         # WanPipeline.check_inputs wants multiples of 16; the latent must split into whole patches.
@@ -124,32 +139,45 @@ class WanTools(FamilyTools):
         from transformers import UMT5Config, UMT5EncoderModel
 
         torch.manual_seed(seed)
-        text_encoder = UMT5EncoderModel(UMT5Config(
-            vocab_size=128, d_model=32, d_kv=8, d_ff=64, num_layers=2, num_heads=4, relative_attention_num_buckets=8,
-        ))
+        text_encoder = UMT5EncoderModel(
+            UMT5Config(
+                vocab_size=128,
+                d_model=32,
+                d_kv=8,
+                d_ff=64,
+                num_layers=2,
+                num_heads=4,
+                relative_attention_num_buckets=8,
+            )
+        )
         torch.manual_seed(seed + 1)
-        vae = AutoencoderKLWan(base_dim=3, z_dim=16, dim_mult=[1, 1, 1, 1], num_res_blocks=1,
-                               temperal_downsample=[False, True, True])
+        vae = AutoencoderKLWan(
+            base_dim=3, z_dim=16, dim_mult=[1, 1, 1, 1], num_res_blocks=1, temperal_downsample=[False, True, True]
+        )
         large = tiny_wan_transformer(num_layers=4, num_heads=4, seed=seed + 2)
         small = tiny_wan_transformer(num_layers=2, num_heads=2, seed=seed + 3)
         eval_all(text_encoder, vae, large, small)
-        pipe = WanPipeline(tokenizer=tiny_tokenizer(), text_encoder=text_encoder, vae=vae, transformer=large,
-                           scheduler=wan.published_scheduler())
+        pipe = WanPipeline(
+            tokenizer=tiny_tokenizer(),
+            text_encoder=text_encoder,
+            vae=vae,
+            transformer=large,
+            scheduler=wan.published_scheduler(),
+        )
         pipe.set_progress_bar_config(disable=True)
         return pipe, small
 
     def bare_pipeline(self, transformer: torch.nn.Module, device: Any) -> Any:
         from diffusers import WanPipeline
 
-        return WanPipeline(tokenizer=None, text_encoder=None, vae=None, transformer=transformer,
-                           scheduler=wan.published_scheduler())
+        return WanPipeline(
+            tokenizer=None, text_encoder=None, vae=None, transformer=transformer, scheduler=wan.published_scheduler()
+        )
 
     def latent_shape(self, model: torch.nn.Module, call: dict[str, Any]) -> tuple[int, ...]:
         # Wan's VAE: 4x in time (plus the first frame), 8x in space; latents are [B, C, F, H, W].
         frames = (call["num_frames"] - 1) // 4 + 1
         return (1, model.config.in_channels, frames, call["height"] // 8, call["width"] // 8)
-
-
 
 
 @register_tools
@@ -161,16 +189,32 @@ class CogVideoXTools(FamilyTools):
     tiny_size_multiple = 16
     tiny_teacache_threshold = 1.2
     published_sizes = {  # CogVideoX-5b and -2b (docs/method.md, "Published sizes"), 720 x 480, 49 frames
-        "large": dict(num_layers=42, num_attention_heads=48, attention_head_dim=64, use_rotary_positional_embeddings=True,
-                      text_embed_dim=4096, sample_frames=49, sample_height=60, sample_width=90, patch_size=2),
-        "small": dict(num_layers=30, num_attention_heads=30, attention_head_dim=64,
-                      use_rotary_positional_embeddings=False, text_embed_dim=4096, sample_frames=49, sample_height=60,
-                      sample_width=90, patch_size=2),
+        "large": dict(
+            num_layers=42,
+            num_attention_heads=48,
+            attention_head_dim=64,
+            use_rotary_positional_embeddings=True,
+            text_embed_dim=4096,
+            sample_frames=49,
+            sample_height=60,
+            sample_width=90,
+            patch_size=2,
+        ),
+        "small": dict(
+            num_layers=30,
+            num_attention_heads=30,
+            attention_head_dim=64,
+            use_rotary_positional_embeddings=False,
+            text_embed_dim=4096,
+            sample_frames=49,
+            sample_height=60,
+            sample_width=90,
+            patch_size=2,
+        ),
         "call": dict(height=480, width=720, num_frames=49, guidance_scale=6.0),
         "text": (226, 4096),
     }
     bench_steps = 10
-
 
     def size_multiple(self, vae_config: dict[str, Any], transformer_config: dict[str, Any]) -> int | None:
         # CogVideoXPipeline.check_inputs wants multiples of 8; the latent must split into whole patches.
@@ -184,17 +228,36 @@ class CogVideoXTools(FamilyTools):
         from transformers import T5Config, T5EncoderModel
 
         torch.manual_seed(seed)
-        text_encoder = T5EncoderModel(T5Config(
-            vocab_size=128, d_model=32, d_kv=8, d_ff=64, num_layers=2, num_heads=4, relative_attention_num_buckets=8,
-        ))
+        text_encoder = T5EncoderModel(
+            T5Config(
+                vocab_size=128,
+                d_model=32,
+                d_kv=8,
+                d_ff=64,
+                num_layers=2,
+                num_heads=4,
+                relative_attention_num_buckets=8,
+            )
+        )
         torch.manual_seed(seed + 1)
-        vae = AutoencoderKLCogVideoX(block_out_channels=(8, 8, 8, 8), latent_channels=4, layers_per_block=1,
-                                     norm_num_groups=2, temporal_compression_ratio=4, scaling_factor=0.7)
+        vae = AutoencoderKLCogVideoX(
+            block_out_channels=(8, 8, 8, 8),
+            latent_channels=4,
+            layers_per_block=1,
+            norm_num_groups=2,
+            temporal_compression_ratio=4,
+            scaling_factor=0.7,
+        )
         large = tiny_cogvideox_transformer(num_layers=3, num_heads=4, rotary=True, seed=seed + 2)
         small = tiny_cogvideox_transformer(num_layers=2, num_heads=2, rotary=False, seed=seed + 3)
         eval_all(text_encoder, vae, large, small)
-        pipe = CogVideoXPipeline(tokenizer=tiny_tokenizer(), text_encoder=text_encoder, vae=vae, transformer=large,
-                                 scheduler=cogvideox.published_scheduler(1.0))
+        pipe = CogVideoXPipeline(
+            tokenizer=tiny_tokenizer(),
+            text_encoder=text_encoder,
+            vae=vae,
+            transformer=large,
+            scheduler=cogvideox.published_scheduler(1.0),
+        )
         pipe.set_progress_bar_config(disable=True)
         return pipe, small
 
@@ -202,10 +265,20 @@ class CogVideoXTools(FamilyTools):
         from diffusers import AutoencoderKLCogVideoX, CogVideoXPipeline
 
         # A tiny VAE only for its config (5b's scaling factor 0.7, 8x spatial); decoding is skipped.
-        vae = AutoencoderKLCogVideoX(block_out_channels=(8, 8, 8, 8), latent_channels=transformer.config.in_channels,
-                                     layers_per_block=1, norm_num_groups=2, scaling_factor=0.7).to(device)
-        return CogVideoXPipeline(tokenizer=None, text_encoder=None, vae=vae, transformer=transformer,
-                                 scheduler=cogvideox.published_scheduler(1.0))
+        vae = AutoencoderKLCogVideoX(
+            block_out_channels=(8, 8, 8, 8),
+            latent_channels=transformer.config.in_channels,
+            layers_per_block=1,
+            norm_num_groups=2,
+            scaling_factor=0.7,
+        ).to(device)
+        return CogVideoXPipeline(
+            tokenizer=None,
+            text_encoder=None,
+            vae=vae,
+            transformer=transformer,
+            scheduler=cogvideox.published_scheduler(1.0),
+        )
 
     def latent_shape(self, model: torch.nn.Module, call: dict[str, Any]) -> tuple[int, ...]:
         # CogVideoX's VAE: 4x in time (plus the first frame), 8x in space; latents are [B, F, C, H, W].
@@ -213,28 +286,53 @@ class CogVideoXTools(FamilyTools):
         return (1, frames, model.config.in_channels, call["height"] // 8, call["width"] // 8)
 
 
-
 def tiny_wan_transformer(num_layers: int, num_heads: int, seed: int) -> Any:
     """A tiny `WanTransformer3DModel` with random weights (latent channels 16, text width 32)."""
     from diffusers import WanTransformer3DModel
 
     torch.manual_seed(seed)
-    return WanTransformer3DModel(
-        patch_size=(1, 2, 2), num_attention_heads=num_heads, attention_head_dim=12, in_channels=16,
-        out_channels=16, text_dim=32, freq_dim=32, ffn_dim=2 * 12 * num_heads, num_layers=num_layers,
-        rope_max_seq_len=32,
-    ).eval().requires_grad_(False)
+    return (
+        WanTransformer3DModel(
+            patch_size=(1, 2, 2),
+            num_attention_heads=num_heads,
+            attention_head_dim=12,
+            in_channels=16,
+            out_channels=16,
+            text_dim=32,
+            freq_dim=32,
+            ffn_dim=2 * 12 * num_heads,
+            num_layers=num_layers,
+            rope_max_seq_len=32,
+        )
+        .eval()
+        .requires_grad_(False)
+    )
+
 
 def tiny_cogvideox_transformer(num_layers: int, num_heads: int, rotary: bool, seed: int) -> Any:
     """A tiny `CogVideoXTransformer3DModel` with random weights (latent channels 4, text width 32)."""
     from diffusers import CogVideoXTransformer3DModel
 
     torch.manual_seed(seed)
-    return CogVideoXTransformer3DModel(
-        num_attention_heads=num_heads, attention_head_dim=16, in_channels=4, out_channels=4, time_embed_dim=16,
-        text_embed_dim=32, num_layers=num_layers, sample_width=8, sample_height=8, sample_frames=9, patch_size=2,
-        max_text_seq_length=226, use_rotary_positional_embeddings=rotary,
-    ).eval().requires_grad_(False)
+    return (
+        CogVideoXTransformer3DModel(
+            num_attention_heads=num_heads,
+            attention_head_dim=16,
+            in_channels=4,
+            out_channels=4,
+            time_embed_dim=16,
+            text_embed_dim=32,
+            num_layers=num_layers,
+            sample_width=8,
+            sample_height=8,
+            sample_frames=9,
+            patch_size=2,
+            max_text_seq_length=226,
+            use_rotary_positional_embeddings=rotary,
+        )
+        .eval()
+        .requires_grad_(False)
+    )
 
 
 def tiny_tokenizer() -> Any:

@@ -15,10 +15,10 @@ from typing import Any
 import numpy as np
 import torch
 
-from . import evaluate, task, trained
-from ..switch.api import apply
 from ..pipeline.costs import ideal_speedup
 from ..pipeline.timing import timed_run
+from ..switch.api import apply
+from . import evaluate, task, trained
 
 #: The set-ups compared: large only, SR at its default (or a given delta), a cooperation schedule (the family's
 #: calibrated one, when given) and small only.
@@ -27,8 +27,9 @@ MODES: tuple[str, ...] = ("large", "sr", "schedule", "small")
 
 def mode_setup(mode: str, delta: float | None = None, schedule: str | None = None) -> dict[str, Any] | None:
     """`sr_plugin.apply`'s keywords for a mode (None: large only, the pipeline alone)."""
-    return {"large": None, "sr": {"delta": delta}, "schedule": {"schedule": schedule},
-            "small": {"switch_step": 0}}[mode]
+    return {"large": None, "sr": {"delta": delta}, "schedule": {"schedule": schedule}, "small": {"switch_step": 0}}[
+        mode
+    ]
 
 
 @dataclass
@@ -79,8 +80,9 @@ class FamilyResult:
     step_ratio: float | None = None
 
 
-def generate_video(pipe: Any, family: str, prompt: str, seed: int, steps: int,
-                   guidance_scale: float | None = None) -> tuple[np.ndarray, float, float]:
+def generate_video(
+    pipe: Any, family: str, prompt: str, seed: int, steps: int, guidance_scale: float | None = None
+) -> tuple[np.ndarray, float, float]:
     """One video of a trained family, with the call arguments it was trained for (``guidance_scale``: another
     CFG scale than the family's shipped one, for experiments)."""
     task.parse(prompt)
@@ -88,9 +90,18 @@ def generate_video(pipe: Any, family: str, prompt: str, seed: int, steps: int,
     return timed_run(pipe, prompt, seed, steps, guidance_scale=scale, **trained.CALL)
 
 
-def run_modes(pipe: Any, small: torch.nn.Module, extra: dict[str, Any], family: str, prompt: str, seed: int,
-              steps: int, delta: float | None = None, modes: tuple[str, ...] = ("large", "sr", "small"),
-              schedule: str | None = None) -> dict[str, Run]:
+def run_modes(
+    pipe: Any,
+    small: torch.nn.Module,
+    extra: dict[str, Any],
+    family: str,
+    prompt: str,
+    seed: int,
+    steps: int,
+    delta: float | None = None,
+    modes: tuple[str, ...] = ("large", "sr", "small"),
+    schedule: str | None = None,
+) -> dict[str, Run]:
     """The prompt under each mode, one after the other (interleaved, so that machine drift hits all alike)."""
     from ..adapters import adapter_for
 
@@ -106,8 +117,18 @@ def run_modes(pipe: Any, small: torch.nn.Module, extra: dict[str, Any], family: 
         finally:
             if handle is not None:
                 handle.remove()
-        runs[mode] = Run(prompt, seed, mode, video, denoise, total, switch, evaluate.score_video(video, prompt),
-                         switch_noise=noise, roles=roles)
+        runs[mode] = Run(
+            prompt,
+            seed,
+            mode,
+            video,
+            denoise,
+            total,
+            switch,
+            evaluate.score_video(video, prompt),
+            switch_noise=noise,
+            roles=roles,
+        )
     if "large" in runs:
         for mode, run in runs.items():
             if mode != "large":
@@ -119,22 +140,30 @@ def family_modes(schedule: str | None) -> tuple[str, ...]:
     return tuple(m for m in MODES if m != "schedule" or schedule is not None)
 
 
-def evaluate_family(family: str, pairs: list[tuple[str, int]], steps: int = 50, delta: float | None = None,
-                    say: Any = None, schedule: str | None = None, small: str = "competent") -> FamilyResult:
+def evaluate_family(
+    family: str,
+    pairs: list[tuple[str, int]],
+    steps: int = 50,
+    delta: float | None = None,
+    say: Any = None,
+    schedule: str | None = None,
+    small: str = "competent",
+) -> FamilyResult:
     """Run and score every (prompt, seed) under large only, SR, ``schedule`` (if given) and small only (the
     family's ``small`` model: "competent" or "weak"); summarize per mode."""
     pipe, small_model, extra = trained.load(family, small=small)
     result = FamilyResult(family, steps, delta, schedule)
     for i, (prompt, seed) in enumerate(pairs):
-        runs = run_modes(pipe, small_model, extra, family, prompt, seed, steps, delta, family_modes(schedule),
-                         schedule)
+        runs = run_modes(pipe, small_model, extra, family, prompt, seed, steps, delta, family_modes(schedule), schedule)
         result.runs.extend(runs.values())
         if say is not None:
             marks = "  ".join(f"{m} {'right' if r.score.right else 'WRONG'}" for m, r in runs.items())
             noise = runs["sr"].switch_noise
             level = f" ({noise[0]} {noise[1]:.3g})" if noise is not None else ""
-            say(f"[{family} {i + 1}/{len(pairs)}] {prompt} (seed {seed}): {marks}, switch at "
-                f"{runs['sr'].switch_step}{level}")
+            say(
+                f"[{family} {i + 1}/{len(pairs)}] {prompt} (seed {seed}): {marks}, switch at "
+                f"{runs['sr'].switch_step}{level}"
+            )
     summarize_result(result)
     return result
 
@@ -154,11 +183,17 @@ def summarize_result(result: FamilyResult) -> None:
         if mode in ("sr", "schedule") and ks:
             ideal = statistics.mean(ideal_speedup(r.roles, result.step_ratio) for r in runs)
         result.summaries[mode] = ModeSummary(
-            mode, acc["prompt_accuracy"], acc["attribute_accuracy"],
+            mode,
+            acc["prompt_accuracy"],
+            acc["attribute_accuracy"],
             None if mode == "large" else statistics.mean(r.psnr for r in runs),
             None if mode == "large" else statistics.mean(r.ssim for r in runs),
-            median_s, large_median / median_s, ideal,
-            statistics.mean(ks) if ks else None, _mean_noise([r.switch_noise for r in runs if mode == "sr"]))
+            median_s,
+            large_median / median_s,
+            ideal,
+            statistics.mean(ks) if ks else None,
+            _mean_noise([r.switch_noise for r in runs if mode == "sr"]),
+        )
 
 
 def _mean_noise(levels: list[tuple[str, float] | None]) -> tuple[str, float] | None:
@@ -168,9 +203,11 @@ def _mean_noise(levels: list[tuple[str, float] | None]) -> tuple[str, float] | N
 
 def format_table(results: list[FamilyResult]) -> str:
     """A markdown table: one row per family and mode."""
-    lines = ["| family | mode | prompt accuracy | attribute accuracy | PSNR vs large (dB) | SSIM vs large | "
-             "denoising s/video (median) | speed-up (ideal) | mean first hand-over to small (noise level) |",
-             "|---|---|---|---|---|---|---|---|---|"]
+    lines = [
+        "| family | mode | prompt accuracy | attribute accuracy | PSNR vs large (dB) | SSIM vs large | "
+        "denoising s/video (median) | speed-up (ideal) | mean first hand-over to small (noise level) |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
     for res in results:
         for mode in res.summaries:
             s = res.summaries[mode]
@@ -178,7 +215,9 @@ def format_table(results: list[FamilyResult]) -> str:
             ideal = f" ({s.ideal_speedup:.2f})" if s.ideal_speedup is not None else ""
             noise = "" if s.mean_switch_noise is None else f" ({s.mean_switch_noise[0]} {s.mean_switch_noise[1]:.3g})"
             name = f"schedule {res.schedule}" if mode == "schedule" else mode
-            lines.append(f"| {res.family} | {name} | {s.prompt_accuracy:.1f}% | {s.attribute_accuracy:.1f}% | "
-                         f"{fmt(s.psnr, '.2f')} | {fmt(s.ssim, '.3f')} | {s.denoise_s:.2f} | "
-                         f"{s.speedup:.2f}x{ideal} | {fmt(s.mean_switch_step, '.1f')}{noise} |")
+            lines.append(
+                f"| {res.family} | {name} | {s.prompt_accuracy:.1f}% | {s.attribute_accuracy:.1f}% | "
+                f"{fmt(s.psnr, '.2f')} | {fmt(s.ssim, '.3f')} | {s.denoise_s:.2f} | "
+                f"{s.speedup:.2f}x{ideal} | {fmt(s.mean_switch_step, '.1f')}{noise} |"
+            )
     return "\n".join(lines)

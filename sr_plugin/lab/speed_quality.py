@@ -18,11 +18,11 @@ from typing import Any
 import numpy as np
 import torch
 
-from . import evaluate
 from ..accel import PABConfig, accelerate
-from ..switch.api import apply
-from .quality import generate_video
 from ..pipeline.trace import StepRecord
+from ..switch.api import apply
+from . import evaluate
+from .quality import generate_video
 
 #: Switch settings swept: deltas a decade around SRDiffusion's 0.01 (None: the default), and fixed steps.
 DELTAS: tuple[float, ...] = (0.003, 0.01, 0.03, 0.1)
@@ -50,26 +50,40 @@ class Config:
     accel: dict[str, Any]
 
 
-def configs(deltas: Sequence[float] = DELTAS, switch_steps: Sequence[int] = SWITCH_STEPS,
-            thresholds: Sequence[float] = TEACACHE_THRESHOLDS) -> list[Config]:
+def configs(
+    deltas: Sequence[float] = DELTAS,
+    switch_steps: Sequence[int] = SWITCH_STEPS,
+    thresholds: Sequence[float] = TEACACHE_THRESHOLDS,
+) -> list[Config]:
     """Today's matrix (each acceleration alone and with the switch, all stacked) plus the sweeps."""
     sr: dict[str, Any] = {}
     rows = [Config("large", "large", None, {}), Config("small", "small", {"switch_step": 0}, {})]
     rows += [Config(f"sr delta={d}", "sr", {"delta": d}, {}) for d in deltas]
     rows += [Config(f"sr k={k}", "sr fixed", {"switch_step": k}, {}) for k in switch_steps]
     rows += [Config(f"teacache {t}", "teacache", None, {"teacache": t}) for t in thresholds]
-    rows += [Config("pab", "pab", None, {"pab": PABConfig()}), Config("fbcache", "fbcache", None, {"fbcache": FBCACHE}),
-             Config("compile", "compile", None, {"compile": True})]
+    rows += [
+        Config("pab", "pab", None, {"pab": PABConfig()}),
+        Config("fbcache", "fbcache", None, {"fbcache": FBCACHE}),
+        Config("compile", "compile", None, {"compile": True}),
+    ]
     rows += [Config(f"sr+teacache {t}", "sr+teacache", sr, {"teacache": t}) for t in thresholds]
-    rows += [Config("sr+pab", "sr+pab", sr, {"pab": PABConfig()}),
-             Config("sr+fbcache", "sr+fbcache", sr, {"fbcache": FBCACHE}),
-             Config("sr+compile", "sr+compile", sr, {"compile": True})]
-    rows += [Config(f"sr+teacache {t}+pab", "sr+teacache+pab", sr, {"teacache": t, "pab": PABConfig()})
-             for t in thresholds]
-    rows += [Config(f"sr k={k}+teacache {t}+pab", "sr+teacache+pab", {"switch_step": k},
-                    {"teacache": t, "pab": PABConfig()}) for k in STACKED_SWITCH_STEPS for t in STACKED_THRESHOLDS]
-    rows += [Config(f"sr+teacache {t}+pab+compile", "sr+all", sr, {"teacache": t, "pab": PABConfig(), "compile": True})
-             for t in thresholds[:1]]
+    rows += [
+        Config("sr+pab", "sr+pab", sr, {"pab": PABConfig()}),
+        Config("sr+fbcache", "sr+fbcache", sr, {"fbcache": FBCACHE}),
+        Config("sr+compile", "sr+compile", sr, {"compile": True}),
+    ]
+    rows += [
+        Config(f"sr+teacache {t}+pab", "sr+teacache+pab", sr, {"teacache": t, "pab": PABConfig()}) for t in thresholds
+    ]
+    rows += [
+        Config(f"sr k={k}+teacache {t}+pab", "sr+teacache+pab", {"switch_step": k}, {"teacache": t, "pab": PABConfig()})
+        for k in STACKED_SWITCH_STEPS
+        for t in STACKED_THRESHOLDS
+    ]
+    rows += [
+        Config(f"sr+teacache {t}+pab+compile", "sr+all", sr, {"teacache": t, "pab": PABConfig(), "compile": True})
+        for t in thresholds[:1]
+    ]
     return rows
 
 
@@ -117,8 +131,15 @@ def schedule_configs(schedules: Sequence[str], stack_thresholds: Sequence[float]
         rows.append(Config(f"teacache {t}", "teacache", None, {"teacache": t}))
         rows.append(Config(f"teacache {t}+pab", "teacache+pab", None, {"teacache": t, "pab": PABConfig()}))
         for stack, accel in (("teacache", {"teacache": t}), ("teacache+pab", {"teacache": t, "pab": PABConfig()})):
-            rows += [Config(f"{s}+{stack.replace('teacache', f'teacache {t}')}", f"{Candidate(s).order}+{stack}",
-                            {"schedule": s}, dict(accel)) for s in schedules]
+            rows += [
+                Config(
+                    f"{s}+{stack.replace('teacache', f'teacache {t}')}",
+                    f"{Candidate(s).order}+{stack}",
+                    {"schedule": s},
+                    dict(accel),
+                )
+                for s in schedules
+            ]
     return rows
 
 
@@ -150,10 +171,19 @@ def _fraction(trace: list[StepRecord], field: str, hit: Callable[[str], bool]) -
     return sum(map(hit, values)) / len(values) if values else None
 
 
-def run_config(pipe: Any, small: torch.nn.Module, extra: dict[str, Any], family: str, config: Config,
-               pairs: Sequence[tuple[str, int]], steps: int, reference: dict[tuple[str, int], np.ndarray],
-               warmup_prompt: str | None = None, plain: Any = None,
-               clock: Any = None) -> tuple[Row, list[tuple[np.ndarray, float]]]:
+def run_config(
+    pipe: Any,
+    small: torch.nn.Module,
+    extra: dict[str, Any],
+    family: str,
+    config: Config,
+    pairs: Sequence[tuple[str, int]],
+    steps: int,
+    reference: dict[tuple[str, int], np.ndarray],
+    warmup_prompt: str | None = None,
+    plain: Any = None,
+    clock: Any = None,
+) -> tuple[Row, list[tuple[np.ndarray, float]]]:
     """Set ``config`` up, run every pair, take it down; returns the row and each pair's (video, seconds).
     ``reference`` maps a pair to its large-only video (empty for the large-only row itself); ``plain``, a
     second unpatched copy of the pipeline, times large only right before each of the row's runs; ``clock``, a
@@ -185,21 +215,36 @@ def run_config(pipe: Any, small: torch.nn.Module, extra: dict[str, Any], family:
         if sr is not None:
             sr.remove()
     acc = evaluate.summarize(scores)
-    row = Row(config.name, config.kind, acc["prompt_accuracy"], acc["attribute_accuracy"],
-              statistics.mean(min(p, 100.0) for p, _ in fidelity) if fidelity else None,
-              statistics.mean(s for _, s in fidelity) if fidelity else None,
-              statistics.median(ratios) if ratios else 1.0, statistics.mean(s for _, s in outputs),
-              _fraction(traces, "cache", lambda v: v == "skipped"),
-              _fraction(traces, "attention", lambda v: v != "computed"),
-              statistics.mean(ks) if ks else None, right=[s.right for s in scores], calls=calls)
+    row = Row(
+        config.name,
+        config.kind,
+        acc["prompt_accuracy"],
+        acc["attribute_accuracy"],
+        statistics.mean(min(p, 100.0) for p, _ in fidelity) if fidelity else None,
+        statistics.mean(s for _, s in fidelity) if fidelity else None,
+        statistics.median(ratios) if ratios else 1.0,
+        statistics.mean(s for _, s in outputs),
+        _fraction(traces, "cache", lambda v: v == "skipped"),
+        _fraction(traces, "attention", lambda v: v != "computed"),
+        statistics.mean(ks) if ks else None,
+        right=[s.right for s in scores],
+        calls=calls,
+    )
     return row, outputs
 
 
 def pareto_front(rows: Sequence[Row]) -> list[Row]:
     """The rows no other row beats on both speed-up and attribute accuracy, fastest last."""
-    front = [r for r in rows if not any(
-        o.speedup >= r.speedup and o.attribute_accuracy >= r.attribute_accuracy
-        and (o.speedup > r.speedup or o.attribute_accuracy > r.attribute_accuracy) for o in rows)]
+    front = [
+        r
+        for r in rows
+        if not any(
+            o.speedup >= r.speedup
+            and o.attribute_accuracy >= r.attribute_accuracy
+            and (o.speedup > r.speedup or o.attribute_accuracy > r.attribute_accuracy)
+            for o in rows
+        )
+    ]
     return sorted(front, key=lambda r: r.speedup)
 
 
@@ -207,8 +252,13 @@ def pareto_front(rows: Sequence[Row]) -> list[Row]:
 ACCURACIES: tuple[str, ...] = ("prompt_accuracy", "attribute_accuracy")
 
 
-def fastest_within(rows: Sequence[Row], kinds: Sequence[str], reference_accuracy: float,
-                   points: float = TOLERANCE_POINTS, accuracy: str = "attribute_accuracy") -> Row | None:
+def fastest_within(
+    rows: Sequence[Row],
+    kinds: Sequence[str],
+    reference_accuracy: float,
+    points: float = TOLERANCE_POINTS,
+    accuracy: str = "attribute_accuracy",
+) -> Row | None:
     """The fastest row of the given kinds whose ``accuracy`` (a `Row` field: prompt or attribute accuracy) is at
     most ``points`` below the reference."""
     if accuracy not in ACCURACIES:
@@ -219,15 +269,19 @@ def fastest_within(rows: Sequence[Row], kinds: Sequence[str], reference_accuracy
 
 def format_rows(rows: Sequence[Row]) -> str:
     fmt = lambda v, spec: "-" if v is None else format(v, spec)  # noqa: E731
-    lines = ["| row | prompt acc. | lost / gained | McNemar p | attribute acc. | PSNR vs large | SSIM vs large | "
-             "speed-up measured | modelled | TeaCache skipped | PAB reused | mean switch step |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    lines = [
+        "| row | prompt acc. | lost / gained | McNemar p | attribute acc. | PSNR vs large | SSIM vs large | "
+        "speed-up measured | modelled | TeaCache skipped | PAB reused | mean switch step |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
     for r in rows:
         lg = "-" if r.lost is None else f"{r.lost} / {r.gained}"
-        lines.append(f"| {r.name} | {r.prompt_accuracy:.1f}% | {lg} | {fmt(r.p_value, '.3f')} | "
-                     f"{r.attribute_accuracy:.1f}% | {fmt(r.psnr, '.2f')} | {fmt(r.ssim, '.3f')} | {r.speedup:.2f}x | "
-                     f"{fmt(r.modelled_speedup, '.2f')}{'x' if r.modelled_speedup else ''} | "
-                     f"{fmt(r.teacache_skipped, '.0%')} | {fmt(r.pab_reused, '.0%')} | {fmt(r.mean_switch_step, '.1f')} |")
+        lines.append(
+            f"| {r.name} | {r.prompt_accuracy:.1f}% | {lg} | {fmt(r.p_value, '.3f')} | "
+            f"{r.attribute_accuracy:.1f}% | {fmt(r.psnr, '.2f')} | {fmt(r.ssim, '.3f')} | {r.speedup:.2f}x | "
+            f"{fmt(r.modelled_speedup, '.2f')}{'x' if r.modelled_speedup else ''} | "
+            f"{fmt(r.teacache_skipped, '.0%')} | {fmt(r.pab_reused, '.0%')} | {fmt(r.mean_switch_step, '.1f')} |"
+        )
     return "\n".join(lines)
 
 
@@ -244,18 +298,28 @@ def plot_pareto(results: dict[str, list[Row]], path: Any) -> None:
     fig, axes = plt.subplots(1, len(results), figsize=(6.5 * len(results), 5), squeeze=False)
     for ax, (family, rows) in zip(axes[0], results.items()):
         large = next(r for r in rows if r.kind == "large")
-        ax.axhspan(large.attribute_accuracy - TOLERANCE_POINTS, large.attribute_accuracy, color="0.9",
-                   label=f"within {TOLERANCE_POINTS:g} points of large only")
+        ax.axhspan(
+            large.attribute_accuracy - TOLERANCE_POINTS,
+            large.attribute_accuracy,
+            color="0.9",
+            label=f"within {TOLERANCE_POINTS:g} points of large only",
+        )
         for kind in kinds:
             pts = [r for r in rows if r.kind == kind]
             if pts:
-                ax.scatter([r.speedup for r in pts], [r.attribute_accuracy for r in pts], marker=markers[kind],
-                           label=kind, s=40)
+                ax.scatter(
+                    [r.speedup for r in pts],
+                    [r.attribute_accuracy for r in pts],
+                    marker=markers[kind],
+                    label=kind,
+                    s=40,
+                )
         front = pareto_front(rows)
         ax.plot([r.speedup for r in front], [r.attribute_accuracy for r in front], "k--", lw=1, label="Pareto front")
         for r in front:
-            ax.annotate(r.name, (r.speedup, r.attribute_accuracy), fontsize=7, xytext=(3, 3),
-                        textcoords="offset points")
+            ax.annotate(
+                r.name, (r.speedup, r.attribute_accuracy), fontsize=7, xytext=(3, 3), textcoords="offset points"
+            )
         ax.set_xlabel("speed-up over large only (denoising loop, CPU)")
         ax.set_ylabel("attribute accuracy on held-out prompts (%)")
         ax.set_title(f"{family}: speed against quality")

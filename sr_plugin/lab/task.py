@@ -3,7 +3,8 @@
 A prompt names two objects, each with a colour, a shape and a motion direction:
 ``"a red square moving left and a blue circle moving up"``. Its video is rendered deterministically from
 the prompt and a seed (the seed places the objects): 9 frames of 32 x 32 pixels, black background, the two
-objects (11 pixels across) gliding 6 pixels in their directions without touching. Getting a prompt right means binding each
+objects (11 pixels across) gliding 6 pixels in their directions without touching. Getting a prompt right means
+binding each
 colour to its shape and its direction: the composition mistakes a small model makes (a swapped shape, a
 swapped or missing motion) are visible and countable (`sr_plugin.lab.evaluate`).
 
@@ -83,17 +84,27 @@ def parse(prompt: str) -> tuple[ObjectSpec, ObjectSpec]:
             f"a prompt reads '{TEMPLATE}'"
         )
     match = _PROMPT_RE.match(" ".join(words))
-    if match is None or match.group(1) not in COLOURS or match.group(4) not in COLOURS \
-            or match.group(2) not in SHAPES or match.group(5) not in SHAPES \
-            or match.group(3) not in DIRECTIONS or match.group(6) not in DIRECTIONS:
-        raise ValueError(f"the prompt {prompt!r} does not follow the task's grammar: '{TEMPLATE}' "
-                         f"(colours: {', '.join(COLOURS)}; shapes: {', '.join(SHAPES)}; "
-                         f"directions: {', '.join(DIRECTIONS)})")
+    if (
+        match is None
+        or match.group(1) not in COLOURS
+        or match.group(4) not in COLOURS
+        or match.group(2) not in SHAPES
+        or match.group(5) not in SHAPES
+        or match.group(3) not in DIRECTIONS
+        or match.group(6) not in DIRECTIONS
+    ):
+        raise ValueError(
+            f"the prompt {prompt!r} does not follow the task's grammar: '{TEMPLATE}' "
+            f"(colours: {', '.join(COLOURS)}; shapes: {', '.join(SHAPES)}; "
+            f"directions: {', '.join(DIRECTIONS)})"
+        )
     a = ObjectSpec(match.group(1), match.group(2), match.group(3))
     b = ObjectSpec(match.group(4), match.group(5), match.group(6))
     if a.colour == b.colour:
-        raise ValueError(f"the prompt {prompt!r} gives both objects the colour {a.colour}; the task's two objects "
-                         "have different colours (that is how a video is scored)")
+        raise ValueError(
+            f"the prompt {prompt!r} gives both objects the colour {a.colour}; the task's two objects "
+            "have different colours (that is how a video is scored)"
+        )
     return a, b
 
 
@@ -150,8 +161,9 @@ def training_prompts() -> list[str]:
 
 
 # ----------------------------------------------------------------------------------------------- rendering
-def shape_coverage(shape: str, cx: float, cy: float, height: int = HEIGHT, width: int = WIDTH,
-                   supersample: int = SUPERSAMPLE) -> np.ndarray:
+def shape_coverage(
+    shape: str, cx: float, cy: float, height: int = HEIGHT, width: int = WIDTH, supersample: int = SUPERSAMPLE
+) -> np.ndarray:
     """Fraction of each pixel covered by ``shape`` centred at (cx, cy) (pixel units), shape [height, width]."""
     s = supersample
     ys = (np.arange(height * s) + 0.5) / s

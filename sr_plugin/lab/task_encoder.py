@@ -64,11 +64,11 @@ COPY_RULES: dict[str, tuple[CopyRule, ...]] = {
     "cogvideox": (_SHAPE_FROM_COLOUR, _DIRECTION_FROM_COLOUR_SELF),
     "wan": (
         _SHAPE_FROM_COLOUR,
-        (DIRECTION_OFFSET, tuple(task.DIRECTIONS), DIRECTION_DIMS, -3),   # colour <- its direction
-        (-SHAPE_OFFSET, tuple(task.COLOURS), COLOUR_DIMS, 0),             # shape <- its colour
+        (DIRECTION_OFFSET, tuple(task.DIRECTIONS), DIRECTION_DIMS, -3),  # colour <- its direction
+        (-SHAPE_OFFSET, tuple(task.COLOURS), COLOUR_DIMS, 0),  # shape <- its colour
         (DIRECTION_OFFSET - SHAPE_OFFSET, tuple(task.DIRECTIONS), DIRECTION_DIMS, -2),  # shape <- its direction
-        (-DIRECTION_OFFSET, tuple(task.COLOURS), COLOUR_DIMS, 2),         # direction <- its colour
-        (SHAPE_OFFSET - DIRECTION_OFFSET, task.SHAPES, SHAPE_DIMS, 0),    # direction <- its shape
+        (-DIRECTION_OFFSET, tuple(task.COLOURS), COLOUR_DIMS, 2),  # direction <- its colour
+        (SHAPE_OFFSET - DIRECTION_OFFSET, task.SHAPES, SHAPE_DIMS, 0),  # direction <- its shape
     ),
 }
 #: Heads per family: enough for its rules (the rest write nothing).
@@ -85,9 +85,17 @@ def build(family: str) -> torch.nn.Module:
 
     assert COLOUR_DIMS[-1] < WIDTH, "the copies must fit the width"
     config_cls, model_cls = (UMT5Config, UMT5EncoderModel) if family == "wan" else (T5Config, T5EncoderModel)
-    config = config_cls(vocab_size=len(TOKENS), d_model=WIDTH, d_kv=HEAD_DIM, d_ff=64, num_layers=2,
-                        num_heads=HEADS_OF[family], relative_attention_num_buckets=RELATIVE_BUCKETS, dropout_rate=0.0,
-                        feed_forward_proj="gated-gelu")
+    config = config_cls(
+        vocab_size=len(TOKENS),
+        d_model=WIDTH,
+        d_kv=HEAD_DIM,
+        d_ff=64,
+        num_layers=2,
+        num_heads=HEADS_OF[family],
+        relative_attention_num_buckets=RELATIVE_BUCKETS,
+        dropout_rate=0.0,
+        feed_forward_proj="gated-gelu",
+    )
     model = model_cls(config)
     with torch.no_grad():
         for p in model.parameters():

@@ -13,11 +13,16 @@ from __future__ import annotations
 from collections.abc import Iterator, Mapping
 from typing import Any
 
-
 from ..adapters import family, registered_families
 from ..adapters.cogvideox import published_scheduler as cogvideox_scheduler  # noqa: F401  (kept import path)
-from .family_tools import (eval_all, has_tiny, tiny_cogvideox_transformer, tiny_tokenizer,  # noqa: F401
-                           tiny_wan_transformer, tools_for)
+from .family_tools import (  # noqa: F401
+    eval_all,
+    has_tiny,
+    tiny_cogvideox_transformer,
+    tiny_tokenizer,
+    tiny_wan_transformer,
+    tools_for,
+)
 
 
 def tiny_families() -> tuple[str, ...]:

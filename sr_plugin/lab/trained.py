@@ -24,15 +24,18 @@ from typing import Any
 import torch
 
 from . import task
-from .shipped import (CALIBRATED_FILE, FAMILY_NAMES, ROLES, ROOT, SMALL_MODELS, calibrated,  # noqa: F401
-                      check_family, folder)
+from .shipped import CALIBRATED_FILE, FAMILY_NAMES, ROLES, ROOT, SMALL_MODELS, calibrated, check_family, folder  # noqa: F401
 
 #: Text tokens per prompt: a task prompt has 11 words plus the end token. The CogVideoX small model
 #: (sincos position embeddings) was built for exactly this many.
 MAX_SEQUENCE_LENGTH = 16
 #: Pipeline call arguments the families were trained for (pass them with every call).
-CALL: dict[str, Any] = {"height": task.HEIGHT, "width": task.WIDTH, "num_frames": task.NUM_FRAMES,
-                        "max_sequence_length": MAX_SEQUENCE_LENGTH}
+CALL: dict[str, Any] = {
+    "height": task.HEIGHT,
+    "width": task.WIDTH,
+    "num_frames": task.NUM_FRAMES,
+    "max_sequence_length": MAX_SEQUENCE_LENGTH,
+}
 #: Guidance scale per family (the pipelines' defaults: Wan 5.0, CogVideoX 6.0).
 GUIDANCE: dict[str, float] = {"wan": 5.0, "cogvideox": 6.0}
 FPS: dict[str, int] = {"wan": 8, "cogvideox": 8}
@@ -40,7 +43,6 @@ FPS: dict[str, int] = {"wan": 8, "cogvideox": 8}
 #: CogVideoX-style latent scales and schedule shifts (docs/adapters.md, "CogVideoX"): the 5b-like large model's and
 #: the 2b-like small model's.
 COGVIDEOX_SPACE: dict[str, tuple[float, float]] = {"large": (0.7, 1.0), "small": (1.15258426, 3.0)}
-
 
 
 def call_defaults(family: str) -> dict[str, Any]:
@@ -75,8 +77,13 @@ def word_tokenizer() -> Any:
     tok = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<unk>"))
     tok.pre_tokenizer = pre_tokenizers.Whitespace()
     tok.post_processor = processors.TemplateProcessing(single="$A </s>", special_tokens=[("</s>", 1)])
-    return PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="<pad>", eos_token="</s>", unk_token="<unk>",
-                                   model_max_length=MAX_SEQUENCE_LENGTH)
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tok,
+        pad_token="<pad>",
+        eos_token="</s>",
+        unk_token="<unk>",
+        model_max_length=MAX_SEQUENCE_LENGTH,
+    )
 
 
 def text_encoder(family: str) -> torch.nn.Module:
@@ -92,18 +99,32 @@ def vae(family: str) -> torch.nn.Module:
     if family == "wan":
         from diffusers import AutoencoderKLWan
 
-        return AutoencoderKLWan(base_dim=8, z_dim=LATENT_CHANNELS, dim_mult=[1, 2, 2], num_res_blocks=1,
-                                attn_scales=[], temperal_downsample=[True, True],
-                                latents_mean=[0.0] * LATENT_CHANNELS, latents_std=[1.0] * LATENT_CHANNELS,
-                                scale_factor_spatial=4, scale_factor_temporal=4)
+        return AutoencoderKLWan(
+            base_dim=8,
+            z_dim=LATENT_CHANNELS,
+            dim_mult=[1, 2, 2],
+            num_res_blocks=1,
+            attn_scales=[],
+            temperal_downsample=[True, True],
+            latents_mean=[0.0] * LATENT_CHANNELS,
+            latents_std=[1.0] * LATENT_CHANNELS,
+            scale_factor_spatial=4,
+            scale_factor_temporal=4,
+        )
     from diffusers import AutoencoderKLCogVideoX
 
-    return AutoencoderKLCogVideoX(block_out_channels=(8, 16, 16), latent_channels=LATENT_CHANNELS,
-                                  layers_per_block=1, norm_num_groups=4, temporal_compression_ratio=4,
-                                  down_block_types=("CogVideoXDownBlock3D",) * 3,
-                                  up_block_types=("CogVideoXUpBlock3D",) * 3,
-                                  scaling_factor=COGVIDEOX_SPACE["large"][0],
-                                  sample_height=task.HEIGHT, sample_width=task.WIDTH)
+    return AutoencoderKLCogVideoX(
+        block_out_channels=(8, 16, 16),
+        latent_channels=LATENT_CHANNELS,
+        layers_per_block=1,
+        norm_num_groups=4,
+        temporal_compression_ratio=4,
+        down_block_types=("CogVideoXDownBlock3D",) * 3,
+        up_block_types=("CogVideoXUpBlock3D",) * 3,
+        scaling_factor=COGVIDEOX_SPACE["large"][0],
+        sample_height=task.HEIGHT,
+        sample_width=task.WIDTH,
+    )
 
 
 def scheduler(family: str, role: str = "large") -> Any:
@@ -116,8 +137,9 @@ def scheduler(family: str, role: str = "large") -> Any:
     return cogvideox_scheduler(COGVIDEOX_SPACE[role][1])
 
 
-def transformer(family: str, role: str, seed: int = 0, layers: int | None = None,
-                heads: int | None = None, ffn: int | None = None) -> torch.nn.Module:
+def transformer(
+    family: str, role: str, seed: int = 0, layers: int | None = None, heads: int | None = None, ffn: int | None = None
+) -> torch.nn.Module:
     """A freshly initialised transformer of the family's role, ``layers`` deep, ``heads`` wide and with a
     feed-forward width ``ffn`` if given (else SIZES')."""
     default_layers, default_heads, default_ffn = SIZES[family][role]
@@ -131,30 +153,51 @@ def transformer(family: str, role: str, seed: int = 0, layers: int | None = None
         from diffusers import WanTransformer3DModel
 
         return WanTransformer3DModel(
-            patch_size=(1, 2, 2), num_attention_heads=heads, attention_head_dim=HEAD_DIM,
-            in_channels=LATENT_CHANNELS, out_channels=LATENT_CHANNELS, text_dim=TEXT_DIM, freq_dim=64,
-            ffn_dim=ffn, num_layers=layers, rope_max_seq_len=32,
+            patch_size=(1, 2, 2),
+            num_attention_heads=heads,
+            attention_head_dim=HEAD_DIM,
+            in_channels=LATENT_CHANNELS,
+            out_channels=LATENT_CHANNELS,
+            text_dim=TEXT_DIM,
+            freq_dim=64,
+            ffn_dim=ffn,
+            num_layers=layers,
+            rope_max_seq_len=32,
         )
     from diffusers import CogVideoXTransformer3DModel
 
     return CogVideoXTransformer3DModel(
-        num_attention_heads=heads, attention_head_dim=HEAD_DIM, in_channels=LATENT_CHANNELS,
-        out_channels=LATENT_CHANNELS, time_embed_dim=64, text_embed_dim=TEXT_DIM, num_layers=layers,
-        sample_width=task.WIDTH // 4, sample_height=task.HEIGHT // 4, sample_frames=task.NUM_FRAMES,
-        patch_size=2, max_text_seq_length=MAX_SEQUENCE_LENGTH,
+        num_attention_heads=heads,
+        attention_head_dim=HEAD_DIM,
+        in_channels=LATENT_CHANNELS,
+        out_channels=LATENT_CHANNELS,
+        time_embed_dim=64,
+        text_embed_dim=TEXT_DIM,
+        num_layers=layers,
+        sample_width=task.WIDTH // 4,
+        sample_height=task.HEIGHT // 4,
+        sample_frames=task.NUM_FRAMES,
+        patch_size=2,
+        max_text_seq_length=MAX_SEQUENCE_LENGTH,
         use_rotary_positional_embeddings=(role == "large"),
     )
 
 
-def build_pipeline(family: str, role: str, transformer_model: torch.nn.Module, vae_model: torch.nn.Module,
-                   encoder: torch.nn.Module) -> Any:
+def build_pipeline(
+    family: str, role: str, transformer_model: torch.nn.Module, vae_model: torch.nn.Module, encoder: torch.nn.Module
+) -> Any:
     """A pipeline of the family around the given components (the folder layout `save_pretrained` writes)."""
     check_family(family)
     if family == "wan":
         from diffusers import WanPipeline
 
-        pipe = WanPipeline(tokenizer=word_tokenizer(), text_encoder=encoder, vae=vae_model,
-                           transformer=transformer_model, scheduler=scheduler(family, role))
+        pipe = WanPipeline(
+            tokenizer=word_tokenizer(),
+            text_encoder=encoder,
+            vae=vae_model,
+            transformer=transformer_model,
+            scheduler=scheduler(family, role),
+        )
     else:
         from diffusers import CogVideoXPipeline
 
@@ -163,8 +206,13 @@ def build_pipeline(family: str, role: str, transformer_model: torch.nn.Module, v
 
             vae_model = copy.deepcopy(vae_model)
             vae_model.register_to_config(scaling_factor=COGVIDEOX_SPACE["small"][0])
-        pipe = CogVideoXPipeline(tokenizer=word_tokenizer(), text_encoder=encoder, vae=vae_model,
-                                 transformer=transformer_model, scheduler=scheduler(family, role))
+        pipe = CogVideoXPipeline(
+            tokenizer=word_tokenizer(),
+            text_encoder=encoder,
+            vae=vae_model,
+            transformer=transformer_model,
+            scheduler=scheduler(family, role),
+        )
     pipe.set_progress_bar_config(disable=True)
     return pipe
 
@@ -174,8 +222,9 @@ class TrainedFamilyError(RuntimeError):
     """A shipped family folder is missing or unreadable."""
 
 
-def load(family: str, dtype: torch.dtype = torch.float32,
-         small: str = "competent") -> tuple[Any, torch.nn.Module, dict[str, Any]]:
+def load(
+    family: str, dtype: torch.dtype = torch.float32, small: str = "competent"
+) -> tuple[Any, torch.nn.Module, dict[str, Any]]:
     """``(pipe, small_transformer, apply_kwargs)`` for a trained family, loaded with ``from_pretrained``.
 
     ``small``: "competent" (the default partner, distilled from the large model) or "weak" (the first release's
@@ -190,8 +239,9 @@ def load(family: str, dtype: torch.dtype = torch.float32,
     return load_folders(folder(family, "large"), folder(family, SMALL_MODELS[small]), dtype)
 
 
-def load_folders(large: str | pathlib.Path, small: str | pathlib.Path,
-                 dtype: torch.dtype = torch.float32) -> tuple[Any, torch.nn.Module, dict[str, Any]]:
+def load_folders(
+    large: str | pathlib.Path, small: str | pathlib.Path, dtype: torch.dtype = torch.float32
+) -> tuple[Any, torch.nn.Module, dict[str, Any]]:
     """Load a large pipeline folder and a small one's transformer (and, for CogVideoX, its VAE scale and
     scheduler); every failure becomes one `TrainedFamilyError` naming the folder."""
     from diffusers import DiffusionPipeline
@@ -201,22 +251,26 @@ def load_folders(large: str | pathlib.Path, small: str | pathlib.Path,
     large, small = pathlib.Path(large), pathlib.Path(small)
     for path in (large, small):
         if not (path / "model_index.json").is_file():
-            raise TrainedFamilyError(f"no model folder at {str(path)!r} (model_index.json is missing): the "
-                                     "trained weights are not installed; reinstall sr-plugin or rerun training")
+            raise TrainedFamilyError(
+                f"no model folder at {str(path)!r} (model_index.json is missing): the "
+                "trained weights are not installed; reinstall sr-plugin or rerun training"
+            )
     try:
         pipe = DiffusionPipeline.from_pretrained(str(large), dtype=dtype, local_files_only=True)
     except Exception as err:
         raise TrainedFamilyError(f"cannot load the model folder {str(large)!r}: {first_line(err)}") from err
     adapter = adapter_for(pipe)
     try:
-        small_model = adapter.transformer_class().from_pretrained(str(small), subfolder="transformer",
-                                                                  dtype=dtype, local_files_only=True)
+        small_model = adapter.transformer_class().from_pretrained(
+            str(small), subfolder="transformer", dtype=dtype, local_files_only=True
+        )
         extra: dict[str, Any] = {}
         if adapter.name == "CogVideoX":
             from diffusers import AutoencoderKLCogVideoX
 
             extra["small_vae_scaling_factor"] = float(
-                AutoencoderKLCogVideoX.load_config(str(small), subfolder="vae")["scaling_factor"])
+                AutoencoderKLCogVideoX.load_config(str(small), subfolder="vae")["scaling_factor"]
+            )
             extra["small_scheduler"] = type(pipe.scheduler).from_pretrained(str(small), subfolder="scheduler")
     except Exception as err:
         raise TrainedFamilyError(f"cannot load the model folder {str(small)!r}: {first_line(err)}") from err

@@ -18,7 +18,8 @@ from __future__ import annotations
 
 import functools
 import sys
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import torch
 
@@ -248,7 +249,9 @@ class _TrackedProgressBar:
         return self._bar.__exit__(*exc)
 
     def update(self, *args: Any, **kwargs: Any) -> Any:
-        result = self._entered.update(*args, **kwargs) if hasattr(self, "_entered") else self._bar.update(*args, **kwargs)
+        result = (
+            self._entered.update(*args, **kwargs) if hasattr(self, "_entered") else self._bar.update(*args, **kwargs)
+        )
         self._tracker.step_ended()
         return result
 

@@ -23,8 +23,9 @@ class StepNotes:
     def clear(self) -> None:
         self.steps = []
 
-    def note(self, field: str, role: str, branch: str, value: Any,
-             merge: Callable[[Any, Any], Any] | None = None) -> None:
+    def note(
+        self, field: str, role: str, branch: str, value: Any, merge: Callable[[Any, Any], Any] | None = None
+    ) -> None:
         """Note ``value`` for the step now running (``merge(old, new)`` when one was noted already)."""
         if self.step is None:
             return
@@ -40,15 +41,26 @@ class StepNotes:
         render = self.renderers.get(field)
         return {key: render(value) for key, value in noted.items()} if render is not None else dict(noted)
 
-    def records(self, ran: list[str], timesteps: list[float], d: list[float | None] | None = None,
-                s: list[float | None] | None = None) -> list[StepRecord]:
+    def records(
+        self,
+        ran: list[str],
+        timesteps: list[float],
+        d: list[float | None] | None = None,
+        s: list[float | None] | None = None,
+    ) -> list[StepRecord]:
         """A call as one `StepRecord` per step (the one trace type of both handles): which role ran it (``ran``),
         and that model's cache and attention decisions by branch. ``d``/``s`` are the switch's metric, if any."""
         out = []
         for j, role in enumerate(ran):
-            out.append(StepRecord(
-                index=j, timestep=timesteps[j], model=role,
-                d=d[j] if d is not None and j < len(d) else None, s=s[j] if s is not None and j < len(s) else None,
-                cache={b: what for (r, b), what in self.at(j, "cache").items() if r == role},
-                attention={b: what for (r, b), what in self.at(j, "attention").items() if r == role}))
+            out.append(
+                StepRecord(
+                    index=j,
+                    timestep=timesteps[j],
+                    model=role,
+                    d=d[j] if d is not None and j < len(d) else None,
+                    s=s[j] if s is not None and j < len(s) else None,
+                    cache={b: what for (r, b), what in self.at(j, "cache").items() if r == role},
+                    attention={b: what for (r, b), what in self.at(j, "attention").items() if r == role},
+                )
+            )
         return out

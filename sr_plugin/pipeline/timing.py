@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import contextlib
 import time
-from typing import Any, Iterator
+from collections.abc import Iterator
+from typing import Any
 
 import numpy as np
 
@@ -69,7 +70,7 @@ class StepClock(CallListener):
         self._times: list[float] = []
         self._tracker: Any = None
 
-    def install(self, pipe: Any) -> "StepClock":
+    def install(self, pipe: Any) -> StepClock:
         self._tracker = CallTracker.of(pipe)
         self._tracker.add(self)
         return self

@@ -8,17 +8,17 @@ from typing import Any
 
 import torch
 
-from ..adapters import adapter_for
 from .. import compat
+from ..adapters import adapter_for
+from ..instance.patching import InstancePatches, Rollback
 from ..integrations.cache_dit_mirror import check_cache_dit, check_cache_dit_schedule
-from ..integrations.user_cache_mirror import check_small_cache_config, small_cache_for
-from ..pipeline.calls import CallTracker, check_scheduler_order
 from ..integrations.distributed import parallelize_like
 from ..integrations.offload import join_model_offload, leave_model_offload, model_offload_active, parse_to_args
-from ..instance.patching import InstancePatches, Rollback
-from .schedule import Schedule, Segment
-from .routing import Router
+from ..integrations.user_cache_mirror import check_small_cache_config, small_cache_for
+from ..pipeline.calls import CallTracker, check_scheduler_order
 from ..pipeline.trace import StepRecord, SwitchRecord
+from .routing import Router
+from .schedule import Schedule, Segment
 
 #: Attribute marking a patched pipeline instance; it points at the handle.
 HANDLE_ATTR = "_sr_plugin_handle"
@@ -27,11 +27,12 @@ HANDLE_ATTR = "_sr_plugin_handle"
 class SRHandle:
     """Returned by `apply`. Reports what happened in the last call and undoes everything on `remove`."""
 
-    def __init__(self, pipe: Any, small: torch.nn.Module, router: Router, patches: InstancePatches,
-                 undo_parallel: Any = None) -> None:
+    def __init__(
+        self, pipe: Any, small: torch.nn.Module, router: Router, patches: InstancePatches, undo_parallel: Any = None
+    ) -> None:
         self.pipe = pipe
-        self.small = small
-        self._router = router
+        self.small: torch.nn.Module | None = small
+        self._router: Router | None = router
         self._patches = patches
         self._undo_parallel = undo_parallel
         self.removed = False
@@ -43,12 +44,12 @@ class SRHandle:
     @property
     def trace(self) -> list[StepRecord]:
         """Per step of the last call: index, timestep, model ("large"/"small"), d and s."""
-        return list(self._last[0] if self._last is not None else self._router.trace)
+        return list(self._last[0] if self._last is not None else self._live().trace)
 
     @property
     def boundaries(self) -> list[SwitchRecord]:
         """Every boundary of the last call, in order: where one model handed over to the other, and why."""
-        return list(self._last[1] if self._last is not None else self._router.boundaries)
+        return list(self._last[1] if self._last is not None else self._live().boundaries)
 
     @property
     def switch(self) -> SwitchRecord | None:
@@ -65,7 +66,7 @@ class SRHandle:
     @property
     def segments(self) -> list[Segment]:
         """The last call's segments, in order: ``Segment(role, first_step, end_step)`` (end exclusive)."""
-        return list(self._last[2] if self._last is not None else self._router.segments)
+        return list(self._last[2] if self._last is not None else self._live().segments)
 
     @property
     def router(self) -> Router | None:
@@ -79,22 +80,29 @@ class SRHandle:
         tracker = CallTracker.of(self.pipe)
         if tracker.active:
             raise RuntimeError("sr_plugin: cannot remove the switch while the pipeline is running")
+        small = self.small
+        assert small is not None
         tracker.models.leave("small")  # the accelerations take theirs off it (a no-op if it never joined)
-        tracker.models.untrack(self.small)
-        tracker.discard(self._router)
-        self._router.release()
+        tracker.models.untrack(small)
+        tracker.discard(self._live())
+        router = self._live()
+        router.release()
         self._patches.undo()
         if self._undo_parallel is not None:
             self._undo_parallel()
-        leave_model_offload(self.pipe, self.small)
+        leave_model_offload(self.pipe, small)
         # Nothing of sr_plugin holds the small model once removed (its memory is the user's to free): the handle
         # keeps the last call's report, not the router and the models behind it.
-        self._last = (list(self._router.trace), list(self._router.boundaries), list(self._router.segments))
+        self._last = (list(router.trace), list(router.boundaries), list(router.segments))
         self._router = None
         self._patches = InstancePatches()
         self._undo_parallel = None
         self.small = None
         self.removed = True
+
+    def _live(self) -> Router:
+        assert self._router is not None, "the handle was removed"
+        return self._router
 
     def __repr__(self) -> str:
         state = "removed" if self.removed else f"schedule={str(self.schedule)!r}"
@@ -164,22 +172,36 @@ def apply(
     large = _check_pair(pipe, small_transformer, adapter, plan)
     check_small_cache_config(small_cache_config)
     small_cache_for(compat.cache_config(large), small_cache_config)  # a cache fitted to the large model: refused
-    handoff = adapter.make_handoff(pipe, small_transformer, **_family_options(
-        adapter, family_options, small_vae_scaling_factor=small_vae_scaling_factor, small_scheduler=small_scheduler))
+    handoff = adapter.make_handoff(
+        pipe,
+        small_transformer,
+        **_family_options(
+            adapter, family_options, small_vae_scaling_factor=small_vae_scaling_factor, small_scheduler=small_scheduler
+        ),
+    )
     if not isinstance(offload_large, bool):
         raise TypeError(f"offload_large must be True or False, got {offload_large!r}")
     if offload_large and large.device.type != "cuda":
-        warnings.warn(f"offload_large=True does nothing while the large transformer is on {large.device.type}: it "
-                      "moves weights off a CUDA device only (it starts working once the pipeline is moved to CUDA)",
-                      stacklevel=2)
+        warnings.warn(
+            f"offload_large=True does nothing while the large transformer is on {large.device.type}: it "
+            "moves weights off a CUDA device only (it starts working once the pipeline is moved to CUDA)",
+            stacklevel=2,
+        )
     if small_device is not None:
         small_device = _check_device(small_device)
     existing = CallTracker.existing(pipe)
     if existing is not None:
         existing.models.check_join("small", small_transformer)  # e.g. accelerations that cannot go on it
     _check_loaded(small_transformer)
-    router = Router(pipe, small_transformer, adapter, handoff, plan, small_device=small_device,
-                    small_cache_config=small_cache_config)
+    router = Router(
+        pipe,
+        small_transformer,
+        adapter,
+        handoff,
+        plan,
+        small_device=small_device,
+        small_cache_config=small_cache_config,
+    )
     return _install_all(pipe, router, offload_large)
 
 
@@ -194,13 +216,17 @@ def _check_pair(pipe: Any, small: Any, adapter: Any, plan: Schedule) -> torch.nn
         raise ValueError(f"this {type(pipe).__name__} has no transformer to sketch with")
     if not isinstance(small, torch.nn.Module):
         if isinstance(getattr(small, "transformer", None), torch.nn.Module):
-            raise TypeError(f"small_transformer is a {type(small).__name__}, a whole pipeline: give its transformer, "
-                            "sr_plugin.apply(pipe, small_pipe.transformer)")
+            raise TypeError(
+                f"small_transformer is a {type(small).__name__}, a whole pipeline: give its transformer, "
+                "sr_plugin.apply(pipe, small_pipe.transformer)"
+            )
         raise TypeError(f"small_transformer must be a torch.nn.Module, got {type(small).__name__}")
     if small is large:
-        raise ValueError("small_transformer is the pipeline's own transformer (pipe.transformer, the large model): "
-                         "the switch would hand every step to the model that already runs it. Give a smaller "
-                         "transformer of the same family (a copy of the large one works too, for testing)")
+        raise ValueError(
+            "small_transformer is the pipeline's own transformer (pipe.transformer, the large model): "
+            "the switch would hand every step to the model that already runs it. Give a smaller "
+            "transformer of the same family (a copy of the large one works too, for testing)"
+        )
     adapter.check_pipeline(pipe)
     adapter.check_pair(large, small)
     _warn_if_larger(large, small)
@@ -239,16 +265,17 @@ def _install_all(pipe: Any, router: Router, offload_large: bool) -> SRHandle:
     return handle
 
 
-def _schedule_from(delta: Any, min_switch_step: Any, max_switch_step: Any, switch_step: Any,
-                   schedule: Any) -> Schedule:
+def _schedule_from(delta: Any, min_switch_step: Any, max_switch_step: Any, switch_step: Any, schedule: Any) -> Schedule:
     """The cooperation schedule the user asked for: ``schedule=``, or the one-switch keywords (the default)."""
     if schedule is None:
         return Schedule.one_switch(delta, min_switch_step, max_switch_step, switch_step)
     given = [n for n, v in (("delta", delta), ("switch_step", switch_step)) if v is not None]
     if given:
-        raise ValueError(f"schedule= says which model runs which steps; {' and '.join(given)} "
-                         f"{'is' if len(given) == 1 else 'are'} the one-switch form of it: pass one or the other "
-                         "(an adaptive end in a schedule: 'large:delta=0.01,small')")
+        raise ValueError(
+            f"schedule= says which model runs which steps; {' and '.join(given)} "
+            f"{'is' if len(given) == 1 else 'are'} the one-switch form of it: pass one or the other "
+            "(an adaptive end in a schedule: 'large:delta=0.01,small')"
+        )
     return Schedule.parse(schedule).with_bounds(min_switch_step, max_switch_step)
 
 
@@ -257,9 +284,12 @@ def _warn_if_larger(large: torch.nn.Module, small: torch.nn.Module) -> None:
     user may have reasons)."""
     n_large, n_small = (sum(p.numel() for p in m.parameters()) for m in (large, small))
     if n_small > n_large:
-        warnings.warn(f"the small transformer has more parameters ({n_small:,}) than the pipeline's own transformer "
-                      f"({n_large:,}): were the two swapped? sr_plugin.apply(pipe, small) keeps pipe.transformer as the "
-                      "large model and runs the one given for the steps the schedule hands to it", stacklevel=3)
+        warnings.warn(
+            f"the small transformer has more parameters ({n_small:,}) than the pipeline's own transformer "
+            f"({n_large:,}): were the two swapped? sr_plugin.apply(pipe, small) keeps pipe.transformer as the "
+            "large model and runs the one given for the steps the schedule hands to it",
+            stacklevel=3,
+        )
 
 
 def _check_device(device: Any) -> torch.device:
@@ -270,16 +300,20 @@ def _check_device(device: Any) -> torch.device:
     if device.type == "meta":
         raise ValueError("small_device='meta' would drop the small model's weights; give a real device")
     if device.type == "cuda" and (not torch.cuda.is_available() or (device.index or 0) >= torch.cuda.device_count()):
-        raise ValueError(f"small_device={str(device)!r}: this machine has {torch.cuda.device_count()} CUDA "
-                         f"device(s){'' if torch.cuda.is_available() else ' (this torch build or machine has no CUDA)'}")
+        raise ValueError(
+            f"small_device={str(device)!r}: this machine has {torch.cuda.device_count()} CUDA "
+            f"device(s){'' if torch.cuda.is_available() else ' (this torch build or machine has no CUDA)'}"
+        )
     return device
 
 
 def _check_loaded(small: torch.nn.Module) -> None:
     meta = next((n for n, t in [*small.named_parameters(), *small.named_buffers()] if t.is_meta), None)
     if meta is not None:
-        raise ValueError(f"the small transformer's weights are not loaded (its {meta} is on the meta device): "
-                         "load them (from_pretrained, or load_state_dict(..., assign=True)) before sr_plugin.apply")
+        raise ValueError(
+            f"the small transformer's weights are not loaded (its {meta} is on the meta device): "
+            "load them (from_pretrained, or load_state_dict(..., assign=True)) before sr_plugin.apply"
+        )
 
 
 def _move_back(model: torch.nn.Module) -> Any:
@@ -295,7 +329,9 @@ def _family_options(adapter: Any, family_options: Mapping[str, Any] | None, **sh
     if family_options is None:
         return shorthands
     if not isinstance(family_options, Mapping):
-        raise TypeError(f"family_options must be a mapping of option names to values, got {type(family_options).__name__}")
+        raise TypeError(
+            f"family_options must be a mapping of option names to values, got {type(family_options).__name__}"
+        )
     unknown = [k for k in family_options if k not in adapter.option_names]
     if unknown:
         known = ", ".join(adapter.option_names) or "none"
@@ -303,8 +339,7 @@ def _family_options(adapter: Any, family_options: Mapping[str, Any] | None, **sh
     twice = [k for k, v in shorthands.items() if v is not None and k in family_options]
     if twice:
         raise TypeError(f"{', '.join(twice)} given both as a keyword and in family_options")
-    return {**{k: v for k, v in shorthands.items() if k in adapter.option_names or v is not None},
-            **family_options}
+    return {**{k: v for k, v in shorthands.items() if k in adapter.option_names or v is not None}, **family_options}
 
 
 def _restore_early(pipe: Any, router: Router, patches: InstancePatches) -> None:
@@ -321,7 +356,7 @@ def _restore_early(pipe: Any, router: Router, patches: InstancePatches) -> None:
     patches.set(pipe, "check_inputs", check_inputs)
 
 
-def _install(pipe: Any, small: torch.nn.Module, router: Router, patches: InstancePatches, rollback: Rollback) -> None:
+def _install(pipe: Any, small: Any, router: Router, patches: InstancePatches, rollback: Rollback) -> None:
     """The router joins the call tracker; `.to` and model CPU offload carry the small model along."""
     original_to = pipe.to
     original_enable_offload = pipe.enable_model_cpu_offload
@@ -345,6 +380,7 @@ def _install(pipe: Any, small: torch.nn.Module, router: Router, patches: Instanc
     original_encode = getattr(pipe, "encode_prompt", None)
 
     def encode_prompt(*args: Any, **kwargs: Any) -> Any:
+        assert original_encode is not None
         out = original_encode(*args, **kwargs)  # (prompt_embeds, negative_prompt_embeds)
         if router.small is not pipe.transformer and isinstance(out, tuple) and isinstance(out[0], torch.Tensor):
             router.adapter.check_prompt_embeds(router.small, out[0])

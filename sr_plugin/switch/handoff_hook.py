@@ -8,7 +8,9 @@ gets. Only a hook registered for the call after it (the calibration's replay) si
 from __future__ import annotations
 
 import contextlib
-from typing import Any, Callable, ContextManager
+from collections.abc import Callable
+from contextlib import AbstractContextManager
+from typing import Any
 
 import torch
 from diffusers.hooks import ModelHook
@@ -41,7 +43,7 @@ class HandoffHook(ModelHook):
         self,
         handoff: Handoff,
         device: torch.device | None = None,
-        contexts: list[Callable[[], ContextManager]] | None = None,
+        contexts: list[Callable[[], AbstractContextManager]] | None = None,
     ) -> None:
         super().__init__()
         self.handoff = handoff
@@ -54,7 +56,7 @@ class HandoffHook(ModelHook):
         self._bind = binder(type(module))
         return module
 
-    def new_forward(self, module: torch.nn.Module, *args: Any, **kwargs: Any) -> Any:
+    def new_forward(self, module: Any, *args: Any, **kwargs: Any) -> Any:
         if args:
             kwargs = self._bind(args, kwargs)
         x = kwargs["hidden_states"]
@@ -70,7 +72,7 @@ class HandoffHook(ModelHook):
         with contextlib.ExitStack() as stack:
             for make_context in self.contexts:
                 stack.enter_context(make_context())
-            output = self.fn_ref.original_forward(**kwargs)
-        return replace_sample(
-            output, lambda v: self.handoff.map_output(v.to(back_device), state).to(back_dtype)
-        )
+            forward = self.fn_ref.original_forward
+            assert forward is not None  # set when diffusers registered the hook
+            output = forward(**kwargs)
+        return replace_sample(output, lambda v: self.handoff.map_output(v.to(back_device), state).to(back_dtype))

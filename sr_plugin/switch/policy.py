@@ -90,8 +90,9 @@ class AdaptiveBounds:
     max_step: int
 
     @classmethod
-    def resolve(cls, delta: float, min_switch_step: int | None, max_switch_step: int | None,
-                num_steps: int) -> AdaptiveBounds:
+    def resolve(
+        cls, delta: float, min_switch_step: int | None, max_switch_step: int | None, num_steps: int
+    ) -> AdaptiveBounds:
         """The bounds for a call of ``num_steps``. Defaults scale with the call; where a default would cross a
         bound the user gave, the user's bound wins; where the two defaults cross (short calls), max = min."""
         lo, hi = min_switch_step, max_switch_step
@@ -110,7 +111,11 @@ def decreases(d: list[float | None]) -> list[float | None]:
     """``s_j = d_{j-1} - d_j``, how much the relative change ``d`` shrank from one step to the next, wherever
     both are defined (None elsewhere): a first difference of ``d``, negated. Since ``d`` is itself the first
     difference of x0 (relative), ``s`` is the rule's second-order term."""
-    return [None if j == 0 or d[j - 1] is None or d[j] is None else d[j - 1] - d[j] for j in range(len(d))]
+    out: list[float | None] = []
+    for j, current in enumerate(d):
+        previous = d[j - 1] if j > 0 else None
+        out.append(None if previous is None or current is None else previous - current)
+    return out
 
 
 class AdaptiveDecider:

@@ -12,28 +12,28 @@ from __future__ import annotations
 
 import uuid
 import warnings
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import torch
 from diffusers.hooks import HookRegistry
 
 from .. import compat
-from ..integrations.cache_dit_mirror import check_cache_dit_schedule
-from ..integrations.user_cache_mirror import UserCacheMirror
 from ..adapters import FamilyAdapter, Handoff
-from ..integrations.hook_state import reset_caches
 from ..instance.events import CallListener
-from ..pipeline.calls import CallTracker
+from ..instance.patching import InstancePatches, drop_hook_residue_at
+from ..integrations.cache_dit_mirror import check_cache_dit_schedule
 from ..integrations.distributed import cp_group
-from .handoff_hook import HandoffHook
-from .metric import relative_change
+from ..integrations.hook_state import reset_caches
 from ..integrations.offload import model_offload_active
 from ..integrations.offload_large import LargeOffloader
-from ..instance.patching import InstancePatches, drop_hook_residue_at
+from ..integrations.user_cache_mirror import UserCacheMirror
+from ..pipeline.calls import CallTracker
+from ..pipeline.trace import StepRecord, SwitchRecord
+from .handoff_hook import HandoffHook
+from .metric import relative_change
 from .policy import decreases
 from .schedule import Plan, Schedule, Segment, segments_of
-from ..pipeline.trace import StepRecord, SwitchRecord
-
 
 #: Marks a small model while a call of the pipeline that holds it runs (see `Router._check_small_free`).
 _IN_USE = "_sr_plugin_rendering_for"
@@ -86,7 +86,7 @@ class Router(CallListener):
     def begin(self, calls: CallTracker) -> None:
         """Start of the denoising loop: every check first, then fresh per-call state."""
         self.trace, self.segments, self.boundaries = [], [], []  # a refused call: no steps
-        self._d = []
+        self._d: list[torch.Tensor | None] = []
         self._check_small_free()
         pipe = self.pipe
         large = pipe.transformer
@@ -97,19 +97,22 @@ class Router(CallListener):
             self._checked_large = large
         self.adapter.check_scheduler(pipe.scheduler)
         if calls.group is not None and cp_group(self.small) is None and self.small is not large:
-            raise ValueError("the large transformer became context-parallel after sr_plugin.apply: call "
-                             "handle.remove() and sr_plugin.apply(...) again, so that the small one is parallelized too")
+            raise ValueError(
+                "the large transformer became context-parallel after sr_plugin.apply: call "
+                "handle.remove() and sr_plugin.apply(...) again, so that the small one is parallelized too"
+            )
         check_cache_dit_schedule(large, self.schedule)
         train_steps = float(getattr(pipe.scheduler.config, "num_train_timesteps", 1000))
-        self.plan = self.schedule.plan(calls.timesteps, train_steps,
-                                       self.adapter.latest_switch_step(pipe, calls.timesteps))
+        self.plan = self.schedule.plan(
+            calls.timesteps, train_steps, self.adapter.latest_switch_step(pipe, calls.timesteps)
+        )
         self.handoff.begin_call(pipe)
         self.mirror.sync(large)
         if self.plan.warning is not None:
             warnings.warn(f"sr_plugin: {self.plan.warning}", stacklevel=2)
         self.large = large
         self._prev_x0: torch.Tensor | None = None
-        self._d: list[torch.Tensor | None] = []
+        self._d = []
         self._pending, self._prefetch_at = None, None
         if self.small is not large:  # on for the whole call, over every hook a cache put on the small model
             self._hook_small()
@@ -125,15 +128,16 @@ class Router(CallListener):
     def after_step(self, calls: CallTracker, model_output: torch.Tensor, sample: torch.Tensor) -> None:
         """Observe step j's guided output, then decide who runs step j + 1."""
         j = calls.step
+        plan = self._plan()
         x0 = self.adapter.denoised(self.pipe.scheduler, j, calls.timesteps[j], sample, model_output)
         d = None if self._prev_x0 is None else calls.agree(relative_change(x0, self._prev_x0))
         self._d.append(d)
         # The one host read per step, and only while the decision still depends on it.
-        self.plan.observe(j, float(d) if d is not None and self.plan.needs_metric() else None)
+        plan.observe(j, float(d) if d is not None and plan.needs_metric() else None)
         self._prev_x0 = x0
         if j + 1 >= calls.num_steps:
             return
-        role = self.plan.role_at(j + 1)
+        role = plan.role_at(j + 1)
         if role == calls.running:
             if self._prefetch_at == j + 1:
                 self._prefetch_at = None
@@ -162,6 +166,10 @@ class Router(CallListener):
             self.mirror.end_call()
             self._write_trace(calls)
 
+    def _plan(self) -> Plan:
+        assert self.plan is not None, "no call is running"
+        return self.plan
+
     def _check_small_free(self) -> None:
         """One call in flight per small model: the hand-off's per-call state (the hook, CogVideoX's latent
         mapping) lives on the model, so two pipelines sharing it must not run calls at the same time."""
@@ -169,7 +177,8 @@ class Router(CallListener):
         if holder is not None and holder is not self:
             raise RuntimeError(
                 f"the small transformer is in use by a call of another pipeline (a {type(holder.pipe).__name__}) that "
-                "is still running: give each pipeline its own small model instance, or run the calls one after another")
+                "is still running: give each pipeline its own small model instance, or run the calls one after another"
+            )
 
     # ------------------------------------------------------------------ the boundaries
     def _swap(self, calls: CallTracker, role: str, step: int) -> None:
@@ -203,7 +212,7 @@ class Router(CallListener):
         if step > 0:
             reset_caches(self.large)  # free its cached residuals/attention; it starts clean if it returns
         if self.offloader is not None and step > 0 and not model_offload_active(self.pipe):
-            back = self.plan.next_start("large", step)
+            back = self._plan().next_start("large", step)
             if back is None or back - step > self.PREFETCH_STEPS:
                 self.offloader.offload()  # queued behind the large model's last step; returns at once
                 self._prefetch_at = None if back is None else back - self.PREFETCH_STEPS

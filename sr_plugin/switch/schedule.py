@@ -29,11 +29,10 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any, NamedTuple, Union
+from typing import Any, NamedTuple
 
 from ..pipeline.trace import SwitchRecord
-from .policy import (DEFAULT_DELTA, AdaptiveBounds, AdaptiveDecider, check_bounds, check_delta, check_step,
-                     plain_number)
+from .policy import DEFAULT_DELTA, AdaptiveBounds, AdaptiveDecider, check_bounds, check_delta, check_step, plain_number
 
 #: The two roles: the pipeline's own transformer and the one `apply` brings.
 ROLES: tuple[str, ...] = ("large", "small")
@@ -97,7 +96,7 @@ class AdaptiveEnd:
         return "delta" if self.delta == DEFAULT_DELTA else f"delta={self.delta:g}"
 
 
-End = Union[StepEnd, FractionEnd, NoiseEnd, AdaptiveEnd, None]
+End = StepEnd | FractionEnd | NoiseEnd | AdaptiveEnd | None
 
 
 def parse_end(value: Any, where: str) -> End:
@@ -106,8 +105,10 @@ def parse_end(value: Any, where: str) -> End:
     if value is None or isinstance(value, (StepEnd, FractionEnd, NoiseEnd, AdaptiveEnd)):
         return value
     if isinstance(value, bool):
-        raise TypeError(f"{where}: an end is a step (int), a fraction of the steps (float in (0, 1) or 'NN%'), a "
-                        f"noise level ('t=R') or 'delta[=D]', got {value!r}")
+        raise TypeError(
+            f"{where}: an end is a step (int), a fraction of the steps (float in (0, 1) or 'NN%'), a "
+            f"noise level ('t=R') or 'delta[=D]', got {value!r}"
+        )
     if isinstance(value, int):
         if value < 0:
             raise ValueError(f"{where}: a step cannot be negative, got {value}")
@@ -116,13 +117,17 @@ def parse_end(value: Any, where: str) -> End:
         return StepEnd(value)
     if isinstance(value, float):
         if not math.isfinite(value) or not 0.0 < value < 1.0:
-            raise ValueError(f"{where}: a fraction of the steps must be in the open interval (0, 1), got {value!r} "
-                             "(a step index is an int)")
+            raise ValueError(
+                f"{where}: a fraction of the steps must be in the open interval (0, 1), got {value!r} "
+                "(a step index is an int)"
+            )
         return FractionEnd(value)
     if isinstance(value, str):
         return _parse_end_text(value.strip(), where)
-    raise TypeError(f"{where}: an end is a step (int), a fraction of the steps (float in (0, 1) or 'NN%'), a noise "
-                    f"level ('t=R') or 'delta[=D]', got {type(value).__name__}")
+    raise TypeError(
+        f"{where}: an end is a step (int), a fraction of the steps (float in (0, 1) or 'NN%'), a noise "
+        f"level ('t=R') or 'delta[=D]', got {type(value).__name__}"
+    )
 
 
 def _number(text: str, where: str, what: str) -> float:
@@ -146,8 +151,9 @@ def _parse_end_text(text: str, where: str) -> End:
     if text.startswith("t="):
         ratio = _number(text[2:], where, "a noise level t=R")
         if not 0.0 < ratio < 1.0:
-            raise ValueError(f"{where}: a noise level t=R needs 0 < R < 1 (a fraction of the training timesteps), "
-                             f"got {text!r}")
+            raise ValueError(
+                f"{where}: a noise level t=R needs 0 < R < 1 (a fraction of the training timesteps), got {text!r}"
+            )
         return NoiseEnd(ratio)
     if text == "delta" or text.startswith("delta="):
         delta = DEFAULT_DELTA if text == "delta" else _number(text[6:], where, "delta")
@@ -159,8 +165,10 @@ def _parse_end_text(text: str, where: str) -> End:
     try:
         number = float(text)
     except ValueError:
-        raise ValueError(f"{where}: cannot read the end {text!r}: write a step ('20'), a fraction ('0.4' or '40%'), "
-                         "a noise level ('t=0.875') or 'delta' / 'delta=0.01'") from None
+        raise ValueError(
+            f"{where}: cannot read the end {text!r}: write a step ('20'), a fraction ('0.4' or '40%'), "
+            "a noise level ('t=0.875') or 'delta' / 'delta=0.01'"
+        ) from None
     return parse_end(number, where)
 
 
@@ -170,8 +178,9 @@ def _pair(item: Any, where: str) -> tuple[Any, Any]:
         return item, None
     if isinstance(item, (tuple, list)) and len(item) in (1, 2):
         return (item[0], None) if len(item) == 1 else (item[0], item[1])
-    raise TypeError(f"{where}: each segment is a (role, end) pair, or (role,) / role alone for the last one, got "
-                    f"{item!r}")
+    raise TypeError(
+        f"{where}: each segment is a (role, end) pair, or (role,) / role alone for the last one, got {item!r}"
+    )
 
 
 @dataclass(frozen=True)
@@ -206,8 +215,10 @@ class Schedule:
                 raise ValueError("schedule is empty; give at least one (role, end) segment")
             pairs = [_pair(item, f"schedule segment {i + 1}") for i, item in enumerate(spec)]
         else:
-            raise TypeError(f"schedule must be a string such as 'small:20,large' or a list of (role, end) pairs, "
-                            f"got {type(spec).__name__}")
+            raise TypeError(
+                f"schedule must be a string such as 'small:20,large' or a list of (role, end) pairs, "
+                f"got {type(spec).__name__}"
+            )
         parts = []
         for i, (role, end) in enumerate(pairs):
             where = f"schedule segment {i + 1}"
@@ -221,14 +232,22 @@ class Schedule:
         return schedule
 
     @classmethod
-    def one_switch(cls, delta: Any = None, min_switch_step: Any = None, max_switch_step: Any = None,
-                   switch_step: Any = None) -> Schedule:
+    def one_switch(
+        cls, delta: Any = None, min_switch_step: Any = None, max_switch_step: Any = None, switch_step: Any = None
+    ) -> Schedule:
         """`apply`'s one-switch keywords as the schedule they stand for: ``switch_step=k`` is ``"large:k,small"``
         (``0``: ``"small"``, the small model alone); otherwise ``"large:delta=D,small"`` with the clamps."""
         k = check_step("switch_step", switch_step)
         if k is not None:
-            given = [n for n, v in (("delta", delta), ("min_switch_step", min_switch_step),
-                                    ("max_switch_step", max_switch_step)) if v is not None]
+            given = [
+                n
+                for n, v in (
+                    ("delta", delta),
+                    ("min_switch_step", min_switch_step),
+                    ("max_switch_step", max_switch_step),
+                )
+                if v is not None
+            ]
             if given:
                 raise ValueError(
                     f"switch_step={k} is a fixed switch; {' and '.join(given)} "
@@ -245,8 +264,9 @@ class Schedule:
         if min_switch_step is None and max_switch_step is None:
             return self
         if self.adaptive is None:
-            raise ValueError("min_switch_step and max_switch_step clamp an adaptive end ('delta'); this schedule "
-                             "has none")
+            raise ValueError(
+                "min_switch_step and max_switch_step clamp an adaptive end ('delta'); this schedule has none"
+            )
         lo, hi = check_bounds(min_switch_step, max_switch_step)
         bounded = AdaptiveEnd(self.adaptive.delta, lo, hi)
         return Schedule(tuple((r, bounded if isinstance(e, AdaptiveEnd) else e) for r, e in self.parts), self.origin)
@@ -258,16 +278,21 @@ class Schedule:
             where = f"schedule segment {i + 1} ({role})"
             last = i == len(parts) - 1
             if end is None and not last:
-                raise ValueError(f"{where} has no end but is not the last segment; only the last runs to the end "
-                                 "of the call")
+                raise ValueError(
+                    f"{where} has no end but is not the last segment; only the last runs to the end of the call"
+                )
             if last and isinstance(end, (FractionEnd, NoiseEnd)):
-                raise ValueError(f"{where} is the last segment but ends at {end}, which stops before the call's "
-                                 "last step: leave its end out, the last segment runs to the end of the call")
+                raise ValueError(
+                    f"{where} is the last segment but ends at {end}, which stops before the call's "
+                    "last step: leave its end out, the last segment runs to the end of the call"
+                )
             if i > 0 and parts[i - 1][0] == role:
                 raise ValueError(f"{where} follows another {role} segment: merge the two into one")
             if isinstance(end, AdaptiveEnd) and (role != "large" or last or parts[i + 1][0] != "small"):
-                raise ValueError(f"{where}: an adaptive end ('delta') ends a large segment that a small one follows "
-                                 "(SRDiffusion's hand-off)")
+                raise ValueError(
+                    f"{where}: an adaptive end ('delta') ends a large segment that a small one follows "
+                    "(SRDiffusion's hand-off)"
+                )
         if sum(isinstance(e, AdaptiveEnd) for _, e in parts) > 1:
             raise ValueError("a schedule takes at most one adaptive end ('delta')")
         for kind, key, order in ((StepEnd, "step", 1), (FractionEnd, "fraction", 1), (NoiseEnd, "ratio", -1)):
@@ -275,8 +300,9 @@ class Schedule:
             for (i, a), (j, b) in zip(values, values[1:]):
                 if (b - a) * order <= 0:
                     what = "noise levels must decrease" if order < 0 else "ends must increase"
-                    raise ValueError(f"schedule segments {i + 1} and {j + 1}: {what} "
-                                     f"({parts[i][1]} then {parts[j][1]})")
+                    raise ValueError(
+                        f"schedule segments {i + 1} and {j + 1}: {what} ({parts[i][1]} then {parts[j][1]})"
+                    )
 
     # ------------------------------------------------------------------ reading
     @property
@@ -295,8 +321,9 @@ class Schedule:
         return f"schedule segment {i + 1} ({role}{'' if end is None else f':{end}'})"
 
     # ------------------------------------------------------------------ one call
-    def plan(self, timesteps: list[float], num_train_timesteps: float,
-             large_until: tuple[int, str] | None = None) -> Plan:
+    def plan(
+        self, timesteps: list[float], num_train_timesteps: float, large_until: tuple[int, str] | None = None
+    ) -> Plan:
         """This schedule for one call whose steps have these ``timesteps``: every fixed end as a step index, the
         adaptive end's bounds. ``large_until``: ``(step, why)`` when the pipeline cannot run its large model from
         that step on. A schedule that does not fit the call is a clear error (before its first step)."""
@@ -307,15 +334,19 @@ class Schedule:
             if self.origin is None or not self.origin.startswith("switch_step="):
                 raise
             k = self.parts[0][1].step if isinstance(self.parts[0][1], StepEnd) else 0
-            raise ValueError(f"{self.origin} hands over to the small model at step {k}, but this call has {n} "
-                             f"steps: give a switch_step below num_inference_steps, or call handle.remove() to "
-                             "run the large model alone") from err
+            raise ValueError(
+                f"{self.origin} hands over to the small model at step {k}, but this call has {n} "
+                f"steps: give a switch_step below num_inference_steps, or call handle.remove() to "
+                "run the large model alone"
+            ) from err
         plan = Plan(n, resolved, self)
         if large_until is not None:
             plan.cap_large(*large_until)
         return plan
 
-    def _resolve(self, n: int, timesteps: list[float], num_train_timesteps: float) -> list[tuple[str, int | AdaptiveBounds]]:
+    def _resolve(
+        self, n: int, timesteps: list[float], num_train_timesteps: float
+    ) -> list[tuple[str, int | AdaptiveBounds]]:
         resolved: list[tuple[str, int | AdaptiveBounds]] = []
         start = 0
         for i, (role, end) in enumerate(self.parts):
@@ -329,13 +360,19 @@ class Schedule:
             if step > n:
                 raise ValueError(f"{where} ends at step {step}, beyond this call's {n} steps")
             if end is not None and i == len(self.parts) - 1 and step != n:
-                raise ValueError(f"{where} is the last segment but ends at step {step} of {n}: leave its end out "
-                                 "to run it to the end of the call")
+                raise ValueError(
+                    f"{where} is the last segment but ends at step {step} of {n}: leave its end out "
+                    "to run it to the end of the call"
+                )
             if step <= start and not (i > 0 and isinstance(self.parts[i - 1][1], AdaptiveEnd) and start >= n):
-                span = (f"it would start and end at step {step}" if step == start
-                        else f"it would end at step {step}, before it starts at step {start}")
-                raise ValueError(f"{where} gets no step of a call of {n} steps ({span}): give the call more steps "
-                                 "or move the end")
+                span = (
+                    f"it would start and end at step {step}"
+                    if step == start
+                    else f"it would end at step {step}, before it starts at step {start}"
+                )
+                raise ValueError(
+                    f"{where} gets no step of a call of {n} steps ({span}): give the call more steps or move the end"
+                )
             resolved.append((role, step))
             start = max(start, step)
         return resolved
@@ -351,8 +388,16 @@ class Schedule:
         assert isinstance(end, NoiseEnd)
         return end.step(timesteps, num_train_timesteps)
 
-    def _adaptive_bounds(self, end: AdaptiveEnd, i: int, start: int, n: int, timesteps: list[float],
-                         num_train_timesteps: float, where: str) -> AdaptiveBounds:
+    def _adaptive_bounds(
+        self,
+        end: AdaptiveEnd,
+        i: int,
+        start: int,
+        n: int,
+        timesteps: list[float],
+        num_train_timesteps: float,
+        where: str,
+    ) -> AdaptiveBounds:
         bounds = AdaptiveBounds.resolve(end.delta, end.min_step, end.max_step, n)
         floor = start + 1 if i > 0 else 0  # after a segment of another model: at least one large step
         lo, hi = max(bounds.min_step, floor), max(bounds.max_step, floor)
@@ -361,8 +406,10 @@ class Schedule:
             nxt = min(self._end_step(following, n, timesteps, num_train_timesteps), n)
             hi = min(hi, nxt - 1)
             if lo > hi:
-                raise ValueError(f"{where}: no room for the adaptive end in a call of {n} steps (not before step "
-                                 f"{lo}, and the next segment ends at step {nxt})")
+                raise ValueError(
+                    f"{where}: no room for the adaptive end in a call of {n} steps (not before step "
+                    f"{lo}, and the next segment ends at step {nxt})"
+                )
         return AdaptiveBounds(end.delta, lo, max(hi, lo))
 
 
@@ -387,8 +434,10 @@ class Plan:
         """Why this call will not hand over as its schedule says, if so: an adaptive end the call is too short for."""
         for role, end in self._parts:
             if isinstance(end, AdaptiveBounds) and end.min_step >= self.num_steps:
-                return (f"this call has {self.num_steps} steps, and the adaptive hand-off ('delta') comes at step "
-                        f"{end.min_step} at the earliest: the {role} model runs every step")
+                return (
+                    f"this call has {self.num_steps} steps, and the adaptive hand-off ('delta') comes at step "
+                    f"{end.min_step} at the earliest: the {role} model runs every step"
+                )
         return None
 
     def cap_large(self, latest: int, why: str) -> None:
@@ -406,8 +455,10 @@ class Plan:
                 origin = self.schedule.origin
                 if origin is not None:
                     raise ValueError(f"{origin} is after step {latest}, the latest this pipeline allows ({why})")
-                raise ValueError(f"schedule segment {i + 1} runs the large model up to step {end - 1}, but this "
-                                 f"pipeline cannot run it from step {latest} on ({why})")
+                raise ValueError(
+                    f"schedule segment {i + 1} runs the large model up to step {end - 1}, but this "
+                    f"pipeline cannot run it from step {latest} on ({why})"
+                )
 
     def _start_of(self, i: int) -> int:
         if i == 0:
@@ -420,7 +471,7 @@ class Plan:
         """Whether the next observed ``d`` can still change a decision (else it need not reach the host)."""
         if self._decider is None:
             return False
-        return any(isinstance(end, AdaptiveBounds) for _, end in self._parts[self._index:-1])
+        return any(isinstance(end, AdaptiveBounds) for _, end in self._parts[self._index : -1])
 
     def observe(self, step: int, d: float | None) -> None:
         """``d_step`` after step ``step`` (None where undefined or not needed)."""
@@ -444,8 +495,9 @@ class Plan:
             if reason is None:
                 break
             self._index += 1
-            self.boundaries.append(SwitchRecord(step, reason, lo, hi, delta, self.num_steps, role,
-                                                self._parts[self._index][0]))
+            self.boundaries.append(
+                SwitchRecord(step, reason, lo, hi, delta, self.num_steps, role, self._parts[self._index][0])
+            )
         role = self._parts[self._index][0]
         self.roles.append(role)
         return role
@@ -482,8 +534,9 @@ def segments_of(roles: list[str]) -> list[Segment]:
     return out
 
 
-def roles_of(schedule: Any, num_steps: int, num_train_timesteps: float = 1000.0,
-             timesteps: list[float] | None = None) -> list[str]:
+def roles_of(
+    schedule: Any, num_steps: int, num_train_timesteps: float = 1000.0, timesteps: list[float] | None = None
+) -> list[str]:
     """The roles a schedule with fixed ends gives a call of ``num_steps`` (timesteps evenly spaced from the top
     unless given): what a schedule costs before it runs. An adaptive end is refused here."""
     schedule = Schedule.parse(schedule)
