@@ -99,9 +99,7 @@ def small_cache_for(large_config: Any, given: Any) -> Any:
 
 
 class UserCacheMirror:
-    def __init__(
-        self, small: Any, block_lists: list[Any] | None = None, small_cache_config: Any = None
-    ) -> None:
+    def __init__(self, small: Any, block_lists: list[Any] | None = None, small_cache_config: Any = None) -> None:
         self.small = small
         #: cache-dit on the large model, given to the small one with a context of its own.
         self.cache_dit = CacheDitMirror(small, block_lists or [])
