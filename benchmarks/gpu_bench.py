@@ -40,6 +40,7 @@ import statistics
 import sys
 import time
 import traceback
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -63,34 +64,59 @@ def published(family: str) -> dict[str, Any]:
     return tools_for(family).published_sizes
 
 
-#: Left out on real sizes: "sr-never" on Wan would be a whole extra large-only run (its overhead is measured on
-#: CogVideoX and per step on Wan's latents); offloading matters for Wan 14B's 28.6 GB, not for CogVideoX-5b.
-FAMILY_SKIPS = {"wan": {"sr-never"}, "cogvideox": {"sr+offload", "wan22-both", "wan22-sr"}}
-#: The quantized rows: they run on quantized copies of the two transformers (the bf16 ones stay as they are).
-FLOAT8 = ("float8", "sr+float8")
+@dataclass(frozen=True)
+class Row:
+    """One configuration of the bench, as data: the switch it applies, the accelerations stacked on it, the rest
+    of the stack it needs, and the row its speed-up is measured against."""
 
-CONFIGS = [
-    "large",
-    "sr",
-    "compile",
-    "sr+compile",
-    "small-first",
-    "sandwich",
-    "small-first+compile",
-    "sandwich+compile",
-    "teacache",
-    "sr+teacache",
-    "pab",
-    "sr+all",
-    "sr-never",
-    "sr+offload",
-    "sr+flash",
-    "sr+cudnn",
-    "wan22-both",
-    "wan22-sr",
-    "float8",
-    "sr+float8",
-]
+    name: str
+    #: None: no switch; "k": a fixed switch at --switch-step; "never": applied with the schedule "large" (it never
+    #: hands over); "small-first" / "sandwich": those schedules; "adaptive": SRDiffusion's rule.
+    switch: str | None = None
+    teacache: bool = False
+    pab: bool = False
+    compile: bool = False
+    #: apply(offload_large=True), timed over two calls (the weights come back at the second call's start).
+    offload: bool = False
+    #: The rest of the stack: "backend" (an attention backend on the large model, mirrored to the small one:
+    #: (GPU backend, CPU stand-in) in `backend`), "wan22" (Wan2.2 A14B's two experts; `expert`: the low-noise one
+    #: loaded), "float8" (quantized copies of both transformers, compiled; the bf16 ones stay as they are).
+    stack: str | None = None
+    backend: tuple[str, str] | None = None
+    expert: bool = False
+    #: The row whose wall time its speed-up is over.
+    baseline: str = "large"
+    #: Families it is left out on at real sizes: "sr-never" on Wan would be a whole extra large-only run (its
+    #: overhead is measured on CogVideoX and per step on Wan's latents); offloading matters for Wan 14B's 28.6 GB.
+    skip: frozenset[str] = frozenset()
+    #: The one family it exists for (Wan2.2's rows), or None.
+    only: str | None = None
+
+
+ROWS: tuple[Row, ...] = (
+    Row("large"),
+    Row("sr", switch="k"),
+    Row("compile", compile=True),
+    Row("sr+compile", switch="k", compile=True, baseline="compile"),
+    Row("small-first", switch="small-first"),
+    Row("sandwich", switch="sandwich"),
+    Row("small-first+compile", switch="small-first", compile=True, baseline="compile"),
+    Row("sandwich+compile", switch="sandwich", compile=True, baseline="compile"),
+    Row("teacache", teacache=True),
+    Row("sr+teacache", switch="k", teacache=True),
+    Row("pab", pab=True),
+    Row("sr+all", switch="k", teacache=True, pab=True, compile=True, baseline="compile"),
+    Row("sr-never", switch="never", skip=frozenset({"wan"})),
+    Row("sr+offload", switch="k", offload=True, skip=frozenset({"cogvideox"})),
+    Row("sr+flash", switch="k", stack="backend", backend=("flash", "_native_math")),
+    Row("sr+cudnn", switch="k", stack="backend", backend=("_native_cudnn", "native")),
+    Row("wan22-both", stack="wan22", expert=True, only="wan"),
+    Row("wan22-sr", switch="adaptive", stack="wan22", baseline="wan22-both", only="wan"),
+    Row("float8", stack="float8", compile=True),
+    Row("sr+float8", switch="k", stack="float8", compile=True, baseline="float8"),
+)
+ROW = {row.name: row for row in ROWS}
+CONFIGS = [row.name for row in ROWS]
 #: Cooperation schedules of the schedule rows, from the switch step k and the step count N: the small model first
 #: for k steps; large - small - large with the small model from k to N - k (for N = 6, k = 2: two steps each; at
 #: least one small step).
@@ -100,14 +126,10 @@ SCHEDULES = {
 }
 
 
-def schedule_of(name: str, k: int, steps: int) -> str | None:
-    base = name.removesuffix("+compile")
-    return SCHEDULES[base](k, steps) if base in SCHEDULES else None
+def schedule_of(row: Row, k: int, steps: int) -> str | None:
+    return SCHEDULES[row.switch](k, steps) if row.switch in SCHEDULES else None
 
 
-#: Attention backends of the "sr+<name>" rows: set on the large model, mirrored to the small one. The tiny CPU
-#: run uses CPU backends in their place (the mechanism is the same; the kernels are not).
-BACKENDS = {"sr+flash": ("flash", "_native_math"), "sr+cudnn": ("_native_cudnn", "native")}
 #: Wan2.2 T2V A14B's boundary: steps with t >= 0.875 * 1000 go to the high-noise expert.
 WAN22_BOUNDARY = 0.875
 #: The order of the runs, most important first, in case the time budget runs out.
@@ -356,14 +378,15 @@ def undo_all(undo: list[Any], rec: dict[str, Any]) -> None:
             rec.setdefault("error", f"undo failed: {err}")
 
 
-def run_stack_config(env: Env, name: str, steps: int, k: int) -> dict[str, Any]:
+def run_stack_config(env: Env, row: Row, steps: int, k: int) -> dict[str, Any]:
     """The rest of the stack: attention backends, Wan2.2 A14B's experts, torchao float8."""
     pipe, small = env.pipe, env.small
-    rec: dict[str, Any] = {"config": name}
+    rec: dict[str, Any] = {"config": row.name}
     undo: list[Any] = []
     try:
-        if name in BACKENDS:
-            backend = BACKENDS[name][1 if env.tiny else 0]
+        if row.stack == "backend":
+            assert row.backend is not None
+            backend = row.backend[1 if env.tiny else 0]
             rec["backend"] = backend
             pipe.transformer.set_attention_backend(backend)
             undo.append(pipe.transformer.reset_attention_backend)
@@ -378,7 +401,7 @@ def run_stack_config(env: Env, name: str, steps: int, k: int) -> dict[str, Any]:
                 }
             )
             rec["switch_step"] = handle.switch_step
-        elif name in ("wan22-both", "wan22-sr"):
+        elif row.stack == "wan22":
             expert = wan22_low_noise_expert(env)
             from diffusers import WanPipeline
 
@@ -387,29 +410,31 @@ def run_stack_config(env: Env, name: str, steps: int, k: int) -> dict[str, Any]:
                 text_encoder=None,
                 vae=None,
                 transformer=pipe.transformer,
-                transformer_2=expert if name == "wan22-both" else None,
+                transformer_2=expert if row.expert else None,
                 scheduler=pipe.scheduler,
                 boundary_ratio=WAN22_BOUNDARY,
             )
             two.set_progress_bar_config(disable=True)
-            if name == "wan22-sr":  # the high-noise expert sketches; the 1.3B renders from the boundary at the latest
+            if (
+                row.switch is not None
+            ):  # the high-noise expert sketches; the 1.3B renders from the boundary at the latest
                 handle = sr_plugin.apply(two, small)
                 undo.append(handle.remove)
             rec.update(Run(env, steps)(two))
-            if name == "wan22-sr":
+            if row.switch is not None:
                 rec["switch_step"], rec["switch_reason"] = handle.switch_step, handle.switch.reason
-        elif name in FLOAT8:
+        elif row.stack == "float8":
             qpipe, qsmall = quantized_pair(env, rec)
-            if name == "sr+float8":
+            if row.switch is not None:
                 handle = sr_plugin.apply(qpipe, qsmall, switch_step=k)
                 undo.append(handle.remove)
             accel = sr_plugin.accelerate(qpipe, compile={"backend": "eager"} if env.tiny else True)
             undo.append(accel.remove)
             t0 = time.perf_counter()
-            Run(env, steps if name == "sr+float8" else 2)(qpipe)  # compiles every block the timed call runs
+            Run(env, steps if row.switch is not None else 2)(qpipe)  # compiles every block the timed call runs
             rec["compile_warmup_s"] = time.perf_counter() - t0
             rec.update(Run(env, steps)(qpipe))
-            if name == "sr+float8":
+            if row.switch is not None:
                 rec["switch_step"] = handle.switch_step
     except Exception as err:  # recorded; the run goes on with the next configuration
         record_error(rec, err)
@@ -466,17 +491,17 @@ def quantized_pair(env: Env, rec: dict[str, Any]) -> tuple[Any, Any]:
     return qpipe, small
 
 
-def run_config(env: Env, name: str, steps: int, k: int, args: argparse.Namespace, results: dict) -> dict[str, Any]:
+def run_config(env: Env, row: Row, steps: int, k: int, args: argparse.Namespace, results: dict) -> dict[str, Any]:
     # Each row compiles afresh: the quantized rows' blocks share code with the bf16 ones, and their graphs would
     # count towards the same recompile limit (fullgraph: a hard failure once reached).
     torch.compiler.reset()
-    if name in BACKENDS or name.startswith("wan22") or name in FLOAT8:
-        return run_stack_config(env, name, steps, k)
+    if row.stack is not None:
+        return run_stack_config(env, row, steps, k)
     pipe, small = env.pipe, env.small
     handles: list[Any] = []
-    rec: dict[str, Any] = {"config": name}
-    schedule = schedule_of(name, k, steps)
-    sr = name.startswith("sr") or schedule is not None
+    rec: dict[str, Any] = {"config": row.name}
+    schedule = schedule_of(row, k, steps)
+    sr = row.switch is not None
     compile_opts = {"backend": "eager"} if env.tiny else True
     # Self-attention only: Wan's cross-attention (512 text tokens) is cheap, and caching its output per module
     # and CFG branch would cost as much memory as the self-attention's (40 x 2 x 335 MB at 81 x 480 x 832).
@@ -486,22 +511,22 @@ def run_config(env: Env, name: str, steps: int, k: int, args: argparse.Namespace
     try:
         if sr:
             # sr-never: the switch applied, its plan the large model for every step
-            kwargs: dict[str, Any] = {"schedule": "large"} if name == "sr-never" else {"switch_step": k}
+            kwargs: dict[str, Any] = {"schedule": "large"} if row.switch == "never" else {"switch_step": k}
             if schedule is not None:
                 kwargs = {"schedule": schedule}
                 rec["schedule"] = schedule
-            if name == "sr+offload":
+            if row.offload:
                 t0 = time.perf_counter()
                 kwargs["offload_large"] = True
             handles.append(sr_plugin.apply(pipe, small, **kwargs))
-            if name == "sr+offload":
+            if row.offload:
                 rec["apply_s"] = time.perf_counter() - t0
         accel_kwargs: dict[str, Any] = {}
-        if name in ("teacache", "sr+teacache", "sr+all"):
+        if row.teacache:
             accel_kwargs["teacache"] = teacache_config(env, steps, k if sr else None, args.teacache_skip, calibration)
-        if name in ("pab", "sr+all"):
+        if row.pab:
             accel_kwargs["pab"] = pab
-        if name in ("compile", "sr+compile", "sr+all") or name.endswith("+compile"):
+        if row.compile:
             accel_kwargs["compile"] = compile_opts
         accel = sr_plugin.accelerate(pipe, **accel_kwargs) if accel_kwargs else None
         if accel is not None:
@@ -524,7 +549,7 @@ def run_config(env: Env, name: str, steps: int, k: int, args: argparse.Namespace
 
         run = Run(env, steps, reset_peak_at=reset_at, probe=probe)
         first = run(pipe)
-        if name == "sr+offload":
+        if row.offload:
             rec["first_call_wall_s"] = first["wall_s"]
             rec["large_on_host_after_call"] = next(pipe.transformer.parameters()).device.type == "cpu"
             first = run(pipe)  # steady state: this call also brings the weights back at its start
@@ -557,8 +582,6 @@ def summarize(family_results: dict[str, dict], steps: int, k: int) -> dict[str, 
     large, compiled = family_results.get("large", {}), family_results.get("compile", {})
     summary: dict[str, Any] = {}
     k_fixed = k
-    #: Rows measured against another row than large only: the same models quantized, Wan2.2's two experts.
-    own_base = {"sr+float8": "float8", "wan22-sr": "wan22-both"}
 
     def ideal(large_rec: dict, sr_rec: dict) -> tuple[float | None, float | None]:
         k = sr_rec.get("switch_step") or k_fixed
@@ -570,17 +593,22 @@ def summarize(family_results: dict[str, dict], steps: int, k: int) -> dict[str, 
         return r, ideal_speedup(one_switch_roles(k, steps), r)
 
     for name, rec in family_results.items():
-        if "wall_s" not in rec:
+        if "wall_s" not in rec or name not in ROW:
             continue
-        base = compiled if "compile" in name and name != "compile" else large
-        if name.endswith("+all"):
-            base = compiled if "wall_s" in compiled else large
-        if name in own_base:
-            base = family_results.get(own_base[name], {})
-        if base and "wall_s" in base:
+        over = ROW[name].baseline
+        if over == "compile" and "wall_s" not in compiled:  # no compiled baseline measured: large only
+            over = "large"
+        base = family_results.get(over, {})
+        if "wall_s" in base:
             rec["speedup"] = base["wall_s"] / rec["wall_s"]
-            rec["speedup_over"] = own_base.get(name, "compile" if base is compiled else "large")
-    for sr_name, base_name in (("sr", "large"), ("sr+compile", "compile"), *own_base.items()):
+            rec["speedup_over"] = over
+    # the switch's rows with one hand-over: against the steady step times of their baseline and their small steps
+    one_switch = [
+        (row.name, row.baseline)
+        for row in ROWS
+        if row.switch in ("k", "adaptive") and not (row.teacache or row.pab or row.offload or row.stack == "backend")
+    ]
+    for sr_name, base_name in one_switch:
         sr_rec, base = family_results.get(sr_name, {}), family_results.get(base_name, {})
         r, bound = ideal(base, sr_rec)
         if bound and "speedup" in sr_rec:
@@ -594,7 +622,7 @@ def summarize(family_results: dict[str, dict], steps: int, k: int) -> dict[str, 
     for name, rec in family_results.items():  # schedules: each step at its model's steady step time
         if rec.get("schedule") is None or "speedup" not in rec:
             continue
-        compiled_row = name.endswith("+compile")
+        compiled_row = ROW[name].compile
         base = family_results.get("compile" if compiled_row else "large", {})
         small_rec = family_results.get("sr+compile" if compiled_row else "sr", {})
         t_large = steady(base.get("step_s", []), 1)
@@ -609,9 +637,9 @@ def summarize(family_results: dict[str, dict], steps: int, k: int) -> dict[str, 
             "measured": rec["speedup"],
             "measured_over_ideal": rec["speedup"] / bound,
         }
-    for name in ("float8", "sr+float8"):
+    for name in (row.name for row in ROWS if row.stack == "float8"):
         rec = family_results.get(name, {})
-        bf16 = family_results.get("compile" if name == "float8" else "sr+compile", {})
+        bf16 = family_results.get("sr+compile" if ROW[name].switch else "compile", {})
         if "wall_s" in rec and "wall_s" in bf16:
             rec["vs_bf16_compiled"] = bf16["wall_s"] / rec["wall_s"]
             if rec["vs_bf16_compiled"] < 1:
@@ -703,14 +731,15 @@ def estimate_s(order: list[tuple[str, str]], results: dict[str, Any], args: argp
     published per-step times (6.5 s and 1.8 s a large step: reference H200 figures)."""
     total = 0.0
     for family, name in order:
+        row = ROW[name]
         configs = results["families"][family]["configs"]
         steps = results["families"][family]["steps"]
         large = configs.get("large", {}).get("wall_s") or steps * (6.5 if family == "wan" else 1.8)
         sr = configs.get("sr", {}).get("wall_s") or large / 2
-        wall = sr if name.startswith(("sr", "small-first", "sandwich")) else large
-        calls = 2 if name == "sr+offload" else 1
-        total += wall * calls + (WARMUP_GUESS_S if "compile" in name or name in FLOAT8 or "all" in name else 0)
-        total += QUANTIZE_GUESS_S if name == "float8" else 0
+        wall = sr if row.switch is not None else large
+        calls = 2 if row.offload else 1
+        total += wall * calls + (WARMUP_GUESS_S if row.compile else 0)
+        total += QUANTIZE_GUESS_S if row.stack == "float8" and row.switch is None else 0
     return total * (0.01 if args.tiny else 1.0)
 
 
@@ -810,8 +839,8 @@ def main(argv: list[str] | None = None) -> int:
         for f, c in order
         if f in envs
         and c in args.configs
-        and not (c.startswith("wan22") and f != "wan")
-        and (args.tiny or c not in FAMILY_SKIPS.get(f, ()))
+        and ROW[c].only in (None, f)
+        and (args.tiny or f not in ROW[c].skip)
         and "wall_s" not in results["families"][f]["configs"].get(c, {})
     ]
     log(
@@ -824,7 +853,7 @@ def main(argv: list[str] | None = None) -> int:
         if time.perf_counter() - start > args.budget_s:
             fam["configs"][name] = {"config": name, "skipped": "time budget"}
             continue
-        rec = run_config(envs[family], name, fam["steps"], args.switch_step, args, fam["configs"])
+        rec = run_config(envs[family], ROW[name], fam["steps"], args.switch_step, args, fam["configs"])
         fam["configs"][name] = rec
         fam["summary"] = summarize(fam["configs"], fam["steps"], args.switch_step)
         save()

@@ -4,7 +4,7 @@ sr-plugin works with diffusers, torch, para-attn and cache-dit through their pub
 they do not (hook order, a pipeline's offload hooks, a transformer's parallel config, an attention processor's
 backend, cache-dit's per-model context), the private name is read or written here and nowhere else, each with the
 version it was checked against. Widening a version pin is a reading of this file and a run of
-`tests/test_compat.py`, which fails with a message naming the private name that moved.
+`tests/project/test_compat.py`, which fails with a message naming the private name that moved.
 """
 
 from __future__ import annotations

@@ -23,8 +23,8 @@ import argparse
 import pathlib
 
 import numpy as np
+import recipe
 import torch
-import train_family
 
 from sr_plugin.adapters.cogvideox import LatentSpaceMap
 from sr_plugin.lab import task, trained
@@ -48,16 +48,14 @@ def main() -> None:
     family = args.family
     pipe, small, extra = trained.load(family)
     if args.checkpoints is not None:
-        small = train_family.ema_model(
-            argparse.Namespace(checkpoints=args.checkpoints, family=family), pathlib.Path("unused"), "small"
-        )
+        small = recipe.ema_model(family, "small", pathlib.Path("unused"), args.checkpoints)
     vae, large_scheduler = pipe.vae, pipe.scheduler
     large_scheduler.set_timesteps(50)
-    objective = {role: train_family.Objective(family, role, pipe) for role in ("large", "small")}
+    objective = {role: recipe.Objective(family, role, pipe) for role in ("large", "small")}
     pairs = task.held_out()[: args.pairs]
     prompts = [p for p, _ in pairs]
     with torch.no_grad():
-        raw = train_family.encode_held_out(vae, pairs)
+        raw = recipe.encode_held_out(vae, pairs)
         text = pipe.encode_prompt(
             ["" if args.null else p for p in prompts],
             do_classifier_free_guidance=False,
@@ -97,7 +95,7 @@ def main() -> None:
         return objective[role].raw_latents(a**0.5 * xt - (1 - a) ** 0.5 * v, vae), f"t {tt:.0f}, abar {a:.3f}"
 
     def score(x0_raw: torch.Tensor) -> str:
-        scores = train_family.decode_and_score(vae, x0_raw, prompts)[1]
+        scores = recipe.decode_and_score(vae, x0_raw, prompts)[1]
         per = {a: sum(getattr(o, a) for sc in scores for o in sc.objects) for a in ("shape", "direction")}
         return f"{sum(sc.right for sc in scores)} prompts; shapes {per['shape']}, directions {per['direction']}"
 

@@ -12,8 +12,8 @@ import argparse
 import collections
 import pathlib
 
+import recipe
 import torch
-import train_family
 
 from sr_plugin.lab import evaluate, quality, task, trained
 
@@ -36,7 +36,7 @@ def main() -> None:
     )
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    pipe = train_family.checkpoint_pipeline(args.family, "large", checkpoints=args.checkpoints)
+    pipe = recipe.checkpoint_pipeline(args.family, "large", checkpoints=args.checkpoints)
     if args.vae is not None:
         pipe.vae = type(pipe.vae).from_pretrained(args.vae).eval()
     kinds: collections.Counter = collections.Counter()

@@ -16,8 +16,8 @@ import argparse
 import pathlib
 
 import numpy as np
+import recipe
 import torch
-import train_family
 
 from sr_plugin.lab import task, trained
 
@@ -25,17 +25,17 @@ from sr_plugin.lab import task, trained
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--family", choices=trained.FAMILY_NAMES, default="wan")
-    parser.add_argument("--checkpoints", type=pathlib.Path, default=train_family.ROOT / "train" / "checkpoints")
+    parser.add_argument("--checkpoints", type=pathlib.Path, default=recipe.ROOT / "train" / "checkpoints")
     parser.add_argument("--videos", type=int, default=2048)
     parser.add_argument("--repeats", type=int, default=4, help="noise draws per video")
     parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    work = train_family.ROOT / "train" / "runs" / args.family
+    work = recipe.ROOT / "train" / "runs" / args.family
     data = torch.load(work / "data.pt")
-    pipe = train_family.checkpoint_pipeline(args.family, "large", checkpoints=args.checkpoints)
+    pipe = recipe.checkpoint_pipeline(args.family, "large", checkpoints=args.checkpoints)
     model, vae = pipe.transformer, pipe.vae
-    objective = train_family.Objective(args.family, "large", pipe)
+    objective = recipe.Objective(args.family, "large", pipe)
     pick = torch.randperm(data["latents"].shape[0], generator=torch.Generator().manual_seed(5))[: args.videos]
     seen = objective.model_latents(data["latents"][pick], vae)
     seen_text = data["embeds"][data["prompt_ids"][pick]]
@@ -47,7 +47,7 @@ def main() -> None:
         """``args.videos`` new videos of the prompts (drawn from ``rng``), encoded to model latents."""
         latents, names = [], []
         for i in range(0, args.videos, 32):
-            x, chosen = train_family.render_batch(rng, prompts, min(32, args.videos - i))
+            x, chosen = recipe.render_batch(rng, prompts, min(32, args.videos - i))
             latents.append(vae.encode(x).latent_dist.mode())
             names += chosen
         return objective.model_latents(torch.cat(latents), vae), names

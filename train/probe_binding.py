@@ -19,8 +19,8 @@ import argparse
 import pathlib
 
 import numpy as np
+import recipe
 import torch
-import train_family
 
 from sr_plugin.lab import task, task_encoder, trained
 
@@ -44,9 +44,9 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    pipe = train_family.checkpoint_pipeline(args.family, "large")
+    pipe = recipe.checkpoint_pipeline(args.family, "large")
     model, vae = pipe.transformer, pipe.vae
-    objective = train_family.Objective(args.family, "large", pipe)
+    objective = recipe.Objective(args.family, "large", pipe)
     pairs = task.held_out()[: args.pairs]
     prompts = [p for p, _ in pairs]
     videos = np.stack([task.render(p, s) for p, s in pairs])

@@ -18,8 +18,8 @@ yet, each step reads it from the prompt, so a small model that cannot bind shape
 import argparse
 import dataclasses
 
+import recipe
 import torch
-import train_family
 
 from sr_plugin.lab import evaluate, task, trained
 
@@ -40,9 +40,9 @@ def main() -> None:
     vae, scheduler = pipe.vae, pipe.scheduler
     scheduler.set_timesteps(50)
     pairs = [(p, s) for p, s in task.held_out() if task.parse(p)[0].shape != task.parse(p)[1].shape]
-    objective = train_family.Objective(args.family, "large", pipe)
+    objective = recipe.Objective(args.family, "large", pipe)
     with torch.no_grad():
-        z = objective.model_latents(train_family.encode_held_out(vae, pairs), vae)
+        z = objective.model_latents(recipe.encode_held_out(vae, pairs), vae)
         text = pipe.encode_prompt(
             [swapped(p) for p, _ in pairs],
             do_classifier_free_guidance=False,
@@ -72,7 +72,7 @@ def main() -> None:
                     **extra,
                 )[0]
                 x0, level = a**0.5 * xt - (1 - a) ** 0.5 * pred, f"abar {a:.3f}"
-        videos, scores = train_family.decode_and_score(vae, objective.raw_latents(x0, vae), [p for p, _ in pairs])
+        videos, scores = recipe.decode_and_score(vae, objective.raw_latents(x0, vae), [p for p, _ in pairs])
         as_sample = sum(o.shape for sc in scores for o in sc.objects)
         as_prompt = sum(
             o.shape for v, (p, _) in zip(videos, pairs) for o in evaluate.score_video(v, swapped(p)).objects

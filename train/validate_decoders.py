@@ -13,8 +13,8 @@ import argparse
 import pathlib
 import random
 
+import recipe
 import torch
-import train_family
 
 from sr_plugin.lab import evaluate, task, trained
 from sr_plugin.lab.quality import generate_video
@@ -30,7 +30,7 @@ def main() -> None:
     parser.add_argument(
         "--checkpoints",
         type=pathlib.Path,
-        default=train_family.ROOT / "train" / "checkpoints",
+        default=recipe.ROOT / "train" / "checkpoints",
         help="folder holding <family>/large.pt (default: the shipped run's)",
     )
     parser.add_argument(
@@ -44,8 +44,8 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     prompts = random.Random(7).sample(task.training_prompts(), args.scenes)
-    pipe = train_family.checkpoint_pipeline(args.family, "large", checkpoints=args.checkpoints)
-    for folder in args.vaes or [train_family.ROOT / "train" / "runs" / args.family / "vae"]:
+    pipe = recipe.checkpoint_pipeline(args.family, "large", checkpoints=args.checkpoints)
+    for folder in args.vaes or [recipe.ROOT / "train" / "runs" / args.family / "vae"]:
         pipe.vae = type(pipe.vae).from_pretrained(folder).eval()
         for scale in args.guidance or [trained.GUIDANCE[args.family]]:
             scores = [

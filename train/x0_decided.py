@@ -10,8 +10,8 @@ CogVideoX 10 / 29 / 32 / 32 / 31 (31); Wan's 8-block large model 6 / 13 / 20 / 2
 
 import sys
 
+import recipe
 import torch
-import train_family
 
 from sr_plugin.adapters import adapter_for
 from sr_plugin.lab import evaluate, task, trained
@@ -36,11 +36,11 @@ def step(model_output, t, sample, *a, **kw):
 
 
 pipe.scheduler.step = step
-objective = train_family.Objective(fam, "large", pipe)  # the family's latent layout and scale, written once
+objective = recipe.Objective(fam, "large", pipe)  # the family's latent layout and scale, written once
 
 
 def score(x0, prompt):
-    return train_family.decode_and_score(pipe.vae, objective.raw_latents(x0, pipe.vae), [prompt])[1][0]
+    return recipe.decode_and_score(pipe.vae, objective.raw_latents(x0, pipe.vae), [prompt])[1][0]
 
 
 right = {k: 0 for k in ks}

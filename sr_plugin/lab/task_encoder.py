@@ -9,7 +9,7 @@ carries that binding; this encoder carries it by construction, with the same cla
 pipelines use it exactly as they use the published encoders.
 
 Why constructed and not trained: it is exact (a probe recovers every colour token's own shape and direction,
-`tests/test_task_encoder.py`), deterministic, costs no training, and states plainly what it encodes.
+`tests/lab/test_task_encoder.py`), deterministic, costs no training, and states plainly what it encodes.
 
 The weights, in a model of the shipped width (d_model 32, heads of 8, 2 layers):
 - word embeddings: one-hot, one dimension per token of the vocabulary (dims 0..18);
@@ -55,7 +55,7 @@ SHAPE_OFFSET = 1
 DIRECTION_OFFSET = 3
 #: A copy rule: (offset of the token to read, the words it copies, where they go, fallback offset). The offsets
 #: follow the grammar "a <colour> <shape> moving <direction> and a ..."; each fallback lands, for every position
-#: lacking the offset's token in a task prompt, on a word the rule does not copy (`tests/test_task_encoder.py`).
+#: lacking the offset's token in a task prompt, on a word the rule does not copy (`tests/lab/test_task_encoder.py`).
 CopyRule = tuple[int, tuple[str, ...], tuple[int, ...], int]
 _SHAPE_FROM_COLOUR: CopyRule = (SHAPE_OFFSET, task.SHAPES, SHAPE_DIMS, 0)
 _DIRECTION_FROM_COLOUR_SELF: CopyRule = (DIRECTION_OFFSET, tuple(task.DIRECTIONS), DIRECTION_DIMS, 0)

@@ -224,7 +224,7 @@ def test_offload_large_leaves_and_comes_back_around_a_small_segment(pair, family
     """On CPU the offloader is a spy: the large model leaves after its last step, its weights start coming back
     PREFETCH_STEPS small steps before its return and the device waits for them only at the return; a small
     segment no longer than that keeps them on the device."""
-    from test_devices import SpyOffloader
+    from test_small_device_and_offload import SpyOffloader
 
     pipe, small = pair
     with pytest.warns(UserWarning, match="does nothing"):

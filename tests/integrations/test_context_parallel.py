@@ -17,7 +17,7 @@ import torch
 
 from sr_plugin.switch.policy import DEFAULT_DELTA, AdaptiveBounds, AdaptiveDecider
 
-WORKER = pathlib.Path(__file__).with_name("dist_worker.py")
+WORKER = pathlib.Path(__file__).parents[1] / "dist_worker.py"
 PROCESS_LIMIT_S = 240
 
 

@@ -10,7 +10,7 @@ second switch on the shared small model, ...), so that 200 operations reach the 
 any of the state-leak fixes reverted (a small model's per-call state kept on it, a cache context reused across
 pipelines, ...), the CI-size run fails.
 
-    SR_SEQUENCE_OPS=5000 python -m pytest tests/test_random_sequences.py   # a nightly-size run
+    SR_SEQUENCE_OPS=5000 python -m pytest tests/project/test_random_sequences.py   # a nightly-size run
 """
 
 from __future__ import annotations

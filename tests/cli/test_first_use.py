@@ -1,4 +1,4 @@
-"""What a new user tripped on (issue 19): the shipped folders through --large/--small, output writes that fail,
+"""What a new user trips on: the shipped folders through --large/--small, output writes that fail,
 checks that need no model made before anything heavy, and the messages that go with them."""
 
 from __future__ import annotations
@@ -9,7 +9,7 @@ import subprocess
 import sys
 
 import pytest
-from test_cli import cli
+from test_commands import cli
 
 from sr_plugin.lab import call_defaults, trained
 

@@ -67,7 +67,7 @@ def test_para_attn_wan_context_parallelism_is_refused():
 def test_gpu_benchmark_script_runs_end_to_end_on_cpu_with_tiny_in_two_resumed_calls(tmp_path: pathlib.Path):
     """A first call that ran some rows (as one stopped by its time budget would), a second one resuming from its
     JSON: every row once, the first call's rows kept as they were."""
-    script = pathlib.Path(__file__).parents[1] / "benchmarks" / "gpu_bench.py"
+    script = pathlib.Path(__file__).parents[2] / "benchmarks" / "gpu_bench.py"
     first, out = tmp_path / "first.json", tmp_path / "bench.json"
     common = [sys.executable, str(script), "--tiny", "--steps", "4", "5"]
     result = subprocess.run(
