@@ -22,8 +22,9 @@ rank = dist.get_rank()
 torch.cuda.set_device(rank)
 
 pipe = CogVideoXPipeline.from_pretrained("THUDM/CogVideoX-5b", torch_dtype=torch.bfloat16).to("cuda")
-small = CogVideoXTransformer3DModel.from_pretrained("THUDM/CogVideoX-2b", subfolder="transformer",
-                                                    torch_dtype=torch.float16)  # 2b was trained in fp16
+small = CogVideoXTransformer3DModel.from_pretrained(
+    "THUDM/CogVideoX-2b", subfolder="transformer", torch_dtype=torch.float16
+)  # 2b was trained in fp16
 parallelize_pipe(pipe, mesh=init_context_parallel_mesh(pipe.device.type))
 
 handle = sr_plugin.apply(pipe, small, delta=0.01)  # the published 2b latent scale and schedule by default

@@ -87,7 +87,15 @@ def test_the_built_wheel_works_outside_the_checkout(tmp_path):
     )
     assert ran.returncode == 0 and ran.stdout.strip().endswith("ok"), ran.stderr[-2000:]
     tests = subprocess.run(
-        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", str(ROOT / "tests" / "switch" / "test_adaptive_rule.py")],
+        [
+            sys.executable,
+            "-m",
+            "pytest",
+            "-q",
+            "-p",
+            "no:cacheprovider",
+            str(ROOT / "tests" / "switch" / "test_adaptive_rule.py"),
+        ],
         cwd=tmp_path,
         env=env,
         capture_output=True,
