@@ -309,7 +309,7 @@ def steady(step_s: list[float], start: int, stop: int | None = None) -> float | 
     return statistics.median(values) if values else None
 
 
-def calibrate_teacache(
+def threshold_for_skip(
     env: Env, model: Any, role: str, steps: int, target_skip: float, first_step: int = 0
 ) -> tuple[float, float]:
     """The threshold that makes TeaCache skip the fraction of calls closest to ``target_skip`` for the steps
@@ -342,11 +342,11 @@ def calibrate_teacache(
 
 def teacache_config(env: Env, steps: int, k: int | None, target_skip: float, calibration: dict) -> TeaCacheConfig:
     thresholds: dict[str, float] = {}
-    thresholds["large"], calibration["large_predicted_skip"] = calibrate_teacache(
+    thresholds["large"], calibration["large_predicted_skip"] = threshold_for_skip(
         env, env.pipe.transformer, "large", steps, target_skip
     )
     if k is not None:
-        thresholds["small"], calibration["small_predicted_skip"] = calibrate_teacache(
+        thresholds["small"], calibration["small_predicted_skip"] = threshold_for_skip(
             env, env.small, "small", steps, target_skip, first_step=k
         )
     calibration.update({f"{r}_threshold": t for r, t in thresholds.items()})

@@ -8,7 +8,7 @@ handle.remove()                      # the pipeline is exactly as before
 
 sr_plugin.accelerate(pipe, TeaCacheConfig(0.2), PABConfig(), CompileConfig())  # on both transformers
 sr_plugin.accelerate(pipe, teacache=0.2, pab=True, compile=True)   # the same, as keywords
-cal = sr_plugin.calibrate_teacache(pipe, prompts)                   # fit TeaCache to your own models
+cal = sr_plugin.fit_teacache(pipe, prompts)                   # fit TeaCache to your own models
 report = sr_plugin.calibrate(pipe, small, prompts, scorer=judge)   # the fastest order within a quality floor
 """
 
@@ -25,10 +25,10 @@ _EXPORTS = {
     "AccelHandle": ".accel",
     "CompileConfig": ".accel",
     "PABConfig": ".accel",
-    "TeaCacheCalibration": ".accel",
+    "TeaCacheFit": ".accel",
     "TeaCacheConfig": ".accel",
     "accelerate": ".accel",
-    "calibrate_teacache": ".accel",
+    "fit_teacache": ".accel",
     "SRHandle": ".switch.api",
     "apply": ".switch.api",
     "handle_of": ".switch.api",

@@ -3,7 +3,7 @@
     python train/fit_teacache.py --family wan          # about 1 minute on a 2-core CPU
     python train/fit_teacache.py --family cogvideox
 
-TeaCache's published procedure (`sr_plugin.calibrate_teacache`) on training prompts (never the held-out set),
+TeaCache's published procedure (`sr_plugin.fit_teacache`) on training prompts (never the held-out set),
 50 steps, with the switch at the default delta, so the small model is fitted on the steps it runs after it.
 Each model's polynomial and R squared go to ``teacache.json`` beside its weights, where `accelerate` finds it
 when no coefficients are given. Seeded; rerun after retraining a family.
@@ -44,11 +44,11 @@ def main() -> None:
     pipe, small, extra = trained.load(args.family)
     prompts = random.Random(PROMPT_SEED).sample(task.training_prompts(), args.prompts)
     sr_plugin.apply(pipe, small, **extra)
-    calibration = sr_plugin.calibrate_teacache(
+    calibration = sr_plugin.fit_teacache(
         pipe, prompts, num_inference_steps=args.steps, guidance_scale=trained.GUIDANCE[args.family], **trained.CALL
     )
     note = (
-        f"sr_plugin.calibrate_teacache: {args.prompts} training prompts (random.Random({PROMPT_SEED})), "
+        f"sr_plugin.fit_teacache: {args.prompts} training prompts (random.Random({PROMPT_SEED})), "
         f"{args.steps} steps, switch at the default delta"
     )
     for role, model in (("large", pipe.transformer), ("small", small)):

@@ -17,12 +17,12 @@ from ..instance.events import CallListener
 from ..instance.patching import drop_hook_residue
 from ..pipeline.calls import CallTracker, models_in_play
 from ..pipeline.trace import StepRecord
-from .calibrate import TeaCacheCalibration, calibrate_teacache, fit_rescale
 from .compile import CompileConfig  # each acceleration's module registers it (registry.register_acceleration)
 from .fbcache import FirstBlockCacheConfig
 from .pab import PABConfig
 from .registry import Acceleration, from_arguments, register_acceleration, registered
 from .teacache import TeaCacheConfig
+from .teacache_fit import TeaCacheFit, fit_rescale, fit_teacache
 
 #: Attribute on the pipeline instance pointing at its Accelerations.
 ACCEL_ATTR = "_sr_plugin_accel"
@@ -204,12 +204,12 @@ __all__ = [
     "CompileConfig",
     "FirstBlockCacheConfig",
     "PABConfig",
-    "TeaCacheCalibration",
+    "TeaCacheFit",
     "TeaCacheConfig",
     "accelerate",
     "accelerations_of",
     "register_acceleration",
     "registered",
-    "calibrate_teacache",
+    "fit_teacache",
     "fit_rescale",
 ]

@@ -10,7 +10,7 @@ import pytest
 from pipeline_helpers import CallLog
 
 import sr_plugin
-from sr_plugin.accel import TeaCacheCalibration, calibrate_teacache, fit_rescale
+from sr_plugin.accel import TeaCacheFit, fit_rescale, fit_teacache
 from sr_plugin.accel.teacache import rescale
 from sr_plugin.lab.tiny import TINY_CALL, tiny_pair
 from sr_plugin.pipeline.seeded import run_seeded
@@ -47,9 +47,7 @@ def test_calibrated_coefficients_reproduce_teacache_decisions_with_the_switch():
     pipe, small = tiny_pair("wan")
     sr_plugin.apply(pipe, small, switch_step=5)
     steps, call = 12, dict(TINY_CALL["wan"])
-    calibration = calibrate_teacache(
-        pipe, ["a red fox", "a blue boat at sea"], num_inference_steps=steps, degree=2, **call
-    )
+    calibration = fit_teacache(pipe, ["a red fox", "a blue boat at sea"], num_inference_steps=steps, degree=2, **call)
     assert set(calibration.coefficients) == {"large", "small"}  # the small model calibrated on its own steps
     assert all(math.isfinite(r2) for r2 in calibration.r_squared.values())
     # every sequence: None at the model's first call of a branch, then one x per call
@@ -88,15 +86,13 @@ def test_calibrated_coefficients_reproduce_teacache_decisions_with_the_switch():
 
 
 def test_calibration_saves_and_loads(tmp_path):
-    calibration = TeaCacheCalibration(
-        {"large": KNOWN, "small": (1.0, 0.0, 0.0, 0.0, 0.0)}, {"large": 0.97, "small": 0.5}, 4
-    )
+    calibration = TeaCacheFit({"large": KNOWN, "small": (1.0, 0.0, 0.0, 0.0, 0.0)}, {"large": 0.97, "small": 0.5}, 4)
     calibration.save(tmp_path / "c.json")
-    loaded = TeaCacheCalibration.load(tmp_path / "c.json")
+    loaded = TeaCacheFit.load(tmp_path / "c.json")
     assert loaded.coefficients == calibration.coefficients and loaded.r_squared == calibration.r_squared
     (tmp_path / "bad.json").write_text('{"coefficients": {"large": [1, 2]}, "r_squared": {}, "degree": 4}')
     with pytest.raises(ValueError, match="must be 5 numbers"):
-        TeaCacheCalibration.load(tmp_path / "bad.json")
+        TeaCacheFit.load(tmp_path / "bad.json")
 
 
 @pytest.mark.parametrize(
@@ -111,7 +107,7 @@ def test_calibration_refuses_bad_input_before_any_generation(kwargs, message):
     pipe, small = tiny_pair("wan")
     log = CallLog(large=pipe.transformer)
     with pytest.raises(ValueError, match=message):
-        calibrate_teacache(pipe, **kwargs)
+        fit_teacache(pipe, **kwargs)
     assert log.calls == []
 
 
@@ -120,7 +116,7 @@ def test_calibration_refuses_a_pipeline_with_caching_on():
     sr_plugin.accelerate(pipe, pab=True)
     log = CallLog(large=pipe.transformer)
     with pytest.raises(ValueError, match="without caching accelerations"):
-        calibrate_teacache(pipe, ["a fox"])
+        fit_teacache(pipe, ["a fox"])
     assert log.calls == []
 
 

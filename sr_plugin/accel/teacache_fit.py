@@ -21,17 +21,18 @@ from diffusers.hooks import HookRegistry, ModelHook
 
 from .. import compat
 from ..adapters import adapter_for
+from ..instance.arguments import binder
 from ..instance.patching import drop_hook_residue
 from ..pipeline.calls import models_in_play
 from ..pipeline.seeded import run_seeded
-from .teacache import MAX_DEGREE, RET_WARMUP_STEPS, WARMUP_STEPS, TeaCacheConfig, _binder, check_coefficients
+from .teacache import MAX_DEGREE, RET_WARMUP_STEPS, WARMUP_STEPS, TeaCacheConfig, check_coefficients
 
 #: TeaCache's published polynomials are of degree 4.
 DEFAULT_DEGREE = 4
 
 
 @dataclass
-class TeaCacheCalibration:
+class TeaCacheFit:
     """Fitted coefficients per model ("large", "small"), numpy.poly1d order, with the fit's R squared.
 
     ``samples`` keeps, per model, the (x, y) pairs the fit used; ``sequences`` the x of every call in order,
@@ -59,7 +60,7 @@ class TeaCacheCalibration:
             json.dump(data, f, indent=1)
 
     @classmethod
-    def load(cls, path: str | os.PathLike[str]) -> TeaCacheCalibration:
+    def load(cls, path: str | os.PathLike[str]) -> TeaCacheFit:
         with open(path) as f:
             data = json.load(f)
         degree = data["degree"]
@@ -162,7 +163,7 @@ class _InputHook(ModelHook):
     def __init__(self, recorder: _Recorder, source: tuple[Any, ...], module: torch.nn.Module) -> None:
         super().__init__()
         self.recorder, self.source = recorder, source
-        self.bind = _binder(module) if source[0] == "block_arg" else None
+        self.bind = binder(type(module)) if source[0] == "block_arg" else None
 
     def pre_forward(self, module: torch.nn.Module, *args: Any, **kwargs: Any) -> tuple[tuple, dict]:
         if self.bind is not None:
@@ -175,7 +176,7 @@ class _InputHook(ModelHook):
         return output
 
 
-def calibrate_teacache(
+def fit_teacache(
     pipe: Any,
     prompts: Sequence[str],
     *,
@@ -184,7 +185,7 @@ def calibrate_teacache(
     ret_steps: bool = False,
     seed: int = 0,
     **call_kwargs: Any,
-) -> TeaCacheCalibration:
+) -> TeaCacheFit:
     """Run ``pipe`` on every prompt (seeds ``seed``, ``seed + 1``, ...) and fit TeaCache's rescale polynomial
     for each model that ran: the pipeline's transformer ("large") and, with the switch, the small one.
 
@@ -240,4 +241,4 @@ def calibrate_teacache(
         coefficients[role], r2[role] = fit_rescale(xs, ys, degree)
         samples[role] = recorder.samples
         sequences.update(recorder.sequences)
-    return TeaCacheCalibration(coefficients, r2, degree, ret_steps, samples, sequences)
+    return TeaCacheFit(coefficients, r2, degree, ret_steps, samples, sequences)
