@@ -97,3 +97,12 @@ def test_a_new_acceleration_is_one_class_that_registers_itself(monkeypatch):
     assert torch.equal(run(pipe, "wan"), scaled)
     with pytest.raises(TypeError, match="must name its keyword"):
         register_acceleration(type("Nameless", (Acceleration,), {}))
+
+
+def test_the_handle_says_what_it_holds():
+    pipe, small = tiny_pair("wan")
+    accel = sr_plugin.accelerate(pipe, teacache=sr_plugin.TeaCacheConfig(0.1, "identity"))
+    assert repr(accel).startswith("AccelHandle(WanPipeline, teacache=TeaCacheConfig(threshold=0.1")
+    assert repr(accel).endswith("on large)")
+    accel.remove()
+    assert repr(accel) == "AccelHandle(WanPipeline, removed)"

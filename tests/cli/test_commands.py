@@ -516,3 +516,42 @@ def test_help_shows_the_defaults():
     assert "(default: None)" not in text and "(default: False)" not in text
     bench = " ".join(cli("bench", "--help").stdout.split())
     assert "(default: 10)" in bench and "paired with a round of the unpatched pipeline" in bench
+
+
+def test_generate_on_a_trained_family_runs_its_shipped_calibrated_schedule_unless_told_otherwise(tmp_path):
+    from sr_plugin.lab import shipped
+
+    out = tmp_path / "shapes.mp4"
+    prompt = "a red square moving left and a blue circle moving up"
+    result = cli("generate", "--prompt", prompt, "--out", str(out), "--steps", "20")
+    assert result.returncode == 0, result.stderr
+    record = json.loads(out.with_suffix(".trace.json").read_text())
+    assert record["rule"] == {"schedule": shipped.shipped_schedule("wan")}
+    assert f"its shipped calibrated schedule {shipped.shipped_schedule('wan')}" in result.stdout
+    result = cli("generate", "--prompt", prompt, "--out", str(out), "--steps", "20", "--delta", "0.01")
+    assert result.returncode == 0, result.stderr
+    assert json.loads(out.with_suffix(".trace.json").read_text())["rule"] == {"delta": 0.01}
+    assert "shipped calibrated schedule" in cli("generate", "--help").stdout
+
+
+def test_a_step_count_the_shipped_schedule_cannot_run_is_refused_before_loading():
+    from sr_plugin.lab import shipped
+
+    schedule = shipped.shipped_schedule("wan")
+    need = shipped.min_steps(schedule)
+    for argv in (
+        ["demo", "--family", "wan", "--steps", "3"],
+        [
+            "generate",
+            "--prompt",
+            "a red square moving left and a blue circle moving up",
+            "--out",
+            "x.mp4",
+            "--steps",
+            "3",
+        ],
+    ):
+        result = cli(*argv)
+        assert result.returncode == 2
+        assert f"shipped calibrated schedule {schedule}, whose segments need at least {need} steps" in result.stderr
+        assert f"give --steps {need} or more" in result.stderr and "loading" not in result.stdout

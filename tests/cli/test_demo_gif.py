@@ -53,3 +53,24 @@ def test_with_a_calibrated_schedule_the_showcase_is_where_it_and_large_only_are_
             run(prompt, "small", small),
         ]
     assert showcase(result) == ("p2", 1)
+
+
+def test_the_table_gives_one_statistic_the_median_and_each_speed_up_is_large_over_the_mode(monkeypatch):
+    """A busy first run (15 s of large only) moves neither figure: the time column is the median, and the speed-up
+    is large only's median over the mode's (their ratio, as the table reads)."""
+    from sr_plugin.lab import quality
+
+    result = FamilyResult("wan", 50, None)
+    score = SimpleNamespace(right=True, attributes=(6, 6))
+    for i, (large, small) in enumerate(((15.35, 0.3), (2.0, 0.5), (2.2, 0.55))):
+        for mode, seconds in (("large", large), ("small", small)):
+            result.runs.append(
+                quality.Run(f"p{i}", i, mode, None, seconds, seconds, None, score, 30.0, 0.9, roles=[mode] * 50)
+            )
+    monkeypatch.setattr(
+        quality.evaluate, "summarize", lambda s: {"prompt_accuracy": 100.0, "attribute_accuracy": 100.0}
+    )
+    quality.summarize_result(result)
+    large, small = result.summaries["large"], result.summaries["small"]
+    assert large.denoise_s == 2.2 and small.denoise_s == 0.5
+    assert small.speedup == large.denoise_s / small.denoise_s == 4.4 and large.speedup == 1.0

@@ -116,3 +116,34 @@ def test_held_out_prompts_large_beats_small_and_sr_stays_closer_to_large(family)
     assert prompts["large"] >= large_prompts and prompts["small"] <= small_prompts, prompts
     assert right["large"] >= large_min and right["small"] <= small_max and right["sr"] >= sr_min, right
     assert sum(psnr["sr"]) / len(psnr["sr"]) > sum(psnr["small"]) / len(psnr["small"]) + psnr_margin
+
+
+def test_a_loaded_family_keeps_diffusers_progress_bar_and_the_projects_own_loops_quiet_it():
+    from sr_plugin.lab.quality import generate_video
+
+    pipe, _, _ = trained.load("wan")
+    assert getattr(pipe, "_progress_bar_config", {}).get("disable") is not True  # diffusers' default
+    pipe.set_progress_bar_config(desc="mine")
+    generate_video(pipe, "wan", "a red square moving left and a blue circle moving up", 0, 2)
+    assert pipe._progress_bar_config == {"desc": "mine"}  # the user's setting, back after the project's run
+
+
+def test_loading_a_family_prints_no_warning_in_a_fresh_process():
+    """torchao's compiled extensions, pytree deprecations and diffusers' torchao import notes used to be printed
+    whenever a family was loaded."""
+    import re
+    import subprocess
+    import sys
+
+    code = "from sr_plugin.lab import trained; trained.load('wan'); trained.load('cogvideox', small='weak')"
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert not re.search(r"(?i)warn|failed to load|unable to import|deprecat", result.stderr), result.stderr[-2000:]
+
+
+def test_the_weak_small_models_load_by_name_and_a_wrong_name_is_refused():
+    _, competent, _ = trained.load("wan")
+    _, weak, _ = trained.load("wan", small="weak")
+    assert weak.config.num_layers < competent.config.num_layers
+    with pytest.raises(ValueError, match="the trained families ship the small models competent, weak"):
+        trained.load("wan", small="tiny")

@@ -204,3 +204,14 @@ def test_a_text_length_the_sincos_small_model_cannot_take_is_refused_before_the_
     assert handle.switch_step == 3
     handle.remove()
     assert "encode_prompt" not in vars(pipe)
+
+
+def test_a_whole_pipeline_as_the_small_model_points_at_its_transformer():
+    pipe, small = tiny_pair("wan")
+    other, _ = tiny_pair("wan")
+    with pytest.raises(
+        TypeError,
+        match=r"small_transformer is a WanPipeline, a whole pipeline: give its "
+        r"transformer, sr_plugin.apply\(pipe, small_pipe.transformer\)",
+    ):
+        sr_plugin.apply(pipe, other)
