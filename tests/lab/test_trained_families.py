@@ -82,40 +82,39 @@ def test_shipped_text_encoder_is_the_hand_set_one(family):
         assert all(torch.equal(shipped[k], expected[k]) for k in expected), f"{family} {role}"
 
 
-#: The first 8 held-out pairs, 50 steps, default delta. Measured here (2-core CPU, torch 2.13, the retrained
-#: families of 2026-12-02, Wan's large model the 20-block focus one, `python -m sr_plugin demo --prompts 64
-#: --json ...`, docs/results.md): prompts right out of 8, large / SR / small: Wan 8 / 0 / 0, CogVideoX 7 / 1 / 0;
-#: attributes right out of 48: Wan 48 / 21 / 13, CogVideoX 47 / 35 / 21; PSNR vs large, SR / small: Wan 11.68 /
-#: 9.53 dB, CogVideoX 14.27 / 11.19 dB. The thresholds leave a prompt, two or three attributes and about 0.4 dB
-#: of slack for float differences between machines.
+#: The first 8 held-out pairs, 50 steps, default delta, the competent small models. Measured here (2-core CPU,
+#: torch 2.13, 2026-12-07): prompts right out of 8, large / SR / small: Wan 8 / 7 / 6, CogVideoX 7 / 6 / 6; PSNR
+#: against large only, SR / small: Wan 16.68 / 13.98 dB, CogVideoX 14.84 / 14.13 dB. The weak small models (the
+#: first release's) get none alone. The thresholds leave a prompt and a fraction of the PSNR margin of slack for
+#: float differences between machines.
 QUALITY_PAIRS = 8
 QUALITY = {
-    # family: (large prompts at least, small prompts at most, large attributes at least, small attributes at
-    #          most, SR attributes at least, SR's PSNR margin over small's in dB)
-    "wan": (7, 0, 45, 16, 18, 1.7),
-    "cogvideox": (6, 0, 45, 24, 32, 2.5),
+    # family: (large prompts at least, small prompts at least, SR prompts at least, SR's PSNR margin over small's)
+    "wan": (7, 5, 6, 1.5),
+    "cogvideox": (6, 5, 5, 0.3),
 }
 
 
 @pytest.mark.parametrize("family", trained.FAMILY_NAMES)
-def test_held_out_prompts_large_beats_small_and_sr_stays_closer_to_large(family):
+def test_held_out_prompts_the_partner_is_competent_and_sr_stays_closer_to_large(family):
     torch.set_num_threads(2)
     pipe, small, extra = trained.load(family)
-    right = {"large": 0, "sr": 0, "small": 0}
     prompts = {"large": 0, "sr": 0, "small": 0}
-    psnr = {"sr": [], "small": []}
-    for prompt, seed in task.held_out()[:QUALITY_PAIRS]:
+    psnr: dict[str, list[float]] = {"sr": [], "small": []}
+    pairs = task.held_out()[:QUALITY_PAIRS]
+    for prompt, seed in pairs:
         runs = run_modes(pipe, small, extra, family, prompt, seed, steps=50)
         for mode, run in runs.items():
-            right[mode] += run.score.attributes[0]
             prompts[mode] += run.score.right
             if mode != "large":
                 psnr[mode].append(run.psnr)
         assert 5 <= runs["sr"].switch_step <= 30  # the adaptive switch happened, within the default clamps
-    large_prompts, small_prompts, large_min, small_max, sr_min, psnr_margin = QUALITY[family]
-    assert prompts["large"] >= large_prompts and prompts["small"] <= small_prompts, prompts
-    assert right["large"] >= large_min and right["small"] <= small_max and right["sr"] >= sr_min, right
+    large_min, small_min, sr_min, psnr_margin = QUALITY[family]
+    assert prompts["large"] >= large_min and prompts["small"] >= small_min and prompts["sr"] >= sr_min, prompts
     assert sum(psnr["sr"]) / len(psnr["sr"]) > sum(psnr["small"]) / len(psnr["small"]) + psnr_margin
+    _, weak, _ = trained.load(family, small="weak")
+    weak_runs = [run_modes(pipe, weak, extra, family, p, s_, steps=50, modes=("small",))["small"] for p, s_ in pairs]
+    assert sum(r.score.right for r in weak_runs) <= 1  # what the partner's competence buys
 
 
 def test_a_loaded_family_keeps_diffusers_progress_bar_and_the_projects_own_loops_quiet_it():
