@@ -5,10 +5,13 @@ from __future__ import annotations
 
 from typing import Any
 
-from . import (
-    cogvideox,  # noqa: F401, E402
-    wan,  # noqa: F401, I001  (registers itself; Wan first, as the docs list them)
-)
+# each registers itself on import; Wan first, as the docs and the error messages list them
+from . import wan  # noqa: F401
+
+# isort: split
+from . import cogvideox  # noqa: F401
+
+# isort: split
 from .base import FamilyAdapter, Handoff, register_family, registered_families, unregister_family
 
 

@@ -2,12 +2,13 @@
 
 Picking the fastest of many candidates that hold a floor on the same pairs favours the ones that were lucky on
 those pairs (the winner's curse): with tens of candidates, 64 pairs and a floor of one or two prompts, the chosen
-one is often just above the floor by chance, and falls below it on other pairs. ``confirm`` reruns the candidates
-that held the floor, fastest first, on fresh (prompt, seed) pairs with large only as the reference on the same
-pairs, and stops at the first that holds the floor there too. It runs the way the fastest-first search does
-(`search.Search`): large only on every pair first, each candidate pair by pair and dropped as soon as it can no
-longer hold the floor, steps shared with an earlier run replayed. What it returns is a `CalibrationReport` of the
-fresh pairs: its ``chosen`` is that candidate (or None and the closest of those tried).
+one is often just above the floor by chance, and falls below it on other pairs. ``confirm`` reruns the choice, then
+the other candidates that held the floor and those a fastest-first search never ran, fastest first, on fresh
+(prompt, seed) pairs with large only as the reference on the same pairs, and stops at the first that holds the
+floor there too. It runs the way the fastest-first search does (`search.Search`): large only on every pair first,
+each candidate pair by pair and dropped as soon as it can no longer hold the floor, steps shared with an earlier run
+replayed. What it returns is a `CalibrationReport` of the fresh pairs: its ``chosen`` is that candidate (or None and
+the closest of those tried).
 
 Cost: large only on the fresh pairs, and each candidate tried until it holds or drops.
 """
@@ -44,8 +45,9 @@ def confirm(
     """Rerun ``candidates`` on ``prompts``, in order, until one holds ``floor`` against large only on them.
 
     Args:
-        candidates: a `CalibrationReport` (its candidates within the floor, the fastest modelled first; its floor
-            is the default), or schedules / `Candidate`s in the order to try them.
+        candidates: a `CalibrationReport` (its choice first, then its other candidates within the floor, then
+            those a fastest-first search did not need to run, each group the fastest modelled first; its floor is
+            the default), or schedules / `Candidate`s in the order to try them.
         prompts: fresh prompts (seeds ``seed``, ``seed + 1``, ...) or ``(prompt, seed)`` pairs; with a report,
             none of them may be one of its pairs.
         floor, scorer, num_inference_steps, apply_kwargs, call: as for `sr_plugin.calibrate`.
@@ -95,8 +97,15 @@ def new_seeds(pairs: Sequence[tuple[str, int]], offset: int = NEW_SEED_OFFSET) -
 
 def _order(candidates: Any, floor: Floor | None, scorer: Any) -> tuple[list[Candidate], Floor]:
     if isinstance(candidates, CalibrationReport):
-        within = sorted((r for r in candidates.rows[1:] if r.within_floor), key=lambda r: -r.modelled_speedup)
-        order = [Candidate(r.schedule, r.accel) for r in within]
+        chosen = candidates.chosen.name if candidates.chosen is not None else None
+        held = sorted(
+            (r for r in candidates.rows[1:] if r.within_floor), key=lambda r: (r.name != chosen, -r.modelled_speedup)
+        )
+        # a fastest-first search never ran the candidates slower than its answer: they come next, fastest first
+        untried = sorted(
+            (r for r in candidates.rows[1:] if r.status == "not needed"), key=lambda r: -r.modelled_speedup
+        )
+        order = [Candidate(r.schedule, r.accel) for r in held + untried]
         floor = floor if floor is not None else candidates.floor
     else:
         order = checked_candidates(candidates, ())

@@ -48,7 +48,9 @@ def test_family_loads_with_from_pretrained_as_its_own_classes(family):
         assert extra["small_scheduler"].config.snr_shift_scale == 3.0
     layers = lambda m: m.config.num_layers  # noqa: E731
     assert layers(large) > layers(small)
-    assert sum(p.numel() for p in large.parameters()) > 5 * sum(p.numel() for p in small.parameters())
+    # parameters, large / small: Wan 5.6x (14B / 1.3B: 10.8x), CogVideoX 2.5x (5b / 2b: 2.5x)
+    ratio = sum(p.numel() for p in large.parameters()) / sum(p.numel() for p in small.parameters())
+    assert ratio > {"wan": 5.0, "cogvideox": 2.0}[family]
 
 
 def test_a_missing_or_corrupted_folder_gives_one_clear_error(tmp_path: pathlib.Path):

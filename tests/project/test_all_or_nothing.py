@@ -16,6 +16,7 @@ import sr_plugin.switch.routing as routing_module  # where the large model's off
 from sr_plugin import PABConfig, TeaCacheConfig
 from sr_plugin.lab.tiny import tiny_pair
 from sr_plugin.pipeline.calls import CallTracker
+from sr_plugin.pipeline.models import ModelsInPlay
 
 
 def snapshot(pipe, *models):
@@ -49,13 +50,13 @@ APPLY_STEPS = [
     (api_module, "parallelize_like"),
     (api_module, "Router"),
     (CallTracker, "add"),
-    (CallTracker, "track"),
-    (CallTracker, "join"),
+    (ModelsInPlay, "track"),
+    (ModelsInPlay, "join"),
     (routing_module, "LargeOffloader"),
     (api_module, "_restore_early"),
     (api_module, "SRHandle"),
 ]
-ATTACH_STEPS = [(teacache_module, "apply_teacache"), (pab_module, "apply_cfg_pab"), (CallTracker, "track")]
+ATTACH_STEPS = [(teacache_module, "apply_teacache"), (pab_module, "apply_cfg_pab"), (ModelsInPlay, "track")]
 
 
 @pytest.mark.parametrize("step", APPLY_STEPS + ATTACH_STEPS, ids=lambda s: s[1])
