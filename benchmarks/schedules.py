@@ -154,7 +154,7 @@ def main() -> None:
         candidates += [Candidate(s, a) for a in stacks for s in schedules]
     if args.stage == "confirm":  # the held-out table's rows again on a second seed of every held-out prompt
         rows = json.loads(newest(results, f"speed_quality_{args.family}_rows").read_text())["rows"]
-        candidates = [candidate_of(r["name"]) for r in rows[1:] if r["name"] not in ("small", "sr delta=0.01")]
+        candidates = [candidate_of(r["name"]) for r in rows[1:] if r["name"] != "small"]
         pairs = [(p, seed + CONFIRM_SEED_OFFSET) for p, seed in task.held_out()[: args.pairs]]
     else:
         pairs = task.validation(args.pairs)
@@ -249,8 +249,9 @@ def candidate_of(row_name: str) -> Any:
             accel["teacache"] = float(part.split()[1])
         elif part == "pab":
             accel["pab"] = True
-    if schedule == "sr delta=0.01":
-        schedule = "large:delta,small"
+    if schedule is not None and schedule.startswith("sr delta="):  # SRDiffusion's rule at that delta
+        delta = schedule.removeprefix("sr delta=")
+        schedule = "large:delta,small" if delta == "0.01" else f"large:delta={delta},small"
     return Candidate(schedule, accel)
 
 
@@ -290,6 +291,8 @@ def table(family: str, results: pathlib.Path, pairs: int, steps: int, threshold:
     import subprocess
     import sys
 
+    from sr_plugin.lab.speed_quality import DELTAS
+
     schedules = table_schedules(family, results)
     command = [
         sys.executable,
@@ -303,7 +306,7 @@ def table(family: str, results: pathlib.Path, pairs: int, steps: int, threshold:
         "--out",
         str(results),
         "--rows",
-        "small,sr delta=0.01",
+        ",".join(["small"] + [f"sr delta={d}" for d in DELTAS]),  # SRDiffusion's default and a decade around it
         "--stack",
         str(threshold),
     ] + [a for s in schedules for a in ("--schedule", s)]
