@@ -192,6 +192,7 @@ def main() -> None:
         print(comparison)
     stem = f"schedules_{stage}_{args.family}_cpu_{datetime.date.today().isoformat()}"
     results.mkdir(parents=True, exist_ok=True)
+    report.progress = None  # the per-step record of every run (tens of MB) is for resuming, not for the results
     report.to_json(results / f"{stem}.json")
     (results / f"{stem}.md").write_text(report.table() + "\n\n" + report.summary() + "\n")
     report.plot(
@@ -339,6 +340,7 @@ def shipped(family: str, results: pathlib.Path, steps: int, tolerance: float) ->
         guidance_scale=trained.GUIDANCE[family],
     )
     stem = f"schedules_shipped_{family}_cpu_{datetime.date.today().isoformat()}"
+    report.progress = None
     report.to_json(results / f"{stem}.json")
     (results / f"{stem}.md").write_text(report.table() + "\n\n" + report.summary() + "\n")
     print(report.table())
@@ -376,6 +378,7 @@ def ship(family: str, report: dict, results: pathlib.Path, steps: int) -> None:
         guidance_scale=trained.GUIDANCE[family],
     )
     stem = f"schedules_ship_{family}_cpu_{datetime.date.today().isoformat()}"
+    checked.progress = None
     checked.to_json(results / f"{stem}.json")
     (results / f"{stem}.md").write_text(checked.table() + "\n\n" + checked.summary() + "\n")
     print(checked.table())
