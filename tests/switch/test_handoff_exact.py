@@ -45,17 +45,7 @@ def test_wan_fixed_switch_equals_diffusers_two_expert_path(k):
     pipe.scheduler.set_timesteps(STEPS)
     t = pipe.scheduler.timesteps
     ratio = float(t[k - 1] + t[k]) / 2 / pipe.scheduler.config.num_train_timesteps
-    two_expert = WanPipeline(
-        tokenizer=pipe.tokenizer,
-        text_encoder=pipe.text_encoder,
-        vae=pipe.vae,
-        transformer=pipe.transformer,
-        transformer_2=small,
-        scheduler=pipe.scheduler,
-        boundary_ratio=ratio,
-    )
-    two_expert.set_progress_bar_config(disable=True)
-    reference = run(two_expert, "wan", output_type="pt")
+    reference = run(wan22(pipe, small, ratio), "wan", output_type="pt")
 
     handle = sr_plugin.apply(pipe, small, switch_step=k)
     log = CallLog(large=pipe.transformer, small=small)
